@@ -1,0 +1,1 @@
+"""Diff engine and package builder: baseline + fix in, PatchPlan out (pure, no I/O beyond reading files)."""

@@ -1,0 +1,59 @@
+"""The `hpkg` command line: a root group that takes only global options and one module per command."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import click
+
+from hpkg import __version__
+from hpkg.cli.app import Application
+from hpkg.errors import EXIT_INTERNAL, EXIT_USAGE, HpkgError
+
+# One module per command under hpkg/cli/, each exposing `command` (a click.Command).
+COMMAND_MODULES: tuple[str, ...] = (
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="hpkg")
+@click.option("-q", "--quiet", is_flag=True, help="Only print results and errors.")
+@click.pass_context
+def cli(ctx: click.Context, quiet: bool) -> None:
+    """Build hotpatch packages from shipped ELF binaries and apply them to running processes.
+
+    Exit codes: 0 ok, 1 internal error, 2 usage, 3 invalid input or package,
+    4 refused, 5 no change, 6 target unavailable.
+    """
+    ctx.obj = Application(quiet=quiet)
+
+
+for _name in COMMAND_MODULES:
+    cli.add_command(importlib.import_module(f"hpkg.cli.{_name}").command)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; expected failures become one `error: …` line and their exit code."""
+    try:
+        cli.main(args=argv, prog_name="hpkg", standalone_mode=False)
+    except HpkgError as exc:
+        Application.abort_with(exc)
+    except click.exceptions.Abort:
+        click.echo("error: interrupted", err=True)
+        sys.exit(EXIT_INTERNAL)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code if exc.exit_code else EXIT_USAGE)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, not a traceback
+        if os.environ.get("HPKG_DEBUG"):
+            raise
+        click.echo(
+            f"error: internal error: {type(exc).__name__}: {exc} (set HPKG_DEBUG=1 for a traceback)",
+            err=True,
+        )
+        sys.exit(EXIT_INTERNAL)
+    sys.exit(0)

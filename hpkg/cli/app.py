@@ -1,0 +1,49 @@
+"""The application object shared by every command: output helpers and the one way to abort."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import click
+
+from hpkg.errors import HpkgError, RefusedError
+
+
+@dataclass
+class Application:
+    """Carries global options; data goes to stdout, messages to stderr."""
+
+    quiet: bool = False
+
+    def display(self, text: str = "") -> None:
+        """Write results to stdout."""
+        click.echo(text)
+
+    def display_json(self, document: Any) -> None:
+        """Write one JSON document to stdout (for `--json`)."""
+        click.echo(json.dumps(document, indent=2, sort_keys=False))
+
+    def info(self, text: str) -> None:
+        """A progress or context message on stderr, hidden by --quiet."""
+        if not self.quiet:
+            click.echo(text, err=True)
+
+    def warning(self, text: str) -> None:
+        click.echo(f"warning: {text}", err=True)
+
+    def abort(self, text: str, code: int) -> NoReturn:
+        """Print one error line and exit with `code`."""
+        click.echo(f"error: {text}", err=True)
+        sys.exit(code)
+
+    @staticmethod
+    def abort_with(exc: HpkgError) -> NoReturn:
+        """Turn an HpkgError into `error: …` (plus one line per refusal reason) and its exit code."""
+        click.echo(f"error: {exc}", err=True)
+        if isinstance(exc, RefusedError):
+            for reason in exc.reasons:
+                click.echo(f"  - {reason}", err=True)
+        sys.exit(exc.exit_code)

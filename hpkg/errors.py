@@ -1,0 +1,82 @@
+"""One error type per layer; the CLI turns each into `error: …` and its exit code.
+
+Exit codes (documented in README.md):
+  0  success
+  1  internal error (a bug in hpkg: please report it)
+  2  usage error (bad option or argument)
+  3  invalid input: a malformed, tampered or wrongly signed package, or an unreadable binary
+  4  refused: not hot-patchable, incompatible baseline, or unsafe to apply now
+  5  no change: the baseline and the fix do not differ in anything that needs patching
+  6  target unavailable: no such process, permission denied, or the target went away
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_USAGE = 2
+EXIT_INVALID = 3
+EXIT_REFUSED = 4
+EXIT_NO_CHANGE = 5
+EXIT_TARGET = 6
+
+
+class HpkgError(Exception):
+    """Base of every expected failure; carries the exit code the CLI uses."""
+
+    exit_code: int = EXIT_INTERNAL
+
+
+class ImageError(HpkgError):
+    """A binary cannot be read as a supported ELF image."""
+
+    exit_code = EXIT_INVALID
+
+
+class PackageError(HpkgError):
+    """A .hpkg file is malformed, truncated, oversized or of an unknown version."""
+
+    exit_code = EXIT_INVALID
+
+
+class VerifyError(HpkgError):
+    """A package's digests or signature do not hold."""
+
+    exit_code = EXIT_INVALID
+
+
+class RefusedError(HpkgError):
+    """hpkg declines on purpose: the change, the target or the moment is not safe.
+
+    `reasons` holds one line per offender so that a release engineer sees all of them at once.
+    """
+
+    exit_code = EXIT_REFUSED
+
+    def __init__(self, message: str, reasons: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.reasons = reasons
+
+
+class UnsupportedChange(RefusedError):
+    """The difference between baseline and fix cannot be hot-patched."""
+
+
+class IncompatibleTarget(RefusedError):
+    """The target is not the baseline the package was built for."""
+
+
+class UnsafeNow(RefusedError):
+    """A thread is inside a function being replaced and waiting did not help."""
+
+
+class NoChange(HpkgError):
+    """Baseline and fix do not differ in anything that needs patching."""
+
+    exit_code = EXIT_NO_CHANGE
+
+
+class TargetError(HpkgError):
+    """The target process or file cannot be reached (gone, permission, ptrace)."""
+
+    exit_code = EXIT_TARGET

@@ -1,0 +1,1 @@
+"""The loader: verify, apply, status and revert against a running process or a file."""
