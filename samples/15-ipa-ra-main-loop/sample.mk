@@ -1,0 +1,2 @@
+KIND := program
+PLAIN := yes
