@@ -14,6 +14,7 @@ from hpkg.errors import EXIT_INTERNAL, EXIT_USAGE, HpkgError
 
 # One module per command under hpkg/cli/, each exposing `command` (a click.Command).
 COMMAND_MODULES: tuple[str, ...] = (
+    "keygen", "inspect", "verify", "diff",
 )
 
 
@@ -43,8 +44,12 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         click.echo("error: interrupted", err=True)
         sys.exit(EXIT_INTERNAL)
+    except click.UsageError as exc:
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        click.echo(f"error: {exc.format_message()}{hint}", err=True)
+        sys.exit(EXIT_USAGE)
     except click.ClickException as exc:
-        exc.show()
+        click.echo(f"error: {exc.format_message()}", err=True)
         sys.exit(exc.exit_code if exc.exit_code else EXIT_USAGE)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)

@@ -1,0 +1,106 @@
+"""The fixed 48-byte .hpkg header: magic, format version, flags, key id and the sizes of what follows."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from hpkg.errors import PackageError
+from hpkg.formats import limits
+
+MAGIC = b"\x89HPKG\r\n\x1a"  # PNG-style: a high byte and CR LF catch text-mode and 7-bit mangling
+FORMAT_MAJOR = 1
+FORMAT_MINOR = 0
+FLAG_SIGNED = 0x1
+KNOWN_FLAGS = FLAG_SIGNED
+KEY_ID_SIZE = 8
+SIGNATURE_SIZE = 64  # an Ed25519 signature
+
+# magic, major, minor, flags, key_id, manifest_size, reserved, compressed_size, payload_size
+_HEADER = struct.Struct("<8sHHI8sIIQQ")
+HEADER_SIZE = _HEADER.size  # 48
+
+
+@dataclass(frozen=True)
+class Header:
+    """The header's fields; `total_size` is the exact file size they imply."""
+
+    major: int
+    minor: int
+    flags: int
+    key_id: bytes
+    manifest_size: int
+    compressed_size: int
+    payload_size: int
+
+    @property
+    def signed(self) -> bool:
+        return bool(self.flags & FLAG_SIGNED)
+
+    @property
+    def total_size(self) -> int:
+        trailer = SIGNATURE_SIZE if self.signed else 0
+        return HEADER_SIZE + self.manifest_size + self.compressed_size + trailer
+
+
+def encode_header(header: Header) -> bytes:
+    """The 48 header bytes for `header`."""
+    return _HEADER.pack(
+        MAGIC,
+        header.major,
+        header.minor,
+        header.flags,
+        header.key_id,
+        header.manifest_size,
+        0,
+        header.compressed_size,
+        header.payload_size,
+    )
+
+
+def decode_header(blob: bytes) -> Header:
+    """Parse and bound-check the header at the start of `blob`; the file size must match it exactly."""
+    if len(blob) < len(MAGIC) or blob[: len(MAGIC)] != MAGIC:
+        raise PackageError("not an .hpkg package (bad magic bytes)")
+    if len(blob) < len(MAGIC) + 4:
+        raise PackageError(f"truncated package: {len(blob)} bytes, the header alone is {HEADER_SIZE}")
+    # Read the version before anything else: a future major may lay out the rest differently.
+    major, minor = struct.unpack_from("<HH", blob, len(MAGIC))
+    if major != FORMAT_MAJOR:
+        raise PackageError(
+            f"unsupported .hpkg format version {major}.{minor}: this hpkg reads version "
+            f"{FORMAT_MAJOR}.x only; use a matching hpkg release"
+        )
+    if len(blob) < HEADER_SIZE:
+        raise PackageError(f"truncated package: {len(blob)} bytes, the header alone is {HEADER_SIZE}")
+    _, _, _, flags, key_id, manifest_size, reserved, compressed_size, payload_size = _HEADER.unpack_from(blob)
+    if flags & ~KNOWN_FLAGS:
+        raise PackageError(f"corrupt header: unknown flag bits 0x{flags & ~KNOWN_FLAGS:x}")
+    if reserved != 0:
+        raise PackageError("corrupt header: reserved field is not zero")
+    if not flags & FLAG_SIGNED and key_id != bytes(KEY_ID_SIZE):
+        raise PackageError("corrupt header: an unsigned package carries a key id")
+    if manifest_size == 0 or manifest_size > limits.MAX_MANIFEST_SIZE:
+        raise PackageError(
+            f"manifest size {manifest_size} is outside 1..{limits.MAX_MANIFEST_SIZE} bytes;"
+            " refusing the package"
+        )
+    if payload_size > limits.MAX_PAYLOAD_SIZE:
+        raise PackageError(
+            f"package declares {payload_size} bytes of payload, over the limit of {limits.MAX_PAYLOAD_SIZE};"
+            " refusing it before decompression"
+        )
+    if compressed_size == 0 or compressed_size > limits.MAX_COMPRESSED_SIZE:
+        raise PackageError(
+            f"compressed payload size {compressed_size} is outside 1..{limits.MAX_COMPRESSED_SIZE} bytes;"
+            " refusing the package"
+        )
+    header = Header(major, minor, flags, key_id, manifest_size, compressed_size, payload_size)
+    if len(blob) < header.total_size:
+        raise PackageError(f"truncated package: {len(blob)} bytes, the header declares {header.total_size}")
+    if len(blob) > header.total_size:
+        raise PackageError(
+            f"{len(blob) - header.total_size} bytes of trailing garbage after the package "
+            f"(the header declares {header.total_size} bytes)"
+        )
+    return header

@@ -1,0 +1,156 @@
+"""Package ⇄ .hpkg bytes: the writer and the strict reader (layout in formats/SPEC.md).
+
+File = header (48 bytes) | manifest (canonical JSON) | payload (one zstd frame) | signature (64, if signed).
+The payload decompresses to code | rodata | data | relocation table, sizes and digests in the manifest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from hpkg.errors import PackageError, VerifyError
+from hpkg.formats import limits
+from hpkg.formats.compression import compress_payload, decompress_payload
+from hpkg.formats.header import (
+    FLAG_SIGNED,
+    FORMAT_MAJOR,
+    FORMAT_MINOR,
+    HEADER_SIZE,
+    KEY_ID_SIZE,
+    SIGNATURE_SIZE,
+    Header,
+    decode_header,
+    encode_header,
+)
+from hpkg.formats.manifest import SECTION_NAMES, SectionEntry, decode_manifest, encode_manifest
+from hpkg.formats.model import LoadedPackage, Package
+from hpkg.formats.reloctable import decode_relocations, encode_relocations
+from hpkg.formats.signing import PublicKeyLike, as_public_key, check_signature, key_id, sign, signed_message
+from hpkg.formats.validate import validate_package
+
+# The largest well-formed file: the reader refuses anything bigger before reading it all.
+MAX_FILE_SIZE = HEADER_SIZE + limits.MAX_MANIFEST_SIZE + limits.MAX_COMPRESSED_SIZE + SIGNATURE_SIZE
+
+
+def _section_bytes(pkg: Package) -> dict[str, bytes]:
+    return {
+        "code": pkg.code,
+        "rodata": pkg.rodata,
+        "data": pkg.data,
+        "relocations": encode_relocations(pkg.relocations),
+    }
+
+
+def write_package(pkg: Package, signing_key: Ed25519PrivateKey | None = None) -> bytes:
+    """The .hpkg bytes for `pkg`, signed when a key is given; same inputs and key give the same bytes."""
+    validate_package(pkg)
+    sections = _section_bytes(pkg)
+    payload = b"".join(sections[name] for name in SECTION_NAMES)
+    if len(payload) > limits.MAX_PAYLOAD_SIZE:
+        raise PackageError(
+            f"package payload is {len(payload)} bytes, over the limit of {limits.MAX_PAYLOAD_SIZE}"
+        )
+    frame = compress_payload(payload)
+    entries = {name: SectionEntry(len(b), hashlib.sha256(b).digest()) for name, b in sections.items()}
+    manifest = encode_manifest(pkg, entries, hashlib.sha256(frame).digest())
+    if len(manifest) > limits.MAX_MANIFEST_SIZE:
+        raise PackageError(f"manifest is {len(manifest)} bytes, over the limit of {limits.MAX_MANIFEST_SIZE}")
+    header = encode_header(
+        Header(
+            major=FORMAT_MAJOR,
+            minor=FORMAT_MINOR,
+            flags=FLAG_SIGNED if signing_key else 0,
+            key_id=key_id(signing_key.public_key()) if signing_key else bytes(KEY_ID_SIZE),
+            manifest_size=len(manifest),
+            compressed_size=len(frame),
+            payload_size=len(payload),
+        )
+    )
+    signature = sign(signing_key, signed_message(header, manifest)) if signing_key else b""
+    return header + manifest + frame + signature
+
+
+def read_package(blob: bytes, public_key: PublicKeyLike | None = None) -> LoadedPackage:
+    """Parse and check `blob` completely; with `public_key`, check the signature before parsing the manifest.
+
+    Raises PackageError for anything malformed and VerifyError for digests or a signature that do not hold.
+    """
+    # STEP 1: the fixed header, which bounds every size that follows and must match the file size.
+    header = decode_header(blob)
+    manifest_end = HEADER_SIZE + header.manifest_size
+    payload_end = manifest_end + header.compressed_size
+    header_bytes, manifest_bytes = blob[:HEADER_SIZE], blob[HEADER_SIZE:manifest_end]
+    frame = blob[manifest_end:payload_end]
+    signature = blob[payload_end:] if header.signed else None
+    message = signed_message(header_bytes, manifest_bytes)
+
+    # STEP 2: authenticate before parsing anything more, when the caller has a key.
+    if public_key is not None:
+        check_signature(as_public_key(public_key), header.key_id, signature, message)
+
+    # STEP 3: the manifest, then the compressed payload against its digest, still before decompressing.
+    manifest = decode_manifest(manifest_bytes, lenient=header.minor > FORMAT_MINOR)
+    if hashlib.sha256(frame).digest() != manifest.payload_sha256:
+        raise VerifyError("compressed payload does not match its digest: the package was altered or damaged")
+    declared = sum(manifest.sections[name].size for name in SECTION_NAMES)
+    if declared != header.payload_size:
+        raise PackageError(
+            f"corrupt package: sections add up to {declared} bytes, the header declares {header.payload_size}"
+        )
+
+    # STEP 4: decompress (bounded), split into sections and check each digest.
+    payload = decompress_payload(frame, header.payload_size)
+    sections: dict[str, bytes] = {}
+    start = 0
+    for name in SECTION_NAMES:
+        entry = manifest.sections[name]
+        sections[name] = payload[start : start + entry.size]
+        start += entry.size
+        if hashlib.sha256(sections[name]).digest() != entry.sha256:
+            raise VerifyError(f"section {name} does not match its digest: the package was altered or damaged")
+
+    # STEP 5: the whole package, cross-checked as the writer checked it.
+    package = dataclasses.replace(
+        manifest.package,
+        code=sections["code"],
+        rodata=sections["rodata"],
+        data=sections["data"],
+        relocations=decode_relocations(sections["relocations"]),
+    )
+    validate_package(package)
+    return LoadedPackage(
+        package=package,
+        format_version=(header.major, header.minor),
+        file_size=len(blob),
+        manifest_size=header.manifest_size,
+        compressed_size=header.compressed_size,
+        payload_size=header.payload_size,
+        signed=header.signed,
+        key_id=header.key_id if header.signed else None,
+        section_digests={name: entry.sha256 for name, entry in manifest.sections.items()},
+        payload_digest=manifest.payload_sha256,
+        signed_message=message,
+        signature=signature,
+        ignored_fields=manifest.ignored_fields,
+    )
+
+
+def verify_signature(loaded: LoadedPackage, public_key: PublicKeyLike) -> None:
+    """Raise VerifyError unless `loaded` is signed by `public_key` (a key, PEM or raw bytes, or a path)."""
+    check_signature(as_public_key(public_key), loaded.key_id or b"", loaded.signature, loaded.signed_message)
+
+
+def read_package_file(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of a package file, refusing one larger than any valid package before reading it."""
+    try:
+        with open(path, "rb") as f:
+            blob = f.read(MAX_FILE_SIZE + 1)
+    except OSError as exc:
+        raise PackageError(f"cannot read package {os.fspath(path)}: {exc.strerror or exc}") from None
+    if len(blob) > MAX_FILE_SIZE:
+        raise PackageError(f"{os.fspath(path)} is larger than any valid package ({MAX_FILE_SIZE} bytes)")
+    return blob

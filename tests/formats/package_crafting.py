@@ -1,0 +1,75 @@
+"""Helpers that take a valid .hpkg apart and put it back together with chosen changes.
+
+They play the adversary: anything a hostile or damaged file could hold, built from a real package.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from typing import Any
+
+from hpkg.formats.header import HEADER_SIZE, decode_header
+from hpkg.formats.manifest import canonical_json
+
+HEADER_FORMAT = struct.Struct("<8sHHI8sIIQQ")
+
+
+def split(blob: bytes) -> tuple[list[Any], dict[str, Any], bytes, bytes]:
+    """(header fields, manifest document, compressed payload, signature) of a valid package."""
+    header = decode_header(blob)
+    fields = list(HEADER_FORMAT.unpack_from(blob))
+    manifest_end = HEADER_SIZE + header.manifest_size
+    frame_end = manifest_end + header.compressed_size
+    return fields, json.loads(blob[HEADER_SIZE:manifest_end]), blob[manifest_end:frame_end], blob[frame_end:]
+
+
+def assemble(
+    fields: list[Any],
+    manifest: dict[str, Any] | bytes,
+    frame: bytes,
+    signature: bytes = b"",
+    *,
+    fix_sizes: bool = True,
+    fix_payload_digest: bool = True,
+) -> bytes:
+    """Rebuild a package; by default the header sizes and the payload digest are made consistent."""
+    fields = list(fields)
+    if isinstance(manifest, dict):
+        manifest = dict(manifest)
+        if fix_payload_digest:
+            manifest["payload_sha256"] = hashlib.sha256(frame).hexdigest()
+        manifest = canonical_json(manifest)
+    if fix_sizes:
+        fields[5] = len(manifest)  # manifest_size
+        fields[7] = len(frame)  # compressed_size
+    return HEADER_FORMAT.pack(*fields) + manifest + frame + signature
+
+
+def flip(blob: bytes, index: int, mask: int = 0xFF) -> bytes:
+    """`blob` with the byte at `index` XORed with `mask`."""
+    return blob[:index] + bytes([blob[index] ^ mask]) + blob[index + 1 :]
+
+
+
+
+def with_sections(blob: bytes, **sections: bytes) -> bytes:
+    """Re-pack `blob` (unsigned) with some payload sections replaced, every digest and size consistent."""
+    from hpkg.formats.compression import compress_payload
+    from hpkg.formats.manifest import SECTION_NAMES
+    from hpkg.formats.package import read_package
+    from hpkg.formats.reloctable import encode_relocations
+
+    pkg = read_package(blob).package
+    current = {"code": pkg.code, "rodata": pkg.rodata, "data": pkg.data,
+               "relocations": encode_relocations(pkg.relocations)}
+    current.update(sections)
+    fields, document, _, _ = split(blob)
+    payload = b"".join(current[name] for name in SECTION_NAMES)
+    document["sections"] = {
+        name: {"size": len(current[name]), "sha256": hashlib.sha256(current[name]).hexdigest()}
+        for name in SECTION_NAMES
+    }
+    fields[8] = len(payload)
+    return assemble(fields, document, compress_payload(payload))
