@@ -1,0 +1,365 @@
+"""A running process as a patch target: memory, mappings, threads, and stopping all threads safely.
+
+Memory is read with process_vm_readv(2) and written through /proc/PID/mem, which (like a
+debugger's breakpoint) writes through read-only code pages by copy-on-write.
+
+`Process.stop_all_threads()` seizes and interrupts every thread, re-scanning /proc/PID/task until
+no new thread appears, and on leaving — normally or by an exception — restores what it changed
+and detaches every thread, so the process is never left stopped or traced. Threads are attached
+with PTRACE_SEIZE (no SIGSTOP is ever sent), so if the loader itself dies the kernel detaches them
+and they run on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from hpkg.errors import TargetError
+from hpkg.loader import procfs
+from hpkg.loader import ptrace as pt
+from hpkg.loader.procfs import Mapping, RuntimeImage
+from hpkg.loader.ptrace import Registers, StopKind
+
+# A process that keeps creating threads faster than we can stop them is given up on after this.
+MAX_ATTACH_ROUNDS = 100
+DEFAULT_STOP_TIMEOUT = 5.0
+# A thread that never reaches its stop (uninterruptible sleep) is waited for this long at release.
+RELEASE_TIMEOUT = 60.0
+
+
+def wait_one(tid: int, deadline: float) -> pt.WaitStatus:
+    """Wait for the next ptrace stop (or exit) of one running thread, until a monotonic deadline."""
+    idle = 0
+    while True:
+        status = pt.wait(tid, block=False)
+        if status is not None:
+            return status
+        if time.monotonic() > deadline:
+            raise TargetError(f"thread {tid} did not stop in time (state {procfs.thread_state(tid, tid)!r})")
+        idle += 1
+        if idle < 50:
+            os.sched_yield()
+        else:
+            time.sleep(min(0.001, 0.00002 * idle))
+
+
+class _IOVec(ctypes.Structure):
+    _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.process_vm_readv.restype = ctypes.c_ssize_t
+_libc.process_vm_readv.argtypes = [
+    ctypes.c_int,
+    ctypes.POINTER(_IOVec),
+    ctypes.c_ulong,
+    ctypes.POINTER(_IOVec),
+    ctypes.c_ulong,
+    ctypes.c_ulong,
+]
+
+
+class Process:
+    """A live process addressed by pid: read/write memory, list mappings, threads and images."""
+
+    def __init__(self, pid: int) -> None:
+        if pid <= 0 or not os.path.isdir(f"/proc/{pid}/task"):
+            raise TargetError(f"no such process: {pid}")
+        self.pid = pid
+        self.start_time = procfs.start_time(pid)
+        self._mem_fd: int | None = None
+
+    def close(self) -> None:
+        """Close the cached /proc/PID/mem descriptor."""
+        if self._mem_fd is not None:
+            os.close(self._mem_fd)
+            self._mem_fd = None
+
+    def __enter__(self) -> Process:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def alive(self) -> bool:
+        """Whether the process still exists and is not a zombie."""
+        return procfs.thread_state(self.pid, self.pid) not in ("", "Z", "X")
+
+    # -- memory -------------------------------------------------------------------------------
+
+    def _mem(self) -> int:
+        if self._mem_fd is None:
+            try:
+                self._mem_fd = os.open(f"/proc/{self.pid}/mem", os.O_RDWR | os.O_CLOEXEC)
+            except FileNotFoundError:
+                raise TargetError(f"no such process: {self.pid}") from None
+            except PermissionError:
+                raise TargetError(
+                    f"permission denied opening /proc/{self.pid}/mem; run as root or with CAP_SYS_PTRACE"
+                ) from None
+        return self._mem_fd
+
+    def read(self, runtime_address: int, size: int) -> bytes:
+        """Read `size` bytes at a runtime address; TargetError if any part is unmapped."""
+        if size <= 0:
+            return b""
+        buf = ctypes.create_string_buffer(size)
+        local = _IOVec(ctypes.cast(buf, ctypes.c_void_p), size)
+        remote = _IOVec(runtime_address, size)
+        got = _libc.process_vm_readv(self.pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+        if got == size:
+            return buf.raw
+        if got < 0 and ctypes.get_errno() == errno.ESRCH:
+            raise TargetError(f"no such process: {self.pid}")
+        # process_vm_readv stops at pages without read permission (e.g. --x); /proc/PID/mem reads them.
+        done = max(got, 0)
+        try:
+            rest = os.pread(self._mem(), size - done, runtime_address + done)
+        except OSError as exc:
+            rest = b""
+            if exc.errno == errno.ESRCH:
+                raise TargetError(f"no such process: {self.pid}") from None
+        if len(rest) != size - done:
+            raise TargetError(f"cannot read {size} bytes at {runtime_address:#x} in process {self.pid}")
+        return buf.raw[:done] + rest
+
+    def write(self, runtime_address: int, data: bytes) -> None:
+        """Write bytes at a runtime address through /proc/PID/mem (works on read-only code pages)."""
+        try:
+            written = os.pwrite(self._mem(), data, runtime_address)
+        except OSError as exc:
+            where = f"{len(data)} bytes at {runtime_address:#x} in process {self.pid}"
+            raise TargetError(f"cannot write {where}: {exc.strerror}") from None
+        if written != len(data):
+            raise TargetError(f"short write at {runtime_address:#x} in process {self.pid}")
+
+    # -- structure ------------------------------------------------------------------------------
+
+    def maps(self) -> tuple[Mapping, ...]:
+        """The process's mappings (/proc/PID/maps)."""
+        return procfs.read_maps(self.pid)
+
+    def threads(self) -> tuple[int, ...]:
+        """The process's thread ids (/proc/PID/task), main thread first."""
+        return procfs.list_tids(self.pid)
+
+    def images(self) -> tuple[RuntimeImage, ...]:
+        """Every ELF image mapped in the process."""
+        return procfs.list_images(self.pid)
+
+    def find_images_by_build_id(self, build_id: str) -> list[RuntimeImage]:
+        """The images whose GNU build-id equals `build_id`."""
+        return procfs.find_images_by_build_id(self.pid, build_id)
+
+    # -- stopping -------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def stop_all_threads(self, timeout: float = DEFAULT_STOP_TIMEOUT) -> Iterator[StoppedThreads]:
+        """Stop every thread (including ones created while attaching); always resume and detach them."""
+        stopped = StoppedThreads(self)
+        try:
+            stopped._attach(only=None, timeout=timeout)
+            yield stopped
+        except BaseException:
+            stopped._release(failed=True)
+            raise
+        else:
+            stopped._release(failed=False)
+
+    @contextlib.contextmanager
+    def stop_thread(
+        self, tid: int | None = None, timeout: float = DEFAULT_STOP_TIMEOUT
+    ) -> Iterator[StoppedThreads]:
+        """Stop one thread (the main thread by default) while the others keep running."""
+        stopped = StoppedThreads(self)
+        if tid is None:
+            # The main thread, unless it has exited (pthread_exit) and stays a zombie leader.
+            live = [t for t in self.threads() if procfs.thread_state(self.pid, t) not in ("", "Z", "X")]
+            tid = live[0] if live else self.pid
+        try:
+            stopped._attach(only=tid, timeout=timeout)
+            yield stopped
+        except BaseException:
+            stopped._release(failed=True)
+            raise
+        else:
+            stopped._release(failed=False)
+
+
+@dataclass
+class StoppedThreads:
+    """The threads held stopped by one `stop_all_threads()`/`stop_thread()`, with an undo journal."""
+
+    process: Process
+    held: dict[int, StopKind] = field(default_factory=dict)  # tid -> how it is stopped
+    gone: set[int] = field(default_factory=set)  # threads that exited while we attached
+    redelivered: list[tuple[int, int]] = field(default_factory=list)  # (tid, signal) passed on
+    stopped_at: float = 0.0  # perf_counter when the first thread was interrupted
+    resumed_at: float = 0.0  # perf_counter when the last thread was detached
+    _seized: set[int] = field(default_factory=set)
+    _original_regs: dict[int, Registers] = field(default_factory=dict)
+    _journal: list[tuple[int, bytes]] = field(default_factory=list)
+
+    @property
+    def tids(self) -> tuple[int, ...]:
+        """The threads currently held stopped."""
+        return tuple(sorted(self.held, key=lambda tid: tid != self.process.pid))
+
+    @property
+    def pause(self) -> float:
+        """Seconds from the first interrupt to the last detach (valid after release)."""
+        end = self.resumed_at or time.perf_counter()
+        return end - self.stopped_at if self.stopped_at else 0.0
+
+    def regs(self, tid: int) -> Registers:
+        """The registers of a held thread."""
+        return pt.get_regs(tid)
+
+    def set_regs(self, tid: int, regs: Registers) -> None:
+        """Set a held thread's registers; the first value seen is restored on release."""
+        self._original_regs.setdefault(tid, pt.get_regs(tid))
+        pt.set_regs(tid, regs)
+
+    def forget_regs(self, tid: int) -> None:
+        """Keep a thread's current registers on release (a caller restored them itself)."""
+        self._original_regs.pop(tid, None)
+
+    def write(self, runtime_address: int, data: bytes) -> None:
+        """Write target memory, remembering the pre-image so an exception undoes it."""
+        pre_image = self.process.read(runtime_address, len(data))
+        self._journal.append((runtime_address, pre_image))
+        self.process.write(runtime_address, data)
+
+    # -- attach / wait / release ----------------------------------------------------------------
+
+    def _attach(self, only: int | None, timeout: float) -> None:
+        """Seize and interrupt threads until every thread of the process (or `only`) is stopped."""
+        deadline = time.monotonic() + timeout
+        for _round in range(MAX_ATTACH_ROUNDS):
+            current = (only,) if only is not None else self.process.threads()
+            new = [tid for tid in current if tid not in self._seized and tid not in self.gone]
+            if not new:
+                if not self.held:
+                    raise TargetError(f"process {self.process.pid} exited")
+                if procfs.start_time(self.process.pid) != self.process.start_time:
+                    raise TargetError(f"process {self.process.pid} exited and its pid was reused")
+                return
+            for tid in new:
+                self._seize_one(tid)
+            self.wait_stopped([tid for tid in new if tid in self._seized], deadline)
+            if only is not None and only not in self.held:
+                raise TargetError(f"thread {only} of process {self.process.pid} exited")
+        raise TargetError(f"process {self.process.pid} keeps creating threads; cannot stop them all")
+
+    def _seize_one(self, tid: int) -> None:
+        try:
+            pt.seize(tid)
+        except TargetError:
+            if procfs.thread_state(self.process.pid, tid) in ("", "Z", "X"):
+                self.gone.add(tid)  # exited (or a zombie leader) between listing and attaching
+                return
+            raise
+        self._seized.add(tid)
+        if not self.stopped_at:
+            self.stopped_at = time.perf_counter()
+        with contextlib.suppress(TargetError):
+            pt.interrupt(tid)  # fails only when exiting: wait_stopped then reports the exit
+
+    def wait_stopped(self, tids: list[int], deadline: float) -> None:
+        """Wait until each seized, running thread is in an interrupt or group stop (or gone).
+
+        A signal-delivery-stop on the way is the signal arriving for the thread: it is passed on at
+        once (PTRACE_CONT with that signal), so nothing is lost, and the interrupt is renewed (that
+        stop consumed it), so the thread stops right after its handler frame is set up.
+        """
+        pending = set(tids)
+        idle = 0
+        while pending:
+            progressed = False
+            for tid in list(pending):
+                status = pt.wait(tid, block=False)
+                if status is None:
+                    continue
+                progressed = True
+                if status.kind in (StopKind.INTERRUPT, StopKind.GROUP_STOP):
+                    self.held[tid] = status.kind
+                    pending.discard(tid)
+                elif status.kind == StopKind.EXITED:
+                    pending.discard(tid)
+                    self.mark_gone(tid)
+                else:
+                    sig = status.signal if status.kind == StopKind.SIGNAL else 0
+                    if sig:
+                        self.redelivered.append((tid, sig))
+                    self._resume_quietly(tid, sig)
+            if progressed:
+                idle = 0
+                continue
+            if time.monotonic() > deadline:
+                states = ", ".join(f"{tid} ({procfs.thread_state(self.process.pid, tid)})" for tid in pending)
+                raise TargetError(
+                    f"threads did not stop in time: {states}; a thread in state D is in uninterruptible I/O"
+                )
+            idle += 1
+            if idle < 50:
+                os.sched_yield()
+            else:
+                time.sleep(min(0.001, 0.00002 * idle))
+
+    def _resume_quietly(self, tid: int, sig: int) -> None:
+        # Any ptrace stop consumes a pending PTRACE_INTERRUPT (the kernel clears JOBCTL_TRAP_STOP on
+        # every trap), so ask again before resuming, or the thread would run on and never stop.
+        with contextlib.suppress(TargetError):
+            pt.interrupt(tid)
+            pt.cont(tid, sig)  # fails only when gone: the next wait reports it
+
+    def mark_gone(self, tid: int) -> None:
+        """Forget a thread that exited while held or running."""
+        self.held.pop(tid, None)
+        self._seized.discard(tid)
+        self._original_regs.pop(tid, None)
+        self.gone.add(tid)
+
+    def _release(self, failed: bool) -> None:
+        """Undo journaled writes (on failure), restore changed registers, detach every thread."""
+        problems: list[str] = []
+        if failed:
+            for runtime_address, pre_image in reversed(self._journal):
+                try:
+                    self.process.write(runtime_address, pre_image)
+                except TargetError as exc:
+                    problems.append(str(exc))
+        self._journal.clear()
+        # Threads seized but never seen stopped hold a pending interrupt: wait for them so that
+        # none stays traced (PTRACE_DETACH works only on a stopped tracee).
+        running = [tid for tid in self._seized if tid not in self.held]
+        if running:
+            for tid in running:
+                with contextlib.suppress(TargetError):
+                    pt.interrupt(tid)
+            with contextlib.suppress(TargetError):
+                self.wait_stopped(running, time.monotonic() + RELEASE_TIMEOUT)
+        for tid, regs in self._original_regs.items():
+            if tid in self.held:
+                try:
+                    pt.set_regs(tid, regs)
+                except TargetError as exc:
+                    problems.append(str(exc))
+        self._original_regs.clear()
+        for tid in list(self._seized):
+            try:
+                pt.detach(tid, 0)
+            except TargetError:
+                # Killed while held: reap its exit so no traced zombie lingers.
+                pt.wait(tid, block=False)
+            self._seized.discard(tid)
+        self.held.clear()
+        self.resumed_at = time.perf_counter()
+        if problems and not failed:
+            raise TargetError("; ".join(problems))

@@ -1,0 +1,360 @@
+"""Read a process from /proc: its mappings, its threads, and the ELF images it has loaded.
+
+An image (the main executable, a shared library, the vDSO) is found by the GNU build-id in its
+PT_NOTE, read from the mapped file (through /proc/PID/map_files, which also reaches deleted
+files) or, failing that, from the target's memory. Its load bias is the runtime address of link
+address 0: nonzero for PIE executables and shared objects, 0 for a non-PIE executable.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from hpkg.errors import TargetError
+
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+PT_LOAD = 1
+PT_NOTE = 4
+PF_X = 1
+PF_W = 2
+PF_R = 4
+ET_EXEC = 2
+ET_DYN = 3
+NT_GNU_BUILD_ID = 3
+
+_ELF_HEADER = struct.Struct("<16sHHIQQQIHHHHHH")
+_PROGRAM_HEADER = struct.Struct("<IIQQQQQQ")
+_DELETED = " (deleted)"
+
+
+@dataclass(frozen=True)
+class Mapping:
+    """One line of /proc/PID/maps: a runtime address range and what backs it."""
+
+    start: int
+    end: int
+    perms: str  # e.g. "r-xp"
+    offset: int  # file offset of `start`
+    dev: str  # "major:minor" in hex
+    inode: int
+    path: str  # "" for anonymous memory; "[stack]", "[heap]", "[vdso]"; a path, maybe "… (deleted)"
+
+    @property
+    def size(self) -> int:
+        """Length in bytes."""
+        return self.end - self.start
+
+    @property
+    def readable(self) -> bool:
+        return self.perms[0] == "r"
+
+    @property
+    def writable(self) -> bool:
+        return self.perms[1] == "w"
+
+    @property
+    def executable(self) -> bool:
+        return self.perms[2] == "x"
+
+    @property
+    def deleted(self) -> bool:
+        """The backing file was unlinked after mapping (the kernel appends " (deleted)")."""
+        return self.path.endswith(_DELETED)
+
+    @property
+    def file_path(self) -> str:
+        """The path without the " (deleted)" marker."""
+        return self.path[: -len(_DELETED)] if self.deleted else self.path
+
+    def contains(self, runtime_address: int) -> bool:
+        """Whether a runtime address falls inside this mapping."""
+        return self.start <= runtime_address < self.end
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One PT_LOAD program header: where a part of the file goes, in link addresses."""
+
+    link_address: int  # p_vaddr
+    file_offset: int  # p_offset
+    file_size: int  # p_filesz
+    memory_size: int  # p_memsz
+    flags: int  # PF_R | PF_W | PF_X
+
+    @property
+    def executable(self) -> bool:
+        return bool(self.flags & PF_X)
+
+
+@dataclass(frozen=True)
+class RuntimeImage:
+    """An ELF image loaded in a process: its build-id, load bias, segments and mappings."""
+
+    path: str  # the mapped path ("[vdso]" for the vDSO), with " (deleted)" when unlinked
+    build_id: str  # lowercase hex, as `readelf -n` prints it; "" when the image has none
+    load_bias: int  # runtime address of link address 0; 0 for a non-PIE executable
+    elf_type: int  # ET_EXEC or ET_DYN
+    segments: tuple[Segment, ...]
+    mappings: tuple[Mapping, ...]
+
+    @property
+    def start(self) -> int:
+        """Lowest runtime address of the image's mappings."""
+        return min(m.start for m in self.mappings)
+
+    @property
+    def end(self) -> int:
+        """End of the image's highest segment, page-rounded (covers .bss beyond the file)."""
+        seg_end = max((self.load_bias + s.link_address + s.memory_size for s in self.segments), default=0)
+        return max(_page_up(seg_end), max(m.end for m in self.mappings))
+
+    def runtime_address(self, link_address: int) -> int:
+        """Convert a link address (as in the ELF file) to this image's runtime address."""
+        return self.load_bias + link_address
+
+    def link_address(self, runtime_address: int) -> int:
+        """Convert a runtime address inside this image back to its link address."""
+        return runtime_address - self.load_bias
+
+
+def _page_down(value: int) -> int:
+    return value & ~(PAGE_SIZE - 1)
+
+
+def _page_up(value: int) -> int:
+    return (value + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+
+
+def parse_maps_line(line: str) -> Mapping:
+    """Parse one /proc/PID/maps line; the path may contain spaces."""
+    parts = line.rstrip("\n").split(None, 5)
+    start, end = (int(x, 16) for x in parts[0].split("-"))
+    path = parts[5] if len(parts) > 5 else ""
+    return Mapping(start, end, parts[1], int(parts[2], 16), parts[3], int(parts[4]), path)
+
+
+def read_maps(pid: int) -> tuple[Mapping, ...]:
+    """All mappings of a process, in address order."""
+    try:
+        with open(f"/proc/{pid}/maps", encoding="utf-8", errors="surrogateescape") as maps:
+            return tuple(parse_maps_line(line) for line in maps if line.strip())
+    except FileNotFoundError:
+        raise TargetError(f"no such process: {pid}") from None
+    except PermissionError:
+        raise TargetError(f"permission denied reading /proc/{pid}/maps; run as its user or root") from None
+
+
+def list_tids(pid: int) -> tuple[int, ...]:
+    """The thread ids of a process (/proc/PID/task), sorted, the main thread first."""
+    try:
+        tids = sorted(int(name) for name in os.listdir(f"/proc/{pid}/task"))
+    except FileNotFoundError:
+        raise TargetError(f"no such process: {pid}") from None
+    return tuple(sorted(tids, key=lambda tid: tid != pid))
+
+
+def start_time(pid: int) -> int:
+    """When the process started, in clock ticks since boot (/proc/PID/stat field 22); 0 when gone.
+
+    A pid and its start time name one process for good: a reused pid has a later start time.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as stat:
+            text = stat.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0
+    # The command name (field 2) may contain spaces and parentheses: split after its last ")".
+    return int(text[text.rindex(")") + 2 :].split()[19])
+
+
+def thread_status(pid: int, tid: int) -> dict[str, str]:
+    """The fields of /proc/PID/task/TID/status; empty when the thread is gone."""
+    try:
+        with open(f"/proc/{pid}/task/{tid}/status", encoding="utf-8", errors="replace") as status:
+            return dict(line.rstrip("\n").split(":\t", 1) for line in status if ":\t" in line)
+    except (FileNotFoundError, ProcessLookupError):
+        return {}
+
+
+def thread_state(pid: int, tid: int) -> str:
+    """The one-letter scheduler state of a thread (R, S, D, T, t, Z, X), or "" when gone."""
+    return thread_status(pid, tid).get("State", " ")[:1].strip()
+
+
+def _iter_notes(blob: bytes, align: int) -> Iterator[tuple[bytes, int, bytes]]:
+    """Yield (name, type, descriptor) for each ELF note in a PT_NOTE segment."""
+    pos = 0
+    while pos + 12 <= len(blob):
+        namesz, descsz, note_type = struct.unpack_from("<III", blob, pos)
+        pos += 12
+        name = blob[pos : pos + namesz].rstrip(b"\0")
+        pos += (namesz + align - 1) & ~(align - 1)
+        desc = blob[pos : pos + descsz]
+        pos += (descsz + align - 1) & ~(align - 1)
+        yield name, note_type, desc
+
+
+@dataclass(frozen=True)
+class _ElfHeaders:
+    elf_type: int
+    load_segments: tuple[Segment, ...]
+    notes: tuple[tuple[int, int, int, int], ...]  # (p_offset, p_vaddr, p_filesz, p_align) of PT_NOTE
+
+
+def _read_headers(read: Callable[[int, int], bytes]) -> _ElfHeaders | None:
+    """Parse the ELF header and program headers through `read(file_offset, size)`; None if not ELF64."""
+    head = read(0, _ELF_HEADER.size)
+    if len(head) < _ELF_HEADER.size or head[:4] != b"\x7fELF" or head[4] != 2 or head[5] != 1:
+        return None
+    fields = _ELF_HEADER.unpack(head)
+    elf_type, phoff, phentsize, phnum = fields[1], fields[5], fields[9], fields[10]
+    if elf_type not in (ET_EXEC, ET_DYN) or phentsize != _PROGRAM_HEADER.size or not 0 < phnum < 256:
+        return None
+    table = read(phoff, phentsize * phnum)
+    loads, notes = [], []
+    for index in range(len(table) // phentsize):
+        p_type, p_flags, p_offset, p_vaddr, _, p_filesz, p_memsz, p_align = _PROGRAM_HEADER.unpack_from(
+            table, index * phentsize
+        )
+        if p_type == PT_LOAD:
+            loads.append(Segment(p_vaddr, p_offset, p_filesz, p_memsz, p_flags))
+        elif p_type == PT_NOTE:
+            notes.append((p_offset, p_vaddr, p_filesz, p_align))
+    if not loads:
+        return None
+    return _ElfHeaders(elf_type, tuple(loads), tuple(notes))
+
+
+def _build_id(headers: _ElfHeaders, read_note: Callable[[int, int, int], bytes]) -> str:
+    """Find NT_GNU_BUILD_ID among the PT_NOTE segments; `read_note(offset, vaddr, size)` reads one."""
+    for p_offset, p_vaddr, p_filesz, p_align in headers.notes:
+        blob = read_note(p_offset, p_vaddr, p_filesz)
+        for name, note_type, desc in _iter_notes(blob, 8 if p_align == 8 else 4):
+            if name == b"GNU" and note_type == NT_GNU_BUILD_ID:
+                return desc.hex()
+    return ""
+
+
+class _FileReader:
+    """Positional reads from an open file; `open()` returns None when the file cannot be opened."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    @classmethod
+    def open(cls, path: str) -> _FileReader | None:
+        try:
+            return cls(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
+        except OSError:
+            return None
+
+    def read(self, offset: int, size: int) -> bytes:
+        try:
+            return os.pread(self.fd, size, offset)
+        except OSError:
+            return b""
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def _mem_reader(pid: int) -> Callable[[int, int], bytes]:
+    """A `read(runtime_address, size)` over a process's memory through /proc/PID/mem."""
+
+    def read(address: int, size: int) -> bytes:
+        try:
+            with open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
+                mem.seek(address)
+                return mem.read(size) or b""
+        except OSError:
+            return b""
+
+    return read
+
+
+def _open_image_file(pid: int, first: Mapping) -> _FileReader | None:
+    """Open the file behind an image's first mapping: map_files first (exact, even deleted), then the path."""
+    reader = _FileReader.open(f"/proc/{pid}/map_files/{first.start:x}-{first.end:x}")
+    if reader is not None:
+        return reader
+    if first.deleted or not first.path.startswith("/"):
+        return None
+    try:
+        if os.stat(first.path).st_ino != first.inode:
+            return None  # the path now names another file (replaced on disk)
+    except OSError:
+        return None
+    return _FileReader.open(first.path)
+
+
+def _image_from(pid: int, mappings: list[Mapping], from_memory: bool) -> RuntimeImage | None:
+    """Build a RuntimeImage from the mappings of one file (the first at file offset 0), or None if not ELF."""
+    first = mappings[0]
+    memory = _mem_reader(pid)
+    file = None if first.path == "[vdso]" or from_memory else _open_image_file(pid, first)
+    try:
+        if file is not None:
+            headers = _read_headers(file.read)
+        else:
+            headers = _read_headers(lambda offset, size: memory(first.start + offset, size))
+        if headers is None:
+            return None
+        # The lowest PT_LOAD maps file page page_down(p_offset) — the first mapping, at file offset
+        # 0 — to runtime address bias + page_down(p_vaddr).
+        base = min(headers.load_segments, key=lambda s: s.link_address)
+        load_bias = first.start - (_page_down(base.link_address) - _page_down(base.file_offset))
+        if file is not None:
+            build_id = _build_id(headers, lambda offset, _vaddr, size: file.read(offset, size))
+        else:
+            build_id = _build_id(headers, lambda _offset, vaddr, size: memory(load_bias + vaddr, size))
+    finally:
+        if file is not None:
+            file.close()
+    return RuntimeImage(
+        first.path, build_id, load_bias, headers.elf_type, headers.load_segments, tuple(mappings)
+    )
+
+
+def _group_by_file(maps: tuple[Mapping, ...]) -> list[list[Mapping]]:
+    """Group file-backed mappings into one list per loaded file, each starting at file offset 0."""
+    groups: list[list[Mapping]] = []
+    open_groups: dict[tuple[str, int, str], list[Mapping]] = {}
+    for mapping in maps:
+        if mapping.path == "[vdso]":
+            groups.append([mapping])
+            continue
+        if mapping.inode == 0:
+            continue
+        key = (mapping.dev, mapping.inode, mapping.path)
+        if mapping.offset == 0:
+            open_groups[key] = [mapping]
+            groups.append(open_groups[key])
+        elif key in open_groups:
+            open_groups[key].append(mapping)
+    return groups
+
+
+def list_images(
+    pid: int, maps: tuple[Mapping, ...] | None = None, from_memory: bool = False
+) -> tuple[RuntimeImage, ...]:
+    """Every ELF image mapped in a process, in address order.
+
+    Headers and notes come from the mapped files unless `from_memory` (or no file can be opened),
+    in which case they are read from the image's first mapping in the target's memory.
+    """
+    images = []
+    for group in _group_by_file(maps if maps is not None else read_maps(pid)):
+        image = _image_from(pid, group, from_memory)
+        if image is not None:
+            images.append(image)
+    return tuple(images)
+
+
+def find_images_by_build_id(pid: int, build_id: str) -> list[RuntimeImage]:
+    """The images in a process whose GNU build-id equals `build_id` (hex, any case)."""
+    wanted = build_id.lower()
+    return [image for image in list_images(pid) if image.build_id and image.build_id == wanted]

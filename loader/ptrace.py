@@ -1,0 +1,311 @@
+"""A thin, typed ctypes layer over Linux x86-64 ptrace(2) and waitpid(2); errno becomes TargetError.
+
+Only the requests the loader needs are here. Threads are attached with PTRACE_SEIZE and never
+with PTRACE_O_EXITKILL: the target must outlive the loader, and a tracer that dies (even by
+SIGKILL) lets every seized thread run on, because SEIZE never sends SIGSTOP.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import errno
+import os
+import signal
+from dataclasses import dataclass
+from enum import Enum
+
+from hpkg.errors import TargetError
+
+# Request numbers from <sys/ptrace.h> / <linux/ptrace.h>.
+PTRACE_CONT = 7
+PTRACE_SINGLESTEP = 9
+PTRACE_GETREGS = 12
+PTRACE_SETREGS = 13
+PTRACE_DETACH = 17
+PTRACE_SYSCALL = 24
+PTRACE_SETOPTIONS = 0x4200
+PTRACE_GETSIGINFO = 0x4202
+PTRACE_SEIZE = 0x4206
+PTRACE_INTERRUPT = 0x4207
+PTRACE_GET_SYSCALL_INFO = 0x420E
+
+# Options for PTRACE_SEIZE. EXITKILL (0x100000) is deliberately absent.
+PTRACE_O_TRACESYSGOOD = 0x1
+PTRACE_O_EXITKILL = 0x100000
+
+# A stop reported as (status >> 16) == PTRACE_EVENT_STOP is an interrupt stop (SIGTRAP) or a
+# group-stop (the stopping signal) of a seized thread.
+PTRACE_EVENT_STOP = 128
+
+PTRACE_SYSCALL_INFO_ENTRY = 1
+PTRACE_SYSCALL_INFO_EXIT = 2
+
+# waitpid flags: __WALL waits for threads (clone children) too.
+WNOHANG = 1
+WALL = 0x40000000
+
+# Signals whose event stop means group-stop rather than our PTRACE_INTERRUPT.
+STOP_SIGNALS = frozenset({signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU})
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.ptrace.restype = ctypes.c_long
+_libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+_libc.waitpid.restype = ctypes.c_int
+_libc.waitpid.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_int), ctypes.c_int]
+
+@dataclass(frozen=True)
+class Registers:
+    """The general-purpose register set of one stopped thread, as unsigned 64-bit values."""
+
+    r15: int
+    r14: int
+    r13: int
+    r12: int
+    rbp: int
+    rbx: int
+    r11: int
+    r10: int
+    r9: int
+    r8: int
+    rax: int
+    rcx: int
+    rdx: int
+    rsi: int
+    rdi: int
+    orig_rax: int
+    rip: int
+    cs: int
+    eflags: int
+    rsp: int
+    ss: int
+    fs_base: int
+    gs_base: int
+    ds: int
+    es: int
+    fs: int
+    gs: int
+
+    def signed(self, name: str) -> int:
+        """One register read as a signed 64-bit value (rax and orig_rax carry -errno and -1)."""
+        value = getattr(self, name)
+        return value - (1 << 64) if value >= 1 << 63 else value
+
+
+# The field order of Registers is the order of struct user_regs_struct.
+_REG_NAMES = tuple(f.name for f in dataclasses.fields(Registers))
+
+
+class UserRegs(ctypes.Structure):
+    """struct user_regs_struct for x86-64 (<sys/user.h>), the layout PTRACE_GETREGS fills."""
+
+    _fields_ = [(name, ctypes.c_ulonglong) for name in _REG_NAMES]
+
+
+class StopKind(Enum):
+    """What a waitpid status says happened to a traced thread."""
+
+    INTERRUPT = "interrupt"  # PTRACE_EVENT_STOP with SIGTRAP: our PTRACE_INTERRUPT took effect
+    GROUP_STOP = "group-stop"  # PTRACE_EVENT_STOP with a stopping signal: job control
+    SIGNAL = "signal"  # signal-delivery-stop: a signal is about to be delivered
+    SYSCALL = "syscall"  # syscall entry/exit stop (PTRACE_O_TRACESYSGOOD: SIGTRAP | 0x80)
+    EVENT = "event"  # another PTRACE_EVENT_* stop
+    EXITED = "exited"  # the thread is gone (exit or killed by a signal)
+
+
+@dataclass(frozen=True)
+class WaitStatus:
+    """A decoded waitpid status of one thread."""
+
+    tid: int
+    kind: StopKind
+    signal: int  # the stop signal, or the terminating signal / exit code for EXITED
+
+
+@dataclass(frozen=True)
+class SyscallInfo:
+    """The PTRACE_GET_SYSCALL_INFO answer at a syscall stop: entry (nr, args) or exit (return value)."""
+
+    op: int
+    instruction_pointer: int
+    nr: int
+    return_value: int
+
+
+class _SyscallInfoStruct(ctypes.Structure):
+    # struct ptrace_syscall_info: op, pad, arch, ip, sp, then a union (entry: nr + 6 args,
+    # exit: s64 rval + u8 is_error); both union members start with one 64-bit field.
+    _fields_ = [
+        ("op", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 3),
+        ("arch", ctypes.c_uint32),
+        ("instruction_pointer", ctypes.c_uint64),
+        ("stack_pointer", ctypes.c_uint64),
+        ("first", ctypes.c_uint64),
+        ("rest", ctypes.c_uint64 * 7),
+    ]
+
+
+class _SigInfo(ctypes.Structure):
+    _fields_ = [
+        ("si_signo", ctypes.c_int),
+        ("si_errno", ctypes.c_int),
+        ("si_code", ctypes.c_int),
+        ("pad", ctypes.c_byte * (128 - 12)),
+    ]
+
+
+def _tracer_of(tid: int) -> int:
+    """The TracerPid of a thread from /proc, or 0 when unknown."""
+    try:
+        with open(f"/proc/{tid}/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("TracerPid:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _yama_ptrace_scope() -> int:
+    """The Yama ptrace restriction level (0 when Yama is absent)."""
+    try:
+        with open("/proc/sys/kernel/yama/ptrace_scope", encoding="ascii") as scope:
+            return int(scope.read())
+    except (OSError, ValueError):
+        return 0
+
+
+def _error(what: str, tid: int, err: int) -> TargetError:
+    """Turn an errno from a ptrace request into an actionable TargetError."""
+    if err == errno.ESRCH:
+        return TargetError(f"{what} thread {tid}: no such process or thread (it exited or is not stopped)")
+    if err == errno.EPERM:
+        tracer = _tracer_of(tid)
+        if tracer and tracer != os.getpid():
+            return TargetError(
+                f"{what} thread {tid}: already traced by process {tracer} (a debugger?); detach it and retry"
+            )
+        scope = _yama_ptrace_scope()
+        if scope > 0:
+            return TargetError(
+                f"{what} thread {tid}: permission denied by kernel.yama.ptrace_scope={scope}; "
+                "run as root (CAP_SYS_PTRACE) or set the sysctl to 0"
+            )
+        return TargetError(
+            f"{what} thread {tid}: permission denied; run as the target's user or as root (CAP_SYS_PTRACE)"
+        )
+    return TargetError(f"{what} thread {tid}: {os.strerror(err)}")
+
+
+def _ptrace(request: int, tid: int, addr: int | None, data: int | ctypes.c_void_p | None, what: str) -> int:
+    """Call ptrace(2) once and raise TargetError on failure."""
+    ctypes.set_errno(0)
+    result = _libc.ptrace(request, tid, addr, data)
+    if result == -1:
+        err = ctypes.get_errno()
+        if err:
+            raise _error(what, tid, err)
+    return result
+
+
+def seize(tid: int) -> None:
+    """Attach to one thread without stopping it (PTRACE_SEIZE), reporting syscall stops distinctly."""
+    _ptrace(PTRACE_SEIZE, tid, None, PTRACE_O_TRACESYSGOOD, "attach to")
+
+
+def interrupt(tid: int) -> None:
+    """Ask a seized thread to stop (PTRACE_INTERRUPT); the stop is reported through waitpid."""
+    _ptrace(PTRACE_INTERRUPT, tid, None, None, "interrupt")
+
+
+def cont(tid: int, sig: int = 0) -> None:
+    """Resume a stopped thread, delivering `sig` when it is not 0 (PTRACE_CONT)."""
+    _ptrace(PTRACE_CONT, tid, None, sig, "resume")
+
+
+def syscall(tid: int, sig: int = 0) -> None:
+    """Resume a stopped thread until the next syscall entry or exit (PTRACE_SYSCALL)."""
+    _ptrace(PTRACE_SYSCALL, tid, None, sig, "resume to syscall")
+
+
+def singlestep(tid: int, sig: int = 0) -> None:
+    """Execute one instruction of a stopped thread (PTRACE_SINGLESTEP); the loader never injects with it."""
+    _ptrace(PTRACE_SINGLESTEP, tid, None, sig, "single-step")
+
+
+def detach(tid: int, sig: int = 0) -> None:
+    """Detach from a stopped thread and let it run (PTRACE_DETACH)."""
+    _ptrace(PTRACE_DETACH, tid, None, sig, "detach from")
+
+
+def get_regs(tid: int) -> Registers:
+    """Read the general-purpose registers of a stopped thread (PTRACE_GETREGS)."""
+    raw = UserRegs()
+    _ptrace(PTRACE_GETREGS, tid, None, ctypes.addressof(raw), "read registers of")
+    return Registers(**{name: getattr(raw, name) for name in _REG_NAMES})
+
+
+def set_regs(tid: int, regs: Registers) -> None:
+    """Write the general-purpose registers of a stopped thread (PTRACE_SETREGS)."""
+    raw = UserRegs(**{name: getattr(regs, name) & 0xFFFFFFFFFFFFFFFF for name in _REG_NAMES})
+    _ptrace(PTRACE_SETREGS, tid, None, ctypes.addressof(raw), "write registers of")
+
+
+def get_siginfo(tid: int) -> tuple[int, int]:
+    """The (si_signo, si_code) of the signal that caused the current stop (PTRACE_GETSIGINFO)."""
+    info = _SigInfo()
+    _ptrace(PTRACE_GETSIGINFO, tid, None, ctypes.addressof(info), "read signal info of")
+    return info.si_signo, info.si_code
+
+
+def get_syscall_info(tid: int) -> SyscallInfo:
+    """Which syscall a thread stopped at and whether at entry or exit (PTRACE_GET_SYSCALL_INFO)."""
+    info = _SyscallInfoStruct()
+    _ptrace(PTRACE_GET_SYSCALL_INFO, tid, ctypes.sizeof(info), ctypes.addressof(info), "read syscall of")
+    value = info.first
+    signed = value - (1 << 64) if value >= 1 << 63 else value
+    is_entry = info.op == PTRACE_SYSCALL_INFO_ENTRY
+    return SyscallInfo(
+        op=info.op,
+        instruction_pointer=info.instruction_pointer,
+        nr=value if is_entry else -1,
+        return_value=signed if info.op == PTRACE_SYSCALL_INFO_EXIT else 0,
+    )
+
+
+def decode_status(tid: int, status: int) -> WaitStatus:
+    """Decode a waitpid status word of a traced thread."""
+    if status & 0x7F == 0:  # WIFEXITED
+        return WaitStatus(tid, StopKind.EXITED, (status >> 8) & 0xFF)
+    if status & 0xFF != 0x7F:  # WIFSIGNALED
+        return WaitStatus(tid, StopKind.EXITED, status & 0x7F)
+    sig = (status >> 8) & 0xFF
+    event = status >> 16
+    if event == PTRACE_EVENT_STOP:
+        kind = StopKind.GROUP_STOP if sig in STOP_SIGNALS else StopKind.INTERRUPT
+        return WaitStatus(tid, kind, sig)
+    if event:
+        return WaitStatus(tid, StopKind.EVENT, sig)
+    if sig == signal.SIGTRAP | 0x80:
+        return WaitStatus(tid, StopKind.SYSCALL, signal.SIGTRAP)
+    return WaitStatus(tid, StopKind.SIGNAL, sig)
+
+
+def wait(tid: int, block: bool = True) -> WaitStatus | None:
+    """waitpid(tid, __WALL); None when `block` is False and the thread has nothing to report."""
+    status = ctypes.c_int(0)
+    while True:
+        ctypes.set_errno(0)
+        got = _libc.waitpid(tid, ctypes.byref(status), WALL | (0 if block else WNOHANG))
+        if got == -1:
+            err = ctypes.get_errno()
+            if err == errno.EINTR:
+                continue
+            if err == errno.ECHILD:
+                # Not (or no longer) our tracee: it exited and was reaped, or was never attached.
+                return WaitStatus(tid, StopKind.EXITED, 0)
+            raise _error("wait for", tid, err)
+        if got == 0:
+            return None
+        return decode_status(tid, status.value)
