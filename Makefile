@@ -6,10 +6,16 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench deps clean
+.PHONY: demo test lint bench deps test-deps clean
 
+# What the samples and the demo need: compilers and binutils.
 deps:
 	@scripts/ensure-debian-packages.sh gcc g++ make binutils
+
+# The tests also compare hpkg with the delta tools a user would ship instead, and map
+# source patches to functions with ctags.
+test-deps: deps
+	@scripts/ensure-debian-packages.sh bsdiff xdelta3 zstd universal-ctags
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,16 +26,16 @@ $(STAMP): pyproject.toml
 demo: deps $(STAMP)
 	@$(BIN)/python scripts/demo.py
 
-test: deps $(STAMP)
+test: test-deps $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -n 2 tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-bench: deps $(STAMP)
-	@scripts/ensure-debian-packages.sh bsdiff xdelta3 zstd
-	$(BIN)/python -m bench
+# make bench BENCH_ARGS="--quick --json": options of `python -m bench --help`.
+bench: test-deps $(STAMP)
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -14,6 +14,7 @@ import time
 
 import lief
 import zstandard
+
 from hpkg.formats.model import PackageSection, Relocation, RelocationKind, TargetSpace
 from hpkg.formats.reloctable import encode_relocations
 

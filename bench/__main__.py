@@ -1,0 +1,88 @@
+"""`python -m bench`: run the benchmark and print tables, or one JSON document with --json."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+from bench import corpus
+from bench.report import to_json, to_table
+from bench.run import Settings, run_bench, select_specs
+
+DEFAULT_RUNS = {"small": 5, "large": 3, "security": 3}
+QUICK_RUNS = {"small": 3, "large": 1, "security": 1}
+
+
+def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
+    """The command line: what to measure, how often, and where to keep files."""
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
+    parser.add_argument("--quick", action="store_true", help="fewer timing rounds (small 3, others 1)")
+    parser.add_argument(
+        "--pair",
+        action="append",
+        default=[],
+        metavar="SELECTOR",
+        help="a role (small, large, security) or the start of a pair name; repeatable; default: all",
+    )
+    parser.add_argument("--runs", type=int, metavar="N", help="timing rounds for every pair (beats --quick)")
+    parser.add_argument("--workdir", type=Path, help="keep binaries and deltas here (default: a temp dir)")
+    parser.add_argument(
+        "--cache", type=Path, help="downloaded packages (default: $HPKG_BENCH_CACHE or ~/.cache/hpkg-bench)"
+    )
+    parser.add_argument("--no-download", action="store_true", help="skip pairs that need an apt download")
+    parser.add_argument("--list", action="store_true", help="list the pairs of bench/pairs.toml and exit")
+    parser.add_argument(
+        "--fetch-only", action="store_true", help="download and unpack the Debian pairs, print their paths"
+    )
+    arguments = parser.parse_args(argv)
+    if arguments.runs is not None and arguments.runs < 1:
+        parser.error("--runs must be at least 1")
+    return arguments
+
+
+def fetch_only(specs: list[corpus.PairSpec], cache: Path) -> int:
+    """Make every selected Debian pair available in the cache and print the two shared objects."""
+    failed = False
+    for spec in specs:
+        if spec.role == "small":
+            continue
+        try:
+            pair = corpus.fetch_debian_pair(spec, cache)
+        except corpus.CorpusError as exc:
+            print(f"{spec.name}: {exc}", file=sys.stderr)
+            failed = True
+            continue
+        print(f"{spec.name}\n  old {pair.old}\n  new {pair.new}")
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the bench; exit 1 when a selected pair could not be measured at all."""
+    arguments = parse_arguments(argv)
+    specs = select_specs(corpus.load_specs(), arguments.pair)
+    if arguments.list or not specs:
+        for spec in corpus.load_specs():
+            print(f"{spec.role:9} {spec.name}")
+        return 0 if specs else 2
+    if arguments.fetch_only:
+        return fetch_only(specs, arguments.cache or corpus.default_cache_dir())
+    runs = dict(QUICK_RUNS if arguments.quick else DEFAULT_RUNS)
+    if arguments.runs is not None:
+        runs = dict.fromkeys(runs, arguments.runs)
+    with tempfile.TemporaryDirectory(prefix="hpkg-bench-") as scratch:
+        settings = Settings(
+            runs=runs,
+            workdir=arguments.workdir or Path(scratch),
+            cache=arguments.cache or corpus.default_cache_dir(),
+            download=not arguments.no_download,
+        )
+        result = run_bench(specs, settings)
+    print(to_json(result) if arguments.json else to_table(result))
+    return 1 if any(p.error for p in result.pairs) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

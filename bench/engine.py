@@ -1,0 +1,189 @@
+"""The bench's view of hpkg itself: `hpkg diff` in-process and through the CLI, and `hpkg build`.
+
+Each entry point is probed before use. While the diff engine or the package builder has not
+landed, the bench says "n/a (…)" for it; it never prints a number it did not measure.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+EXIT_REFUSED = 4
+EXIT_NO_CHANGE = 5
+
+
+class EngineError(Exception):
+    """hpkg failed on a pair in a way the bench reports instead of a figure."""
+
+
+@dataclass(frozen=True)
+class EngineStatus:
+    """Which hpkg entry points exist in this tree; a reason string where one does not."""
+
+    in_process_diff: str | None
+    cli_diff: str | None
+    cli_build: str | None
+
+
+@dataclass(frozen=True)
+class DiffReport:
+    """What `hpkg diff --json` reported for a pair, reduced to what the bench tabulates."""
+
+    mode: str | None
+    changed: tuple[str, ...]
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+    unchanged_count: int | None
+    data_changes: int
+    change_kinds: dict[str, int]
+    kind_by_name: dict[str, str]
+
+
+@dataclass(frozen=True)
+class BuildReport:
+    """What `hpkg build --json` did for a pair: a package and its size, or a refusal."""
+
+    outcome: str  # "built", "refused" or "no change"
+    package_size: int | None
+    seconds: float
+    reasons: tuple[str, ...]
+    functions_replaced: int | None = None
+    functions_added: int | None = None
+    code_bytes: int | None = None
+    compressed_payload: int | None = None  # as `hpkg inspect --json` reports it; the rest is manifest
+    replaced_names: tuple[str, ...] = ()  # as `hpkg inspect --json` reads them back from the package
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "hpkg", *args]
+
+
+def _help_works(command: str) -> bool:
+    done = subprocess.run(_cli(command, "--help"), capture_output=True, text=True)
+    return done.returncode == 0
+
+
+def _missing_attribute(module_name: str, attribute: str) -> str | None:
+    """None when `module_name.attribute` imports; else why not, in a few words."""
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        return f"{module_name} not importable ({exc.__class__.__name__})"
+    if not hasattr(module, attribute):
+        return f"{module_name}.{attribute} missing"
+    return None
+
+
+def probe() -> EngineStatus:
+    """Find out which of the in-process diff, `hpkg diff` and `hpkg build` this tree has."""
+    in_process = None
+    if _missing_attribute("hpkg.builder.image", "load_image") or _missing_attribute(
+        "hpkg.builder.diff", "diff_images"
+    ):
+        in_process = "diff engine not available"
+    cli_diff = None if _help_works("diff") else "`hpkg diff` not available"
+    # The build hook: filled in as soon as the package builder (hpkg.builder.plan) and its CLI exist.
+    cli_build = None
+    if _missing_attribute("hpkg.builder.plan", "__name__") or not _help_works("build"):
+        cli_build = "builder not available"
+    return EngineStatus(in_process, cli_diff, cli_build)
+
+
+def in_process_diff(old: Path, new: Path) -> Callable[[], object]:
+    """A task that loads both images and diffs them in this process, the way a build system would."""
+    from hpkg.builder.diff import diff_images
+    from hpkg.builder.image import load_image
+
+    def task() -> object:
+        return diff_images(load_image(old), load_image(new))
+
+    return task
+
+
+def cli_diff(old: Path, new: Path) -> subprocess.CompletedProcess[str]:
+    """Run `hpkg diff OLD NEW --json` as a user would, in a fresh interpreter."""
+    return subprocess.run(_cli("diff", str(old), str(new), "--json"), capture_output=True, text=True)
+
+
+def _names(entries: list[dict]) -> tuple[str, ...]:
+    return tuple(str(entry.get("name")) for entry in entries)
+
+
+def parse_diff(done: subprocess.CompletedProcess[str]) -> DiffReport:
+    """Read the JSON `hpkg diff --json` printed; an empty report for exit 5 (no change)."""
+    if done.returncode not in (0, EXIT_NO_CHANGE):
+        last = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+        raise EngineError(f"hpkg diff exit {done.returncode}: {last}")
+    if done.returncode == EXIT_NO_CHANGE and not done.stdout.strip():
+        return DiffReport(None, (), (), (), None, 0, {}, {})
+    try:
+        document = json.loads(done.stdout)
+    except json.JSONDecodeError as exc:
+        raise EngineError(f"hpkg diff --json printed no JSON: {exc}") from exc
+    changed = document.get("changed", [])
+    kind_by_name = {str(entry.get("name")): str(entry.get("change_kind", "?")) for entry in changed}
+    kinds = Counter(str(entry.get("change_kind", "?")) for entry in changed)
+    return DiffReport(
+        mode=document.get("mode"),
+        changed=_names(changed),
+        added=_names(document.get("added", [])),
+        removed=_names(document.get("removed", [])),
+        unchanged_count=document.get("unchanged_count"),
+        data_changes=len(document.get("data", [])),
+        change_kinds=dict(kinds),
+        kind_by_name=kind_by_name,
+    )
+
+
+def _inspect(package: Path) -> dict:
+    """Read a package back with `hpkg inspect --json`, so the bench reports what the file holds."""
+    done = subprocess.run(_cli("inspect", str(package), "--json"), capture_output=True, text=True)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+        raise EngineError(f"hpkg inspect of the built package failed: {last}")
+    return json.loads(done.stdout)
+
+
+def cli_build(old: Path, new: Path, package: Path) -> BuildReport:
+    """Run `hpkg build OLD NEW -o PACKAGE --json` and report the package size or the refusal."""
+    import time
+
+    start = time.perf_counter()
+    argv = _cli("build", str(old), str(new), "-o", str(package), "--json")
+    done = subprocess.run(argv, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    try:
+        document = json.loads(done.stdout)
+    except json.JSONDecodeError:
+        document = {}
+    if done.returncode == 0:
+        if not package.is_file():
+            raise EngineError("hpkg build exit 0 but wrote no package")
+        counts, sizes = document.get("counts", {}), document.get("sizes", {})
+        inspected = _inspect(package)
+        return BuildReport(
+            "built",
+            package.stat().st_size,
+            seconds,
+            (),
+            counts.get("functions_replaced"),
+            counts.get("functions_added"),
+            sizes.get("code"),
+            inspected.get("compressed_size"),
+            tuple(str(f.get("name")) for f in inspected.get("functions", [])),
+        )
+    if done.returncode in (EXIT_REFUSED, EXIT_NO_CHANGE):
+        reasons = tuple(str(r) for r in document.get("reasons", ()))
+        if not document:
+            reasons = tuple(line.strip() for line in done.stderr.splitlines()[1:] if line.strip())
+        outcome = "refused" if done.returncode == EXIT_REFUSED else "no change"
+        return BuildReport(outcome, None, seconds, reasons)
+    last = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+    raise EngineError(f"hpkg build exit {done.returncode}: {last}")

@@ -1,0 +1,312 @@
+"""One bench run: make each pair available, then measure speed, changes and deltas for it."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bench import corpus, engine
+from bench.bytecompare import ByteCompare, compare_bytes, load_code
+from bench.deltas import DeltaResult, make_deltas
+from bench.objdiff import changed_functions
+from bench.timing import Timing, interleaved_medians
+
+OBJDUMP = "objdump -d (both files)"
+HPKG_IN_PROCESS = "hpkg diff (in-process)"
+HPKG_CLI = "hpkg diff (CLI)"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How much to measure: timing rounds per pair role, and where files go."""
+
+    runs: dict[str, int]
+    workdir: Path
+    cache: Path
+    download: bool = True
+
+
+@dataclass(frozen=True)
+class Speed:
+    """Interleaved medians for one pair, with hpkg's ratio to objdump where hpkg ran."""
+
+    runs: int
+    timings: dict[str, Timing]
+    ratios: dict[str, float]
+    not_measured: dict[str, str]
+
+
+@dataclass(frozen=True)
+class MaskedCompare:
+    """Named functions whose objdump listings differ with addresses masked (bench/objdiff.py)."""
+
+    common: int
+    changed: int
+    changed_names: frozenset[str]
+    common_names: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """Where hpkg's changed set and the masked objdump compare disagree, over named functions."""
+
+    hpkg_changed_named: int
+    only_hpkg: tuple[str, ...]  # reported by hpkg, same masked listing: a moved reference, or noise
+    only_hpkg_kinds: dict[str, int]  # hpkg's change kinds of those
+    only_objdump: tuple[str, ...]  # masked listing differs, hpkg says unchanged: worth a look
+
+
+@dataclass(frozen=True)
+class TouchedCheck:
+    """Whether the functions a patch touched show up in hpkg's report and in the byte compare."""
+
+    touched: tuple[str, ...]
+    named: tuple[str, ...]  # touched functions that have a symbol in old or new (checkable by name)
+    code_changed: tuple[str, ...]  # named ones added, or whose masked objdump listing differs
+    flagged_by_byte_compare: tuple[str, ...]
+    reported_by_hpkg: tuple[str, ...] | None
+    missed_by_hpkg: tuple[str, ...] | None  # code changed, yet not in hpkg's report
+    same_code_unreported: tuple[str, ...] | None  # touched in source, same code, rightly not reported
+    hpkg_others: int | None  # changed + added functions hpkg reported beyond the touched ones
+
+
+@dataclass(frozen=True)
+class PairResult:
+    """Everything one run measured for one pair; fields are None where a stage could not run."""
+
+    name: str
+    role: str
+    old: str = ""
+    new: str = ""
+    old_label: str = ""
+    new_label: str = ""
+    old_size: int = 0
+    new_size: int = 0
+    error: str | None = None
+    speed: Speed | None = None
+    byte_compare: ByteCompare | None = None
+    masked_compare: MaskedCompare | None = None
+    agreement: Agreement | None = None
+    hpkg_diff: engine.DiffReport | None = None
+    hpkg_diff_error: str | None = None
+    touched: TouchedCheck | None = None
+    deltas: tuple[DeltaResult, ...] = ()
+    hpkg_build: engine.BuildReport | None = None
+    hpkg_build_error: str | None = None
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    """One whole run: when, where, what was available, and every pair's result."""
+
+    date: str
+    machine: dict[str, str]
+    engine: engine.EngineStatus
+    pairs: tuple[PairResult, ...] = field(default_factory=tuple)
+
+
+def machine_facts() -> dict[str, str]:
+    """CPU, kernel and tool versions, so figures from different machines are not mixed up."""
+    model = ""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+
+    def first_line(argv: list[str]) -> str:
+        if shutil.which(argv[0]) is None:
+            return "not installed"
+        done = subprocess.run(argv, capture_output=True, text=True)
+        return ((done.stdout or done.stderr).strip().splitlines() or [""])[0]
+
+    return {
+        "cpus": str(os.cpu_count()),
+        "cpu": model,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "objdump": first_line(["objdump", "--version"]),
+        "xdelta3": first_line(["xdelta3", "-V"]),
+        "zstd": first_line(["zstd", "-V"]),
+    }
+
+
+def _objdump_both(old: Path, new: Path):
+    def task() -> None:
+        for path in (old, new):
+            argv = ["objdump", "-d", str(path)]
+            subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+
+    return task
+
+
+def measure_speed(pair: corpus.Pair, status: engine.EngineStatus, runs: int) -> tuple[Speed, list]:
+    """Time objdump and hpkg diff on the pair in turns; also return the CLI's last output."""
+    tasks = {OBJDUMP: _objdump_both(pair.old, pair.new)}
+    not_measured: dict[str, str] = {}
+    cli_outputs: list[subprocess.CompletedProcess[str]] = []
+    failures: dict[str, str] = {}
+    if status.in_process_diff is None:
+        diff = engine.in_process_diff(pair.old, pair.new)
+
+        def in_process() -> None:
+            # The engine is what is measured: a failure is a finding for the report, not a bench crash.
+            try:
+                diff()
+            except Exception as exc:
+                failures[HPKG_IN_PROCESS] = f"failed: {exc.__class__.__name__}: {exc}"
+
+        tasks[HPKG_IN_PROCESS] = in_process
+    else:
+        not_measured[HPKG_IN_PROCESS] = status.in_process_diff
+    if status.cli_diff is None:
+        tasks[HPKG_CLI] = lambda: cli_outputs.append(engine.cli_diff(pair.old, pair.new))
+    else:
+        not_measured[HPKG_CLI] = status.cli_diff
+    timings = interleaved_medians(tasks, runs)
+    if cli_outputs and cli_outputs[-1].returncode not in (0, engine.EXIT_NO_CHANGE):
+        failures[HPKG_CLI] = f"failed: exit {cli_outputs[-1].returncode}"
+    for name, reason in failures.items():
+        del timings[name]
+        not_measured[name] = reason
+    base = timings[OBJDUMP].median
+    ratios = {name: t.median / base for name, t in timings.items() if name != OBJDUMP and base > 0}
+    return Speed(runs, timings, ratios, not_measured), cli_outputs
+
+
+def check_touched(
+    spec: corpus.PairSpec, compared: ByteCompare, masked: MaskedCompare, report: engine.DiffReport | None
+) -> TouchedCheck:
+    """Compare the patch's touched functions with hpkg's report, objdump and the byte compare."""
+    named = tuple(name for name in spec.touched if name in compared.function_names)
+    added = compared.added_names
+    code_changed = tuple(name for name in named if name in masked.changed_names or name in added)
+    flagged = tuple(name for name in named if name in compared.differing_names or name in added)
+    if report is None:
+        return TouchedCheck(spec.touched, named, code_changed, flagged, None, None, None, None)
+    reported = set(report.changed) | set(report.added) | set(report.removed)
+    return TouchedCheck(
+        touched=spec.touched,
+        named=named,
+        code_changed=code_changed,
+        flagged_by_byte_compare=flagged,
+        reported_by_hpkg=tuple(name for name in named if name in reported),
+        missed_by_hpkg=tuple(name for name in code_changed if name not in reported),
+        same_code_unreported=tuple(n for n in named if n not in reported and n not in code_changed),
+        hpkg_others=len((set(report.changed) | set(report.added)) - set(spec.touched)),
+    )
+
+
+def compare_code(pair: corpus.Pair) -> tuple[ByteCompare, MaskedCompare]:
+    """The two baselines hpkg is measured against: raw bytes, and objdump with addresses masked."""
+    old, new = load_code(pair.old), load_code(pair.new)
+    compared = compare_bytes(old, new)
+    changed = changed_functions(pair.old, pair.new, old.symbols, new.symbols)
+    common = frozenset(old.symbols.keys() & new.symbols.keys())
+    return compared, MaskedCompare(len(common), len(changed), changed, common)
+
+
+def agree(masked: MaskedCompare, report: engine.DiffReport) -> Agreement:
+    """Compare hpkg's changed functions with the masked objdump compare, by name."""
+    hpkg = set(report.changed) & masked.common_names
+    only_hpkg = tuple(sorted(hpkg - masked.changed_names))
+    return Agreement(
+        hpkg_changed_named=len(hpkg),
+        only_hpkg=only_hpkg,
+        only_hpkg_kinds=dict(Counter(report.kind_by_name.get(name, "?") for name in only_hpkg)),
+        only_objdump=tuple(sorted(masked.changed_names - hpkg)),
+    )
+
+
+def run_pair(spec: corpus.PairSpec, settings: Settings, status: engine.EngineStatus) -> PairResult:
+    """Measure one pair from start to end; a failing stage is recorded, not raised."""
+    slug = "".join(c if c.isalnum() else "-" for c in spec.name).strip("-")
+    pairdir = settings.workdir / slug
+    pairdir.mkdir(parents=True, exist_ok=True)
+    try:
+        if spec.role == "small":
+            pair = corpus.build_small_pair(spec, pairdir)
+        elif settings.download:
+            pair = corpus.fetch_debian_pair(spec, settings.cache)
+        else:
+            raise corpus.CorpusError("downloads disabled (--no-download)")
+    except corpus.CorpusError as exc:
+        return PairResult(spec.name, spec.role, error=str(exc))
+    runs = settings.runs[spec.role]
+    try:
+        speed, cli_outputs = measure_speed(pair, status, runs)
+        compared, masked = compare_code(pair)
+    except (subprocess.CalledProcessError, ValueError) as exc:
+        return PairResult(spec.name, spec.role, error=f"cannot compare the pair: {exc}")
+    report, report_error = None, None
+    if status.cli_diff is not None:
+        report_error = status.cli_diff
+    else:
+        try:
+            report = engine.parse_diff(cli_outputs[-1])
+        except engine.EngineError as exc:
+            report_error = str(exc)
+    deltas = make_deltas(pair.old, pair.new, pairdir / "deltas", runs if spec.role == "small" else 1)
+    build, build_error = None, status.cli_build
+    if status.cli_build is None:
+        try:
+            build = engine.cli_build(pair.old, pair.new, pairdir / "fix.hpkg")
+        except engine.EngineError as exc:
+            build_error = str(exc)
+    return PairResult(
+        name=spec.name,
+        role=spec.role,
+        old=str(pair.old),
+        new=str(pair.new),
+        old_label=pair.old_label,
+        new_label=pair.new_label,
+        old_size=pair.old.stat().st_size,
+        new_size=pair.new.stat().st_size,
+        speed=speed,
+        byte_compare=compared,
+        masked_compare=masked,
+        agreement=agree(masked, report) if report else None,
+        hpkg_diff=report,
+        hpkg_diff_error=report_error,
+        touched=check_touched(spec, compared, masked, report) if spec.touched else None,
+        deltas=tuple(deltas),
+        hpkg_build=build,
+        hpkg_build_error=build_error,
+    )
+
+
+def select_specs(specs: list[corpus.PairSpec], selectors: list[str]) -> list[corpus.PairSpec]:
+    """Pairs whose role or name (case-insensitive prefix) matches a selector; default: all roles."""
+    if not selectors:
+        return specs
+    wanted = [s.lower() for s in selectors]
+    return [s for s in specs if any(s.role == w or s.name.lower().startswith(w) for w in wanted)]
+
+
+def run_bench(specs: list[corpus.PairSpec], settings: Settings) -> BenchResult:
+    """Run every selected pair; of the "large" pairs only the first that can be fetched is kept."""
+    status = engine.probe()
+    results: list[PairResult] = []
+    large_done = False
+    large_errors: list[PairResult] = []
+    for spec in specs:
+        if spec.role == "large" and large_done:
+            continue
+        result = run_pair(spec, settings, status)
+        if spec.role == "large":
+            if result.error is not None:
+                large_errors.append(result)
+                continue
+            large_done = True
+        results.append(result)
+    if not large_done:
+        results.extend(large_errors)
+    date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return BenchResult(date, machine_facts(), status, tuple(results))
