@@ -1,4 +1,8 @@
-"""The fixed 48-byte .hpkg header: magic, format version, flags, key id and the sizes of what follows."""
+"""The fixed 48-byte .hpkg header: magic, format version, flags, key id and the sizes of what follows.
+
+Both compressed parts (manifest and payload) have their stored size and their decompressed size here,
+so the reader bounds every allocation from these 48 bytes before it touches a zstd frame.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ KNOWN_FLAGS = FLAG_SIGNED
 KEY_ID_SIZE = 8
 SIGNATURE_SIZE = 64  # an Ed25519 signature
 
-# magic, major, minor, flags, key_id, manifest_size, reserved, compressed_size, payload_size
+# magic, major, minor, flags, key_id, manifest_size, manifest_json_size, compressed_size, payload_size
 _HEADER = struct.Struct("<8sHHI8sIIQQ")
 HEADER_SIZE = _HEADER.size  # 48
 
@@ -29,7 +33,8 @@ class Header:
     minor: int
     flags: int
     key_id: bytes
-    manifest_size: int
+    manifest_size: int  # the compressed manifest as stored in the file
+    manifest_json_size: int  # its canonical JSON after decompression
     compressed_size: int
     payload_size: int
 
@@ -52,7 +57,7 @@ def encode_header(header: Header) -> bytes:
         header.flags,
         header.key_id,
         header.manifest_size,
-        0,
+        header.manifest_json_size,
         header.compressed_size,
         header.payload_size,
     )
@@ -73,17 +78,21 @@ def decode_header(blob: bytes) -> Header:
         )
     if len(blob) < HEADER_SIZE:
         raise PackageError(f"truncated package: {len(blob)} bytes, the header alone is {HEADER_SIZE}")
-    _, _, _, flags, key_id, manifest_size, reserved, compressed_size, payload_size = _HEADER.unpack_from(blob)
+    fields = _HEADER.unpack_from(blob)
+    flags, key_id, manifest_size, json_size, compressed_size, payload_size = fields[3:]
     if flags & ~KNOWN_FLAGS:
         raise PackageError(f"corrupt header: unknown flag bits 0x{flags & ~KNOWN_FLAGS:x}")
-    if reserved != 0:
-        raise PackageError("corrupt header: reserved field is not zero")
     if not flags & FLAG_SIGNED and key_id != bytes(KEY_ID_SIZE):
         raise PackageError("corrupt header: an unsigned package carries a key id")
-    if manifest_size == 0 or manifest_size > limits.MAX_MANIFEST_SIZE:
+    if manifest_size == 0 or manifest_size > limits.MAX_MANIFEST_FRAME_SIZE:
         raise PackageError(
-            f"manifest size {manifest_size} is outside 1..{limits.MAX_MANIFEST_SIZE} bytes;"
+            f"manifest size {manifest_size} is outside 1..{limits.MAX_MANIFEST_FRAME_SIZE} bytes;"
             " refusing the package"
+        )
+    if json_size == 0 or json_size > limits.MAX_MANIFEST_SIZE:
+        raise PackageError(
+            f"package declares a manifest of {json_size} bytes, outside 1..{limits.MAX_MANIFEST_SIZE};"
+            " refusing it before decompression"
         )
     if payload_size > limits.MAX_PAYLOAD_SIZE:
         raise PackageError(
@@ -95,7 +104,7 @@ def decode_header(blob: bytes) -> Header:
             f"compressed payload size {compressed_size} is outside 1..{limits.MAX_COMPRESSED_SIZE} bytes;"
             " refusing the package"
         )
-    header = Header(major, minor, flags, key_id, manifest_size, compressed_size, payload_size)
+    header = Header(major, minor, flags, key_id, manifest_size, json_size, compressed_size, payload_size)
     if len(blob) < header.total_size:
         raise PackageError(f"truncated package: {len(blob)} bytes, the header declares {header.total_size}")
     if len(blob) > header.total_size:

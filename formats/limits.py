@@ -6,7 +6,8 @@ a hostile file from making the reader allocate or work without limit.
 
 from __future__ import annotations
 
-MAX_MANIFEST_SIZE = 4 * 1024 * 1024  # bytes of canonical JSON
+MAX_MANIFEST_SIZE = 4 * 1024 * 1024  # bytes of canonical JSON, after decompression
+MAX_MANIFEST_FRAME_SIZE = MAX_MANIFEST_SIZE + 64 * 1024  # the compressed manifest in the file
 MAX_PAYLOAD_SIZE = 64 * 1024 * 1024  # bytes after decompression: code + rodata + data + relocations
 MAX_COMPRESSED_SIZE = MAX_PAYLOAD_SIZE + 1024 * 1024  # zstd never grows input by more than this
 MAX_BSS_SIZE = 256 * 1024 * 1024  # zero-fill the loader maps; it costs no file bytes

@@ -2,6 +2,7 @@
 
 Canonical means one byte string per manifest: the reader re-encodes what it parsed and refuses the
 manifest unless the bytes are identical, so a signature over these bytes has exactly one meaning.
+In the file the JSON is stored zstd-compressed with the format's dictionary (see compression.py).
 """
 
 from __future__ import annotations

@@ -174,7 +174,7 @@ class LoadedPackage:
     package: Package
     format_version: tuple[int, int]
     file_size: int
-    manifest_size: int
+    manifest_size: int  # size of the compressed manifest in the file
     compressed_size: int  # size of the zstd payload in the file
     payload_size: int  # size of the payload after decompression
     signed: bool
@@ -184,3 +184,4 @@ class LoadedPackage:
     signed_message: bytes = b""  # the exact bytes the signature covers
     signature: bytes | None = None
     ignored_fields: tuple[str, ...] = ()  # manifest keys from a newer minor version, not understood
+    manifest_json_size: int = 0  # size of the manifest's canonical JSON after decompression

@@ -1,7 +1,8 @@
 """Package ⇄ .hpkg bytes: the writer and the strict reader (layout in formats/SPEC.md).
 
-File = header (48 bytes) | manifest (canonical JSON) | payload (one zstd frame) | signature (64, if signed).
-The payload decompresses to code | rodata | data | relocation table, sizes and digests in the manifest.
+File = header (48 bytes) | manifest (one zstd frame) | payload (one zstd frame) | signature (64, if signed).
+The manifest decompresses, with the format's fixed dictionary, to canonical JSON; the payload to
+code | rodata | data | relocation table, sizes and digests in the manifest.
 """
 
 from __future__ import annotations
@@ -14,7 +15,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from hpkg.errors import PackageError, VerifyError
 from hpkg.formats import limits
-from hpkg.formats.compression import compress_payload, decompress_payload
+from hpkg.formats.compression import (
+    compress_manifest,
+    compress_payload,
+    decompress_manifest,
+    decompress_payload,
+)
 from hpkg.formats.header import (
     FLAG_SIGNED,
     FORMAT_MAJOR,
@@ -33,7 +39,7 @@ from hpkg.formats.signing import PublicKeyLike, as_public_key, check_signature, 
 from hpkg.formats.validate import validate_package
 
 # The largest well-formed file: the reader refuses anything bigger before reading it all.
-MAX_FILE_SIZE = HEADER_SIZE + limits.MAX_MANIFEST_SIZE + limits.MAX_COMPRESSED_SIZE + SIGNATURE_SIZE
+MAX_FILE_SIZE = HEADER_SIZE + limits.MAX_MANIFEST_FRAME_SIZE + limits.MAX_COMPRESSED_SIZE + SIGNATURE_SIZE
 
 
 def _section_bytes(pkg: Package) -> dict[str, bytes]:
@@ -56,9 +62,16 @@ def write_package(pkg: Package, signing_key: Ed25519PrivateKey | None = None) ->
         )
     frame = compress_payload(payload)
     entries = {name: SectionEntry(len(b), hashlib.sha256(b).digest()) for name, b in sections.items()}
-    manifest = encode_manifest(pkg, entries, hashlib.sha256(frame).digest())
-    if len(manifest) > limits.MAX_MANIFEST_SIZE:
-        raise PackageError(f"manifest is {len(manifest)} bytes, over the limit of {limits.MAX_MANIFEST_SIZE}")
+    manifest_json = encode_manifest(pkg, entries, hashlib.sha256(frame).digest())
+    if len(manifest_json) > limits.MAX_MANIFEST_SIZE:
+        raise PackageError(
+            f"manifest is {len(manifest_json)} bytes, over the limit of {limits.MAX_MANIFEST_SIZE}"
+        )
+    manifest = compress_manifest(manifest_json)
+    if len(manifest) > limits.MAX_MANIFEST_FRAME_SIZE:  # cannot happen for JSON this size; checked anyway
+        raise PackageError(
+            f"compressed manifest is {len(manifest)} bytes, over {limits.MAX_MANIFEST_FRAME_SIZE}"
+        )
     header = encode_header(
         Header(
             major=FORMAT_MAJOR,
@@ -66,6 +79,7 @@ def write_package(pkg: Package, signing_key: Ed25519PrivateKey | None = None) ->
             flags=FLAG_SIGNED if signing_key else 0,
             key_id=key_id(signing_key.public_key()) if signing_key else bytes(KEY_ID_SIZE),
             manifest_size=len(manifest),
+            manifest_json_size=len(manifest_json),
             compressed_size=len(frame),
             payload_size=len(payload),
         )
@@ -92,8 +106,10 @@ def read_package(blob: bytes, public_key: PublicKeyLike | None = None) -> Loaded
     if public_key is not None:
         check_signature(as_public_key(public_key), header.key_id, signature, message)
 
-    # STEP 3: the manifest, then the compressed payload against its digest, still before decompressing.
-    manifest = decode_manifest(manifest_bytes, lenient=header.minor > FORMAT_MINOR)
+    # STEP 3: the manifest (bounded decompression, then strict canonical JSON), then the compressed
+    # payload against its digest, still before decompressing the payload.
+    manifest_json = decompress_manifest(manifest_bytes, header.manifest_json_size)
+    manifest = decode_manifest(manifest_json, lenient=header.minor > FORMAT_MINOR)
     if hashlib.sha256(frame).digest() != manifest.payload_sha256:
         raise VerifyError("compressed payload does not match its digest: the package was altered or damaged")
     declared = sum(manifest.sections[name].size for name in SECTION_NAMES)
@@ -127,6 +143,7 @@ def read_package(blob: bytes, public_key: PublicKeyLike | None = None) -> Loaded
         format_version=(header.major, header.minor),
         file_size=len(blob),
         manifest_size=header.manifest_size,
+        manifest_json_size=header.manifest_json_size,
         compressed_size=header.compressed_size,
         payload_size=header.payload_size,
         signed=header.signed,

@@ -10,10 +10,18 @@ import json
 import struct
 from typing import Any
 
+from hpkg.formats.compression import compress_manifest, decompress_manifest
 from hpkg.formats.header import HEADER_SIZE, decode_header
 from hpkg.formats.manifest import canonical_json
 
 HEADER_FORMAT = struct.Struct("<8sHHI8sIIQQ")
+
+
+def manifest_json(blob: bytes) -> bytes:
+    """The decompressed canonical JSON manifest of a valid package."""
+    header = decode_header(blob)
+    stored = blob[HEADER_SIZE : HEADER_SIZE + header.manifest_size]
+    return decompress_manifest(stored, header.manifest_json_size)
 
 
 def split(blob: bytes) -> tuple[list[Any], dict[str, Any], bytes, bytes]:
@@ -22,7 +30,7 @@ def split(blob: bytes) -> tuple[list[Any], dict[str, Any], bytes, bytes]:
     fields = list(HEADER_FORMAT.unpack_from(blob))
     manifest_end = HEADER_SIZE + header.manifest_size
     frame_end = manifest_end + header.compressed_size
-    return fields, json.loads(blob[HEADER_SIZE:manifest_end]), blob[manifest_end:frame_end], blob[frame_end:]
+    return fields, json.loads(manifest_json(blob)), blob[manifest_end:frame_end], blob[frame_end:]
 
 
 def assemble(
@@ -33,18 +41,25 @@ def assemble(
     *,
     fix_sizes: bool = True,
     fix_payload_digest: bool = True,
+    stored_manifest: bytes | None = None,
 ) -> bytes:
-    """Rebuild a package; by default the header sizes and the payload digest are made consistent."""
+    """Rebuild a package; by default the header sizes and the payload digest are made consistent.
+
+    A dict manifest is encoded canonically, bytes are taken as the manifest's JSON text; either is then
+    compressed as the writer does. `stored_manifest` puts those bytes in the file as they are instead.
+    """
     fields = list(fields)
     if isinstance(manifest, dict):
         manifest = dict(manifest)
         if fix_payload_digest:
             manifest["payload_sha256"] = hashlib.sha256(frame).hexdigest()
         manifest = canonical_json(manifest)
+    stored = compress_manifest(manifest) if stored_manifest is None else stored_manifest
     if fix_sizes:
-        fields[5] = len(manifest)  # manifest_size
+        fields[5] = len(stored)  # manifest_size, as stored
+        fields[6] = len(manifest)  # manifest_json_size
         fields[7] = len(frame)  # compressed_size
-    return HEADER_FORMAT.pack(*fields) + manifest + frame + signature
+    return HEADER_FORMAT.pack(*fields) + stored + frame + signature
 
 
 def flip(blob: bytes, index: int, mask: int = 0xFF) -> bytes:

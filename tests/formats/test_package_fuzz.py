@@ -13,6 +13,7 @@ from package_crafting import assemble, split, with_sections
 
 from hpkg.errors import PackageError, VerifyError
 from hpkg.formats import Package, read_package, verify_signature, write_package
+from hpkg.formats.header import HEADER_SIZE
 
 SETTINGS = settings(
     max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -111,6 +112,23 @@ def test_damaged_zstd_frames_raise_only_reader_errors(blobs, signing_key, mutati
     if cut is not None:
         del damaged[cut % (len(damaged) + 1) :]
     _read_everything(assemble(fields, document, bytes(damaged)), signing_key.public_key())
+
+
+@SETTINGS
+@given(mutations=st.lists(mutation, min_size=1, max_size=6), cut=st.none() | st.integers(min_value=0),
+       declared_delta=st.sampled_from([0, 0, 0, -1, 1]))
+def test_damaged_manifest_frames_raise_only_reader_errors(blobs, signing_key, mutations, cut,
+                                                          declared_delta: int) -> None:
+    # Sizes in the header stay consistent with the file, so the damaged frame reaches the manifest decoder.
+    fields, _, frame, _ = split(blobs["unsigned"])
+    stored = bytearray(blobs["unsigned"][HEADER_SIZE : HEADER_SIZE + fields[5]])
+    for position, value in mutations:
+        stored[position % len(stored)] = value
+    if cut is not None:
+        del stored[max(1, cut % (len(stored) + 1)) :]
+    fields[5], fields[6] = len(stored), fields[6] + declared_delta
+    blob = assemble(fields, b"", frame, fix_sizes=False, stored_manifest=bytes(stored))
+    _read_everything(blob, signing_key.public_key())
 
 
 @SETTINGS

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from package_crafting import assemble, flip, split, with_sections
+from package_crafting import assemble, flip, manifest_json, split, with_sections
 
 from hpkg.errors import PackageError, VerifyError
 from hpkg.formats import Package, limits, read_package, read_package_file, verify_signature, write_package
+from hpkg.formats.dictionary import MANIFEST_DICTIONARY, manifest_dictionary
 from hpkg.formats.header import HEADER_SIZE
 from hpkg.formats.manifest import SECTION_NAMES
 from hpkg.formats.package import MAX_FILE_SIZE
@@ -72,8 +73,8 @@ def test_trailing_garbage_is_refused(unsigned: bytes, signed: bytes) -> None:
 
 @pytest.mark.parametrize(
     "index, value, message",
-    [(3, 0x2, "unknown flag bits"), (6, 1, "reserved field"), (4, 1, "unsigned package carries a key id")],
-    ids=["flags", "reserved", "key-id-without-signature"],
+    [(3, 0x2, "unknown flag bits"), (4, 1, "unsigned package carries a key id")],
+    ids=["flags", "key-id-without-signature"],
 )
 def test_header_fields_are_checked(unsigned: bytes, index: int, value: int, message: str) -> None:
     fields, document, frame, _ = split(unsigned)
@@ -84,10 +85,39 @@ def test_header_fields_are_checked(unsigned: bytes, index: int, value: int, mess
 
 def test_oversized_manifest_is_refused_from_the_header(unsigned: bytes) -> None:
     fields, document, frame, _ = split(unsigned)
-    fields[5] = limits.MAX_MANIFEST_SIZE + 1
+    fields[5] = limits.MAX_MANIFEST_FRAME_SIZE + 1
     blob = assemble(fields, document, frame, fix_sizes=False)
     with pytest.raises(PackageError, match="manifest size .* outside"):
         read_package(blob)
+
+
+@pytest.mark.parametrize(
+    "declared, message",
+    [
+        (0, "manifest of 0 bytes, outside 1"),
+        (limits.MAX_MANIFEST_SIZE + 1, "refusing it before decompression"),
+        (1 << 31, "refusing it before decompression"),
+    ],
+    ids=["zero", "over-the-limit", "huge"],
+)
+def test_declared_manifest_size_is_bounded_in_the_header(unsigned: bytes, declared: int, message: str):
+    fields, _, frame, _ = split(unsigned)
+    stored = unsigned[HEADER_SIZE : HEADER_SIZE + fields[5]]
+    fields[6] = declared
+    with pytest.raises(PackageError, match=message):
+        read_package(assemble(fields, b"", frame, fix_sizes=False, stored_manifest=stored))
+
+
+def test_declared_manifest_size_must_match_the_frame(unsigned: bytes) -> None:
+    fields, _, frame, _ = split(unsigned)
+    stored = unsigned[HEADER_SIZE : HEADER_SIZE + fields[5]]
+    size = fields[6]
+    for declared in (size - 1, size + 1):
+        fields[6] = declared
+        blob = assemble(fields, b"", frame, fix_sizes=False, stored_manifest=stored)
+        with pytest.raises(PackageError, match=f"manifest: the zstd frame declares {size} bytes, the package"
+                                               f" header {declared}; refusing to decompress"):
+            read_package(blob)
 
 
 # --- manifest -------------------------------------------------------------------------------
@@ -115,8 +145,7 @@ def _with_manifest_bytes(blob: bytes, manifest: bytes) -> bytes:
          "not-an-object"],
 )
 def test_malformed_manifest_bytes_are_refused(unsigned: bytes, edit, message: str) -> None:
-    fields, _, frame, _ = split(unsigned)
-    manifest = unsigned[HEADER_SIZE : HEADER_SIZE + fields[5]]
+    manifest = manifest_json(unsigned)
     with pytest.raises(PackageError, match=message):
         read_package(_with_manifest_bytes(unsigned, edit(manifest)))
 
@@ -313,6 +342,12 @@ def test_signature_is_checked_before_the_manifest_is_parsed(signed: bytes, signi
         read_package(garbage, signing_key.public_key())
     with pytest.raises(PackageError, match="not valid JSON"):
         read_package(garbage)
+    # Before it is decompressed, too: a manifest that is no zstd frame at all gets the signature error.
+    not_zstd = assemble(fields, b"{}", frame, signature, stored_manifest=b"{not zstd}")
+    with pytest.raises(VerifyError, match="signature does not match"):
+        read_package(not_zstd, signing_key.public_key())
+    with pytest.raises(PackageError, match="corrupt manifest: not a zstd frame"):
+        read_package(not_zstd)
 
 
 def test_wrong_key_and_missing_signature_are_verify_errors(signed: bytes, unsigned: bytes, signing_key,
@@ -358,10 +393,65 @@ def test_file_larger_than_any_package_is_refused_without_reading_it(tmp_path: Pa
         read_package_file(tmp_path)
 
 
-def test_manifest_is_plain_sorted_json(unsigned: bytes) -> None:
+def test_manifest_is_sorted_json_compressed_with_the_format_dictionary(unsigned: bytes) -> None:
     fields, document, _, _ = split(unsigned)
-    manifest = unsigned[HEADER_SIZE : HEADER_SIZE + fields[5]]
-    assert manifest == json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+    stored = unsigned[HEADER_SIZE : HEADER_SIZE + fields[5]]
+    plain = json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+    assert fields[6] == len(plain) and len(stored) < len(plain) // 2
+    assert stored[:4] == b"\x28\xb5\x2f\xfd"  # a standard zstd frame: `zstd -d -D DICT` reads it
+    assert zstandard.ZstdDecompressor(dict_data=manifest_dictionary()).decompress(stored) == plain
+    with pytest.raises(zstandard.ZstdError):  # the dictionary is needed: the frame refers into it
+        zstandard.ZstdDecompressor().decompress(stored)
+    assert zstandard.get_frame_parameters(stored).dict_id == 0  # raw content: the format names it
+    assert b'"baseline_sha256":"' in MANIFEST_DICTIONARY
+
+
+def _with_window_descriptor(frame: bytes, window_log: int) -> bytes:
+    """A single-segment zstd frame rewritten to declare a `window_log` window (RFC 8878 §3.1.1.1)."""
+    descriptor = frame[4]
+    assert descriptor & 0x20 and descriptor >> 6 == 1 and not descriptor & 3  # single segment, 2-byte FCS
+    window_descriptor = (window_log - 10) << 3
+    return frame[:4] + bytes([descriptor & ~0x20, window_descriptor]) + frame[5:]
+
+
+def _package_around_manifest(blob: bytes, stored: bytes, declared: int) -> bytes:
+    """`blob` with its stored manifest replaced by `stored`, the header declaring `declared` JSON bytes."""
+    fields, _, frame, _ = split(blob)
+    fields[5], fields[6] = len(stored), declared
+    return assemble(fields, b"", frame, fix_sizes=False, stored_manifest=stored)
+
+
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("sized", "corrupt manifest: the zstd frame declares 536870912 bytes, the package header 1000"),
+        ("unsized", "corrupt manifest: the zstd frame does not declare its size"),
+        ("lying", "corrupt manifest: zstd could not decompress it"),
+    ],
+)
+def test_manifest_bomb_is_refused_before_decompression(unsigned: bytes, bomb_frames, kind: str, message: str):
+    with pytest.raises(PackageError, match=message):
+        read_package(_package_around_manifest(unsigned, bomb_frames[kind], 1000))
+
+
+def test_manifest_frame_needing_a_large_window_or_another_dictionary_is_refused(unsigned: bytes) -> None:
+    plain = manifest_json(unsigned)
+    wide = _with_window_descriptor(zstandard.ZstdCompressor(level=1).compress(plain), 27)
+    assert zstandard.get_frame_parameters(wide).window_size == 1 << 27
+    assert zstandard.get_frame_parameters(wide).content_size == len(plain)
+    with pytest.raises(PackageError, match="corrupt manifest: .*window"):
+        read_package(_package_around_manifest(unsigned, wide, len(plain)))
+    # A frame that names a trained dictionary (id != 0) is not one this format writes.
+    trained = zstandard.train_dictionary(1024, [plain[i:] + plain[:i] for i in range(0, len(plain), 7)])
+    named = zstandard.ZstdCompressor(dict_data=trained, write_dict_id=True).compress(plain)
+    assert zstandard.get_frame_parameters(named).dict_id != 0
+    with pytest.raises(PackageError, match="corrupt manifest: the zstd frame names a dictionary id"):
+        read_package(_package_around_manifest(unsigned, named, len(plain)))
+    # The JSON is canonical, the frame need not be: one made without the dictionary (another encoder's
+    # choice) still decodes to the same JSON and reads. A signature covers the stored frame as it is.
+    plain_frame = zstandard.ZstdCompressor(level=3).compress(plain)
+    other = read_package(_package_around_manifest(unsigned, plain_frame, len(plain)))
+    assert other.package == read_package(unsigned).package
 
 
 def test_relocation_table_over_the_record_bound_is_refused_before_decompression(unsigned: bytes) -> None:
