@@ -236,6 +236,10 @@ class StoppedThreads:
         self._journal.append((runtime_address, pre_image))
         self.process.write(runtime_address, data)
 
+    def remember(self, runtime_address: int, pre_image: bytes) -> None:
+        """Journal bytes that another path (an injected system call) is about to overwrite, for the undo."""
+        self._journal.append((runtime_address, pre_image))
+
     # -- attach / wait / release ----------------------------------------------------------------
 
     def _attach(self, only: int | None, timeout: float) -> None:

@@ -9,6 +9,10 @@ to the end of the thread's stack mapping counts — so it can only err towards w
 `stop_when_safe()` retries until a deadline, resuming the process between attempts; a function
 that the same thread is inside on every attempt is reported as always active, since waiting
 cannot help (a main loop that never returns).
+
+Memory about to be freed (a package's code, rodata and data on revert) is checked further through
+`pointer_ranges`: any general register or stack word pointing into it makes the moment unsafe,
+since a thread blocked in a library call may still hold a pointer to a package string or buffer.
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ from hpkg.loader.process import Process, StoppedThreads
 from hpkg.loader.procfs import Mapping
 
 DEFAULT_STACK_SCAN_LIMIT = 1 << 20  # bytes scanned above rsp per thread
+_GENERAL_REGISTERS = (
+    "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -44,7 +51,8 @@ class Offender:
 
     tid: int
     range_name: str
-    kind: str  # "instruction pointer", "patch site", "return address", or "stack pointer" (unreadable)
+    kind: str  # "instruction pointer", "patch site", "return address", "register", "stack word",
+    # or "stack pointer" (unreadable)
     address: int  # the instruction pointer or the stack word
 
     def describe(self) -> str:
@@ -113,8 +121,12 @@ def check_threads(
     replaced: Sequence[CodeRange],
     patch_windows: Sequence[CodeRange] = (),
     stack_scan_limit: int = DEFAULT_STACK_SCAN_LIMIT,
+    pointer_ranges: Sequence[CodeRange] = (),
 ) -> SafetyReport:
-    """Check every held thread's instruction pointer and stack against the replaced code."""
+    """Check every held thread's instruction pointer and stack against the replaced code.
+
+    With `pointer_ranges`, also every general register and stack word against memory about to be freed.
+    """
     maps = stopped.process.maps()
     offenders: list[Offender] = []
     low = min((r.start for r in replaced), default=0)
@@ -127,7 +139,12 @@ def check_threads(
         for code in replaced:
             if code.contains(regs.rip):
                 offenders.append(Offender(tid, code.name, "instruction pointer", regs.rip))
-        if not replaced:
+        for memory in pointer_ranges:
+            for name in _GENERAL_REGISTERS:
+                if memory.contains(getattr(regs, name)):
+                    offenders.append(Offender(tid, memory.name, "register", getattr(regs, name)))
+                    break
+        if not replaced and not pointer_ranges:
             continue
         words = _stack_words(stopped, maps, regs.rsp, stack_scan_limit)
         if words is None:
@@ -139,6 +156,10 @@ def check_threads(
                 if code.contains(word) and code.name not in seen:
                     seen.add(code.name)
                     offenders.append(Offender(tid, code.name, "return address", word))
+        for memory in pointer_ranges:
+            word = next((w for w in words if memory.start <= w < memory.end), None)
+            if word is not None:
+                offenders.append(Offender(tid, memory.name, "stack word", word))
     return SafetyReport(tuple(offenders), len(stopped.tids))
 
 
@@ -150,6 +171,7 @@ def stop_when_safe(
     timeout: float = 10.0,
     retry_interval: float = 0.05,
     stack_scan_limit: int = DEFAULT_STACK_SCAN_LIMIT,
+    pointer_ranges: Sequence[CodeRange] = (),
 ) -> Iterator[StoppedThreads]:
     """Stop all threads at a moment when the check passes and hold them for the caller's switch.
 
@@ -162,7 +184,7 @@ def stop_when_safe(
     while True:
         attempts += 1
         with process.stop_all_threads() as stopped:
-            report = check_threads(stopped, replaced, patch_windows, stack_scan_limit)
+            report = check_threads(stopped, replaced, patch_windows, stack_scan_limit, pointer_ranges)
             if report.safe:
                 yield stopped
                 return

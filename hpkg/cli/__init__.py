@@ -14,7 +14,7 @@ from hpkg.errors import EXIT_INTERNAL, EXIT_USAGE, HpkgError
 
 # One module per command under hpkg/cli/, each exposing `command` (a click.Command).
 COMMAND_MODULES: tuple[str, ...] = (
-    "keygen", "inspect", "verify", "diff",
+    "keygen", "inspect", "verify", "diff", "apply", "build", "status", "revert",
 )
 
 

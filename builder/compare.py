@@ -1,0 +1,92 @@
+"""Compare a matched pair's canonical forms: same, changed code, changed references, or line numbers only."""
+
+from __future__ import annotations
+
+import re
+
+from hpkg.builder.canon import stable_name
+from hpkg.builder.decode import decode_instructions
+from hpkg.builder.model import CanonicalFunction, ChangeKind, Image, TargetKind
+
+_IMMEDIATE = re.compile(r", (0x[0-9a-f]+|\d+)$")
+# __FILE__ strings end like this; an assert or logging call passes one next to __LINE__.
+_SOURCE_SUFFIXES = (b".c\0", b".h\0", b".cc\0", b".cpp\0", b".cxx\0", b".hpp\0")
+_LINE_MAX = 1_000_000
+
+
+def targets_correspond(old: tuple, new: tuple, function_map: dict[int, int]) -> bool:
+    """Whether two targets name the same thing: functions through the match, the rest by identity.
+
+    Targets come as Target or as plain tuples of its fields (kind, name, offset, address, content, entries).
+    """
+    kind = old[0]
+    if kind is not new[0]:
+        return False
+    if kind is TargetKind.FUNCTION:
+        return old[2] == new[2] and function_map.get(old[3] - old[2]) == new[3] - new[2]
+    if kind is TargetKind.DATA:
+        return old[2] == new[2] and old[4] == new[4] and stable_name(old[1]) == stable_name(new[1])
+    if kind is TargetKind.INTERNAL:
+        return old[2] == new[2]
+    if kind is TargetKind.JUMP_TABLE:
+        return old[5] == new[5]
+    if kind is TargetKind.RODATA:
+        return old[4] == new[4] and old[2] == new[2]
+    return old[1] == new[1] and old[2] == new[2] and old[4] == new[4]
+
+
+def _line_number_only(old: CanonicalFunction, new: CanonicalFunction, old_image: Image) -> bool:
+    """Whether the forms differ only in `mov …, imm` immediates that look like source line numbers."""
+    if len(old.masked) != len(new.masked):
+        return False
+    old_insns = decode_instructions(old.function)
+    new_insns = decode_instructions(new.function)
+    if len(old_insns) != len(new_insns):
+        return False
+    changed = 0
+    referenced = {r.location for r in old.references}
+    for a, b in zip(old_insns, new_insns, strict=True):
+        if a.mnemonic != b.mnemonic or a.size != b.size:
+            return False
+        if old.function.code[a.offset : a.offset + a.size] == new.function.code[b.offset : b.offset + b.size]:
+            continue
+        if any(a.offset <= loc < a.offset + a.size for loc in referenced):
+            continue  # a reference field: its targets were already found to correspond
+        ma, mb = _IMMEDIATE.search(a.operands), _IMMEDIATE.search(b.operands)
+        if a.mnemonic != "mov" or ma is None or mb is None:
+            return False
+        if a.operands[: ma.start()] != b.operands[: mb.start()]:
+            return False
+        va, vb = int(ma.group(1), 0), int(mb.group(1), 0)
+        if not (0 < va < _LINE_MAX and 0 < vb < _LINE_MAX):
+            return False
+        changed += 1
+    return changed > 0 and _reports_source_location(old, old_image)
+
+
+def _reports_source_location(canonical: CanonicalFunction, image: Image) -> bool:
+    """Whether the function passes a __FILE__ string or calls an assert/abort-style import."""
+    for ref in canonical.references:
+        target = ref.target
+        if target.kind is TargetKind.IMPORT and "assert" in target.name:
+            return True
+        if target.kind in (TargetKind.RODATA, TargetKind.DATA):
+            text = image.read(target.address, 4096)
+            nul = text.find(b"\0")
+            if nul > 0 and text[: nul + 1].endswith(_SOURCE_SUFFIXES):
+                return True
+    return False
+
+
+def compare_pair(
+    old: CanonicalFunction, new: CanonicalFunction, function_map: dict[int, int], old_image: Image
+) -> ChangeKind | None:
+    """None if the pair behaves the same, else how it changed."""
+    same_targets = len(old.rows) == len(new.rows) and all(
+        targets_correspond(a[3], b[3], function_map) for a, b in zip(old.rows, new.rows, strict=True)
+    )
+    if old.masked == new.masked:
+        return None if same_targets else ChangeKind.REFERENCES
+    if same_targets and _line_number_only(old, new, old_image):
+        return ChangeKind.LINE_NUMBER_ONLY
+    return ChangeKind.CODE

@@ -1,0 +1,90 @@
+"""The diff driver: two images in, a DiffResult out; one call per stage, like kpatch's main()."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from hpkg.builder.canon import canonicalize_images
+from hpkg.builder.compare import compare_pair
+from hpkg.builder.data import diff_data
+from hpkg.builder.functions import discover_functions
+from hpkg.builder.image import load_image
+from hpkg.builder.match import match_functions
+from hpkg.builder.model import CanonicalFunction, DiffResult, FunctionPair, Image, Status
+
+MODE_RELOCATIONS = "relocations"
+MODE_DISASSEMBLY = "disassembly"
+
+Progress = Callable[[int], None]
+
+
+def choose_mode(old: Image, new: Image) -> str:
+    """Relocation mode only when both builds kept their static relocations (-Wl,--emit-relocs)."""
+    return MODE_RELOCATIONS if old.has_static_relocations and new.has_static_relocations else MODE_DISASSEMBLY
+
+
+def pair_functions(
+    old: tuple[CanonicalFunction, ...],
+    new: tuple[CanonicalFunction, ...],
+    matches: dict[int, tuple[int, str]],
+    old_image: Image,
+) -> tuple[FunctionPair, ...]:
+    """Give every function a pair: twin and status, and for changed ones the change kind."""
+    function_map = {o: n for o, (n, _) in matches.items()}
+    new_by_address = {c.function.address: c for c in new}
+    pairs: list[FunctionPair] = []
+    for c in old:
+        match = matches.get(c.function.address)
+        if match is None:
+            pairs.append(FunctionPair(c, None, Status.REMOVED))
+            continue
+        twin = new_by_address[match[0]]
+        kind = compare_pair(c, twin, function_map, old_image)
+        status = Status.SAME if kind is None else Status.CHANGED
+        pairs.append(FunctionPair(c, twin, status, kind, match[1]))
+    taken = set(function_map.values())
+    pairs.extend(FunctionPair(None, c, Status.NEW) for c in new if c.function.address not in taken)
+    return tuple(pairs)
+
+
+def diff_images(
+    old: Image, new: Image, parallel: bool | None = None, progress: Progress | None = None
+) -> DiffResult:
+    """Compare baseline and fix function by function and object by object.
+
+    `parallel`: decode the two images in two processes (None: when they are big enough to pay).
+    """
+    mode = choose_mode(old, new)
+    use_relocations = mode == MODE_RELOCATIONS
+    # Functions: bounds from symbols and .eh_frame; the images' symbol tables are not used after this
+    # except to resolve reference targets.
+    old_functions = discover_functions(old)
+    new_functions = discover_functions(new)
+    # Canonical forms: references found (relocations or Capstone) and masked.
+    old_canonical, new_canonical = canonicalize_images(
+        old, old_functions, new, new_functions, use_relocations, parallel, progress
+    )
+    # Correlate, then compare each pair; from here on nothing matches again.
+    matches = match_functions(old_canonical, new_canonical, old, new)
+    pairs = pair_functions(old_canonical, new_canonical, matches, old)
+    function_map = {o: n for o, (n, _) in matches.items()}
+    data_changes = diff_data(old, new, old_canonical, new_canonical, function_map)
+    return DiffResult(old, new, mode, pairs, data_changes)
+
+
+def diff_files(
+    old_path: str | os.PathLike[str],
+    new_path: str | os.PathLike[str],
+    old_debug: str | os.PathLike[str] | None = None,
+    new_debug: str | os.PathLike[str] | None = None,
+    parallel: bool | None = None,
+    progress: Progress | None = None,
+) -> DiffResult:
+    """Load two binaries (and optional separate debug files) and diff them."""
+    return diff_images(load_image(old_path, old_debug), load_image(new_path, new_debug), parallel, progress)
+
+
+def function_count(image: Image) -> int:
+    """How many functions an image has (for sizing a progress bar before the diff runs)."""
+    return len(discover_functions(image))

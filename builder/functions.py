@@ -1,0 +1,127 @@
+"""Find every function of an image: symbols, then .eh_frame FDEs, the entry point and init/fini arrays."""
+
+from __future__ import annotations
+
+import re
+
+from hpkg.builder.model import Function, FunctionOrigin, Image, LinkAddress, SymbolKind
+
+# GCC's names for pieces and copies of a function: foo.cold, foo.part.0, foo.constprop.0.isra.0 …
+_SUFFIX = re.compile(r"\.(cold|part|constprop|isra|lto_priv|localalias|specialized)(\.\d+)?")
+# Sections whose code is not the program's own functions (PLT stubs, linker-made init glue).
+_NON_FUNCTION_SECTIONS = frozenset({".plt", ".plt.sec", ".plt.got", ".init", ".fini"})
+
+
+def split_clone_name(name: str) -> tuple[str, FunctionOrigin]:
+    """The origin name and kind of a GCC part or clone: `foo.part.0.cold` → ("foo", COLD)."""
+    match = _SUFFIX.search(name)
+    if match is None or match.start() == 0:
+        return name, FunctionOrigin.SOURCE
+    kinds = [m.group(1) for m in _SUFFIX.finditer(name)]
+    if "cold" in kinds:
+        origin = FunctionOrigin.COLD
+    elif "part" in kinds:
+        origin = FunctionOrigin.PART
+    else:
+        origin = FunctionOrigin.CLONE
+    return name[: match.start()], origin
+
+
+def unnamed(address: int) -> str:
+    """The name of a function no symbol names."""
+    return f"sub_{address:x}"
+
+
+def _code_sections(image: Image) -> list:
+    return [s for s in image.sections if s.executable and s.alloc and not s.nobits]
+
+
+def discover_functions(image: Image) -> tuple[Function, ...]:
+    """Every function's bounds and bytes, sorted by address; symbols win, FDEs fill in what they miss."""
+    code_sections = [s for s in _code_sections(image) if s.name not in _NON_FUNCTION_SECTIONS]
+
+    def section_of(address: int):
+        for section in code_sections:
+            if section.address <= address < section.end:
+                return section
+        return None
+
+    # Symbols: several names may share an address (aliases); a global, source-level name is preferred.
+    named: dict[int, list] = {}
+    for sym in image.symbols:
+        if sym.kind is not SymbolKind.FUNCTION or not sym.defined or sym.address == 0:
+            continue
+        if section_of(sym.address) is None:
+            continue
+        named.setdefault(sym.address, []).append(sym)
+
+    bounds: dict[int, int] = {}
+    for address, syms in named.items():
+        bounds[address] = max(s.size for s in syms)
+    for address, size in image.eh_frame:
+        if section_of(address) is not None and (address not in bounds or bounds[address] == 0):
+            bounds[address] = size
+    for address in (image.entry, *image.init_functions):
+        if address not in bounds and section_of(address) is not None:
+            bounds[address] = 0
+
+    starts = sorted(bounds)
+    functions: list[Function] = []
+    for i, address in enumerate(starts):
+        section = section_of(address)
+        assert section is not None
+        size = bounds[address]
+        limit = starts[i + 1] if i + 1 < len(starts) else section.end
+        limit = min(limit, section.end)
+        if size == 0 or address + size > limit:
+            size = limit - address  # a symbol without size (hand-written asm): up to the next function
+        start = address - section.address
+        code = image.section_bytes[section.name][start : start + size]
+        syms = named.get(address, [])
+        if syms:
+            syms = sorted(
+                syms, key=lambda s: (s.local, s.dynamic, "." in s.name, s.name.startswith("_"), s.name)
+            )
+            name = syms[0].name
+            aliases = tuple(sorted({s.name for s in syms[1:]} - {name}))
+            local = all(s.local for s in syms)
+        else:
+            name, aliases, local = unnamed(address), (), True
+        parent, origin = split_clone_name(name)
+        functions.append(
+            Function(
+                name=name,
+                address=LinkAddress(address),
+                size=size,
+                section=section.name,
+                code=code,
+                named=bool(syms),
+                parent=parent if origin is not FunctionOrigin.SOURCE else None,
+                origin=origin,
+                aliases=aliases,
+                local=local,
+            )
+        )
+    return tuple(functions)
+
+
+def functions_at(
+    image: Image, addresses: set[int] | list[int], known: tuple[Function, ...]
+) -> tuple[Function, ...]:
+    """Unnamed functions starting at code addresses that calls reach but no symbol or FDE covers
+    (crt glue like deregister_tm_clones, assembly without CFI); each ends at the next known start."""
+    code_sections = [s for s in _code_sections(image) if s.name not in _NON_FUNCTION_SECTIONS]
+    starts = sorted({f.address for f in known} | set(addresses) | {a for a, _ in image.eh_frame})
+    out: list[Function] = []
+    for address in sorted(set(addresses)):
+        section = next((s for s in code_sections if s.address <= address < s.end), None)
+        if section is None:
+            continue
+        i = starts.index(address)
+        limit = min(starts[i + 1] if i + 1 < len(starts) else section.end, section.end)
+        start = address - section.address
+        code = image.section_bytes[section.name][start : start + (limit - address)]
+        size = limit - address
+        name = unnamed(address)
+        out.append(Function(name, LinkAddress(address), size, section.name, code, named=False, local=True))
+    return tuple(out)

@@ -1,0 +1,268 @@
+"""Pair the baseline's functions with the fix's: by name, by clone origin, by hash, by call graph, by order.
+
+Each pass only looks at what earlier passes left unmatched, so a name match always wins over a
+guess. Unnamed functions (stripped binaries) are matched by canonical-form hash, then by the
+call-graph neighbourhood of already matched pairs, then by their position between matched ones.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from hpkg.builder.canon import hash_key, stable_name
+from hpkg.builder.model import CanonicalFunction, Image, TargetKind
+
+
+@dataclass
+class Matching:
+    """old function address → (new function address, how it was matched)."""
+
+    old: tuple[CanonicalFunction, ...]
+    new: tuple[CanonicalFunction, ...]
+    pairs: dict[int, tuple[int, str]] = field(default_factory=dict)
+    taken: set[int] = field(default_factory=set)
+    _callees: dict[int, list[tuple[int, tuple]]] = field(default_factory=dict)
+
+    def callees(self, c: CanonicalFunction) -> list[tuple[int, tuple]]:
+        """The functions `c` refers to, in order, each once: (address, hash key); computed once."""
+        found = self._callees.get(id(c))
+        if found is None:
+            found = self._callees[id(c)] = _find_callees(c)
+        return found
+
+    def add(self, old: CanonicalFunction, new: CanonicalFunction, how: str) -> None:
+        self.pairs[old.function.address] = (new.function.address, how)
+        self.taken.add(new.function.address)
+
+    def unmatched_old(self) -> list[CanonicalFunction]:
+        return [c for c in self.old if c.function.address not in self.pairs]
+
+    def unmatched_new(self) -> list[CanonicalFunction]:
+        return [c for c in self.new if c.function.address not in self.taken]
+
+
+def _one_unnamed(o: CanonicalFunction, n: CanonicalFunction) -> bool:
+    """Two named functions with different names are different functions: only the name pass pairs
+    named ones; the other passes pair when at least one side has no name (a stripped build)."""
+    return not (o.function.named and n.function.named)
+
+
+def _pair_groups(matching: Matching, key, how: str, unique_only: bool = False) -> None:
+    """Pair unmatched functions whose key is equal, in address order within each key."""
+    olds: dict[object, list[CanonicalFunction]] = defaultdict(list)
+    news: dict[object, list[CanonicalFunction]] = defaultdict(list)
+    for c in matching.unmatched_old():
+        k = key(c)
+        if k is not None:
+            olds[k].append(c)
+    for c in matching.unmatched_new():
+        k = key(c)
+        if k is not None:
+            news[k].append(c)
+    for k, old_group in olds.items():
+        new_group = news.get(k, [])
+        if unique_only and (len(old_group) != 1 or len(new_group) != 1):
+            continue
+        for o, n in zip(old_group, new_group, strict=False):
+            if how not in ("hash", "similar") or _one_unnamed(o, n):
+                matching.add(o, n, how)
+
+
+def _find_callees(c: CanonicalFunction) -> list[tuple[int, tuple]]:
+    seen: set[int] = set()
+    out = []
+    function = TargetKind.FUNCTION
+    for row in c.rows:
+        t = row[3]
+        if t[0] is function and t[2] == 0 and t[3] not in seen:
+            seen.add(t[3])
+            out.append((t[3], hash_key(t)))
+    return out
+
+
+def _match_call_graph(matching: Matching) -> None:
+    """Pair the unmatched callees of matched pairs at corresponding positions, until nothing moves."""
+    old_by_address = {c.function.address: c for c in matching.old}
+    new_by_address = {c.function.address: c for c in matching.new}
+    callers_old: dict[int, set[int]] = defaultdict(set)
+    callers_new: dict[int, set[int]] = defaultdict(set)
+    for c in matching.old:
+        for address, _ in matching.callees(c):
+            callers_old[address].add(c.function.address)
+    for c in matching.new:
+        for address, _ in matching.callees(c):
+            callers_new[address].add(c.function.address)
+    pending = list(matching.pairs.items())
+    while pending:
+        next_round: list = []
+        for old_address, (new_address, _) in pending:
+            o, n = old_by_address[old_address], new_by_address[new_address]
+            a, b = matching.callees(o), matching.callees(n)
+            # Callers too: a unique unmatched caller on each side of a matched pair is a pair.
+            co = [x for x in callers_old.get(old_address, ()) if x not in matching.pairs]
+            cn = [x for x in callers_new.get(new_address, ()) if x not in matching.taken]
+            if len(co) == 1 and len(cn) == 1 and not (
+                old_by_address[co[0]].function.named and new_by_address[cn[0]].function.named
+            ):
+                matching.add(old_by_address[co[0]], new_by_address[cn[0]], "call-graph")
+                next_round.append((co[0], (cn[0], "call-graph")))
+            if all(x in matching.pairs for x, _ in a) or all(x in matching.taken for x, _ in b):
+                continue  # nothing left to pair on one side: skip the alignment
+            sm = difflib.SequenceMatcher(a=[k for _, k in a], b=[k for _, k in b], autojunk=False)
+            for tag, i1, i2, j1, j2 in sm.get_opcodes():
+                if tag == "equal" or (tag == "replace" and i2 - i1 == j2 - j1):
+                    for (oa, _), (na, _) in zip(a[i1:i2], b[j1:j2], strict=True):
+                        if oa in matching.pairs or na in matching.taken:
+                            continue
+                        if oa not in old_by_address or na not in new_by_address:
+                            continue
+                        if old_by_address[oa].function.named and new_by_address[na].function.named:
+                            continue  # two different names: the name pass already decided
+                        matching.add(old_by_address[oa], new_by_address[na], "call-graph")
+                        next_round.append((oa, (na, "call-graph")))
+        pending = next_round
+
+
+def _match_by_order(matching: Matching) -> None:
+    """Between two consecutive matched pairs, equal numbers of unmatched functions pair up in order."""
+    old_sorted = sorted(matching.old, key=lambda c: c.function.address)
+    new_sorted = sorted(matching.new, key=lambda c: c.function.address)
+    new_index = {c.function.address: i for i, c in enumerate(new_sorted)}
+    gap_old: list[CanonicalFunction] = []
+    last_new = -1
+    for c in old_sorted + [None]:  # type: ignore[list-item]
+        if c is not None and c.function.address not in matching.pairs:
+            gap_old.append(c)
+            continue
+        next_new = new_index[matching.pairs[c.function.address][0]] if c is not None else len(new_sorted)
+        if gap_old and next_new > last_new:
+            gap_new = [
+                n for n in new_sorted[last_new + 1 : next_new] if n.function.address not in matching.taken
+            ]
+            same_section = all(
+                o.function.section == n.function.section for o, n in zip(gap_old, gap_new, strict=False)
+            )
+            if len(gap_new) == len(gap_old) and same_section:
+                for o, n in zip(gap_old, gap_new, strict=True):
+                    if _one_unnamed(o, n):
+                        matching.add(o, n, "order")
+        gap_old = []
+        if c is not None:
+            last_new = max(last_new, next_new)
+
+
+def function_pointers(image: Image) -> dict[str, list[int]]:
+    """Per data section, the function addresses its relocated pointer words hold, in address order.
+
+    Tables of function pointers (callbacks, vtables, dispatch arrays) keep their order between
+    builds; they tie functions that no code calls directly to their twins.
+    """
+    words: list[tuple[int, int]] = []
+    for r in image.dynamic_relocations:
+        if r.type == "X86_64_RELATIVE":
+            words.append((r.address, r.addend))
+    if not words:
+        for r in image.static_relocations:
+            if r.type == "X86_64_64":
+                section = image.section_at(r.address)
+                if section is not None and not section.executable:
+                    words.append((r.address, int.from_bytes(image.read(r.address, 8), "little")))
+    out: dict[str, list[int]] = defaultdict(list)
+    for address, value in sorted(words):
+        section = image.section_at(address)
+        if section is not None:
+            out[section.name].append(value)
+    return out
+
+
+def _match_pointer_tables(matching: Matching, old_pointers, new_pointers) -> None:
+    """Pair unmatched unnamed functions at the same position of the same data section's pointers."""
+    old_by_address = {c.function.address: c for c in matching.old}
+    new_by_address = {c.function.address: c for c in matching.new}
+    for section, old_list in old_pointers.items():
+        new_list = new_pointers.get(section, [])
+        if len(old_list) != len(new_list):
+            continue
+        for oa, na in zip(old_list, new_list, strict=True):
+            o, n = old_by_address.get(oa), new_by_address.get(na)
+            if o is None or n is None or oa in matching.pairs or na in matching.taken:
+                continue
+            if _one_unnamed(o, n):
+                matching.add(o, n, "pointer-table")
+
+
+def _names(c: CanonicalFunction) -> Iterable[str]:
+    yield c.function.name
+    yield from c.function.aliases
+
+
+def match_functions(
+    old: tuple[CanonicalFunction, ...],
+    new: tuple[CanonicalFunction, ...],
+    old_image: Image | None = None,
+    new_image: Image | None = None,
+) -> dict[int, tuple[int, str]]:
+    """old function address → (new function address, how matched) for every function with a twin."""
+    matching = Matching(old, new)
+    # 1. The same symbol name (exported and static functions of unstripped builds).
+    _pair_groups(matching, lambda c: c.function.name if c.function.named else None, "name")
+    new_names: dict[str, CanonicalFunction] = {}
+    for c in matching.unmatched_new():
+        if c.function.named:
+            for name in _names(c):
+                new_names.setdefault(name, c)
+    for c in matching.unmatched_old():
+        if not c.function.named:
+            continue
+        for name in _names(c):
+            twin = new_names.get(name)
+            if twin is not None and twin.function.address not in matching.taken:
+                matching.add(c, twin, "name")
+                break
+    # 2. Clones and parts renumbered or re-specialised: foo.constprop.0 ↔ foo.constprop.1, then by origin.
+    _pair_groups(
+        matching,
+        lambda c: stable_name(c.function.name) if c.function.parent else None,
+        "clone",
+        unique_only=True,
+    )
+    _pair_groups(
+        matching,
+        lambda c: (c.function.parent, c.function.origin) if c.function.parent else None,
+        "clone",
+        unique_only=True,
+    )
+    # A clone on one side, the plain function (or another kind of clone) on the other: same origin.
+    _pair_groups(
+        matching,
+        lambda c: (c.function.parent or c.function.name) if c.function.named else None,
+        "clone",
+        unique_only=True,
+    )
+    # 3. Identical canonical form, unique on both sides.
+    _pair_groups(matching, lambda c: c.digest, "hash", unique_only=True)
+    # 4. Call-graph neighbours of matched pairs.
+    _match_call_graph(matching)
+    # 5. Position in function-pointer tables; 6. position between matched pairs.
+    if old_image is not None and new_image is not None:
+        _match_pointer_tables(matching, function_pointers(old_image), function_pointers(new_image))
+        _match_call_graph(matching)
+    _match_by_order(matching)
+    _match_call_graph(matching)
+    # 7. Identical forms again, unique among what is left though not in the whole image; then the
+    # same shape (length, instruction count, targets) with other bytes: a changed constant, such
+    # as a __LINE__ passed to an error routine.
+    _pair_groups(matching, lambda c: c.digest, "hash", unique_only=True)
+    _pair_groups(matching, _shape, "similar", unique_only=True)
+    _match_call_graph(matching)
+    _match_by_order(matching)
+    return matching.pairs
+
+
+def _shape(c: CanonicalFunction) -> tuple:
+    """What stays when only immediates change: section, sizes, and the targets in order."""
+    targets = tuple(hash_key(r[3]) for r in c.rows)
+    return (c.function.section, len(c.masked), c.instruction_count, targets)

@@ -1,0 +1,103 @@
+"""Which functions go into a package: the changed and added ones, plus the pieces that must move with them.
+
+GCC splits a function into pieces that jump into each other's middles (`foo.cold`, `foo.part.0`).
+A jump written at a piece's entry does not catch a jump into its middle, so when one piece is
+replaced its relatives must be too: a new `foo.cold` jumps back into the middle of the *new* `foo`,
+and the old `foo` jumps into the middle of the *old* `foo.cold`. The rule is applied by name
+(families) and, for stripped builds where pieces are `sub_<hex>`, by references into a middle.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from hpkg.builder.model import ChangeKind, DiffResult, FunctionPair, Status, TargetKind
+
+_PIECE_SUFFIX = re.compile(r"(\.(cold|part\.\d+))+$")
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The pairs whose fix side goes into the package, why each does, and what was left out."""
+
+    pairs: tuple[FunctionPair, ...]
+    why: tuple[str, ...]
+    left_out: tuple[str, ...]  # line-number-only changes not included
+
+
+def family(name: str) -> str:
+    """The function a piece belongs to: `foo.part.0.cold` → `foo`; `f.constprop.0.cold` → `f.constprop.0`."""
+    return _PIECE_SUFFIX.sub("", name)
+
+
+def select_functions(
+    diff: DiffResult, include_line_only: bool = False, spurious: frozenset[int] = frozenset()
+) -> Selection:
+    """Changed and added functions, then their pieces and the functions that jump into their middles.
+
+    `spurious` (NEW addresses) are changes the plan proved to be none; they stay out.
+    """
+    chosen: dict[int, tuple[FunctionPair, str]] = {}  # NEW address → (pair, why)
+    left_out: list[str] = []
+    for pair in diff.pairs:
+        if pair.new is None or pair.new.function.address in spurious:
+            continue
+        if pair.status is Status.NEW:
+            chosen[pair.new.function.address] = (pair, "added")
+        elif pair.status is Status.CHANGED:
+            if pair.change_kind is ChangeKind.LINE_NUMBER_ONLY and not include_line_only:
+                left_out.append(pair.name)
+                continue
+            why = "line numbers only" if pair.change_kind is ChangeKind.LINE_NUMBER_ONLY else "changed"
+            chosen[pair.new.function.address] = (pair, why)
+    with_new = [p for p in diff.pairs if p.new is not None]
+    by_new_start = {p.new.function.address: p for p in with_new}
+    by_old_start = {p.old.function.address: p for p in with_new if p.old is not None}
+    families: dict[str, list[FunctionPair]] = {}
+    for p in with_new:
+        if p.new.function.named:
+            families.setdefault(family(p.new.function.name), []).append(p)
+    grew = True
+    while grew:
+        grew = False
+        for pair, _ in list(chosen.values()):
+            relatives = families.get(family(pair.new.function.name), ()) if pair.new.function.named else ()
+            for relative in relatives:
+                if relative.new.function.address not in chosen:
+                    chosen[relative.new.function.address] = (relative, f"piece of {family(pair.name)}")
+                    grew = True
+            for ref in pair.new.references:
+                t = ref.target
+                if t.kind is TargetKind.FUNCTION and t.offset:
+                    callee = by_new_start.get(t.address - t.offset)
+                    if callee is not None and callee.new.function.address not in chosen:
+                        chosen[callee.new.function.address] = (callee, f"entered mid-body from {pair.name}")
+                        grew = True
+        for p in with_new:
+            if p.new.function.address in chosen:
+                continue
+            for side, index in ((p.new, by_new_start), (p.old, by_old_start)):
+                if side is None:
+                    continue
+                hit = next(
+                    (
+                        index[r.target.address - r.target.offset]
+                        for r in side.references
+                        if r.target.kind is TargetKind.FUNCTION
+                        and r.target.offset
+                        and r.target.address - r.target.offset in index
+                        and index[r.target.address - r.target.offset].new.function.address in chosen
+                    ),
+                    None,
+                )
+                if hit is not None:
+                    chosen[p.new.function.address] = (p, f"jumps into the middle of {hit.name}")
+                    grew = True
+                    break
+    ordered = sorted(chosen.items())
+    return Selection(
+        tuple(pair for _, (pair, _) in ordered),
+        tuple(why for _, (_, why) in ordered),
+        tuple(sorted(left_out)),
+    )

@@ -1,0 +1,66 @@
+"""Patch sites: the baseline bytes a `jmp rel32` overwrites at a replaced function's entry.
+
+The jump is opcode E9 plus a 32-bit displacement: 5 bytes. A function shorter than that may lend
+the alignment padding after it (nop or int3 fill up to the next function); otherwise the jump
+would overwrite the next function's first bytes, and it is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from hpkg.builder.model import Function, Image
+from hpkg.builder.x86_64 import is_padding
+
+JUMP_SIZE = 5  # E9 + rel32
+
+
+_DECODER = None
+
+
+def decode_code(code: bytes) -> tuple[list[tuple[int, int, str, str]], int]:
+    """(offset, size, mnemonic, operands) of each instruction decoded at base 0, and the bytes decoded."""
+    global _DECODER
+    if _DECODER is None:
+        import capstone
+
+        _DECODER = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+    out = list(_DECODER.disasm_lite(code, 0))
+    return out, (out[-1][0] + out[-1][1] if out else 0)
+
+
+@dataclass(frozen=True)
+class PatchSite:
+    """Where a replaced function's jump goes in the baseline, and what must be there before it is written."""
+
+    address: int  # OLD link address of the function's entry
+    size: int  # bytes the site vouches for: the function, plus the padding it borrows when shorter than 5
+    sha256: bytes  # SHA-256 of those bytes in the baseline
+    pre_image: bytes  # the 5 bytes the jump overwrites
+
+
+def usable_padding(image: Image, function: Function, limit: int) -> int:
+    """How many bytes after `function` (up to `limit`) are alignment fill a jump may overwrite."""
+    gap = image.read(function.end, max(0, limit - function.end))
+    if not gap:
+        return 0
+    instructions, _ = decode_code(gap)
+    usable = 0
+    for offset, size, mnemonic, _ in instructions:
+        if not is_padding(mnemonic) or offset != usable:
+            break
+        usable = offset + size
+    return usable
+
+
+def patch_site(image: Image, function: Function, next_start: int) -> PatchSite | None:
+    """The site of a baseline function, or None when it is too small for the jump and has no padding."""
+    size = function.size
+    if size < JUMP_SIZE:
+        limit = min(next_start, function.end + 64)
+        if size + usable_padding(image, function, limit) < JUMP_SIZE:
+            return None
+        size = JUMP_SIZE
+    covered = image.read(function.address, size)
+    return PatchSite(function.address, size, hashlib.sha256(covered).digest(), covered[:JUMP_SIZE])

@@ -1,0 +1,247 @@
+"""Name the thing at a link address of one image: a function, an import, a data object or bytes.
+
+One TargetResolver per image serves both reference sources (relocations and disassembly), so a
+field found either way resolves to the same symbolic Target.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import re
+import struct
+from dataclasses import dataclass
+
+from hpkg.builder.model import Function, Image, Import, LinkAddress, SymbolKind, Target, TargetKind
+
+# Marks a branch target in code that no known function covers; canon turns these into functions.
+CODE_SUFFIX = ":code"
+_STRING_LIMIT = 4096
+
+_NOT_TEXT = re.compile(rb"[^\x20-\x7e\t\n\r]")
+
+
+def _is_text(data: bytes) -> bool:
+    """Whether bytes are printable ASCII text (the body of a C string literal)."""
+    return _NOT_TEXT.search(data) is None
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=12).hexdigest()
+
+
+@dataclass
+class TargetResolver:
+    """Names the thing at a link address of one image: a function, an import, a data object or bytes."""
+
+    image: Image
+    functions: tuple[Function, ...]
+
+    def __post_init__(self) -> None:
+        self._starts = [f.address for f in self.functions]
+        self._plt: dict[int, Import] = {i.plt_address: i for i in self.image.imports if i.plt_address}
+        self._got: dict[int, Import] = {i.got_address: i for i in self.image.imports if i.got_address}
+        # A symbol can own several GOT slots (JUMP_SLOT for calls, GLOB_DAT for its address).
+        for slot in self.image.got_slots:
+            if slot.address not in self._got and slot.relocation_type != "X86_64_TPOFF64":
+                self._got[slot.address] = Import(slot.name, slot.version, None, slot.address)
+        objects = [
+            s
+            for s in self.image.symbols
+            if s.kind is SymbolKind.OBJECT and s.defined and s.section and s.address  # TLS values are offsets
+        ]
+        objects.sort(key=lambda s: (s.address, s.dynamic, s.local, s.name))
+        self._objects = []
+        for sym in objects:
+            if self._objects and self._objects[-1].address == sym.address:
+                continue  # the same object under a second name (a .dynsym copy or an alias)
+            self._objects.append(sym)
+        self._object_starts = [s.address for s in self._objects]
+        self._sections = sorted(
+            (s for s in self.image.sections if s.alloc and s.size and not s.tls), key=lambda s: s.address
+        )
+        self._section_starts = [s.address for s in self._sections]
+        self.non_pic = self.image.kind == "executable"
+        alloc = [s for s in self._sections]
+        self.low = min((s.address for s in alloc), default=0)
+        self.high = max((s.end for s in alloc), default=0)
+        self._cache: dict[tuple[int, int], Target] = {}
+        self._words: dict[int, str] | None = None
+        self._word_addresses: list[int] = []
+        self._pointer_targets: list[int] | None = None
+        self.code_sections = frozenset(s.name for s in self._sections if s.executable)
+
+    def function_at(self, address: int) -> Function | None:
+        i = bisect.bisect_right(self._starts, address) - 1
+        if i >= 0:
+            f = self.functions[i]
+            if f.address <= address < f.address + max(f.size, 1):
+                return f
+        return None
+
+    def section_at(self, address: int):
+        i = bisect.bisect_right(self._section_starts, address) - 1
+        if i >= 0 and address < self._sections[i].end:
+            return self._sections[i]
+        return None
+
+    def object_at(self, address: int):
+        i = bisect.bisect_right(self._object_starts, address) - 1
+        if i >= 0:
+            sym = self._objects[i]
+            if sym.address <= address < sym.address + max(sym.size, 1):
+                return sym
+        return None
+
+    def is_import_slot(self, address: int) -> bool:
+        return address in self._got
+
+    def rodata_content(self, address: int, access_size: int, boundaries: list[int]) -> str:
+        """A digest of the read-only bytes a reference reads: `access_size` bytes for a load, else a
+        C string, else the bytes up to the next referenced address or data symbol."""
+        if access_size:
+            return self._digest_with_pointers(address, self.image.read(address, access_size))
+        window = self.image.read(address, _STRING_LIMIT)
+        nul = window.find(b"\0")
+        if nul > 0 and not self._in_pointer_word(address) and _is_text(window[:nul]):
+            return _digest(window[: nul + 1])
+        limit = _STRING_LIMIT
+        i = bisect.bisect_right(boundaries, address)
+        if i < len(boundaries):
+            limit = max(1, min(limit, boundaries[i] - address))
+        for starts in (self._object_starts, self._starts, self._pointed_to()):
+            i = bisect.bisect_right(starts, address)
+            if i < len(starts):
+                limit = max(1, min(limit, starts[i] - address))
+        relative = self._code_offsets(address, window[:limit])
+        if relative is not None:
+            return _digest(relative.encode())
+        return self._digest_with_pointers(address, window[:limit])
+
+    def _code_offsets(self, address: int, data: bytes) -> str | None:
+        """A table of int32 offsets from its own start to code (a switch table no dispatch sequence
+        revealed, or an assembly-written one), said as function-relative positions; else None."""
+        keys = []
+        for i in range(0, len(data) - 3, 4):
+            value = struct.unpack_from("<i", data, i)[0]
+            function = self.function_at(address + value)
+            if function is None:
+                break
+            name = function.name if function.named else "sub"
+            keys.append(f"{name}+{address + value - function.address}")
+        if len(keys) < 2:
+            return None
+        return ",".join(keys) + "|" + data[4 * len(keys) :].hex()
+
+    def _pointed_to(self) -> list[int]:
+        """Sorted addresses that relocated pointer words hold: starts of tables and strings."""
+        if self._pointer_targets is None:
+            self._pointer_targets = sorted(
+                {r.addend for r in self.image.dynamic_relocations if r.type == "X86_64_RELATIVE"}
+            )
+        return self._pointer_targets
+
+    def _digest_with_pointers(self, address: int, data: bytes) -> str:
+        """Digest read-only bytes with each relocated pointer word replaced by what it points to.
+
+        RELRO tables (.data.rel.ro) hold link addresses that shift from build to build; a function
+        pointer is kept as the function's name (or "sub" for an unnamed one), anything else as
+        the section it points into.
+        """
+        words = self._pointer_words()
+        if not words or not data:
+            return _digest(data)
+        addresses = self._word_addresses
+        first = bisect.bisect_left(addresses, address)
+        last = bisect.bisect_left(addresses, address + len(data) - 7)
+        if first >= last:
+            return _digest(data)
+        raw = bytearray(data)
+        described = []
+        for word in addresses[first:last]:
+            offset = word - address
+            raw[offset : offset + 8] = bytes(8)
+            described.append(f"{offset}:{words[word]}")
+        return _digest(bytes(raw) + ",".join(described).encode())
+
+    def _in_pointer_word(self, address: int) -> bool:
+        """Whether an address falls inside a relocated pointer word (so its bytes are no string)."""
+        self._pointer_words()
+        i = bisect.bisect_right(self._word_addresses, address) - 1
+        return i >= 0 and address < self._word_addresses[i] + 8
+
+    def _describe_pointee(self, address: int) -> str:
+        """What a data pointer points at: a C string by its text, else the section it points into."""
+        section = self.section_at(address)
+        if section is None:
+            return "at:?"
+        if not section.writable and not section.executable and not section.nobits:
+            text = self.image.read(address, 256)
+            nul = text.find(b"\0")
+            if nul >= 0 and _is_text(text[:nul]):
+                return "str:" + _digest(text[:nul])
+        return f"at:{section.name}"
+
+    def _pointer_words(self) -> dict[int, str]:
+        if self._words is None:
+            self._words = {}
+            for r in self.image.dynamic_relocations:
+                if r.type != "X86_64_RELATIVE":
+                    continue
+                function = self.function_at(r.addend)
+                if function is not None and function.address == r.addend:
+                    self._words[r.address] = f"fn:{function.name if function.named else 'sub'}"
+                else:
+                    self._words[r.address] = self._describe_pointee(r.addend)
+            self._word_addresses = sorted(self._words)
+        return self._words
+
+    def resolve(self, address: int, within: Function, access_size: int = 0) -> Target:
+        """The symbolic target of a link address (cached per address for everything but INTERNAL)."""
+        if within.address <= address < within.address + within.size:
+            return Target(TargetKind.INTERNAL, within.name, address - within.address, LinkAddress(address))
+        key = (address, access_size)
+        target = self._cache.get(key)
+        if target is None:
+            target = self._cache[key] = self._resolve(address, within, access_size)
+        return target
+
+    def _resolve(self, address: int, within: Function, access_size: int = 0) -> Target:
+        """The symbolic target of a link address referenced from `within`.
+
+        Anonymous read-only data gets a placeholder content (`?<access size>`): its digest needs every
+        referenced address of the image as boundaries, so canon fills it in after all functions.
+        """
+        address = LinkAddress(address)
+        if within.address <= address < within.address + within.size:
+            return Target(TargetKind.INTERNAL, within.name, address - within.address, address)
+        imported = self._plt.get(address) or self._got.get(address)
+        if imported is not None:
+            return Target(TargetKind.IMPORT, imported.qualified_name, 0, address)
+        function = self.function_at(address)
+        if function is not None:
+            return Target(TargetKind.FUNCTION, function.name, address - function.address, address)
+        section = self.section_at(address)
+        if section is not None and section.name.startswith(".got"):
+            # A GOT slot the dynamic linker fills with a local address (R_X86_64_RELATIVE): it is
+            # named by what it will point to.
+            word = self._pointer_words().get(address)
+            if word is not None:
+                return Target(TargetKind.SECTION, f"{section.name}:{word}", 0, address)
+        sym = self.object_at(address)
+        if sym is not None:
+            content = None
+            if section is not None and not section.writable and not section.nobits:
+                content = _digest(self.image.read(sym.address, max(sym.size, 1)))
+            return Target(TargetKind.DATA, sym.name, address - sym.address, address, content)
+        if section is None:
+            before = self.section_at(address - 1)
+            if before is not None:  # one past the end of a section, as linker-made end symbols are
+                return Target(TargetKind.SECTION, f"{before.name}:end", 0, address)
+            return Target(TargetKind.SECTION, "", address, address)
+        # Constants between functions (hand-written assembly keeps its tables in .text) and RELRO
+        # tables are compared by content like .rodata.
+        read_only = not section.writable or section.name.startswith(".data.rel.ro")
+        if read_only and not section.nobits:
+            return Target(TargetKind.RODATA, section.name, 0, address, f"?{access_size}")
+        return Target(TargetKind.SECTION, section.name, address - section.address, address)

@@ -1,0 +1,168 @@
+"""`hpkg build OLD NEW -o OUT.hpkg`: a hotpatch package from baseline OLD to fix NEW, or every reason not.
+
+Exit codes: 0 built, 3 unreadable binary or key, 4 not hot-patchable (one line per reason on
+stderr), 5 nothing to patch. Overridable reasons (`--allow`): see hpkg.builder.verdict.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+
+from hpkg.builder.verdict import OVERRIDABLE
+from hpkg.cli.app import Application
+
+_ALLOW_HELP = (
+    "Accept a refusal reason knowingly (repeatable); it is recorded in the package. Overridable: "
+    + ", ".join(sorted(OVERRIDABLE))
+    + " (see hpkg.builder.verdict); a layout, TLS, size or unresolved-reference reason never is."
+)
+
+
+def _document(result, output: str) -> dict[str, Any]:
+    """The `--json` document: verdict, output path, sizes and counts."""
+    plan, package = result.plan, result.package
+    return {
+        "verdict": "patchable",
+        "reasons": [r.line() for r in plan.verdict.reasons],
+        "allowed_overrides": list(package.allowed_overrides),
+        "output": output,
+        "package_id": package.identity.package_id,
+        "patch_level": package.identity.patch_level,
+        "supersedes": package.identity.supersedes,
+        "baseline_build_id": package.target.build_id.hex(),
+        "mode": plan.mode,
+        "signed": result.signed,
+        "sizes": {
+            "code": len(package.code),
+            "rodata": len(package.rodata),
+            "data": len(package.data),
+            "bss": package.bss_size,
+            "file": len(result.blob),
+        },
+        "counts": {
+            "functions_replaced": len(package.functions),
+            "functions_added": len(package.added_functions),
+            "data_objects": len(package.data_objects),
+            "imports": len(package.imports),
+            "relocations": len(package.relocations),
+            "relocations_by_kind": package.relocation_counts_by_kind(),
+            "relocations_by_space": package.relocation_counts_by_space(),
+            "jump_tables": plan.jump_tables,
+            "rodata_references_to_baseline": plan.rodata_shared,
+        },
+        "functions": [
+            {
+                "name": f.name,
+                "status": "replaced" if f.site else "added",
+                "why": f.why,
+                "code_size": f.code_size,
+            }
+            for f in plan.functions
+        ],
+        "left_out_line_number_only": list(plan.left_out),
+        "warnings": list(plan.warnings),
+    }
+
+
+def _table(app: Application, result, output: str) -> None:
+    plan, package = result.plan, result.package
+    rows = [("function", "status", "why", "baseline", "size")]
+    for f in plan.functions:
+        where = f"{f.site.address:#x}" if f.site else "-"
+        rows.append((f.name, "replaced" if f.site else "added", f.why, where, str(f.code_size)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        app.display("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    for o in plan.objects:
+        app.display(f"new {o.section.value:<6} {o.name} ({o.size} bytes)")
+    kinds = ", ".join(f"{k} {n}" for k, n in package.relocation_counts_by_kind().items()) or "none"
+    spaces = ", ".join(f"{k} {n}" for k, n in package.relocation_counts_by_space().items()) or "none"
+    app.display(f"relocations {len(package.relocations)}: {kinds} (targets: {spaces})")
+    app.display(
+        f"sizes: code {len(package.code)}, rodata {len(package.rodata)}, data {len(package.data)},"
+        f" bss {package.bss_size}; file {len(result.blob)} bytes"
+    )
+    signed = "signed" if result.signed else "unsigned"
+    identity = package.identity
+    app.display(f"wrote {output}: package {identity.package_id}, level {identity.patch_level}, {signed}")
+
+
+@click.command("build")
+@click.argument("old", type=click.Path(dir_okay=False))
+@click.argument("new", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The .hpkg to write.")
+@click.option("--key", type=click.Path(dir_okay=False), help="Ed25519 private key to sign with (keygen).")
+@click.option("--level", type=click.IntRange(1, 2**32 - 1), default=1, show_default=True, help="Patch level.")
+@click.option("--supersedes", metavar="ID", help="Package id of the lower level this one replaces.")
+@click.option("--old-debug", type=click.Path(dir_okay=False), help="Separate debug file for OLD (symbols).")
+@click.option("--new-debug", type=click.Path(dir_okay=False), help="Separate debug file for NEW (symbols).")
+@click.option("--allow", "allow", multiple=True, metavar="REASON", help=_ALLOW_HELP)
+@click.option("--include-line-only", is_flag=True, help="Also patch functions changed in line numbers only.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@click.pass_obj
+def command(
+    app: Application,
+    old: str,
+    new: str,
+    output: str,
+    key: str | None,
+    level: int,
+    supersedes: str | None,
+    old_debug: str | None,
+    new_debug: str | None,
+    allow: tuple[str, ...],
+    include_line_only: bool,
+    as_json: bool,
+) -> None:
+    """Build a hotpatch package that turns baseline OLD into fix NEW in running processes."""
+    from hpkg.builder.package import build_package
+    from hpkg.builder.plan import PlanOptions
+    from hpkg.builder.verdict import check_allowed
+    from hpkg.errors import NoChange, UnsupportedChange
+    from hpkg.formats import load_private_key
+
+    try:
+        allowed = check_allowed(allow)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--allow") from None
+    if level == 1 and supersedes:
+        raise click.BadParameter(
+            "a level-1 package supersedes nothing; give --level 2 or higher", param_hint="--supersedes"
+        )
+    signing_key = load_private_key(key) if key else None
+    options = PlanOptions(
+        level=level, supersedes=supersedes, allow=allowed, include_line_only=include_line_only
+    )
+    try:
+        result = build_package(old, new, options, signing_key, old_debug, new_debug)
+    except (UnsupportedChange, NoChange) as exc:
+        if as_json:
+            verdict = "refused" if isinstance(exc, UnsupportedChange) else "no-change"
+            reasons = list(exc.reasons) if isinstance(exc, UnsupportedChange) else []
+            app.display_json({"verdict": verdict, "message": str(exc), "reasons": reasons, "output": None})
+        raise
+    path = Path(output)
+    try:
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_bytes(result.blob)
+        os.replace(tmp, path)
+    except OSError as exc:
+        app.abort(f"cannot write {output}: {exc.strerror or exc}", 3)
+    for reason in result.plan.verdict.overridden:
+        app.warning(f"overridden: {reason.line()}")
+    for warning in result.plan.warnings:
+        app.warning(warning)
+    if result.plan.left_out:
+        app.info(
+            f"left out {len(result.plan.left_out)} line-number-only change(s):"
+            f" {', '.join(result.plan.left_out)}"
+            " (--include-line-only puts them in)"
+        )
+    if as_json:
+        app.display_json(_document(result, output))
+        return
+    _table(app, result, output)

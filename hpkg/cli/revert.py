@@ -1,0 +1,34 @@
+"""`hpkg revert --pid PID [--package ID]`: take hpkg packages out of a running process again."""
+
+from __future__ import annotations
+
+import click
+
+from hpkg.cli.app import Application
+
+
+@click.command("revert")
+@click.option("--pid", type=int, required=True, help="The running process to revert.")
+@click.option("--package", "package_id", metavar="ID", help="Revert only the image carrying this package.")
+@click.option(
+    "--timeout", type=click.FloatRange(0.0, 3600.0), default=5.0, show_default=True,
+    help="Seconds to wait for a moment no thread is inside the package's code.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@click.pass_obj
+def command(app: Application, pid: int, package_id: str | None, timeout: float, as_json: bool) -> None:
+    """Restore the original bytes at every patch site and free the package memory, after the same
+    safety check as apply (no thread inside, or returning into, the package's code). Revert goes back
+    to the baseline: every level applied to that image is taken out, a lower one is not re-instated.
+
+    Exit codes: 0 reverted, 4 refused (nothing applied, sites changed by someone else, unsafe now),
+    6 no such process or permission denied.
+    """
+    from hpkg.loader.revert import revert_process
+
+    result = revert_process(pid, package_id, timeout)
+    if as_json:
+        app.display_json(result.to_json())
+        return
+    for line in result.lines():
+        app.display(line)

@@ -1,0 +1,371 @@
+"""Apply a package to a running process (`hpkg apply PKG --pid PID`); loader/revert.py mirrors it.
+
+  STEP 1  find   the images whose build-id is the package's baseline, and the hpkg records already there
+  STEP 2  prove  the compatibility check against the running image (pre-images, or a superseded level)
+  STEP 3  place  allocate near the image, relocate, write the record, code and data, set protections —
+                 all while the process runs, nothing reaches the new memory yet
+  STEP 4  wait   stop every thread at a moment none is inside (or returns into) replaced code
+  STEP 5  switch write every patch-site jump (and restore the sites a superseded level no longer
+                 patches), mark the record applied, check the result, resume
+  STEP 6  tidy   free the superseded level's memory
+
+Any failure before STEP 5 completes leaves the process as it was: journaled writes undone, the
+allocation freed, threads resumed and detached.
+
+Switch robustness. The record (every site's pre-image and jump) is in the target before the first
+jump is written, and every thread is seized with PTRACE_SEIZE, so a loader killed at any moment leaves
+a running process and a record. The remaining window is the switch itself: N sites are N writes to
+/proc/PID/mem (a few microseconds each); a loader killed between two of them lets the process run
+with some sites switched and others not, its record still saying "prepared". `hpkg status` shows
+such a record and every site's state, and `hpkg revert` restores every site that holds the record's
+jump — so the mix is visible and undoable, but for that window not excluded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+from dataclasses import dataclass
+
+from hpkg.errors import IncompatibleTarget, RefusedError, TargetError
+from hpkg.formats.model import Package
+from hpkg.loader import alloc
+from hpkg.loader.alloc import Allocation
+from hpkg.loader.compat import AppliedLevel, CompatReport, check_compatibility
+from hpkg.loader.inject import PROT_EXEC, PROT_READ, PROT_WRITE, Injector
+from hpkg.loader.live import (
+    DEFAULT_TIMEOUT,
+    ProcessImageReader,
+    baseline_images,
+    free_allocations,
+    open_process,
+    replaced_ranges,
+    target_lock,
+    wait_until_safe,
+)
+from hpkg.loader.live_imports import ProcessImports
+from hpkg.loader.process import Process, StoppedThreads
+from hpkg.loader.procfs import PAGE_SIZE, RuntimeImage
+from hpkg.loader.record import (
+    STATE_OFFSET,
+    CodeRecord,
+    FoundRecord,
+    PatchRecord,
+    RecordState,
+    SiteRecord,
+    encode,
+    encoded_size,
+    find_records,
+    state_bytes,
+)
+from hpkg.loader.relocate import AreaLayout, PatchSite, Placement, RelocatedImage, area_layout, relocate
+from hpkg.loader.safety import CodeRange
+from hpkg.loader.switch import SiteWrite, switch_table, write_sites
+
+
+@dataclass(frozen=True)
+class ImageApplied:
+    """One image of the process switched to the package."""
+
+    image: RuntimeImage
+    compat: CompatReport
+    record: PatchRecord
+    pause_seconds: float
+    superseded: str | None
+    warnings: tuple[str, ...]
+    switch: str  # how the sites were written: one system call, or site by site
+
+
+@dataclass(frozen=True)
+class LiveApplyResult:
+    """What `apply --pid` did, for the CLI's human and JSON output."""
+
+    package: Package
+    pid: int
+    images: tuple[ImageApplied, ...]
+
+    @property
+    def pause_ms(self) -> float:
+        """The longest time the process was held stopped for a switch, in milliseconds."""
+        return max((i.pause_seconds for i in self.images), default=0.0) * 1000
+
+    def lines(self) -> list[str]:
+        identity = self.package.identity
+        out = [f"applied {identity.package_id} (level {identity.patch_level}) to process {self.pid}"]
+        for applied in self.images:
+            r = applied.record
+            out.append(f"  image {applied.image.path} (build-id {r.build_id}, load bias {r.load_bias:#x})")
+            memory = f"{r.allocation.start:#x}-{r.allocation.end:#x}"
+            out.append(f"  package memory {memory} (/memfd:{r.allocation.name})")
+            for site in r.sites:
+                out.append(f"    {site.function}: jmp at {site.address:#x} -> {site.replacement:#x}")
+            if applied.superseded:
+                out.append(f"  superseded package {applied.superseded} (its memory freed)")
+            out.append(f"  switch: {applied.switch}")
+            out.append(f"  pause: {applied.pause_seconds * 1000:.3f} ms (all threads stopped)")
+        return out
+
+    def to_json(self) -> dict[str, object]:
+        identity = self.package.identity
+        return {
+            "pid": self.pid,
+            "package_id": identity.package_id,
+            "patch_level": identity.patch_level,
+            "pause_ms": round(self.pause_ms, 3),
+            "images": [
+                {
+                    "path": a.image.path,
+                    "build_id": a.record.build_id,
+                    "load_bias": a.record.load_bias,
+                    "allocation": {"name": a.record.allocation.name, "start": a.record.allocation.start,
+                                   "size": a.record.allocation.size},
+                    "patch_sites": [
+                        {"function": s.function, "address": s.address, "replacement": s.replacement}
+                        for s in a.record.sites
+                    ],
+                    "superseded": a.superseded,
+                    "pause_ms": round(a.pause_seconds * 1000, 3),
+                    "switch": a.switch,
+                    "warnings": list(a.warnings),
+                    "compatibility": a.compat.to_json(),
+                }
+                for a in self.images
+            ],
+        }
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The package placed in the target, not yet reachable: allocation, relocated bytes and record."""
+
+    allocation: Allocation
+    relocated: RelocatedImage
+    record: PatchRecord
+
+
+def apply_to_process(package: Package, pid: int, timeout: float = DEFAULT_TIMEOUT) -> LiveApplyResult:
+    """Apply `package` to every baseline image of process `pid`; refuse (nothing changed) when unsafe."""
+    process = open_process(pid)
+    with process, target_lock(pid, timeout):
+        # STEP 1: the baseline images, and what hpkg already applied to them.
+        images = baseline_images(process, package)
+        found = find_records(process)
+        done = [
+            _apply_to_image(process, package, image, _records_of(found, image), timeout) for image in images
+        ]
+    return LiveApplyResult(package, pid, tuple(done))
+
+
+@dataclass(frozen=True)
+class ImageVerified:
+    """One baseline image of a process proven compatible with a package (apply's STEPS 1-2 alone)."""
+
+    image: RuntimeImage
+    compat: CompatReport
+
+
+def check_process(package: Package, pid: int) -> list[ImageVerified]:
+    """The compatibility check against every baseline image of process `pid`; stops and changes nothing."""
+    process = open_process(pid)
+    with process:
+        images = baseline_images(process, package)
+        found = find_records(process)
+        return [
+            ImageVerified(image, check_compatibility(package, ProcessImageReader(process, image),
+                                                     _applied_levels(_records_of(found, image))))
+            for image in images
+        ]
+
+
+def _applied_levels(records: list[FoundRecord]) -> list[AppliedLevel]:
+    return [
+        AppliedLevel(f.record.package_id, f.record.patch_level, ((f.allocation.start, f.allocation.end),))
+        for f in records if f.record is not None
+    ]
+
+
+def _records_of(found: list[FoundRecord], image: RuntimeImage) -> list[FoundRecord]:
+    key = (image.build_id, image.load_bias)
+    return [f for f in found if f.record is not None and (f.record.build_id, f.record.load_bias) == key]
+
+
+def _apply_to_image(
+    process: Process, package: Package, image: RuntimeImage, records: list[FoundRecord], timeout: float
+) -> ImageApplied:
+    interrupted = [f.record.package_id for f in records if f.state is not RecordState.APPLIED and f.record]
+    if interrupted:
+        raise RefusedError(
+            f"an earlier apply of package {interrupted[0]} to {image.path} was interrupted; "
+            f"run `hpkg status --pid {process.pid}` and `hpkg revert --pid {process.pid}` first"
+        )
+    # STEP 2: prove the running image is the baseline (or carries the level this package supersedes).
+    compat = check_compatibility(package, ProcessImageReader(process, image), _applied_levels(records))
+    old = next((f.record for f in records if f.record and f.record.package_id == compat.superseded), None)
+
+    # STEP 3: place the package while the process runs.
+    prepared = _prepare(process, package, image)
+    try:
+        # STEP 4: a safe moment — no thread in a replaced function, nor in the superseded level's code.
+        functions, windows = replaced_ranges(package, image)
+        level = old.patch_level if old is not None else 0
+        if old is not None:
+            functions += [CodeRange(f"{c.function} (level {level})", c.start, c.end) for c in old.code]
+            windows += [CodeRange(s.function, s.address, s.address + len(s.pre_image)) for s in old.sites]
+        freed = [] if old is None else [CodeRange(f"memory of level {level}", *_span(old.allocation))]
+        with wait_until_safe(process, functions, windows, image, timeout, freed) as stopped:
+            # STEP 5: the sites still hold what STEP 2 proved (nothing changed them while the process ran),
+            # then the switch, then the result checked while still stopped (an exception undoes it).
+            _recheck_sites(process, prepared.relocated, old)
+            if old is not None:
+                _carry_over(process, stopped, old, prepared.record)
+            writes = _site_writes(prepared.relocated, old)
+            method = write_sites(stopped, writes, switch_table(prepared.record))
+            stopped.write(prepared.allocation.start + STATE_OFFSET, state_bytes(RecordState.APPLIED))
+            for site in prepared.relocated.patch_sites:
+                if process.read(site.address, len(site.jump)) != site.jump:
+                    raise TargetError(f"the jump at {site.name} ({site.address:#x}) did not stick")
+        pause = stopped.pause
+    except BaseException:
+        with contextlib.suppress(TargetError):
+            free_allocations(process, [prepared.allocation])
+        raise
+
+    # STEP 6: the superseded level is unreachable now (no site jumps into it, no thread was inside it).
+    warnings: list[str] = []
+    if old is not None:
+        try:
+            free_allocations(process, [old.allocation])
+        except TargetError as exc:
+            warnings.append(f"could not free the memory of superseded package {old.package_id}: {exc}")
+    superseded = old.package_id if old else None
+    return ImageApplied(image, compat, prepared.record, pause, superseded, tuple(warnings), method)
+
+
+def _site_writes(relocated: RelocatedImage, old: PatchRecord | None) -> list[SiteWrite]:
+    """Every jump, and the pre-image back at each site of the superseded level this one no longer patches."""
+    writes = [SiteWrite(s.address, s.jump) for s in relocated.patch_sites]
+    new_addresses = {s.address for s in relocated.patch_sites}
+    for site in old.sites if old is not None else ():
+        if site.address not in new_addresses:  # levels are cumulative: no longer patched
+            writes.append(SiteWrite(site.address, site.pre_image))
+    return writes
+
+
+def _span(allocation: Allocation) -> tuple[int, int]:
+    return allocation.start, allocation.end
+
+
+def _recheck_sites(process: Process, relocated: RelocatedImage, old: PatchRecord | None) -> None:
+    """Each site holds its pre-image, or the superseded level's jump, as the compatibility check found."""
+    old_jumps = {s.address: s.jump for s in old.sites} if old is not None else {}
+    for site in relocated.patch_sites:
+        found = process.read(site.address, len(site.pre_image))
+        expected = old_jumps.get(site.address, b"") + site.pre_image[len(old_jumps.get(site.address, b"")):]
+        if found not in (site.pre_image, expected):
+            raise IncompatibleTarget(
+                f"patch site {site.name} at {site.address:#x} changed while hpkg prepared the package",
+                (f"function {site.name}: holds {found.hex()}, expected {site.pre_image.hex()}",),
+            )
+
+
+def _carry_over(process: Process, stopped: StoppedThreads, old: PatchRecord, new: PatchRecord) -> None:
+    """Copy the superseded level's new variables into this level's, by name and size, while stopped.
+
+    Levels are cumulative, so a variable the lower level added is added again here; its live value
+    (a counter, a table) moves over instead of restarting from its initial value. A value that points
+    into the lower level's memory would dangle: the builder's data checks are the guard against that.
+    """
+    previous = {(o.function, o.end - o.start): o for o in old.objects}
+    for o in new.objects:
+        match = previous.get((o.function, o.end - o.start))
+        if match is not None and o.end > o.start:
+            stopped.write(o.start, process.read(match.start, match.end - match.start))
+
+
+def _page_up(value: int) -> int:
+    return (value + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+
+
+def _record_for(
+    package: Package, image: RuntimeImage, allocation: Allocation, relocated: RelocatedImage, record_size: int
+) -> PatchRecord:
+    """The record of this placement (any placement gives the same encoded size)."""
+    p, layout = relocated.placement, relocated.placement.layout
+    code = [
+        CodeRecord(f.name, p.code + f.code_offset, p.code + f.code_offset + f.code_size)
+        for f in (*package.functions, *package.added_functions)
+    ]
+    area_base = {"rodata": p.rodata, "data": p.data, "bss": p.bss}
+    starts = [(o, area_base[o.section.value] + o.offset) for o in package.data_objects]
+    objects = tuple(CodeRecord(o.name, start, start + o.size) for o, start in starts)
+    return PatchRecord(
+        package_id=package.identity.package_id,
+        patch_level=package.identity.patch_level,
+        supersedes=package.identity.supersedes,
+        build_id=image.build_id,
+        image_path=image.path,
+        load_bias=image.load_bias,
+        allocation=allocation,
+        areas=(
+            ("record", allocation.start, allocation.start + record_size),
+            ("code", p.code, p.code + layout.code_size),
+            ("rodata", p.rodata, p.rodata + layout.rodata_size),
+            ("data", p.data, p.end),
+        ),
+        sites=tuple(
+            SiteRecord(s.name, s.address, s.pre_image, s.jump, s.replacement) for s in relocated.patch_sites
+        ),
+        code=tuple(code),
+        objects=objects,
+    )
+
+
+def _prepare(process: Process, package: Package, image: RuntimeImage) -> Prepared:
+    """Allocate near the image, relocate, write record, code and data, set protections; free on failure."""
+    resolver = ProcessImports(process, image)
+    layout = area_layout(package, resolver)
+    # The record's size does not depend on addresses: measure it on a dry placement at 0.
+    sizing = _record_for(package, image, Allocation(0, 0, ""), _dry_relocation(package, layout), 0)
+    # The record, then room for the switch table (loader/switch.py) on the record's read-only pages.
+    record_pages = _page_up(encoded_size(sizing)) + PAGE_SIZE
+    size = _page_up(Placement.contiguous(record_pages, layout).end)
+    # Unique per attempt: an allocation a killed loader left behind must never merge with this one
+    # (/proc/PID/maps is grouped by name to find allocations).
+    name = f"hpkg-{package.identity.package_id}-{image.start:x}-{secrets.token_hex(3)}"
+    with process.stop_thread() as held, Injector(held) as injector:
+        allocation = alloc.allocate_near(injector, image, size, name)
+        try:
+            placement = Placement.contiguous(allocation.start + record_pages, layout)
+            relocated = relocate(package, placement, image.load_bias, resolver)
+            record = _record_for(package, image, allocation, relocated, record_pages)
+            # The record first: from here on, whatever happens, the allocation says what it is.
+            process.write(allocation.start, encode(record, RecordState.PREPARED))
+            process.write(placement.code, relocated.code)
+            process.write(placement.rodata, relocated.rodata)
+            process.write(placement.data, relocated.data)
+            _protect(injector, allocation, record)
+        except BaseException:
+            with contextlib.suppress(TargetError):
+                alloc.free(injector, allocation)
+            raise
+    return Prepared(allocation, relocated, record)
+
+
+def _dry_relocation(package: Package, layout: AreaLayout) -> RelocatedImage:
+    """Sites and code offsets for sizing the record, without resolving anything in the target."""
+    placement = Placement.contiguous(0, layout)
+    sites = tuple(
+        PatchSite(f.name, f.baseline_address, 0, f.pre_image, bytes(5), 0) for f in package.functions
+    )
+    return RelocatedImage(placement, b"", b"", b"", 0, sites, (), (), 0)
+
+
+def _protect(injector: Injector, allocation: Allocation, record: PatchRecord) -> None:
+    """Final protections: record r--, code r-x, rodata r--, data and bss rw-."""
+    rw, rx = PROT_READ | PROT_WRITE, PROT_READ | PROT_EXEC
+    prot = {"record": PROT_READ, "code": rx, "rodata": PROT_READ, "data": rw}
+    for name, start, end in record.areas:
+        start_page = start & ~(PAGE_SIZE - 1)
+        length = _page_up(end) - start_page
+        if length > 0:
+            alloc.protect(injector, allocation, start_page - allocation.start, length, prot[name])

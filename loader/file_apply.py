@@ -1,0 +1,162 @@
+"""Apply a package to an ELF file on disk: the persistent form of a hotpatch (`hpkg apply --file`).
+
+The same steps as the live loader, against a file: prove the file is the baseline (compat), resolve
+imports to the binary's own PLT entries and GOT slots (or have the dynamic linker bind new ones),
+place the package after the image, relocate with load bias 0 (link addresses), write a new ELF, then
+read it back and check the result.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from hpkg.errors import ImageError
+from hpkg.formats.model import Package
+from hpkg.loader.compat import AppliedLevel, CompatReport, check_compatibility
+from hpkg.loader.elf_dynamic import DynamicLinking
+from hpkg.loader.elf_file import RECORD_SECTION, ElfFile, plan_segments, write_patched
+from hpkg.loader.file_imports import file_import_resolver
+from hpkg.loader.relocate import Placement, RelocatedImage, area_layout, relocate
+
+
+@dataclass(frozen=True)
+class FileApplyResult:
+    """What `apply --file` wrote: where the package went and which sites jump to it."""
+
+    package: Package
+    binary: Path
+    output: Path
+    compat: CompatReport
+    relocated: RelocatedImage
+    position_independent: bool
+    linking: DynamicLinking  # relocations and dynamic symbols added for the dynamic linker
+
+    def lines(self) -> list[str]:
+        """Human summary for `hpkg apply`."""
+        identity, placement = self.package.identity, self.relocated.placement
+        result = [
+            f"applied {identity.package_id} (level {identity.patch_level}) to {self.binary}",
+            f"wrote {self.output}",
+            f"package code at {placement.code:#x} ({placement.layout.code_size} bytes), "
+            f"data at {placement.data:#x}, link addresses",
+        ]
+        for site in self.relocated.patch_sites:
+            result.append(f"  {site.name}: jmp at {site.link_address:#x} -> {site.replacement:#x}")
+        if self.linking.relative:
+            count = self.linking.relative
+            result.append(f"{count} R_X86_64_RELATIVE relocations added for absolute addresses")
+        if self.compat.superseded:
+            old = self.compat.superseded
+            result.append(f"supersedes {old}, which the file carried (its code stays in the file, unused)")
+        if self.linking.bound_imports:
+            result.append(f"imports bound at load time: {', '.join(self.linking.bound_imports)}")
+        return result
+
+    def to_json(self) -> dict[str, object]:
+        identity, placement = self.package.identity, self.relocated.placement
+        layout = placement.layout
+        return {
+            "package_id": identity.package_id,
+            "patch_level": identity.patch_level,
+            "target": {"file": str(self.binary), "build_id": self.compat.build_id.hex()},
+            "output": str(self.output),
+            "position_independent": self.position_independent,
+            "areas": {
+                "code": {"address": placement.code, "size": layout.code_size},
+                "rodata": {"address": placement.rodata, "size": layout.rodata_size},
+                "data": {"address": placement.data, "size": layout.data_size},
+                "bss": {"address": placement.bss, "size": layout.bss_size},
+            },
+            "patch_sites": [
+                {"function": s.name, "link_address": s.link_address, "replacement": s.replacement}
+                for s in self.relocated.patch_sites
+            ],
+            "relative_relocations": self.linking.relative,
+            "bound_imports": list(self.linking.bound_imports),
+            "relaxed_got_loads": self.relocated.relaxed,
+            "superseded": self.compat.superseded,
+            "compatibility": self.compat.to_json(),
+        }
+
+
+RECORD_FORMAT = 1
+
+
+def applied_packages(elf: ElfFile) -> list[dict[str, object]]:
+    """What earlier `apply --file` runs recorded in the file (oldest first); empty for a baseline."""
+    blob = elf.section(RECORD_SECTION)
+    if blob is None:
+        return []
+    try:
+        document = json.loads(blob)
+        entries = document["applied"]
+        if document["format"] != RECORD_FORMAT or not all(
+            isinstance(e["package_id"], str) and isinstance(e["patch_level"], int) and len(e["code"]) == 2
+            for e in entries
+        ):
+            raise ValueError("unexpected record")
+    except (ValueError, KeyError, TypeError):
+        what = f"unreadable {RECORD_SECTION} section (written by another hpkg?)"
+        raise ImageError(f"{elf.path}: {what}") from None
+    return entries
+
+
+def applied_levels(elf: ElfFile) -> tuple[AppliedLevel, ...]:
+    """The recorded packages as the compatibility check takes them (their code areas, link addresses)."""
+    return tuple(
+        AppliedLevel(e["package_id"], e["patch_level"], ((e["code"][0], e["code"][1]),))
+        for e in applied_packages(elf)
+    )
+
+
+def check_file(package: Package, binary: str | os.PathLike[str]) -> CompatReport:
+    """The compatibility check alone against a file (`hpkg verify --against`); changes nothing."""
+    elf = ElfFile(binary)
+    return check_compatibility(package, elf, applied_levels(elf))
+
+
+def apply_to_file(
+    package: Package, binary: str | os.PathLike[str], output: str | os.PathLike[str]
+) -> FileApplyResult:
+    """Write `output`: `binary` with `package` added and jumps at its patch sites; `binary` is not changed."""
+    # STEP 1: the file is the package's baseline, site by site (or carries the level this one supersedes).
+    elf = ElfFile(binary)
+    compat = check_compatibility(package, elf, applied_levels(elf))
+
+    # STEP 2: imports, placement after the image, relocation with link addresses (bias 0).
+    resolved = file_import_resolver(elf.path, package.imports)
+    layout = area_layout(package, resolved.__getitem__)
+    segments = plan_segments(elf)
+    placement = Placement.contiguous(segments.code_base, layout)
+    relocated = relocate(package, placement, 0, resolved.__getitem__)
+
+    # STEP 3: the new file, then read it back: the jumps are where they belong and the identity is kept.
+    entry = {
+        "package_id": package.identity.package_id,
+        "patch_level": package.identity.patch_level,
+        "supersedes": compat.superseded,
+        "code": [placement.code, placement.code + layout.code_size],
+        "functions": [f.name for f in package.functions],
+    }
+    record = json.dumps({"format": RECORD_FORMAT, "applied": [*applied_packages(elf), entry]}, sort_keys=True)
+    linking = write_patched(elf, relocated, segments, output, record.encode("ascii"))
+    written = ElfFile(output)
+    # A failure here is a bug in hpkg (exit 1), not a property of the input.
+    for site in relocated.patch_sites:
+        if written.read(site.link_address, len(site.jump)) != site.jump:
+            raise RuntimeError(f"check after writing failed: no jump at {site.name} in {output}")
+    if written.build_id != elf.build_id:
+        raise RuntimeError(f"check after writing failed: {output} lost the build-id")
+    return FileApplyResult(
+        package=package,
+        binary=elf.path,
+        output=Path(output),
+        compat=compat,
+        relocated=relocated,
+        position_independent=elf.position_independent,
+        linking=linking,
+    )
+

@@ -1,0 +1,217 @@
+"""What live apply, revert, verify and status share: the target lock, the image reader, the switch wait.
+
+- `target_lock(pid)`: one loader at a time per process (flock on /run/lock/hpkg-<pid>.lock).
+- `ProcessImageReader`: the compatibility check's image-reader interface over a running image.
+- `baseline_images()`: the images of a process that are the package's baseline, by build-id.
+- `wait_until_safe()`: stop every thread at a moment no thread is inside (or returns into) the
+  code being switched, or refuse naming function and thread — and say when waiting cannot help.
+- `free_allocations()`: unmap package memory at one briefly stopped thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import struct
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from hpkg.errors import IncompatibleTarget, RefusedError, TargetError, UnsafeNow
+from hpkg.formats.model import Package
+from hpkg.loader import alloc
+from hpkg.loader.alloc import Allocation
+from hpkg.loader.inject import Injector
+from hpkg.loader.process import Process, StoppedThreads
+from hpkg.loader.procfs import RuntimeImage
+from hpkg.loader.safety import CodeRange, ThreadsBusy, stop_when_safe
+
+DEFAULT_TIMEOUT = 5.0
+_LOCK_DIRS = ("/run/lock", "/tmp")
+# `_start`, the ELF entry, calls __libc_start_main and never returns either; its return address sits
+# above main's frames. It is not code a package replaces, so the outermost-frame test skips it.
+_ENTRY_STUB_SIZE = 64
+
+
+def lock_path(pid: int) -> str:
+    """The lock file of one target process: /run/lock/hpkg-PID.lock (/tmp when /run/lock is read-only)."""
+    directory = next((d for d in _LOCK_DIRS if os.access(d, os.W_OK)), None)
+    if directory is None:
+        raise TargetError(f"no writable lock directory among {', '.join(_LOCK_DIRS)}")
+    return os.path.join(directory, f"hpkg-{pid}.lock")
+
+
+@contextlib.contextmanager
+def target_lock(pid: int, wait: float) -> Iterator[None]:
+    """Hold the per-process loader lock, so two hpkg invocations never patch one process at once.
+
+    Another loader working on the process is waited for up to `wait` seconds (the --timeout).
+    """
+    path = lock_path(pid)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    raise TargetError(f"cannot lock {path}: {exc.strerror}") from None
+                if time.monotonic() > deadline:
+                    busy = f"another hpkg is working on process {pid} (lock {path} held)"
+                    raise RefusedError(busy) from None
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)  # releases the flock; the kernel releases it too if we die
+
+
+@dataclass(frozen=True)
+class ProcessImageReader:
+    """The compatibility check's ImageReader over one image of a running process."""
+
+    process: Process
+    image: RuntimeImage
+
+    @property
+    def build_id(self) -> bytes:
+        return bytes.fromhex(self.image.build_id)
+
+    @property
+    def load_bias(self) -> int:
+        return self.image.load_bias
+
+    def read(self, link_address: int, size: int) -> bytes:
+        try:
+            return self.process.read(self.image.runtime_address(link_address), size)
+        except TargetError:
+            return b""
+
+
+def open_process(pid: int) -> Process:
+    """The process, or TargetError (exit 6) naming why it cannot be reached."""
+    process = Process(pid)
+    process.maps()  # permission problems surface here, before any lock or stop
+    return process
+
+
+def baseline_images(process: Process, package: Package) -> list[RuntimeImage]:
+    """The images of `process` whose build-id is the package's baseline; IncompatibleTarget when none."""
+    wanted = package.target.build_id.hex()
+    images = process.find_images_by_build_id(wanted)
+    if not images:
+        hint = f" ({package.target.soname_hint})" if package.target.soname_hint else ""
+        raise IncompatibleTarget(
+            f"process {process.pid} runs no image with build-id {wanted}{hint}: "
+            "not the baseline this package was built for",
+            tuple(f"{i.path}: build-id {i.build_id or 'none'}" for i in process.images() if i.path[0] == "/"),
+        )
+    return images
+
+
+def replaced_ranges(package: Package, image: RuntimeImage) -> tuple[list[CodeRange], list[CodeRange]]:
+    """The baseline functions being replaced and their patch-site windows, as runtime ranges."""
+    functions, windows = [], []
+    for f in package.functions:
+        start = image.runtime_address(f.baseline_address)
+        functions.append(CodeRange(f.name, start, start + f.baseline_size))
+        windows.append(CodeRange(f.name, start, start + len(f.pre_image)))
+    return functions, windows
+
+
+def _entry_point(process: Process, image: RuntimeImage) -> int | None:
+    """The runtime address of the image's ELF entry (e_entry), read from its mapped header."""
+    try:
+        (entry,) = struct.unpack("<Q", process.read(image.start + 24, 8))
+    except TargetError:
+        return None
+    return image.runtime_address(entry) if entry else None
+
+
+def _outermost(process: Process, tid: int, ranges: Sequence[CodeRange], image: RuntimeImage) -> str | None:
+    """The function of `ranges` holding the outermost image code address on a thread's stack, if any.
+
+    A replaced function that is the outermost frame of its image on a thread (main, a thread's start
+    routine) returns only when the thread ends: waiting for it cannot help.
+    """
+    entry = _entry_point(process, image)
+    with process.stop_thread(tid) as stopped:
+        rsp = stopped.regs(tid).rsp
+    stack = next((m for m in process.maps() if m.contains(rsp)), None)
+    if stack is None:
+        return None
+    data = process.read(rsp & ~7, min(stack.end, (rsp & ~7) + (1 << 20)) - (rsp & ~7))
+    code = [m for m in image.mappings if m.executable]
+    outer = None
+    for (word,) in struct.iter_unpack("<Q", data[: len(data) - len(data) % 8]):
+        if entry is not None and entry <= word < entry + _ENTRY_STUB_SIZE:
+            continue
+        if any(m.contains(word) for m in code):
+            outer = word
+    if outer is None:
+        return None
+    return next((r.name for r in ranges if r.contains(outer)), None)
+
+
+def explain_busy(process: Process, busy: ThreadsBusy, ranges: Sequence[CodeRange], image: RuntimeImage,
+                 timeout: float) -> UnsafeNow:
+    """Turn ThreadsBusy into the operator's refusal: which function, which thread, and whether to wait."""
+    reasons = []
+    never_returns = []
+    for offender in busy.offenders:
+        line = offender.describe()
+        if offender in busy.always_active:
+            outer = None
+            with contextlib.suppress(TargetError):
+                outer = _outermost(process, offender.tid, ranges, image)
+            if outer == offender.range_name:
+                never_returns.append(offender)
+                line += (
+                    f": {offender.range_name} is the outermost frame of thread {offender.tid} — a loop that "
+                    "never returns, waiting cannot help; rebuild the baseline with "
+                    "-flive-patching=inline-clone (GCC >= 9) so that a fix does not change it, "
+                    "or restart the process"
+                )
+            else:
+                line += f": it stayed there on every attempt for {timeout:g} s; retry later or wait longer"
+        reasons.append(line)
+    names = sorted({o.range_name for o in busy.offenders})
+    threads = sorted({o.tid for o in busy.offenders})
+    what = f"thread{'s' if len(threads) > 1 else ''} {', '.join(map(str, threads))} inside {', '.join(names)}"
+    if never_returns:
+        head = f"unsafe to switch: {what}, which never returns (waiting cannot help)"
+    else:
+        head = f"unsafe to switch after waiting {timeout:g} s: {what}"
+    return UnsafeNow(head, tuple(reasons))
+
+
+@contextlib.contextmanager
+def wait_until_safe(
+    process: Process,
+    replaced: Sequence[CodeRange],
+    windows: Sequence[CodeRange],
+    image: RuntimeImage,
+    timeout: float,
+    freed: Sequence[CodeRange] = (),
+) -> Iterator[StoppedThreads]:
+    """Hold every thread stopped at a safe moment for the switch; UnsafeNow (exit 4) at the deadline.
+
+    `freed` is memory the caller frees right after: no register or stack word may point into it.
+    """
+    try:
+        with stop_when_safe(process, replaced, windows, timeout=timeout, pointer_ranges=freed) as stopped:
+            yield stopped
+    except ThreadsBusy as busy:
+        raise explain_busy(process, busy, replaced, image, timeout) from None
+
+
+def free_allocations(process: Process, allocations: Sequence[Allocation]) -> None:
+    """Unmap package memory, injecting munmap at one briefly stopped thread."""
+    if not allocations:
+        return
+    with process.stop_thread() as held, Injector(held) as injector:
+        for allocation in allocations:
+            alloc.free(injector, allocation)

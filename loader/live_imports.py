@@ -1,0 +1,181 @@
+"""Resolve a package's imports inside a running process, without calling into it.
+
+The order follows the dynamic linker's view as far as the loader can see it:
+
+1. the patched image's own imports: a symbol the baseline already uses is reached exactly as the
+   fixed build would reach it, through the baseline's PLT entry and GOT slot (this also covers
+   IFUNCs and lazy binding: the dynamic linker fills the slot as it always does);
+2. otherwise the first loaded image (main executable first, then libraries in address order) whose
+   .dynsym defines the symbol at the wanted version (or its default version when none is recorded);
+3. an IFUNC (e.g. glibc's strspn) has no fixed address: its resolver picks one per CPU. Calling
+   the resolver in the target is what the loader never does, so the loader asks its own copy of
+   the same library — the same file by build-id, on the same CPU — and moves the answer by the
+   difference of the two load biases. A library the loader has not mapped itself is refused.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from hpkg.errors import RefusedError
+from hpkg.formats.model import ImportRecord
+from hpkg.loader import procfs
+from hpkg.loader.process import Process
+from hpkg.loader.procfs import RuntimeImage
+from hpkg.loader.relocate import ResolvedImport
+
+_HIDDEN = 0x8000  # in .gnu.version: a non-default (`sym@VER`, not `sym@@VER`) version
+
+
+@dataclass(frozen=True)
+class DynamicSymbol:
+    """A symbol an image defines in .dynsym."""
+
+    name: str
+    version: str | None
+    default: bool  # the default version (`@@`), or unversioned
+    link_address: int
+    ifunc: bool
+
+
+def _image_file(pid: int, image: RuntimeImage) -> str:
+    """A path that opens the exact mapped file (map_files reaches even a deleted one)."""
+    first = min(image.mappings, key=lambda m: m.start)
+    return f"/proc/{pid}/map_files/{first.start:x}-{first.end:x}"
+
+
+@functools.lru_cache(maxsize=64)
+def _dynamic_symbols(path: str, build_id: str) -> dict[str, list[DynamicSymbol]]:
+    """The defined .dynsym symbols of one file (cached by build-id: one parse per library)."""
+    del build_id  # part of the cache key only
+    import lief
+
+    lief.logging.disable()
+    binary = lief.parse(path)
+    table: dict[str, list[DynamicSymbol]] = {}
+    if binary is None:
+        return table
+    for sym in binary.dynamic_symbols:
+        type_name = str(sym.type).rsplit(".", 1)[-1]
+        if sym.shndx == 0 or not sym.name or type_name not in ("FUNC", "GNU_IFUNC", "OBJECT", "NOTYPE"):
+            continue
+        if str(sym.binding).endswith("LOCAL"):
+            continue
+        version, default = None, True
+        if sym.has_version:
+            value = sym.symbol_version.value
+            default = not value & _HIDDEN
+            if sym.symbol_version.has_auxiliary_version:
+                version = sym.symbol_version.symbol_version_auxiliary.name
+        table.setdefault(sym.name, []).append(
+            DynamicSymbol(sym.name, version, default, sym.value, type_name == "GNU_IFUNC")
+        )
+    return table
+
+
+def _match(candidates: list[DynamicSymbol], record: ImportRecord) -> DynamicSymbol | None:
+    if record.version is not None:
+        exact = [c for c in candidates if c.version == record.version]
+        if exact:
+            return exact[0]
+        return None
+    default = [c for c in candidates if c.default]
+    return (default or candidates or [None])[0]
+
+
+def _own_ifunc_address(image: RuntimeImage, symbol: DynamicSymbol) -> int | None:
+    """The IFUNC's resolved address in the loader's own copy of the library, moved to the target's."""
+    own = [i for i in procfs.list_images(os.getpid()) if i.build_id and i.build_id == image.build_id]
+    if not own:
+        return None
+    try:
+        library = ctypes.CDLL(own[0].path.removesuffix(" (deleted)"))
+        function = getattr(library, symbol.name)
+    except (OSError, AttributeError):
+        return None
+    # dlsym on an IFUNC symbol runs its resolver and returns the implementation it chose.
+    address = ctypes.cast(function, ctypes.c_void_p).value
+    if address is None:
+        return None
+    return address - own[0].load_bias + image.load_bias
+
+
+class ProcessImports:
+    """An ImportResolver over the images loaded in one process, for one patched image."""
+
+    def __init__(self, process: Process, patched: RuntimeImage) -> None:
+        self.process = process
+        self.patched = patched
+
+    def _baseline_imports(self) -> dict[str, list[object]]:
+        from hpkg.builder.image import load_image
+
+        image = load_image(Path(_image_file(self.process.pid, self.patched)))
+        table: dict[str, list[object]] = {}
+        for imp in image.imports:
+            table.setdefault(imp.name, []).append(imp)
+        return table
+
+    @functools.cached_property
+    def _imports_of_patched(self) -> dict[str, list[object]]:
+        return self._baseline_imports()
+
+    def _from_baseline(self, record: ImportRecord) -> ResolvedImport | None:
+        bias = self.patched.load_bias
+        for imp in self._imports_of_patched.get(record.name, []):
+            if record.version is not None and imp.version not in (None, record.version):  # type: ignore[attr-defined]
+                continue
+            plt, got = imp.plt_address, imp.got_address  # type: ignore[attr-defined]
+            if plt is None and got is None:
+                continue
+            slot = got + bias if got is not None else None
+            if plt is not None:
+                return ResolvedImport(record.name, plt + bias, slot)
+            # No PLT entry (-fno-plt, or a GOT slot bound at load): the slot holds the address.
+            value = int.from_bytes(self.process.read(slot, 8), "little") if slot is not None else 0
+            return ResolvedImport(record.name, value or None, slot)
+        return None
+
+    def _from_libraries(self, record: ImportRecord) -> ResolvedImport | None:
+        images = [i for i in self.process.images() if i.path != "[vdso]"]
+        executable = _executable_path(self.process.pid)
+        images.sort(key=lambda i: (i.path != executable, i.start))
+        for image in images:
+            table = _dynamic_symbols(_image_file(self.process.pid, image), image.build_id)
+            symbol = _match(table.get(record.name, []), record)
+            if symbol is None:
+                continue
+            if not symbol.ifunc:
+                return ResolvedImport(record.name, image.runtime_address(symbol.link_address))
+            address = _own_ifunc_address(image, symbol)
+            if address is None:
+                raise RefusedError(
+                    f"import {_qualified(record)} is an IFUNC in {image.path}, which the loader has not "
+                    "loaded itself: its implementation cannot be chosen without calling into the target"
+                )
+            return ResolvedImport(record.name, address)
+        return None
+
+    def __call__(self, record: ImportRecord) -> ResolvedImport:
+        resolved = self._from_baseline(record) or self._from_libraries(record)
+        if resolved is None:
+            raise RefusedError(
+                f"import {_qualified(record)} is defined by no library loaded in process {self.process.pid}"
+            )
+        return resolved
+
+
+def _executable_path(pid: int) -> str:
+    """The main executable's path as /proc/PID/maps names it, to search it first."""
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return ""
+
+
+def _qualified(record: ImportRecord) -> str:
+    return f"{record.name}@{record.version}" if record.version else record.name

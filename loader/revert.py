@@ -1,0 +1,175 @@
+"""Take packages out of a running process (`hpkg revert --pid PID`); the mirror of loader/apply.py.
+
+  STEP 1  find   the hpkg records in the process (all, or the image stack of `--package ID`)
+  STEP 2  prove  every patch site holds the record's jump or its pre-image (a site changed by someone
+                 else is refused, naming the function: hpkg does not overwrite what it did not write)
+  STEP 3  place  nothing to place: the record already says what to restore
+  STEP 4  wait   stop every thread at a moment none is inside (or returns into) the package's code
+  STEP 5  switch write every site's pre-image back, check the result, resume
+  STEP 6  tidy   free the package memory
+
+Rule for levels: revert goes back to the baseline. Every level applied to the image (the top level
+and any superseded one whose memory a killed loader left behind) is reverted and freed together; a
+lower level is not re-instated — apply it again if that is what is wanted. An interrupted apply
+(record "prepared", maybe some sites switched) is reverted the same way. Allocations that carry no
+record (a loader killed before writing one; nothing can reach them) are freed by a revert of all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hpkg.errors import IncompatibleTarget, RefusedError, TargetError
+from hpkg.loader.alloc import Allocation
+from hpkg.loader.live import DEFAULT_TIMEOUT, free_allocations, open_process, target_lock, wait_until_safe
+from hpkg.loader.process import Process
+from hpkg.loader.record import FoundRecord, PatchRecord, SiteRecord, find_records
+from hpkg.loader.safety import CodeRange
+from hpkg.loader.switch import SiteWrite, switch_table, write_sites
+
+
+@dataclass(frozen=True)
+class ImageReverted:
+    """One image of the process back at its baseline bytes."""
+
+    image_path: str
+    build_id: str
+    packages: tuple[tuple[str, int], ...]  # (package id, level) of every record reverted
+    restored: tuple[SiteRecord, ...]
+    pause_seconds: float
+    switch: str  # how the sites were written: one system call, or site by site
+
+
+@dataclass(frozen=True)
+class LiveRevertResult:
+    """What `revert --pid` did."""
+
+    pid: int
+    images: tuple[ImageReverted, ...]
+    freed_orphans: tuple[Allocation, ...]
+
+    @property
+    def pause_ms(self) -> float:
+        return max((i.pause_seconds for i in self.images), default=0.0) * 1000
+
+    def lines(self) -> list[str]:
+        out = []
+        for image in self.images:
+            ids = ", ".join(f"{pid} (level {level})" for pid, level in image.packages)
+            out.append(f"reverted {ids} in process {self.pid}")
+            out.append(f"  image {image.image_path} (build-id {image.build_id})")
+            for site in image.restored:
+                out.append(f"    {site.function}: pre-image restored at {site.address:#x}")
+            out.append(f"  switch: {image.switch}")
+            out.append(f"  pause: {image.pause_seconds * 1000:.3f} ms (all threads stopped)")
+        for orphan in self.freed_orphans:
+            out.append(f"freed /memfd:{orphan.name} at {orphan.start:#x} (no record: an interrupted apply)")
+        return out
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "pid": self.pid,
+            "pause_ms": round(self.pause_ms, 3),
+            "images": [
+                {
+                    "path": i.image_path,
+                    "build_id": i.build_id,
+                    "packages": [{"package_id": p, "patch_level": level} for p, level in i.packages],
+                    "restored": [{"function": s.function, "address": s.address} for s in i.restored],
+                    "pause_ms": round(i.pause_seconds * 1000, 3),
+                    "switch": i.switch,
+                }
+                for i in self.images
+            ],
+            "freed_orphans": [{"name": a.name, "start": a.start, "size": a.size} for a in self.freed_orphans],
+        }
+
+
+def revert_process(
+    pid: int, package_id: str | None = None, timeout: float = DEFAULT_TIMEOUT
+) -> LiveRevertResult:
+    """Revert every package in process `pid`, or the image stack holding `package_id`, to the baseline."""
+    process = open_process(pid)
+    with process, target_lock(pid, timeout):
+        # STEP 1: the records, grouped per image (build-id and load bias).
+        found = find_records(process)
+        stacks = _stacks(found)
+        if package_id is not None:
+            stacks = {k: s for k, s in stacks.items() if any(r.package_id == package_id for r in s)}
+            if not stacks:
+                raise RefusedError(f"package {package_id} is not applied in process {pid}")
+        if not stacks and not any(f.record is None for f in found):
+            raise RefusedError(f"process {pid} carries no hpkg package")
+        done = [_revert_stack(process, stack, timeout) for stack in stacks.values()]
+        orphans: list[Allocation] = []
+        if package_id is None:
+            orphans = [f.allocation for f in found if f.record is None]
+            free_allocations(process, orphans)
+    return LiveRevertResult(pid, tuple(done), tuple(orphans))
+
+
+def _stacks(found: list[FoundRecord]) -> dict[tuple[str, int], list[PatchRecord]]:
+    stacks: dict[tuple[str, int], list[PatchRecord]] = {}
+    for f in found:
+        if f.record is not None:
+            stacks.setdefault((f.record.build_id, f.record.load_bias), []).append(f.record)
+    for stack in stacks.values():
+        stack.sort(key=lambda r: r.patch_level)
+    return stacks
+
+
+def _sites_to_restore(process: Process, stack: list[PatchRecord]) -> list[SiteRecord]:
+    """STEP 2: each site holds a jump of this stack (restore it) or its pre-image (leave it); else refuse."""
+    jumps = {(s.address, s.jump) for r in stack for s in r.sites}
+    restore: dict[int, SiteRecord] = {}
+    reasons = []
+    for record in stack:
+        for site in record.sites:
+            current = process.read(site.address, len(site.pre_image))
+            if current == site.pre_image:
+                continue
+            size = len(site.jump)
+            if (site.address, current[:size]) in jumps and current[size:] == site.pre_image[size:]:
+                restore.setdefault(site.address, site)
+                continue
+            reasons.append(
+                f"function {site.function} at {site.address:#x}: holds {current.hex()}, neither the jump of "
+                f"package {record.package_id} nor its pre-image {site.pre_image.hex()} (changed by another)"
+            )
+    if reasons:
+        raise IncompatibleTarget("patch sites were changed after hpkg applied its package; nothing reverted",
+                                 tuple(reasons))
+    return sorted(restore.values(), key=lambda s: s.address)
+
+
+def _revert_stack(process: Process, stack: list[PatchRecord], timeout: float) -> ImageReverted:
+    from hpkg.loader.procfs import list_images
+
+    top = stack[-1]
+    restore = _sites_to_restore(process, stack)
+    # STEP 4: no thread inside the package's code, nor at a patch site.
+    new_code = [CodeRange(f"{c.function} (package {r.package_id[:12]})", c.start, c.end)
+                for r in stack for c in r.code]
+    # The whole code area too (import stubs sit after the functions), and any pointer into the memory.
+    new_code += [CodeRange(f"code of package {r.package_id[:12]}", *r.area("code")) for r in stack]
+    freed = [CodeRange(f"memory of package {r.package_id[:12]}", r.allocation.start, r.allocation.end)
+             for r in stack]
+    windows = [CodeRange(s.function, s.address, s.address + len(s.pre_image)) for s in restore]
+    key = (top.build_id, top.load_bias)
+    image = next((i for i in list_images(process.pid) if (i.build_id, i.load_bias) == key), None)
+    if image is None:
+        raise TargetError(f"image {top.image_path} is no longer mapped in process {process.pid}")
+    with wait_until_safe(process, new_code, windows, image, timeout, freed) as stopped:
+        # STEP 5: the sites still hold what STEP 2 found, then the pre-images back, checked while still
+        # stopped (an exception undoes it).
+        if _sites_to_restore(process, stack) != restore:
+            raise IncompatibleTarget("patch sites changed while hpkg waited for a safe moment; none reverted")
+        method = write_sites(stopped, [SiteWrite(s.address, s.pre_image) for s in restore], switch_table(top))
+        for site in restore:
+            if process.read(site.address, len(site.pre_image)) != site.pre_image:
+                raise TargetError(f"the pre-image of {site.function} ({site.address:#x}) did not stick")
+    pause = stopped.pause
+    # STEP 6: nothing jumps into the package memory any more, and no thread was inside it.
+    free_allocations(process, [r.allocation for r in stack])
+    return ImageReverted(top.image_path, top.build_id, tuple((r.package_id, r.patch_level) for r in stack),
+                         tuple(restore), pause, method)

@@ -1,0 +1,145 @@
+"""What hpkg has applied to a running process (`hpkg status --pid`), read from the in-target records.
+
+Nothing is stopped or written: the records are read through /proc/PID/maps and memory reads, and
+every patch site is compared with the record, so a site someone else changed shows up as such.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hpkg.loader.live import open_process
+from hpkg.loader.process import Process
+from hpkg.loader.record import FoundRecord, PatchRecord, RecordState, SiteRecord, find_records
+
+
+@dataclass(frozen=True)
+class SiteState:
+    """One patch site as found now: "patched" (our jump), "original" (pre-image), or "changed"."""
+
+    function: str
+    address: int
+    state: str
+    found: bytes
+
+
+@dataclass(frozen=True)
+class PackageState:
+    """One package applied to one image, with the state of each of its sites."""
+
+    record: PatchRecord
+    state: str  # "applied", "prepared (interrupted apply)", "superseded by <id>"
+    sites: tuple[SiteState, ...]
+
+    @property
+    def intact(self) -> bool:
+        """Every site holds our jump (an applied package nobody tampered with)."""
+        return all(s.state == "patched" for s in self.sites)
+
+
+@dataclass(frozen=True)
+class ImageState:
+    """An image carrying hpkg packages."""
+
+    path: str
+    build_id: str
+    load_bias: int
+    packages: tuple[PackageState, ...]
+
+
+@dataclass(frozen=True)
+class ProcessStatus:
+    """Every patched image of a process, and any hpkg allocation without a readable record."""
+
+    pid: int
+    images: tuple[ImageState, ...]
+    unreadable: tuple[FoundRecord, ...]
+
+    def lines(self) -> list[str]:
+        if not self.images and not self.unreadable:
+            return [f"process {self.pid}: no hpkg packages"]
+        out = []
+        for image in self.images:
+            out.append(f"{image.path} (build-id {image.build_id}, load bias {image.load_bias:#x})")
+            for package in image.packages:
+                r = package.record
+                out.append(f"  package {r.package_id} level {r.patch_level}: {package.state}")
+                for site in package.sites:
+                    out.append(f"    {site.function} at {site.address:#x}: {site.state}")
+        for f in self.unreadable:
+            out.append(f"/memfd:{f.allocation.name} at {f.allocation.start:#x}: {f.problem}")
+        return out
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "pid": self.pid,
+            "images": [
+                {
+                    "path": i.path,
+                    "build_id": i.build_id,
+                    "load_bias": i.load_bias,
+                    "packages": [
+                        {
+                            "package_id": p.record.package_id,
+                            "patch_level": p.record.patch_level,
+                            "supersedes": p.record.supersedes,
+                            "state": p.state,
+                            "intact": p.intact,
+                            "allocation": _allocation_json(p.record),
+                            "functions": [
+                                {"name": s.function, "address": s.address, "state": s.state} for s in p.sites
+                            ],
+                        }
+                        for p in i.packages
+                    ],
+                }
+                for i in self.images
+            ],
+            "unreadable_allocations": [
+                {"name": f.allocation.name, "start": f.allocation.start, "problem": f.problem}
+                for f in self.unreadable
+            ],
+        }
+
+
+def _allocation_json(record: PatchRecord) -> dict[str, object]:
+    return {"name": record.allocation.name, "start": record.allocation.start, "size": record.allocation.size}
+
+
+def _site_state(process: Process, site: SiteRecord) -> SiteState:
+    found = process.read(site.address, len(site.pre_image))
+    if found[: len(site.jump)] == site.jump:
+        state = "patched"
+    elif found == site.pre_image:
+        state = "original"
+    else:
+        state = "changed (neither our jump nor the pre-image)"
+    return SiteState(site.function, site.address, state, found)
+
+
+def process_status(pid: int) -> ProcessStatus:
+    """Read every hpkg record of process `pid` and the current bytes of each of its patch sites."""
+    process = open_process(pid)
+    with process:
+        found = find_records(process)
+        records = [f for f in found if f.record is not None]
+        superseded_by = {f.record.supersedes: f.record.package_id for f in records if f.record.supersedes}
+        images: dict[tuple[str, int], list[PackageState]] = {}
+        paths: dict[tuple[str, int], str] = {}
+        for f in sorted(records, key=lambda f: f.record.patch_level):
+            r = f.record
+            if r.package_id in superseded_by:
+                state = f"superseded by {superseded_by[r.package_id]} (memory not yet freed)"
+            elif f.state is RecordState.APPLIED:
+                state = "applied"
+            else:
+                state = "prepared: an interrupted apply (hpkg revert undoes it)"
+            sites = tuple(_site_state(process, s) for s in r.sites)
+            key = (r.build_id, r.load_bias)
+            images.setdefault(key, []).append(PackageState(r, state, sites))
+            paths[key] = r.image_path
+        return ProcessStatus(
+            pid,
+            tuple(ImageState(paths[k], k[0], k[1], tuple(v)) for k, v in images.items()),
+            tuple(f for f in found if f.record is None),
+        )

@@ -1,0 +1,123 @@
+"""`hpkg diff` as a user runs it: human table, --json shape, --function, debug files, and bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from test_diff_cases import STRING_ENTRIES, STRING_NEW, STRING_OLD, program
+
+
+def hpkg(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "hpkg", *args], capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def pair(compiler):
+    old = compiler.build("string-old", program(STRING_OLD, STRING_ENTRIES), "plain")
+    new = compiler.build("string-new", program(STRING_NEW, STRING_ENTRIES), "plain")
+    return old.path, new.path
+
+
+def test_json_document_has_the_documented_shape(pair):
+    out = hpkg("diff", str(pair[0]), str(pair[1]), "--json")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert set(doc) == {"changed", "added", "removed", "data", "unchanged_count", "mode"}
+    assert doc["mode"] == "disassembly"
+    assert [c["name"] for c in doc["changed"]] == ["greet"]
+    entry = doc["changed"][0]
+    assert set(entry) == {"name", "old_address", "new_address", "old_size", "new_size", "change_kind"}
+    assert entry["change_kind"] == "references"
+    assert int(entry["old_address"], 16) > 0
+    assert doc["added"] == [] and doc["removed"] == []
+    assert doc["unchanged_count"] >= 3
+
+
+def test_human_table_and_summary_line(pair):
+    out = hpkg("diff", str(pair[0]), str(pair[1]))
+    assert out.returncode == 0
+    lines = out.stdout.splitlines()
+    assert any(line.startswith("changed") and "greet" in line for line in lines)
+    assert lines[-1].startswith("1 changed, 0 added, 0 removed, 0 data changes")
+
+
+def test_function_option_prints_a_symbolic_disassembly_diff(pair):
+    out = hpkg("diff", str(pair[0]), str(pair[1]), "--function", "greet")
+    assert out.returncode == 0
+    removed = [line for line in out.stdout.splitlines() if line.startswith("-lea")]
+    added = [line for line in out.stdout.splitlines() if line.startswith("+lea")]
+    # The changed literal shows as a different rodata content, not as a different address.
+    assert removed and added and "rodata content" in removed[0] and "0x" not in removed[0]
+
+
+def test_function_option_with_unknown_name_is_a_usage_error(pair):
+    out = hpkg("diff", str(pair[0]), str(pair[1]), "--function", "no_such_function")
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+
+
+def test_separate_debug_files_give_a_stripped_build_its_names(compiler, tmp_path):
+    old = compiler.build("string-old", program(STRING_OLD, STRING_ENTRIES), "stripped")
+    new = compiler.build("string-new", program(STRING_NEW, STRING_ENTRIES), "stripped")
+    debug = []
+    for build, name in ((old, "old.debug"), (new, "new.debug")):
+        path = tmp_path / name
+        subprocess.run(["objcopy", "--only-keep-debug", str(build.unstripped), str(path)], check=True)
+        debug.append(path)
+    plain = json.loads(hpkg("diff", str(old.path), str(new.path), "--json").stdout)
+    assert plain["changed"][0]["name"].startswith("sub_")
+    out = hpkg(
+        "diff", str(old.path), str(new.path), "--json",
+        "--old-debug", str(debug[0]), "--new-debug", str(debug[1]),
+    )
+    assert out.returncode == 0, out.stderr
+    assert [c["name"] for c in json.loads(out.stdout)["changed"]] == ["greet"]
+
+
+def _error_line(out: subprocess.CompletedProcess) -> str:
+    assert out.returncode == 3
+    assert "Traceback" not in out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    return lines[0]
+
+
+def test_not_an_elf_file_is_one_error_line_exit_3(pair, tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("not a binary\n")
+    assert "not an ELF file" in _error_line(hpkg("diff", str(text), str(pair[1])))
+
+
+def test_missing_file_is_one_error_line_exit_3(pair, tmp_path):
+    assert "no such file" in _error_line(hpkg("diff", str(tmp_path / "missing"), str(pair[1])))
+
+
+def test_wrong_architecture_is_one_error_line_exit_3(pair, tmp_path):
+    source = tmp_path / "m32.c"
+    source.write_text("int main(void) { return 0; }\n")
+    binary = tmp_path / "m32"
+    built = subprocess.run(["gcc", "-m32", "-c", str(source), "-o", str(binary)], capture_output=True)
+    if built.returncode != 0:
+        # No 32-bit multilib: an x86-64 relocatable object is the wrong kind of file just the same.
+        subprocess.run(["gcc", "-c", str(source), "-o", str(binary)], check=True)
+        assert "not a linked" in _error_line(hpkg("diff", str(binary), str(pair[1])))
+        return
+    assert "unsupported architecture i386" in _error_line(hpkg("diff", str(binary), str(pair[1])))
+
+
+def test_mismatched_debug_file_is_rejected(pair, compiler, tmp_path):
+    other = compiler.build("string-new", program(STRING_NEW, STRING_ENTRIES), "plain")
+    debug = tmp_path / "other.debug"
+    subprocess.run(["objcopy", "--only-keep-debug", str(other.path), str(debug)], check=True)
+    out = hpkg("diff", str(pair[0]), str(pair[1]), "--old-debug", str(debug))
+    assert "debug file is for build-id" in _error_line(out)
+
+
+def test_truncated_elf_file_is_one_error_line_exit_3(pair, tmp_path):
+    truncated = tmp_path / "truncated"
+    truncated.write_bytes(pair[0].read_bytes()[:5000])
+    assert "truncated ELF file" in _error_line(hpkg("diff", str(truncated), str(pair[1])))
+
