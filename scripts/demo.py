@@ -79,7 +79,8 @@ def main() -> None:
         key = work / "release-key"
         run([*HPKG, "keygen", str(key)])
         package = work / "threaded-server-fix.hpkg"
-        run([*HPKG, "build", str(out / "baseline"), str(out / "fixed"), "-o", str(package), "--key", str(key)])
+        baseline, fixed = str(out / "baseline"), str(out / "fixed")
+        run([*HPKG, "build", baseline, fixed, "-o", str(package), "--key", str(key)])
 
         step(4, "Start the baseline server (8 worker threads) and send requests")
         server, port = start_server(out / "baseline")
