@@ -3,13 +3,14 @@
 Pure: a DiffResult and options in, a frozen PatchPlan out; nothing is read or written. The stages,
 in the manner of kpatch's main():
 
+  spurious_changes     reference-only "changes" that resolve to the baseline's own targets: left out
   select_functions     changed + added functions, their split pieces, mid-body entries
-  collect_reasons      data, TLS, constructors, IFUNC resolvers, patch sites (every offender at once)
+  *_reasons            data, TLS, constructors, IFUNC resolvers, unwinding, patch sites (all at once)
   Relocator            each reference → baseline location, package location or import
   lay_out              code (16-aligned), rodata, data, bss; NEW addresses → section offsets
   _finish              relocation records, fields zeroed, the plan
 
-`require_patchable(plan)` then raises UnsupportedChange (all reasons) or NoChange.
+`check_plan(plan)` then raises UnsupportedChange (every blocking reason) or NoChange.
 """
 
 from __future__ import annotations
@@ -43,6 +44,16 @@ from hpkg.formats.model import (
     Relocation,
     TargetSpace,
 )
+
+__all__ = [
+    "PatchPlan",
+    "PatchSite",
+    "PlanOptions",
+    "PlannedFunction",
+    "PlannedObject",
+    "check_plan",
+    "plan_patch",
+]
 
 STT_GNU_IFUNC = 10
 ELF64_SYM_SIZE = 24
@@ -130,8 +141,8 @@ def ifunc_resolvers(image: Image) -> set[int]:
 
 
 def _tls_layout(image: Image) -> tuple:
-    segments = tuple((s.file_size, s.memory_size) for s in image.segments if s.kind == "TLS")
-    return segments
+    """The PT_TLS block's (file size, memory size): the static TLS a running process already has."""
+    return tuple((s.file_size, s.memory_size) for s in image.segments if s.kind == "TLS")
 
 
 def data_reasons(diff: DiffResult) -> list[Reason]:
@@ -421,15 +432,6 @@ def _finish(
     return relocations, {section: bytes(b) for section, b in content.items()}, reasons
 
 
-__all__ = [
-    "PatchPlan",
-    "PatchSite",
-    "PlanOptions",
-    "PlannedFunction",
-    "PlannedObject",
-    "plan_patch",
-    "require_patchable",
-]
 
 
 def check_plan(plan: PatchPlan) -> PatchPlan:

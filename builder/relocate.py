@@ -5,6 +5,28 @@ unchanged function through its twin, a variable of OLD — live state stays wher
 PLT entry or GOT slot), a **package location** (a replaced or added function, copied read-only
 data, a new variable; named by its NEW address until the layout gives it an offset) or an
 **import** by name@version. Anything that cannot be resolved becomes a refusal reason, never a guess.
+
+What the loader does with each record (S = target per space, A = addend, P = the field's runtime
+address; every relocated field is zero in the package):
+
+  kind                  spaces             emitted for                          loader
+  R_X86_64_PLT32        BASELINE CODE      call/jmp/jcc rel32 to a function,     S + A - P; IMPORT (far):
+                        IMPORT             an OLD PLT entry, or an import       through an absolute stub
+  R_X86_64_PC32         BASELINE CODE      rip-relative operand; OLD GOT slot    S + A - P, must fit int32
+                        RODATA DATA BSS    read in place; PIC switch-table entry (entry i: A = 4i, S = case)
+  R_X86_64_GOTPCREL     IMPORT             load from a GOT slot OLD lacks        make an 8-byte slot = S;
+                                                                                 slot + A - P
+  R_X86_64_REX_GOTPCRELX IMPORT            `lea` of a copy-relocated object OLD  as GOTPCREL (the builder
+                                           lacks, rewritten to `mov` from a slot wrote the mov; may relax)
+  R_X86_64_64           BASELINE CODE      pointer word in package data/rodata;  S + A
+                        RODATA IMPORT      non-PIC switch-table entry, movabs
+  R_X86_64_32 / 32S     BASELINE CODE      non-PIC absolute operand              S + A, must fit (place
+                        RODATA DATA BSS                                          the package below 2 GiB)
+
+BASELINE targets are OLD link addresses (add the load bias); package spaces are section offsets;
+IMPORT is an index into Package.imports (name, version) resolved in the target's libraries.
+Section bases must be at least 64-byte aligned (page-aligned mappings are): layout keeps each
+datum's NEW address modulo 64.
 """
 
 from __future__ import annotations

@@ -5,20 +5,24 @@
   STEP 3  place  allocate near the image, relocate, write the record, code and data, set protections —
                  all while the process runs, nothing reaches the new memory yet
   STEP 4  wait   stop every thread at a moment none is inside (or returns into) replaced code
-  STEP 5  switch write every patch-site jump (and restore the sites a superseded level no longer
-                 patches), mark the record applied, check the result, resume
+  STEP 5  switch re-check the sites, write every jump (and restore the sites a superseded level no
+                 longer patches) in one system call, mark the record applied, check, resume
   STEP 6  tidy   free the superseded level's memory
 
 Any failure before STEP 5 completes leaves the process as it was: journaled writes undone, the
 allocation freed, threads resumed and detached.
 
-Switch robustness. The record (every site's pre-image and jump) is in the target before the first
-jump is written, and every thread is seized with PTRACE_SEIZE, so a loader killed at any moment leaves
-a running process and a record. The remaining window is the switch itself: N sites are N writes to
-/proc/PID/mem (a few microseconds each); a loader killed between two of them lets the process run
-with some sites switched and others not, its record still saying "prepared". `hpkg status` shows
-such a record and every site's state, and `hpkg revert` restores every site that holds the record's
-jump — so the mix is visible and undoable, but for that window not excluded.
+Switch robustness. The record (every site's pre-image and jump) is in the target before any site is
+written, and every thread is seized with PTRACE_SEIZE, so a loader killed at any moment leaves a
+running process and a record. The sites themselves are written by one injected process_vm_writev
+(loader/switch.py): a loader killed mid-switch leaves all sites switched or none, never a mix. What a
+death can still leave: the code pages around the sites writable (rwx) if it falls between the two
+mprotect calls around that write; a record still saying "prepared" if it falls between the write
+and the 4-byte state flip (`hpkg status` shows each site's real state, `hpkg revert` undoes it); an
+allocation with no record if it falls inside STEP 3 (`hpkg revert` frees it). Where the one-call
+path is impossible (sites in several mappings, seccomp, a W^X policy) the switch falls back to one
+/proc/PID/mem write per site and says so in its output: then, for those microseconds, a mix is
+possible, visible in `hpkg status` and undone by `hpkg revert`.
 """
 
 from __future__ import annotations
@@ -219,7 +223,7 @@ def _apply_to_image(
             if old is not None:
                 _carry_over(process, stopped, old, prepared.record)
             writes = _site_writes(prepared.relocated, old)
-            method = write_sites(stopped, writes, switch_table(prepared.record))
+            method = write_sites(stopped, writes, switch_table(prepared.record), image)
             stopped.write(prepared.allocation.start + STATE_OFFSET, state_bytes(RecordState.APPLIED))
             for site in prepared.relocated.patch_sites:
                 if process.read(site.address, len(site.jump)) != site.jump:

@@ -164,7 +164,8 @@ def _revert_stack(process: Process, stack: list[PatchRecord], timeout: float) ->
         # stopped (an exception undoes it).
         if _sites_to_restore(process, stack) != restore:
             raise IncompatibleTarget("patch sites changed while hpkg waited for a safe moment; none reverted")
-        method = write_sites(stopped, [SiteWrite(s.address, s.pre_image) for s in restore], switch_table(top))
+        writes = [SiteWrite(s.address, s.pre_image) for s in restore]
+        method = write_sites(stopped, writes, switch_table(top), image)
         for site in restore:
             if process.read(site.address, len(site.pre_image)) != site.pre_image:
                 raise TargetError(f"the pre-image of {site.function} ({site.address:#x}) did not stick")

@@ -54,6 +54,7 @@ class ProcessStatus:
     pid: int
     images: tuple[ImageState, ...]
     unreadable: tuple[FoundRecord, ...]
+    writable_code: tuple[str, ...] = ()  # maps lines of patched images left rwx by an interrupted switch
 
     def lines(self) -> list[str]:
         if not self.images and not self.unreadable:
@@ -68,6 +69,8 @@ class ProcessStatus:
                     out.append(f"    {site.function} at {site.address:#x}: {site.state}")
         for f in self.unreadable:
             out.append(f"/memfd:{f.allocation.name} at {f.allocation.start:#x}: {f.problem}")
+        for line in self.writable_code:
+            out.append(f"warning: code left writable and executable by an interrupted switch: {line}")
         return out
 
     def to_json(self) -> dict[str, object]:
@@ -99,6 +102,7 @@ class ProcessStatus:
                 {"name": f.allocation.name, "start": f.allocation.start, "problem": f.problem}
                 for f in self.unreadable
             ],
+            "writable_code": list(self.writable_code),
         }
 
 
@@ -138,8 +142,15 @@ def process_status(pid: int) -> ProcessStatus:
             key = (r.build_id, r.load_bias)
             images.setdefault(key, []).append(PackageState(r, state, sites))
             paths[key] = r.image_path
+        patched_paths = set(paths.values())
+        writable_code = tuple(
+            f"{m.start:#x}-{m.end:#x} {m.perms} {m.path}"
+            for m in process.maps()
+            if m.path in patched_paths and m.writable and m.executable
+        )
         return ProcessStatus(
             pid,
             tuple(ImageState(paths[k], k[0], k[1], tuple(v)) for k, v in images.items()),
             tuple(f for f in found if f.record is None),
+            writable_code,
         )

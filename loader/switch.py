@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from hpkg.errors import RefusedError, TargetError
 from hpkg.loader.inject import GADGET_SIZE, PROT_EXEC, PROT_READ, PROT_WRITE, Injector, scratch_at
 from hpkg.loader.process import StoppedThreads
-from hpkg.loader.procfs import PAGE_SIZE
+from hpkg.loader.procfs import PAGE_SIZE, PF_R, PF_W, PF_X, RuntimeImage
 from hpkg.loader.record import PatchRecord, encoded_size
 
 SYS_PROCESS_VM_WRITEV = 311
@@ -87,19 +87,35 @@ def _layout(writes: Sequence[SiteWrite], table: Table) -> tuple[bytes, int, int]
     return blob, table.start, table.start + len(local)
 
 
-def write_sites(stopped: StoppedThreads, writes: Sequence[SiteWrite], table: Table | None) -> str:
+def write_sites(
+    stopped: StoppedThreads, writes: Sequence[SiteWrite], table: Table | None, image: RuntimeImage
+) -> str:
     """Write every site while all threads are held; one system call when possible. Returns the method.
 
     Every write is journaled in `stopped`, so an exception before the caller's block ends undoes it.
     """
-    if writes and table is not None and _write_in_one_call(stopped, writes, table):
+    if writes and table is not None and _write_in_one_call(stopped, writes, table, image):
         return ONE_CALL
     for write in writes:
         stopped.write(write.address, write.data)
     return SITE_BY_SITE
 
 
-def _write_in_one_call(stopped: StoppedThreads, writes: Sequence[SiteWrite], table: Table) -> bool:
+def _segment_protection(image: RuntimeImage, low: int, high: int) -> int | None:
+    """The protection the ELF program header gives [low, high): what the pages must return to."""
+    for segment in image.segments:
+        start = image.runtime_address(segment.link_address)
+        if start & ~(PAGE_SIZE - 1) <= low and high <= start + segment.memory_size + PAGE_SIZE:
+            flags = segment.flags
+            return (PROT_READ if flags & PF_R else 0) | (PROT_WRITE if flags & PF_W else 0) | (
+                PROT_EXEC if flags & PF_X else 0
+            )
+    return None
+
+
+def _write_in_one_call(
+    stopped: StoppedThreads, writes: Sequence[SiteWrite], table: Table, image: RuntimeImage
+) -> bool:
     """The mprotect / process_vm_writev / mprotect sequence; False (nothing written) when not possible."""
     process = stopped.process
     low = min(w.address for w in writes) & ~(PAGE_SIZE - 1)
@@ -109,7 +125,11 @@ def _write_in_one_call(stopped: StoppedThreads, writes: Sequence[SiteWrite], tab
     if mapping is None or layout is None:
         return False
     blob, local_iov, remote_iov = layout
-    original = _protection(mapping.perms)
+    # The program header's protection, not the current one: that repairs code pages an earlier,
+    # interrupted switch left writable.
+    original = _segment_protection(image, low, high)
+    if original is None:
+        original = _protection(mapping.perms)
     total = sum(len(w.data) for w in writes)
     try:
         # The gadget in the package's own code page: no search through the images while threads wait.

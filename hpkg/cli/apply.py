@@ -60,6 +60,8 @@ def command(
     if (binary is None) == (pid is None):
         raise click.UsageError("name one target: --file BINARY -o OUT, or --pid PID")
     if pid is not None:
+        if output is not None:
+            raise click.UsageError("-o is for --file; --pid patches the process itself")
         from hpkg.loader.trust import open_package
 
         _apply_to_process(app, open_package(package, key, allow_unsigned), pid, timeout, as_json)

@@ -1,7 +1,8 @@
 """`hpkg build OLD NEW -o OUT.hpkg`: a hotpatch package from baseline OLD to fix NEW, or every reason not.
 
-Exit codes: 0 built, 3 unreadable binary or key, 4 not hot-patchable (one line per reason on
-stderr), 5 nothing to patch. Overridable reasons (`--allow`): see hpkg.builder.verdict.
+Exit codes: 0 built, 2 usage (also a reason --allow cannot override), 3 unreadable binary or key,
+4 not hot-patchable (one line per reason on stderr), 5 nothing to patch, 6 output not writable.
+Overridable reasons (`--allow`): see hpkg.builder.verdict.
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ def command(
     from hpkg.builder.package import build_package
     from hpkg.builder.plan import PlanOptions
     from hpkg.builder.verdict import check_allowed
-    from hpkg.errors import NoChange, UnsupportedChange
+    from hpkg.errors import EXIT_TARGET, NoChange, UnsupportedChange
     from hpkg.formats import load_private_key
 
     try:
@@ -151,7 +152,7 @@ def command(
         tmp.write_bytes(result.blob)
         os.replace(tmp, path)
     except OSError as exc:
-        app.abort(f"cannot write {output}: {exc.strerror or exc}", 3)
+        app.abort(f"cannot write {output}: {exc.strerror or exc}", EXIT_TARGET)
     for reason in result.plan.verdict.overridden:
         app.warning(f"overridden: {reason.line()}")
     for warning in result.plan.warnings:

@@ -15,7 +15,9 @@ from pathlib import Path
 
 from live_helpers import assert_running_untraced, hpkg, hpkg_mappings
 
+from hpkg.loader.inject import PROT_EXEC, PROT_READ, PROT_WRITE, Injector
 from hpkg.loader.live import lock_path
+from hpkg.loader.process import Process
 from hpkg.loader.status import process_status
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "samples"))
@@ -272,3 +274,22 @@ def test_a_process_that_is_gone_is_a_target_error(samples, keys, build_package) 
         run = hpkg(*args)
         assert run.returncode == 6, (args, run.stderr)
         assert run.stderr.startswith(f"error: no such process: {gone}")
+
+
+def test_code_left_writable_by_an_interrupted_switch_is_repaired(samples, keys, build_package) -> None:
+    """A loader killed between its two mprotect calls leaves the site's code page rwx: status warns, and
+    the next switch (here a revert) puts the page back to the program header's r-x."""
+    sample = samples["01-bounds-check"]
+    baseline = sample.binary("baseline", "ready")
+    package = build_package(baseline, sample.binary("fixed", "ready"))
+    with Conversation(sample, "baseline", "ready") as talk:
+        assert hpkg("apply", package, "--pid", talk.pid, "--key", keys.public).returncode == 0
+        page = _runtime(talk.pid, baseline, _symbol(baseline, "read_slot")) & ~0xFFF
+        with Process(talk.pid) as process, process.stop_thread() as held, Injector(held) as injector:
+            injector.mprotect(page, 0x1000, PROT_READ | PROT_WRITE | PROT_EXEC)  # as the dead loader left it
+        status = hpkg("status", "--pid", talk.pid, "--json").json()
+        assert len(status["writable_code"]) == 1 and str(baseline) in status["writable_code"][0]
+        assert hpkg("revert", "--pid", talk.pid).returncode == 0
+        perms = [line.split()[1] for line in Path(f"/proc/{talk.pid}/maps").read_text().splitlines()]
+        assert not any("w" in p and "x" in p for p in perms)
+        _unchanged(talk.pid)
