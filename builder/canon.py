@@ -30,7 +30,7 @@ from hpkg.builder.model import (
     TargetKind,
 )
 from hpkg.builder.references import disassembly_references, relocation_references, relocations_by_function
-from hpkg.builder.targets import CODE_SUFFIX, TargetResolver
+from hpkg.builder.targets import ALIASES, CODE_SUFFIX, TargetResolver
 from hpkg.builder.x86_64 import is_padding
 
 _NUMERIC_SUFFIX = re.compile(r"\.\d+(?=\.|$)")
@@ -52,6 +52,8 @@ def hash_key(target: tuple) -> tuple:
     if kind is TargetKind.FUNCTION:
         return ("function", "sub" if name.startswith("sub_") else stable_name(name), offset)
     if kind is TargetKind.DATA:
+        if content and content.startswith(ALIASES):
+            return ("data", "aliased", offset)  # which name the address resolves to depends on layout
         return ("data", stable_name(name), offset, content)
     if kind is TargetKind.INTERNAL:
         return ("i", offset)

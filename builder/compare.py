@@ -7,6 +7,7 @@ import re
 from hpkg.builder.canon import stable_name
 from hpkg.builder.decode import decode_instructions
 from hpkg.builder.model import CanonicalFunction, ChangeKind, Image, TargetKind
+from hpkg.builder.targets import ALIASES
 
 _IMMEDIATE = re.compile(r", (0x[0-9a-f]+|\d+)$")
 # __FILE__ strings end like this; an assert or logging call passes one next to __LINE__.
@@ -25,7 +26,11 @@ def targets_correspond(old: tuple, new: tuple, function_map: dict[int, int]) -> 
     if kind is TargetKind.FUNCTION:
         return old[2] == new[2] and function_map.get(old[3] - old[2]) == new[3] - new[2]
     if kind is TargetKind.DATA:
-        return old[2] == new[2] and old[4] == new[4] and stable_name(old[1]) == stable_name(new[1])
+        if old[2] != new[2]:
+            return False
+        if old[4] == new[4] and stable_name(old[1]) == stable_name(new[1]):
+            return True
+        return _aliased(old[4]) and _aliased(new[4]) and bool(_names(old) & _names(new))
     if kind is TargetKind.INTERNAL:
         return old[2] == new[2]
     if kind is TargetKind.JUMP_TABLE:
@@ -33,6 +38,20 @@ def targets_correspond(old: tuple, new: tuple, function_map: dict[int, int]) -> 
     if kind is TargetKind.RODATA:
         return old[4] == new[4] and old[2] == new[2]
     return old[1] == new[1] and old[2] == new[2] and old[4] == new[4]
+
+
+def _aliased(content: str | None) -> bool:
+    """Whether a DATA target's content is no digest: writable data, maybe with markers at its address."""
+    return content is None or content.startswith(ALIASES)
+
+
+def _names(target: tuple) -> set[str]:
+    """Every name a DATA target's address has: its object's and the zero-size markers there."""
+    names = {stable_name(target[1].partition("@")[0])}
+    content = target[4]
+    if content:
+        names.update(content[len(ALIASES) :].split(","))
+    return names
 
 
 def _line_number_only(old: CanonicalFunction, new: CanonicalFunction, old_image: Image) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import struct
 from collections import defaultdict
+from dataclasses import replace
 
 from hpkg.builder.canon import stable_name
 from hpkg.builder.model import (
@@ -41,10 +42,12 @@ def _data_objects(image: Image) -> list[Symbol]:
             continue
         if sym.section in code or sym.name in _RUNTIME_OBJECTS:
             continue
-        if (sym.address, sym.name) in seen:
+        # .symtab names a copy-relocated object `name@VERSION`, .dynsym names it `name`: one object.
+        name = sym.name.partition("@")[0]
+        if (sym.address, name) in seen:
             continue
-        seen.add((sym.address, sym.name))
-        out.append(sym)
+        seen.add((sym.address, name))
+        out.append(replace(sym, name=name) if name != sym.name else sym)
     return out
 
 
@@ -75,6 +78,27 @@ def _keyed(objects: list[Symbol], owners: dict[int, set[str]]) -> dict[tuple, Sy
             n += 1
         keyed[key + (n,)] = sym
     return keyed
+
+
+def _pair_static_locals(old_keyed: dict[tuple, Symbol], new_keyed: dict[tuple, Symbol]) -> None:
+    """Re-key static locals whose owner sets differ between builds so that they pair up anyway.
+
+    A fix that inlines (or stops inlining) the owner changes which functions reference the object;
+    it is still the same object when it shares the base name and at least one owner, or when it is
+    the only object of its base name left unpaired on each side.
+    """
+    lonely_old = [k for k in old_keyed if k[0] == "static-local" and k not in new_keyed]
+    lonely_new = [k for k in new_keyed if k[0] == "static-local" and k not in old_keyed]
+    for old_key in lonely_old:
+        candidates = [k for k in lonely_new if k[1] == old_key[1]]
+        sharing = [k for k in candidates if set(k[2]) & set(old_key[2])]
+        same_base_old = [k for k in lonely_old if k[1] == old_key[1]]
+        chosen = sharing[0] if len(sharing) == 1 else None
+        if chosen is None and len(candidates) == 1 and len(same_base_old) == 1:
+            chosen = candidates[0]
+        if chosen is not None:
+            new_keyed[old_key] = new_keyed.pop(chosen)
+            lonely_new.remove(chosen)
 
 
 def _link_address(image: Image, sym: Symbol) -> int:
@@ -146,6 +170,7 @@ def diff_data(
     back = {new_address: old_names[old_address] for old_address, new_address in function_map.items()}
     old_keyed = _keyed(_data_objects(old), _owners(old_functions, {}))
     new_keyed = _keyed(_data_objects(new), _owners(new_functions, back))
+    _pair_static_locals(old_keyed, new_keyed)
     old_words = _pointer_words(old, old_functions, {})
     new_words = _pointer_words(new, new_functions, back)
     old_sorted, new_sorted = sorted(old_words), sorted(new_words)

@@ -8,7 +8,7 @@ call-graph neighbourhood of already matched pairs, then by their position betwee
 from __future__ import annotations
 
 import difflib
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -111,11 +111,18 @@ def _match_call_graph(matching: Matching) -> None:
                 next_round.append((co[0], (cn[0], "call-graph")))
             if all(x in matching.pairs for x, _ in a) or all(x in matching.taken for x, _ in b):
                 continue  # nothing left to pair on one side: skip the alignment
+            # A key that several callees share and whose count differs between the builds (one
+            # call inlined, or a new one added) leaves the position of each call meaningless.
+            count_a, count_b = Counter(k for _, k in a), Counter(k for _, k in b)
+            ambiguous = {
+                k for k in count_a | count_b if count_a[k] != count_b[k] and count_a[k] + count_b[k] > 2
+            }
+            key_of = dict(a)
             sm = difflib.SequenceMatcher(a=[k for _, k in a], b=[k for _, k in b], autojunk=False)
             for tag, i1, i2, j1, j2 in sm.get_opcodes():
                 if tag == "equal" or (tag == "replace" and i2 - i1 == j2 - j1):
-                    for (oa, _), (na, _) in zip(a[i1:i2], b[j1:j2], strict=True):
-                        if oa in matching.pairs or na in matching.taken:
+                    for oa, na in _aligned(a[i1:i2], b[j1:j2]):
+                        if oa in matching.pairs or na in matching.taken or key_of[oa] in ambiguous:
                             continue
                         if oa not in old_by_address or na not in new_by_address:
                             continue
@@ -124,6 +131,21 @@ def _match_call_graph(matching: Matching) -> None:
                         matching.add(old_by_address[oa], new_by_address[na], "call-graph")
                         next_round.append((oa, (na, "call-graph")))
         pending = next_round
+
+
+def _aligned(a: list[tuple[int, tuple]], b: list[tuple[int, tuple]]) -> list[tuple[int, int]]:
+    """Pair two aligned runs of callees; callees that look alike (unnamed ones all do) pair in address
+    order, since a compiler emits a unit's functions in source order while a fix may reorder calls."""
+    if len(a) < 2 or len({k for _, k in a}) == len(a):
+        return [(oa, na) for (oa, _), (na, _) in zip(a, b, strict=True)]
+    olds: dict[tuple, list[int]] = defaultdict(list)
+    news: dict[tuple, list[int]] = defaultdict(list)
+    for (oa, ka), (na, kb) in zip(a, b, strict=True):
+        olds[ka].append(oa)
+        news[kb].append(na)
+    if {k: len(v) for k, v in olds.items()} != {k: len(v) for k, v in news.items()}:
+        return [(oa, na) for (oa, _), (na, _) in zip(a, b, strict=True)]
+    return [pair for k in olds for pair in zip(sorted(olds[k]), sorted(news[k]), strict=True)]
 
 
 def _match_by_order(matching: Matching) -> None:

@@ -31,6 +31,8 @@ from hpkg.formats import (
 )
 
 PAGE_SIZE = 4096
+# Where distributions install separate debug files, named by build-id (the -dbgsym/-debuginfo layout).
+DEBUG_ROOTS: tuple[str, ...] = ("/usr/lib/debug",)
 DT_SONAME = 14
 PACKAGE_ID_BYTES = 16
 
@@ -138,6 +140,29 @@ def file_digest(path: str | os.PathLike[str]) -> bytes:
         raise ImageError(f"{os.fspath(path)}: cannot read: {exc.strerror}") from None
 
 
+def find_debug_file(build_id: str | None, roots: tuple[str, ...] = DEBUG_ROOTS) -> Path | None:
+    """The installed debug file of a build: ROOT/.build-id/ab/cdef….debug, as gdb and debuginfod look."""
+    if not build_id or len(build_id) < 3:
+        return None
+    for root in roots:
+        candidate = Path(root) / ".build-id" / build_id[:2] / f"{build_id[2:]}.debug"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _load(
+    path: str | os.PathLike[str], debug: str | os.PathLike[str] | None, roots: tuple[str, ...]
+) -> Image:
+    """Load a binary; a stripped one without a given debug file gets the installed one, if any."""
+    image = load_image(path, debug)
+    if debug is None and image.stripped:
+        found = find_debug_file(image.build_id, roots)
+        if found is not None:
+            image = load_image(path, found)
+    return image
+
+
 def build_package(
     old_path: str | os.PathLike[str],
     new_path: str | os.PathLike[str],
@@ -145,10 +170,15 @@ def build_package(
     signing_key: Ed25519PrivateKey | None = None,
     old_debug: str | os.PathLike[str] | None = None,
     new_debug: str | os.PathLike[str] | None = None,
+    debug_roots: tuple[str, ...] = DEBUG_ROOTS,
 ) -> BuildResult:
-    """Diff two builds, plan, judge (raising UnsupportedChange or NoChange) and encode the package."""
-    old = load_image(old_path, old_debug)
-    new = load_image(new_path, new_debug)
+    """Diff two builds, plan, judge (raising UnsupportedChange or NoChange) and encode the package.
+
+    Stripped builds without `--old-debug/--new-debug` use the debug files installed under
+    `debug_roots` by build-id, when there are any: symbols tell variables apart.
+    """
+    old = _load(old_path, old_debug, debug_roots)
+    new = _load(new_path, new_debug, debug_roots)
     target = baseline_record(old, file_digest(old_path))
     plan = check_plan(plan_patch(diff_images(old, new), options))
     package = package_from_plan(plan, target)

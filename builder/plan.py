@@ -221,7 +221,8 @@ def spurious_changes(diff: DiffResult) -> frozenset[int]:
         old_refs, new_refs = pair.old.references, pair.new.references
         if pair.old.masked != pair.new.masked or len(old_refs) != len(new_refs):
             continue
-        if all(probe.same_as_baseline(a, b) for a, b in zip(old_refs, new_refs, strict=True)):
+        start = pair.new.function.address
+        if all(probe.same_as_baseline(a, b, start) for a, b in zip(old_refs, new_refs, strict=True)):
             found.add(pair.new.function.address)
     return frozenset(found)
 

@@ -85,6 +85,21 @@ def _branch_reference(
     return Reference(location, width, kind, resolved, -width, internal)
 
 
+def _rip_reference(fn: Function, insn: Instruction, resolver: TargetResolver) -> Reference | None:
+    """The reference of a `[rip ± disp]` operand, found from the decoded displacement."""
+    m = _RIP.search(insn.operands)
+    if m is None:
+        return None
+    disp = int(m.group(2), 0) * (-1 if m.group(1) == "-" else 1)
+    location = _field_offset(fn.code, insn, disp, 4)
+    if location is None:
+        return None
+    address = fn.address + insn.offset + insn.size + disp
+    target = resolver.resolve(address, fn, 0 if insn.mnemonic == "lea" else access_size(insn.operands))
+    kind = ReferenceKind.GOTPC32 if resolver.is_import_slot(address) else ReferenceKind.PC32
+    return Reference(location, 4, kind, target, location - (insn.offset + insn.size))
+
+
 def _containing_instruction(instructions: list[Instruction], starts: list[int], offset: int) -> int | None:
     i = bisect.bisect_right(starts, offset) - 1
     if i >= 0 and offset < instructions[i][0] + instructions[i][1]:
@@ -107,21 +122,10 @@ def disassembly_references(
             found[index] = [_branch_reference(offset, size, base + branch_offset(operands), resolver, fn)]
             continue
         if "rip" in operands:
-            insn = Instruction._make(instructions[index])
-            m = _RIP.search(operands)
-            if m is None:
-                continue
-            disp = int(m.group(2), 0) * (-1 if m.group(1) == "-" else 1)
-            location = _field_offset(code, insn, disp, 4)
-            if location is None:
-                continue
-            address = fn.address + insn.offset + insn.size + disp
-            target = resolver.resolve(address, fn, 0 if insn.mnemonic == "lea" else access_size(operands))
-            kind = ReferenceKind.GOTPC32 if resolver.is_import_slot(address) else ReferenceKind.PC32
-            addend = location - (insn.offset + insn.size)
-            ref = Reference(location, 4, kind, target, addend)
-            found[index] = [ref]
-            single[index] = ref
+            ref = _rip_reference(fn, Instruction._make(instructions[index]), resolver)
+            if ref is not None:
+                found[index] = [ref]
+                single[index] = ref
             continue
         if non_pic and "0x" in operands:
             insn = Instruction._make(instructions[index])
@@ -202,9 +206,18 @@ def relocation_references(
         if len(refs) == 1:
             single[index] = refs[0]
     for index, (offset, size, mnemonic, operands) in enumerate(instructions):
-        if index not in covered and mnemonic in BRANCH_MNEMONICS and operands.startswith("0x"):
+        if index in covered:
+            continue
+        if mnemonic in BRANCH_MNEMONICS and operands.startswith("0x"):
             target = fn.address + branch_offset(operands)
             found[index] = [_branch_reference(offset, size, target, resolver, fn)]
+        elif "rip" in operands:
+            # The assembler resolves a rip-relative reference to a local symbol of the same section
+            # itself (`lea rax, [rip + static_fn]`), so no static relocation marks the field.
+            ref = _rip_reference(fn, Instruction._make(instructions[index]), resolver)
+            if ref is not None:
+                found[index] = [ref]
+                single[index] = ref
     scan_jump_tables(single, resolver, fn, instructions)
     for index, ref in single.items():
         found[index] = [ref]

@@ -239,8 +239,19 @@ class Relocator:
         self.objects.setdefault(sym.address, NewObject(sym.name, kind, sym.address, sym.size))
         return Place(space, address)
 
-    def place_of(self, target: Target) -> Place | str:
-        """Where a NEW target lives for package code, or a sentence saying why it cannot be located."""
+    def _object_named_by_relocation(self, field: int | None, start: int) -> Symbol | None:
+        """The object a static relocation at `field` names, when several symbols share its address
+        (relocation mode: the linker's own answer beats any guess by address)."""
+        if field is None:
+            return None
+        i = bisect.bisect_left(self._static_addresses, field)
+        if i < len(self._static) and self._static[i].address == field and self._static[i].symbol:
+            return self.index.new_object(start, self._static[i].symbol, exact=True)
+        return None
+
+    def place_of(self, target: Target, field: int | None = None) -> Place | str:
+        """Where a NEW target lives for package code (`field`: NEW address of the referring field, if
+        any), or a sentence saying why it cannot be located."""
         kind = target.kind
         if kind is TargetKind.FUNCTION:
             place = self._function_place(target)
@@ -254,7 +265,8 @@ class Relocator:
                 return Place(TargetSpace.BASELINE, old.got_address)
             return f"import '{target.name}' is not reachable through the baseline's PLT or GOT"
         if kind is TargetKind.DATA:
-            sym = self.index.new_object(target.address - target.offset, target.name)
+            start = target.address - target.offset
+            sym = self._object_named_by_relocation(field, start) or self.index.new_object(start, target.name)
             if sym is not None:
                 return self._object_place(sym, target.address)
             kind = TargetKind.SECTION
@@ -299,7 +311,7 @@ class Relocator:
             return Place(TargetSpace.BASELINE, old_entry)
         return Place(TargetSpace.IMPORT, self._import(new_slot.name, new_slot.version))
 
-    def same_as_baseline(self, old: Reference, new: Reference) -> bool:
+    def same_as_baseline(self, old: Reference, new: Reference, new_function: int) -> bool:
         """Whether a fix reference, resolved for the package, names exactly what the baseline's names.
 
         Used on functions the diff calls changed only in their references: when every one resolves
@@ -318,8 +330,16 @@ class Relocator:
             twin = self._old_imports.get((imp.name, imp.version)) if imp is not None else None
             slot = new.target.address == imp.got_address if imp is not None else False
             return twin is not None and old.target.address == (twin.got_address if slot else twin.plt_address)
+        if new.target.kind in (TargetKind.DATA, TargetKind.SECTION):
+            # Symbols sharing an address (`__TMC_END__` where `stdout`'s copy starts): the bytes are
+            # the same, so one reading under which the fix names the baseline's target is enough.
+            start = new.target.address - new.target.offset
+            for sym in self.index.objects_at(start):
+                twin = self.index.twin(sym).old
+                if twin is not None and twin.address + new.target.offset == old.target.address:
+                    return True
         before = len(self.ranges.get(TargetSpace.RODATA, [])), len(self.objects)
-        place = self.place_of(new.target)
+        place = self.place_of(new.target, new_function + new.location)
         copied = (len(self.ranges.get(TargetSpace.RODATA, [])), len(self.objects)) != before
         return (
             not copied
@@ -387,7 +407,7 @@ class Relocator:
             if sym is not None and sym.address in self._copies and self.index.twin(sym).old is None:
                 self._copied_import(fn, ref, sym)
                 return
-        place = self.place_of(t)
+        place = self.place_of(t, field_address)
         if isinstance(place, str):
             self._unresolved(fn, ref.location, place)
             return

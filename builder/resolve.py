@@ -78,13 +78,19 @@ class BaselineIndex:
                         owners[ref.target.address - ref.target.offset].add(name)
         return old_owners, new_owners
 
-    def new_object(self, address: int, name: str | None = None) -> Symbol | None:
+    def objects_at(self, address: int) -> tuple[Symbol, ...]:
+        """Every object symbol of the fix that starts at `address`."""
+        return tuple(self._new_by_address.get(address, ()))
+
+    def new_object(self, address: int, name: str | None = None, exact: bool = False) -> Symbol | None:
         """The fix's object symbol starting at `address` (by name when several share it).
 
         A sized object wins over a zero-size marker at the same address (`__TMC_END__` or `_edata`
         mark where .data ends, which is where a copy-relocated `stdout` may begin).
         """
         syms = self._new_by_address.get(address, [])
+        if exact:
+            return next((s for s in syms if s.name.split("@")[0] == name.split("@")[0]), None)
         pool = [s for s in syms if s.size > 0] or syms
         for sym in pool:
             if name is None or sym.name == name:

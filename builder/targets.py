@@ -17,6 +17,8 @@ from hpkg.builder.model import Function, Image, Import, LinkAddress, SymbolKind,
 # Marks a branch target in code that no known function covers; canon turns these into functions.
 CODE_SUFFIX = ":code"
 _STRING_LIMIT = 4096
+# DATA content naming the zero-size markers at the target's address (see _markers).
+ALIASES = "aliases:"
 
 _NOT_TEXT = re.compile(rb"[^\x20-\x7e\t\n\r]")
 
@@ -28,6 +30,28 @@ def _is_text(data: bytes) -> bool:
 
 def _digest(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=12).hexdigest()
+
+
+def _markers(image: Image) -> dict[int, tuple[str, ...]]:
+    """Link address → the zero-size markers there: empty objects, empty sections, ends of data sections.
+
+    The linker puts a marker such as __TMC_END__ (the end of an empty .tm_clone_table) on whatever
+    comes next, so one address has two names and which one a build's symbol order yields depends
+    on the layout; the markers are the identity that both builds share (strip keeps the sections).
+    """
+    found: dict[int, set[str]] = {}
+    for sym in image.symbols:
+        if sym.kind is SymbolKind.OBJECT and sym.defined and sym.section and sym.address and not sym.size:
+            found.setdefault(sym.address, set()).add(sym.name.partition("@")[0])
+    for section in image.sections:
+        if not section.alloc or section.tls or not section.address:
+            continue
+        if not section.size:
+            found.setdefault(section.address, set()).add(f"section:{section.name}")
+        elif section.writable and not section.executable:
+            # strip drops the empty .tm_clone_table; its end, __TMC_END__, is still the end of .data.
+            found.setdefault(section.end, set()).add(f"end:{section.name}")
+    return {address: tuple(sorted(names)) for address, names in found.items()}
 
 
 @dataclass
@@ -50,13 +74,16 @@ class TargetResolver:
             for s in self.image.symbols
             if s.kind is SymbolKind.OBJECT and s.defined and s.section and s.address  # TLS values are offsets
         ]
-        objects.sort(key=lambda s: (s.address, s.dynamic, s.local, s.name))
+        # At one address, a sized object wins over a zero-size marker: the linker's __TMC_END__
+        # (empty .tm_clone_table) lands on whatever object opens .bss next, e.g. a copy of stdout.
+        objects.sort(key=lambda s: (s.address, s.size == 0, s.dynamic, s.local, s.name))
         self._objects = []
         for sym in objects:
             if self._objects and self._objects[-1].address == sym.address:
                 continue  # the same object under a second name (a .dynsym copy or an alias)
             self._objects.append(sym)
         self._object_starts = [s.address for s in self._objects]
+        self._markers = _markers(self.image)
         self._sections = sorted(
             (s for s in self.image.sections if s.alloc and s.size and not s.tls), key=lambda s: s.address
         )
@@ -229,11 +256,16 @@ class TargetResolver:
             if word is not None:
                 return Target(TargetKind.SECTION, f"{section.name}:{word}", 0, address)
         sym = self.object_at(address)
+        markers = self._markers.get(address)
         if sym is not None:
             content = None
             if section is not None and not section.writable and not section.nobits:
                 content = _digest(self.image.read(sym.address, max(sym.size, 1)))
+            elif markers and sym.address == address:
+                content = ALIASES + ",".join(markers)
             return Target(TargetKind.DATA, sym.name, address - sym.address, address, content)
+        if markers:
+            return Target(TargetKind.DATA, markers[0], 0, address, ALIASES + ",".join(markers))
         if section is None:
             before = self.section_at(address - 1)
             if before is not None:  # one past the end of a section, as linker-made end symbols are

@@ -20,6 +20,7 @@ import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hpkg.errors import RefusedError
 from hpkg.formats.model import ImportRecord
@@ -27,6 +28,9 @@ from hpkg.loader import procfs
 from hpkg.loader.process import Process
 from hpkg.loader.procfs import RuntimeImage
 from hpkg.loader.relocate import ResolvedImport
+
+if TYPE_CHECKING:
+    from hpkg.builder.model import Import
 
 _HIDDEN = 0x8000  # in .gnu.version: a non-default (`sym@VER`, not `sym@@VER`) version
 
@@ -111,25 +115,23 @@ class ProcessImports:
         self.process = process
         self.patched = patched
 
-    def _baseline_imports(self) -> dict[str, list[object]]:
+    @functools.cached_property
+    def _imports_of_patched(self) -> dict[str, list[Import]]:
+        """The patched image's own imports (PLT entries, GOT slots), by name, read from the mapped file."""
         from hpkg.builder.image import load_image
 
         image = load_image(Path(_image_file(self.process.pid, self.patched)))
-        table: dict[str, list[object]] = {}
+        table: dict[str, list[Import]] = {}
         for imp in image.imports:
             table.setdefault(imp.name, []).append(imp)
         return table
 
-    @functools.cached_property
-    def _imports_of_patched(self) -> dict[str, list[object]]:
-        return self._baseline_imports()
-
     def _from_baseline(self, record: ImportRecord) -> ResolvedImport | None:
         bias = self.patched.load_bias
         for imp in self._imports_of_patched.get(record.name, []):
-            if record.version is not None and imp.version not in (None, record.version):  # type: ignore[attr-defined]
+            if record.version is not None and imp.version not in (None, record.version):
                 continue
-            plt, got = imp.plt_address, imp.got_address  # type: ignore[attr-defined]
+            plt, got = imp.plt_address, imp.got_address
             if plt is None and got is None:
                 continue
             slot = got + bias if got is not None else None

@@ -23,6 +23,7 @@ from hpkg.errors import IncompatibleTarget, RefusedError, TargetError
 from hpkg.loader.alloc import Allocation
 from hpkg.loader.live import DEFAULT_TIMEOUT, free_allocations, open_process, target_lock, wait_until_safe
 from hpkg.loader.process import Process
+from hpkg.loader.procfs import list_images
 from hpkg.loader.record import FoundRecord, PatchRecord, SiteRecord, find_records
 from hpkg.loader.safety import CodeRange
 from hpkg.loader.switch import SiteWrite, switch_table, write_sites
@@ -143,8 +144,6 @@ def _sites_to_restore(process: Process, stack: list[PatchRecord]) -> list[SiteRe
 
 
 def _revert_stack(process: Process, stack: list[PatchRecord], timeout: float) -> ImageReverted:
-    from hpkg.loader.procfs import list_images
-
     top = stack[-1]
     restore = _sites_to_restore(process, stack)
     # STEP 4: no thread inside the package's code, nor at a patch site.

@@ -75,15 +75,19 @@ class Program:
 @pytest.fixture(scope="session")
 def programs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Program]:
     """stream_server (16 workers), lingering (a thread asleep in linger()) and new_import (a fix that
-    calls an IFUNC the baseline never imports), each compiled once as baseline and fix."""
+    calls an IFUNC the baseline never imports; also as a non-PIE executable), each compiled once as
+    baseline and fix."""
     out = tmp_path_factory.mktemp("live-programs")
     compiled = {}
-    for name in ("stream_server", "lingering", "new_import"):
+    no_pie = ("-no-pie", "-fno-pie")
+    variants = {"stream_server": (), "lingering": (), "new_import": (), "new_import-nopie": no_pie}
+    for variant, extra in variants.items():
+        name = variant.split("-")[0]
         paths = []
         for build, defines in (("baseline", ()), ("fixed", ("-DFIX",))):
-            path = out / f"{name}.{build}"
-            cmd = ["gcc", *READY_FLAGS, *defines, "-o", str(path), str(PROGRAMS / f"{name}.c")]
+            path = out / f"{variant}.{build}"
+            cmd = ["gcc", *READY_FLAGS, *extra, *defines, "-o", str(path), str(PROGRAMS / f"{name}.c")]
             subprocess.run(cmd, check=True, capture_output=True)
             paths.append(path)
-        compiled[name] = Program(*paths)
+        compiled[variant] = Program(*paths)
     return compiled

@@ -1,15 +1,18 @@
 """A fix that calls a libc function the baseline never imports — strspn, an IFUNC whose implementation
-glibc picks per CPU — is resolved without calling into the target, and runs live."""
+glibc picks per CPU — is resolved without calling into the target, and runs live, in a position-
+independent executable and in a non-PIE one (load bias 0)."""
 
 from __future__ import annotations
 
 import subprocess
 
+import pytest
 from live_helpers import assert_running_untraced, hpkg, hpkg_mappings
 
 
-def test_fix_calling_an_ifunc_the_baseline_never_imports(programs, keys, build_package) -> None:
-    program = programs["new_import"]
+@pytest.mark.parametrize("variant", ["new_import", "new_import-nopie"])
+def test_fix_calling_an_ifunc_the_baseline_never_imports(variant, programs, keys, build_package) -> None:
+    program = programs[variant]
     package = build_package(program.baseline, program.fixed)
     imports = subprocess.run(["nm", "-D", "--undefined-only", str(program.baseline)], capture_output=True,
                              text=True, check=True).stdout
@@ -31,6 +34,35 @@ def test_fix_calling_an_ifunc_the_baseline_never_imports(programs, keys, build_p
             assert ask("rm -rf /") == "rejected rm -rf / (#5)"
             assert hpkg("revert", "--pid", target.pid).returncode == 0
             assert ask("a;b") == "ok a;b (#6)"
+            assert_running_untraced(target.pid)
+            assert hpkg_mappings(target.pid) == []
+        finally:
+            target.kill()
+
+
+def test_site_by_site_switch_when_one_call_is_impossible(programs, keys, build_package, monkeypatch) -> None:
+    """The fallback the switch takes under a W^X policy or seccomp (forced here): the same result."""
+    from hpkg.loader import switch
+    from hpkg.loader.apply import apply_to_process
+    from hpkg.loader.revert import revert_process
+    from hpkg.loader.trust import open_package
+
+    monkeypatch.setattr(switch, "_write_in_one_call", lambda *args: False)
+    program = programs["new_import"]
+    package = open_package(build_package(program.baseline, program.fixed), keys.public, False).package
+    pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "text": True}
+    with subprocess.Popen([program.baseline], **pipes) as target:
+        try:
+            def ask(word: str) -> str:
+                target.stdin.write(word + "\n")
+                target.stdin.flush()
+                return target.stdout.readline().rstrip("\n")
+
+            applied = apply_to_process(package, target.pid)
+            assert applied.images[0].switch == switch.SITE_BY_SITE
+            assert ask("a;b") == "rejected a;b (#1)"
+            assert revert_process(target.pid).images[0].switch == switch.SITE_BY_SITE
+            assert ask("a;b") == "ok a;b (#2)"
             assert_running_untraced(target.pid)
             assert hpkg_mappings(target.pid) == []
         finally:

@@ -1,0 +1,215 @@
+"""Refusals and overrides of `hpkg build`: every reason at once, named, with the documented exit codes."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+import pytest
+from build_support import PROGRAMS, readelf_build_id, run_hpkg, symbol_address
+
+
+def _reasons(stderr: str) -> dict[str, str]:
+    """Reason lines (`  - code: message`) of a refusal, by the name each one quotes."""
+    found = {}
+    for line in stderr.splitlines():
+        m = re.match(r"  - ([a-z-]+): .*?'([^']+)'", line)
+        if m:
+            found[m.group(2)] = m.group(1)
+    return found
+
+
+def test_changed_global_initializer_is_refused_naming_it(samples, tmp_path):
+    sample = samples["12-global-initializer"]
+    old, new = sample.binary("baseline", "ready"), sample.binary("fixed", "ready")
+    result = run_hpkg("build", old, new, "-o", tmp_path / "p.hpkg")
+    assert result.code == 4
+    assert result.err.startswith("error: not hot-patchable: 1 reason")
+    assert _reasons(result.err) == {"config": "data-value-changed"}
+    assert not (tmp_path / "p.hpkg").exists()
+
+
+def test_changed_struct_layout_of_a_live_global_is_refused_and_cannot_be_allowed(samples, tmp_path):
+    sample = samples["13-struct-layout"]
+    old, new = sample.binary("baseline", "ready"), sample.binary("fixed", "ready")
+    args = ("build", old, new, "-o", tmp_path / "p.hpkg")
+    result = run_hpkg(*args)
+    assert result.code == 4
+    assert _reasons(result.err)["accounts"] == "data-size-changed"
+    allowed = run_hpkg(*args, "--allow", "data-size-changed")
+    assert allowed.code == 2
+    assert "cannot be overridden" in allowed.err
+    assert not (tmp_path / "p.hpkg").exists()
+
+
+def test_all_reasons_are_listed_at_once(compiler, tmp_path):
+    """A changed initializer, a resized global, a changed constructor and a 3-byte function: four lines."""
+    source = (PROGRAMS / "many_reasons.c").read_text()
+    old, new = compiler.pair("many_reasons", source, ("-falign-functions=1",))
+    result = run_hpkg("build", old, new, "-o", tmp_path / "p.hpkg", "--json")
+    assert result.code == 4
+    assert _reasons(result.err) == {
+        "threshold": "data-value-changed",
+        "limits": "data-size-changed",
+        "setup": "init-changed",
+        "tiny": "function-too-small",
+    }
+    document = result.json()
+    assert document["verdict"] == "refused" and len(document["reasons"]) == 4
+    # Overriding the two overridable reasons leaves the other two, still refused.
+    partial = run_hpkg(
+        "build", old, new, "-o", tmp_path / "p.hpkg",
+        "--allow", "data-value-changed", "--allow", "init-changed",
+    )
+    assert partial.code == 4
+    assert _reasons(partial.err) == {"limits": "data-size-changed", "tiny": "function-too-small"}
+
+
+def test_allowed_initializer_change_is_built_and_recorded(compiler, tmp_path):
+    old, new = compiler.pair("initializer_and_code", (PROGRAMS / "initializer_and_code.c").read_text())
+    refused = run_hpkg("build", old, new, "-o", tmp_path / "p.hpkg")
+    assert refused.code == 4 and _reasons(refused.err) == {"limit": "data-value-changed"}
+    built = run_hpkg("build", old, new, "-o", tmp_path / "p.hpkg", "--allow", "data-value-changed")
+    assert built.code == 0, built.err
+    assert "overridden: data-value-changed" in built.err
+    doc = run_hpkg("inspect", tmp_path / "p.hpkg", "--json").json()
+    assert doc["allowed_overrides"] == ["data-value-changed"]
+    assert [f["name"] for f in doc["functions"]] == ["too_big"]
+    # The fixed code compares with the running process's `limit`, in the baseline's memory.
+    from hpkg.formats import read_package
+
+    package = read_package((tmp_path / "p.hpkg").read_bytes()).package
+    baseline_targets = {r.target for r in package.relocations if r.space.name == "BASELINE"}
+    assert symbol_address(old, "limit") in baseline_targets
+
+
+def test_unknown_allow_reason_is_a_usage_error(compiler, tmp_path):
+    old, new = compiler.pair("initializer_and_code", (PROGRAMS / "initializer_and_code.c").read_text())
+    result = run_hpkg("build", old, new, "-o", tmp_path / "p.hpkg", "--allow", "everything")
+    assert result.code == 2
+    assert "unknown reason 'everything'" in result.err
+
+
+def test_no_change_exits_5(compiler, tmp_path):
+    old, new = compiler.pair("no_change", (PROGRAMS / "no_change.c").read_text())
+    result = run_hpkg("build", old, new, "-o", tmp_path / "p.hpkg")
+    assert result.code == 5
+    assert result.err.strip() == "error: nothing to patch: baseline and fix do not differ in code"
+
+
+def test_line_number_only_changes_are_left_out_unless_asked_for(compiler, tmp_path):
+    old, new = compiler.pair("line_only", (PROGRAMS / "line_only.c").read_text())
+    left_out = run_hpkg("build", old, new, "-o", tmp_path / "p.hpkg")
+    assert left_out.code == 5
+    assert "only line-number changes (twice)" in left_out.err
+    included = run_hpkg("build", old, new, "-o", tmp_path / "p.hpkg", "--include-line-only", "--json")
+    assert included.code == 0, included.err
+    assert [(f["name"], f["why"]) for f in included.json()["functions"]] == [("twice", "line numbers only")]
+
+
+def test_stripped_build_refuses_data_it_cannot_identify_and_debug_files_fix_it(samples, tmp_path):
+    """Without symbols a variable only changed code uses may be new or old: refuse, never guess."""
+    sample = samples["11-new-global"]
+    old, new = sample.binary("baseline", "stripped"), sample.binary("fixed", "stripped")
+    refused = run_hpkg("build", old, new, "-o", tmp_path / "p.hpkg")
+    assert refused.code == 4
+    assert set(_reasons(refused.err).values()) == {"reference-unresolved"}
+    assert ".bss+" in refused.err and "--old-debug" in refused.err
+    built = run_hpkg(
+        "build", old, new, "-o", tmp_path / "p.hpkg", "--json",
+        "--old-debug", sample.symbols_twin("baseline", "stripped"),
+        "--new-debug", sample.symbols_twin("fixed", "stripped"),
+    )
+    assert built.code == 0, built.err
+    doc = run_hpkg("inspect", tmp_path / "p.hpkg", "--json").json()
+    assert [d["name"] for d in doc["data_objects"]] == ["failed_logins"]
+
+
+@pytest.mark.parametrize("bad", ["missing-file", "not-elf"])
+def test_unreadable_binary_is_one_error_line_exit_3(bad, tmp_path, samples):
+    path = tmp_path / "input"
+    if bad == "not-elf":
+        path.write_text("hello")
+    good = samples["01-bounds-check"].binary("fixed", "ready")
+    result = run_hpkg("build", path, good, "-o", tmp_path / "p.hpkg")
+    assert result.code == 3
+    assert len(result.err.strip().splitlines()) == 1 and result.err.startswith("error: ")
+
+
+def test_tls_growth_and_a_changed_ifunc_resolver_are_refused(compiler, tmp_path):
+    old, new = compiler.pair("tls_and_ifunc", (PROGRAMS / "tls_and_ifunc.c").read_text())
+    result = run_hpkg("build", old, new, "-o", tmp_path / "p.hpkg", "--allow", "data-value-changed")
+    assert result.code == 4
+    lines = [line.removeprefix("  - ") for line in result.err.splitlines()[1:]]
+    assert "tls-changed: thread-local 'failures' was added" in lines
+    assert "ifunc-changed: IFUNC resolver 'pick' changed" in lines
+    # count() uses a thread-local variable, whose offset from the thread pointer moved: named too.
+    assert any(line.startswith("reference-unresolved: function 'count'") for line in lines)
+
+
+def test_a_function_shorter_than_the_jump_borrows_its_padding(compiler, tmp_path):
+    """At the default alignment the 5-byte jump fits over `xor eax,eax; ret` plus the nop fill after it."""
+    old, new = compiler.pair("tiny_function", (PROGRAMS / "tiny_function.c").read_text())
+    result = run_hpkg("build", old, new, "-o", tmp_path / "p.hpkg")
+    assert result.code == 0, result.err
+    site = run_hpkg("inspect", tmp_path / "p.hpkg", "--json").json()["functions"][0]
+    assert site["name"] == "allowed"
+    assert site["baseline_size"] == 5  # the function and the padding the jump overwrites
+    pre_image = bytes.fromhex(site["pre_image"])
+    assert pre_image[:3] == bytes.fromhex("31c0c3") and len(pre_image) == 5
+    assert site["baseline_sha256"] == hashlib.sha256(pre_image).hexdigest()
+
+
+def test_cxx_code_without_unwind_rules_is_refused_until_allowed(samples, tmp_path):
+    """An exception thrown through a replacement finds no .eh_frame rules there: the process would
+    terminate (seen with the loader's file patch of this sample), so the build says so first."""
+    sample = samples["17-cpp-virtual"]
+    old, new = sample.binary("baseline", "ready"), sample.binary("fixed", "ready")
+    refused = run_hpkg("build", old, new, "-o", tmp_path / "p.hpkg")
+    assert refused.code == 4
+    process = "_ZN6Upload7processERKNSt7__cxx1112basic_stringIcSt11char_traitsIcESaIcEEE"
+    assert _reasons(refused.err)[process] == "unwind-info-missing"
+    assert _reasons(refused.err)[process + ".cold"] == "unwind-info-missing"
+    built = run_hpkg("build", old, new, "-o", tmp_path / "p.hpkg", "--allow", "unwind-info-missing")
+    assert built.code == 0, built.err
+    doc = run_hpkg("inspect", tmp_path / "p.hpkg", "--json").json()
+    assert doc["allowed_overrides"] == ["unwind-info-missing"]
+
+
+def test_c_programs_need_no_unwind_override(samples, tmp_path):
+    sample = samples["18-two-functions"]
+    old, new = sample.binary("baseline", "ready"), sample.binary("fixed", "ready")
+    result = run_hpkg("build", old, new, "-o", tmp_path / "p.hpkg")
+    assert result.code == 0, result.err
+    assert "unwind" not in result.err
+
+
+def test_usage_and_io_errors_are_one_line_with_their_codes(samples, tmp_path):
+    sample = samples["01-bounds-check"]
+    old, new = sample.binary("baseline", "ready"), sample.binary("fixed", "ready")
+    supersedes = run_hpkg("build", old, new, "-o", tmp_path / "p.hpkg", "--supersedes", "abc")
+    assert supersedes.code == 2 and "level-1 package supersedes nothing" in supersedes.err
+    no_key = run_hpkg("build", old, new, "-o", tmp_path / "p.hpkg", "--key", tmp_path / "missing")
+    assert no_key.code == 3 and no_key.err.startswith("error: cannot read private key")
+    unwritable = run_hpkg("build", old, new, "-o", tmp_path / "no-such-dir" / "p.hpkg")
+    assert unwritable.code == 6 and unwritable.err.startswith("error: cannot write")
+    for result in (no_key, unwritable):
+        assert len(result.err.strip().splitlines()) == 1
+
+
+def test_installed_debug_files_are_found_by_build_id(samples, tmp_path):
+    """A stripped pair with its debug files under ROOT/.build-id/xx/rest.debug needs no options."""
+    from hpkg.builder.package import build_package
+
+    sample = samples["11-new-global"]
+    root = tmp_path / "debug"
+    for build in ("baseline", "fixed"):
+        build_id = readelf_build_id(sample.binary(build, "stripped"))
+        target = root / ".build-id" / build_id[:2] / f"{build_id[2:]}.debug"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(sample.symbols_twin(build, "stripped").read_bytes())
+    result = build_package(
+        sample.binary("baseline", "stripped"), sample.binary("fixed", "stripped"), debug_roots=(str(root),)
+    )
+    assert [d.name for d in result.package.data_objects] == ["failed_logins"]
+    assert result.plan.mode == "disassembly"
