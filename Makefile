@@ -15,7 +15,7 @@ deps:
 # The tests also compare hpkg with the delta tools a user would ship instead, and map
 # source patches to functions with ctags.
 test-deps: deps
-	@scripts/ensure-debian-packages.sh bsdiff xdelta3 zstd universal-ctags
+	@scripts/ensure-debian-packages.sh bsdiff xdelta3 zstd universal-ctags libxml2-dev
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
