@@ -16,7 +16,8 @@ _LINE_MAX = 1_000_000
 
 
 def targets_correspond(old: tuple, new: tuple, function_map: dict[int, int]) -> bool:
-    """Whether two targets name the same thing: functions through the match, the rest by identity.
+    """Whether two targets name the same thing: functions (and anonymous data) through the match, the
+    rest by identity.
 
     Targets come as Target or as plain tuples of its fields (kind, name, offset, address, content, entries).
     """
@@ -30,13 +31,23 @@ def targets_correspond(old: tuple, new: tuple, function_map: dict[int, int]) -> 
             return False
         if old[4] == new[4] and stable_name(old[1]) == stable_name(new[1]):
             return True
-        return _aliased(old[4]) and _aliased(new[4]) and bool(_names(old) & _names(new))
+        if not (_aliased(old[4]) and _aliased(new[4])):
+            return False
+        if _is_object(old) and _is_object(new):
+            # Two named objects are one object by name alone, whatever markers share their address.
+            return stable_name(old[1].partition("@")[0]) == stable_name(new[1].partition("@")[0])
+        return bool(_names(old) & _names(new))
     if kind is TargetKind.INTERNAL:
         return old[2] == new[2]
     if kind is TargetKind.JUMP_TABLE:
         return old[5] == new[5]
     if kind is TargetKind.RODATA:
         return old[4] == new[4] and old[2] == new[2]
+    if kind is TargetKind.SECTION and old[1] == new[1]:
+        # Anonymous data the same functions use in both builds is one object, wherever it moved.
+        mapped = function_map.get(old[3])
+        if mapped is not None:
+            return mapped == new[3]
     return old[1] == new[1] and old[2] == new[2] and old[4] == new[4]
 
 
@@ -45,13 +56,19 @@ def _aliased(content: str | None) -> bool:
     return content is None or content.startswith(ALIASES)
 
 
+def _markers_of(target: tuple) -> list[str]:
+    content = target[4]
+    return content[len(ALIASES) :].split(",") if content else []
+
+
+def _is_object(target: tuple) -> bool:
+    """Whether a DATA target names a sized object rather than a zero-size marker standing for its address."""
+    return target[1].partition("@")[0] not in _markers_of(target)
+
+
 def _names(target: tuple) -> set[str]:
     """Every name a DATA target's address has: its object's and the zero-size markers there."""
-    names = {stable_name(target[1].partition("@")[0])}
-    content = target[4]
-    if content:
-        names.update(content[len(ALIASES) :].split(","))
-    return names
+    return {stable_name(target[1].partition("@")[0]), *_markers_of(target)}
 
 
 def _line_number_only(old: CanonicalFunction, new: CanonicalFunction, old_image: Image) -> bool:

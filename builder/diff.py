@@ -8,6 +8,7 @@ from collections.abc import Callable
 from hpkg.builder.canon import canonicalize_images
 from hpkg.builder.compare import compare_pair
 from hpkg.builder.data import diff_data
+from hpkg.builder.datamap import correspond_section_data
 from hpkg.builder.functions import discover_functions
 from hpkg.builder.image import load_image
 from hpkg.builder.match import match_functions
@@ -29,9 +30,16 @@ def pair_functions(
     new: tuple[CanonicalFunction, ...],
     matches: dict[int, tuple[int, str]],
     old_image: Image,
+    data_map: dict[int, int] | None = None,
 ) -> tuple[FunctionPair, ...]:
-    """Give every function a pair: twin and status, and for changed ones the change kind."""
+    """Give every function a pair: twin and status, and for changed ones the change kind.
+
+    `data_map` ties anonymous data addresses of the two builds (see datamap); function starts and
+    data addresses never coincide, so one mapping serves both.
+    """
     function_map = {o: n for o, (n, _) in matches.items()}
+    if data_map:
+        function_map = {**data_map, **function_map}
     new_by_address = {c.function.address: c for c in new}
     pairs: list[FunctionPair] = []
     for c in old:
@@ -67,8 +75,9 @@ def diff_images(
     )
     # Correlate, then compare each pair; from here on nothing matches again.
     matches = match_functions(old_canonical, new_canonical, old, new)
-    pairs = pair_functions(old_canonical, new_canonical, matches, old)
     function_map = {o: n for o, (n, _) in matches.items()}
+    data_map = correspond_section_data(old_canonical, new_canonical, function_map, old, new)
+    pairs = pair_functions(old_canonical, new_canonical, matches, old, data_map)
     data_changes = diff_data(old, new, old_canonical, new_canonical, function_map)
     return DiffResult(old, new, mode, pairs, data_changes)
 

@@ -33,7 +33,7 @@ def _digest(data: bytes) -> str:
 
 
 def _markers(image: Image) -> dict[int, tuple[str, ...]]:
-    """Link address → the zero-size markers there: empty objects, empty sections, ends of data sections.
+    """Link address → the zero-size markers there: empty objects, empty sections, data section bounds.
 
     The linker puts a marker such as __TMC_END__ (the end of an empty .tm_clone_table) on whatever
     comes next, so one address has two names and which one a build's symbol order yields depends
@@ -51,6 +51,9 @@ def _markers(image: Image) -> dict[int, tuple[str, ...]]:
         elif section.writable and not section.executable:
             # strip drops the empty .tm_clone_table; its end, __TMC_END__, is still the end of .data.
             found.setdefault(section.end, set()).add(f"end:{section.name}")
+            # The first object of a section (crt's __dso_handle opens .data) may or may not sit right
+            # after the previous section's end, depending on alignment.
+            found.setdefault(section.address, set()).add(f"start:{section.name}")
     return {address: tuple(sorted(names)) for address, names in found.items()}
 
 
@@ -125,13 +128,19 @@ class TargetResolver:
 
     def rodata_content(self, address: int, access_size: int, boundaries: list[int]) -> str:
         """A digest of the read-only bytes a reference reads: `access_size` bytes for a load, else a
-        C string, else the bytes up to the next referenced address or data symbol."""
+        C string up to its NUL (also "" at another literal's terminator), else the bytes up to the
+        next referenced address or data symbol."""
         if access_size:
             return self._digest_with_pointers(address, self.image.read(address, access_size))
         window = self.image.read(address, _STRING_LIMIT)
         nul = window.find(b"\0")
         if nul > 0 and not self._in_pointer_word(address) and _is_text(window[:nul]):
             return _digest(window[: nul + 1])
+        before = self.image.read(address - 1, 1)
+        if nul == 0 and before and _is_text(before):
+            # The terminator of a string ("" merged into another literal's tail): the code sees "".
+            # A table never starts right after a printable byte: the byte before it is a NUL or fill.
+            return _digest(b"\0")
         limit = _STRING_LIMIT
         i = bisect.bisect_right(boundaries, address)
         if i < len(boundaries):
