@@ -13,6 +13,7 @@ from hpkg.builder.functions import discover_functions
 from hpkg.builder.image import load_image
 from hpkg.builder.match import match_functions
 from hpkg.builder.model import CanonicalFunction, DiffResult, FunctionPair, Image, Status
+from hpkg.errors import ImageError
 
 MODE_RELOCATIONS = "relocations"
 MODE_DISASSEMBLY = "disassembly"
@@ -63,6 +64,13 @@ def diff_images(
 
     `parallel`: decode the two images in two processes (None: when they are big enough to pay).
     """
+    if old.kind != new.kind:
+        # A library and an executable (or a PIE and a fixed-address build) are not two builds of one
+        # program: their layouts, entry and init code differ wholesale and no patch maps one on the other.
+        raise ImageError(
+            f"the baseline {old.path} ({old.kind}) and the fix {new.path} ({new.kind})"
+            " are not two builds of one program"
+        )
     mode = choose_mode(old, new)
     use_relocations = mode == MODE_RELOCATIONS
     # Functions: bounds from symbols and .eh_frame; the images' symbol tables are not used after this

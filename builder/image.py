@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import struct
 from pathlib import Path
 
@@ -40,9 +41,21 @@ def _lief():
     return lief
 
 
+# Larger than any binary hpkg is meant to read whole (the CLI checks the same bound before parsing).
+MAX_IMAGE_FILE_SIZE = 4 << 30
+
+
 def _check_header(path: Path) -> bytes:
     """Read the whole file and reject what is not a linked ELF x86-64 file, in one line each."""
     try:
+        info = path.stat()
+        # A FIFO would block the read until a writer comes, a device or a huge sparse file never end.
+        if stat.S_ISDIR(info.st_mode):
+            raise ImageError(f"{path}: is a directory")
+        if not stat.S_ISREG(info.st_mode):
+            raise ImageError(f"{path}: not a regular file")
+        if info.st_size > MAX_IMAGE_FILE_SIZE:
+            raise ImageError(f"{path}: {info.st_size} bytes, larger than any binary hpkg reads")
         data = path.read_bytes()
     except FileNotFoundError:
         raise ImageError(f"{path}: no such file") from None

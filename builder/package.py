@@ -77,7 +77,7 @@ def package_id(target: TargetRecord, plan: PatchPlan, overrides: tuple[str, ...]
     h.update(target.build_id)
     h.update(struct.pack("<I", plan.options.level))
     h.update((plan.options.supersedes or "").encode() + b"\0")
-    for blob in (plan.code, plan.rodata, plan.data):
+    for blob in (plan.code, plan.rodata, plan.data) + ((plan.unwind,) if plan.unwind else ()):
         h.update(struct.pack("<Q", len(blob)) + blob)
     h.update(struct.pack("<Q", plan.bss_size))
     h.update(repr((plan.relocations, plan.imports, overrides)).encode())
@@ -120,6 +120,7 @@ def package_from_plan(plan: PatchPlan, target: TargetRecord) -> Package:
         data=plan.data,
         bss_size=plan.bss_size,
         relocations=plan.relocations,
+        unwind=plan.unwind,
     )
 
 

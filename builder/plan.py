@@ -34,7 +34,7 @@ from hpkg.builder.relocate import Fixup, Place, Relocator
 from hpkg.builder.resolve import is_read_only
 from hpkg.builder.select import select_functions
 from hpkg.builder.sites import JUMP_SIZE, PatchSite, patch_site
-from hpkg.builder.unwind import exception_frames
+from hpkg.builder.unwind import UnwindSection, emit_unwind, exception_frames
 from hpkg.builder.verdict import Reason, Verdict, check_allowed, require_patchable
 from hpkg.formats.model import (
     FIELD_WIDTH,
@@ -112,6 +112,7 @@ class PatchPlan:
     rodata_shared: int = 0  # references to read-only data pointed at OLD's identical copy
     jump_tables: int = 0
     warnings: tuple[str, ...] = ()  # facts the release engineer should know; they do not refuse
+    unwind: bytes = b""  # CIEs, FDEs and LSDAs of the package functions (relocations are in `relocations`)
 
     @property
     def replaced(self) -> tuple[PlannedFunction, ...]:
@@ -227,21 +228,24 @@ def spurious_changes(diff: DiffResult) -> frozenset[int]:
     return frozenset(found)
 
 
-def unwind_reasons(diff: DiffResult, pairs: tuple[FunctionPair, ...]) -> list[Reason]:
-    """Package functions an exception may be unwound through: the package carries no unwind rules."""
-    frames = exception_frames(diff.new)
+def unwind_reasons(
+    diff: DiffResult, pairs: tuple[FunctionPair, ...], frames: set[int], unwind: UnwindSection
+) -> list[Reason]:
+    """Package functions an exception may pass through whose unwind rules the package cannot carry."""
     if not frames:
         return []
     reasons = []
     for pair in pairs:
         fn = pair.new.function
         calls = any(r.target.kind in (TargetKind.FUNCTION, TargetKind.IMPORT) for r in pair.new.references)
-        if fn.address in frames or calls:
+        if (fn.address in frames or calls) and fn.address not in unwind.covered:
+            why = unwind.problems.get(fn.address, "the fix has no FDE for it")
             reasons.append(
                 Reason(
                     "unwind-info-missing", pair.name,
-                    f"function '{pair.name}' can be unwound through by a C++ exception, and package code has"
-                    " no unwind rules: such an exception would terminate the process",
+                    f"function '{pair.name}' can be unwound through by an exception (C++ throw, cleanups),"
+                    f" and its unwind rules cannot be carried ({why}): such an exception would terminate"
+                    " the process",
                 )
             )
     return reasons
@@ -282,7 +286,6 @@ def plan_patch(diff: DiffResult, options: PlanOptions | None = None) -> PatchPla
     spurious = spurious_changes(diff)
     selection = select_functions(diff, options.include_line_only, spurious)
     reasons = data_reasons(diff) + function_reasons(diff, selection.pairs)
-    reasons += unwind_reasons(diff, selection.pairs)
     sites, site_reasons = _sites(diff, selection.pairs)
     reasons += site_reasons
 
@@ -304,6 +307,15 @@ def plan_patch(diff: DiffResult, options: PlanOptions | None = None) -> PatchPla
     }
     relocations, sections, layout_reasons = _finish(relocator, layouts)
     reasons += layout_reasons
+    # Unwind rules only for images that take part in exception handling (a personality routine), where
+    # an exception passing through package code without them would terminate the process.
+    frames = exception_frames(image)
+    unwind = UnwindSection(b"", (), frozenset(), {})
+    if frames:
+        spans = tuple((f.address, f.size) for f in functions.values())
+        unwind = emit_unwind(image, diff.old, spans, code.offset_of, relocator.import_index)
+    reasons += unwind_reasons(diff, selection.pairs, frames, unwind)
+    relocations += unwind.relocations
     for fn, location, target in relocator.short_jumps:
         field, goal = code.offset_of(fn.address + location), code.offset_of(target)
         if field is None or goal is None or goal - field != target - (fn.address + location):
@@ -354,6 +366,7 @@ def plan_patch(diff: DiffResult, options: PlanOptions | None = None) -> PatchPla
         rodata_shared=relocator.rodata_shared,
         jump_tables=relocator.jump_tables,
         warnings=_warnings(planned),
+        unwind=unwind.content,
     )
 
 

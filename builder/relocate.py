@@ -163,6 +163,10 @@ class Relocator:
         self._reported.add((name, what))
         self._reason("reference-unresolved", name, f"function '{name}' at +{where:#x}: {what}")
 
+    def import_index(self, name: str, version: str | None) -> int:
+        """The index of an import in the package's table, added when new (used by the unwind emitter too)."""
+        return self._import(name, version)
+
     def _import(self, name: str, version: str | None) -> int:
         record = ImportRecord(name, version)
         if record not in self.imports:

@@ -8,9 +8,10 @@ all of them. Each reason has a stable code (the first word of its line) that scr
                        code uses the baseline's object, so only new processes see the new initializer.
   init-changed         overridable: a constructor or destructor's code changed; in a running process
                        constructors already ran, so the fix's version never runs there.
-  unwind-info-missing  overridable: package code has no .eh_frame rules, so a C++ exception raised in
-                       or passing through a replacement terminates the process; knowing none does
-                       (or accepting that), the fix may ship.
+  unwind-info-missing  overridable: a package function's .eh_frame rules could not be carried in the
+                       package's unwind section (no FDE in the fix, an encoding the builder does not
+                       relocate), so an exception raised in or passing through it terminates the
+                       process; knowing none does (or accepting that), the fix may ship.
   every other code     never: applying would corrupt live state or run code against the wrong layout.
 """
 
@@ -31,7 +32,7 @@ REASON_CODES: dict[str, tuple[bool, str]] = {
     "init-array-changed": (False, "the set of constructors or destructors (init/fini arrays) changed"),
     "reference-unresolved": (False, "changed code refers to something the package cannot locate"),
     "jump-table-unrecovered": (False, "changed code has a switch table that could not be recovered"),
-    "unwind-info-missing": (True, "exceptions may pass through replaced code, which has no unwind rules"),
+    "unwind-info-missing": (True, "exceptions may pass through package code without unwind rules"),
 }
 OVERRIDABLE: frozenset[str] = frozenset(code for code, (allowed, _) in REASON_CODES.items() if allowed)
 

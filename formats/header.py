@@ -14,7 +14,9 @@ from hpkg.formats import limits
 
 MAGIC = b"\x89HPKG\r\n\x1a"  # PNG-style: a high byte and CR LF catch text-mode and 7-bit mangling
 FORMAT_MAJOR = 1
-FORMAT_MINOR = 0
+FORMAT_MINOR = 1  # the newest minor this hpkg reads and writes
+# 1.1 added the optional unwind section; a package without one is written as 1.0, byte for byte as before.
+UNWIND_MINOR = 1
 FLAG_SIGNED = 0x1
 KNOWN_FLAGS = FLAG_SIGNED
 KEY_ID_SIZE = 8

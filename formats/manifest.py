@@ -7,6 +7,7 @@ In the file the JSON is stored zstd-compressed with the format's dictionary (see
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Callable
@@ -29,6 +30,8 @@ from hpkg.formats.reloctable import RECORD_SIZE
 from hpkg.formats.validate import U32_MAX, U64_MAX, check_int, check_text
 
 SECTION_NAMES = ("code", "rodata", "data", "relocations")  # payload order, fixed
+UNWIND_SECTION = "unwind"  # format 1.1: follows the relocation table in the payload
+_EMPTY_SHA256 = hashlib.sha256(b"").digest()
 T = TypeVar("T")
 _HEX = re.compile(r"(?:[0-9a-f]{2})*")
 
@@ -274,9 +277,17 @@ def _decode_import(r: _Reader) -> ImportRecord:
     return record
 
 
-def _decode_sections(r: _Reader) -> dict[str, SectionEntry]:
+def section_names(minor: int) -> tuple[str, ...]:
+    """The payload sections, in order, of a package of format minor version `minor`."""
+    return SECTION_NAMES + (UNWIND_SECTION,) if minor >= 1 else SECTION_NAMES
+
+
+def _decode_sections(r: _Reader, minor: int) -> dict[str, SectionEntry]:
     sections = {}
-    for name in SECTION_NAMES:
+    for name in section_names(minor):
+        if name == UNWIND_SECTION and name not in r.value:
+            sections[name] = SectionEntry(0, _EMPTY_SHA256)  # optional: absent means no unwind rules
+            continue
         s = r.child(name)
         # The relocation table is bounded by its record count, before anything is decompressed.
         high = RECORD_SIZE * limits.MAX_RELOCATIONS if name == "relocations" else limits.MAX_PAYLOAD_SIZE
@@ -295,8 +306,11 @@ def _records(root: _Reader, key: str, decode: Callable[[_Reader], T]) -> tuple[T
     )
 
 
-def decode_manifest(manifest: bytes, lenient: bool = False) -> Manifest:
-    """Decode canonical manifest bytes; `lenient` ignores unknown keys (a newer minor version wrote them)."""
+def decode_manifest(manifest: bytes, lenient: bool = False, minor: int = 0) -> Manifest:
+    """Decode canonical manifest bytes; `lenient` ignores unknown keys (a newer minor version wrote them).
+
+    `minor` is the header's minor version: 1.1 and later list the unwind section too.
+    """
     ignored: list[str] = []
     root = _Reader(_parse(manifest), "", lenient, ignored)
     target = _decode_target(root.child("target"))
@@ -310,7 +324,7 @@ def decode_manifest(manifest: bytes, lenient: bool = False) -> Manifest:
         for n, v in enumerate(root.items("allowed_overrides"))
     )
     bss_size = root.integer("bss_size", 0, limits.MAX_BSS_SIZE)
-    sections = _decode_sections(root.child("sections"))
+    sections = _decode_sections(root.child("sections"), minor)
     payload_sha256 = root.hex_bytes("payload_sha256", 32, 32)
     root.done()
     package = Package(

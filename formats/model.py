@@ -46,6 +46,7 @@ class PackageSection(IntEnum):
     CODE = 1
     RODATA = 2
     DATA = 3
+    UNWIND = 4  # format 1.1: the unwind section (CIEs, FDEs, LSDAs of package code)
 
 
 class TargetSpace(IntEnum):
@@ -57,6 +58,7 @@ class TargetSpace(IntEnum):
     DATA = 3  # an offset into the package's read-write data
     BSS = 4  # an offset into the package's zero-fill area
     IMPORT = 5  # an index into Package.imports; the loader resolves the symbol
+    UNWIND = 6  # format 1.1: an offset into the package's unwind section
 
 
 class DataSection(StrEnum):
@@ -157,6 +159,9 @@ class Package:
     data: bytes = b""
     bss_size: int = 0
     relocations: tuple[Relocation, ...] = ()
+    # .eh_frame-encoded CIEs and FDEs of package functions, a zero terminator, then their LSDAs
+    # (format 1.1; empty when the package carries no unwind rules). See formats/SPEC.md "Unwind section".
+    unwind: bytes = b""
 
     def relocation_counts_by_kind(self) -> dict[str, int]:
         """Number of relocations per ABI kind name, sorted by name, for summaries."""

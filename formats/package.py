@@ -28,11 +28,12 @@ from hpkg.formats.header import (
     HEADER_SIZE,
     KEY_ID_SIZE,
     SIGNATURE_SIZE,
+    UNWIND_MINOR,
     Header,
     decode_header,
     encode_header,
 )
-from hpkg.formats.manifest import SECTION_NAMES, SectionEntry, decode_manifest, encode_manifest
+from hpkg.formats.manifest import SectionEntry, decode_manifest, encode_manifest, section_names
 from hpkg.formats.model import LoadedPackage, Package
 from hpkg.formats.reloctable import decode_relocations, encode_relocations
 from hpkg.formats.signing import PublicKeyLike, as_public_key, check_signature, key_id, sign, signed_message
@@ -42,20 +43,28 @@ from hpkg.formats.validate import validate_package
 MAX_FILE_SIZE = HEADER_SIZE + limits.MAX_MANIFEST_FRAME_SIZE + limits.MAX_COMPRESSED_SIZE + SIGNATURE_SIZE
 
 
+def _minor(pkg: Package) -> int:
+    """The minor version `pkg` is written as: 1.1 only when it carries unwind rules, so a 1.0 reader
+    still reads every package without them and refuses one with them (its sections add up wrong)."""
+    return UNWIND_MINOR if pkg.unwind else 0
+
+
 def _section_bytes(pkg: Package) -> dict[str, bytes]:
-    return {
+    sections = {
         "code": pkg.code,
         "rodata": pkg.rodata,
         "data": pkg.data,
         "relocations": encode_relocations(pkg.relocations),
+        "unwind": pkg.unwind,
     }
+    return {name: sections[name] for name in section_names(_minor(pkg))}
 
 
 def write_package(pkg: Package, signing_key: Ed25519PrivateKey | None = None) -> bytes:
     """The .hpkg bytes for `pkg`, signed when a key is given; same inputs and key give the same bytes."""
     validate_package(pkg)
     sections = _section_bytes(pkg)
-    payload = b"".join(sections[name] for name in SECTION_NAMES)
+    payload = b"".join(sections.values())
     if len(payload) > limits.MAX_PAYLOAD_SIZE:
         raise PackageError(
             f"package payload is {len(payload)} bytes, over the limit of {limits.MAX_PAYLOAD_SIZE}"
@@ -75,7 +84,7 @@ def write_package(pkg: Package, signing_key: Ed25519PrivateKey | None = None) ->
     header = encode_header(
         Header(
             major=FORMAT_MAJOR,
-            minor=FORMAT_MINOR,
+            minor=_minor(pkg),
             flags=FLAG_SIGNED if signing_key else 0,
             key_id=key_id(signing_key.public_key()) if signing_key else bytes(KEY_ID_SIZE),
             manifest_size=len(manifest),
@@ -109,10 +118,11 @@ def read_package(blob: bytes, public_key: PublicKeyLike | None = None) -> Loaded
     # STEP 3: the manifest (bounded decompression, then strict canonical JSON), then the compressed
     # payload against its digest, still before decompressing the payload.
     manifest_json = decompress_manifest(manifest_bytes, header.manifest_json_size)
-    manifest = decode_manifest(manifest_json, lenient=header.minor > FORMAT_MINOR)
+    manifest = decode_manifest(manifest_json, lenient=header.minor > FORMAT_MINOR, minor=header.minor)
+    names = section_names(header.minor)
     if hashlib.sha256(frame).digest() != manifest.payload_sha256:
         raise VerifyError("compressed payload does not match its digest: the package was altered or damaged")
-    declared = sum(manifest.sections[name].size for name in SECTION_NAMES)
+    declared = sum(manifest.sections[name].size for name in names)
     if declared != header.payload_size:
         raise PackageError(
             f"corrupt package: sections add up to {declared} bytes, the header declares {header.payload_size}"
@@ -122,7 +132,7 @@ def read_package(blob: bytes, public_key: PublicKeyLike | None = None) -> Loaded
     payload = decompress_payload(frame, header.payload_size)
     sections: dict[str, bytes] = {}
     start = 0
-    for name in SECTION_NAMES:
+    for name in names:
         entry = manifest.sections[name]
         sections[name] = payload[start : start + entry.size]
         start += entry.size
@@ -136,6 +146,7 @@ def read_package(blob: bytes, public_key: PublicKeyLike | None = None) -> Loaded
         rodata=sections["rodata"],
         data=sections["data"],
         relocations=decode_relocations(sections["relocations"]),
+        unwind=sections.get("unwind", b""),
     )
     validate_package(package)
     return LoadedPackage(

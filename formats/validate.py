@@ -159,7 +159,7 @@ def _check_imports_and_overrides(pkg: Package) -> None:
 def _check_relocation(n: int, r: Relocation, pkg: Package, section_sizes: dict[PackageSection, int]) -> None:
     where = f"relocations[{n}]"
     if not isinstance(r.section, PackageSection):
-        raise PackageError(f"{where}.section: expected CODE, RODATA or DATA")
+        raise PackageError(f"{where}.section: expected CODE, RODATA, DATA or UNWIND")
     if not isinstance(r.kind, RelocationKind):
         raise PackageError(f"{where}.kind: not a supported relocation type")
     if not isinstance(r.space, TargetSpace):
@@ -177,6 +177,7 @@ def _check_relocation(n: int, r: Relocation, pkg: Package, section_sizes: dict[P
             TargetSpace.RODATA: len(pkg.rodata),
             TargetSpace.DATA: len(pkg.data),
             TargetSpace.BSS: pkg.bss_size,
+            TargetSpace.UNWIND: len(pkg.unwind),
         }[r.space]
         check_int(r.target, 0, size, f"{where}.target (offset in {r.space.name.lower()})")
 
@@ -190,6 +191,7 @@ def _check_relocations(pkg: Package) -> None:
         PackageSection.CODE: len(pkg.code),
         PackageSection.RODATA: len(pkg.rodata),
         PackageSection.DATA: len(pkg.data),
+        PackageSection.UNWIND: len(pkg.unwind),
     }
     fields = []
     for n, r in enumerate(pkg.relocations):
@@ -204,7 +206,7 @@ def _check_relocations(pkg: Package) -> None:
 
 def validate_package(pkg: Package) -> Package:
     """Check every field and cross-reference of `pkg`; return it unchanged or raise PackageError."""
-    for name in ("code", "rodata", "data"):
+    for name in ("code", "rodata", "data", "unwind"):
         check_bytes(getattr(pkg, name), 0, limits.MAX_PAYLOAD_SIZE, name)
     check_int(pkg.bss_size, 0, limits.MAX_BSS_SIZE, "bss_size")
     _check_target(pkg)

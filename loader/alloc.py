@@ -63,8 +63,11 @@ def reach_window(image_start: int, image_end: int) -> tuple[int, int]:
     return max(image_end - REL32_REACH + PAGE_SIZE, 0), image_start + REL32_REACH - PAGE_SIZE
 
 
-def candidate_addresses(maps: tuple[Mapping, ...], image: RuntimeImage, size: int) -> Iterator[int]:
-    """Page-aligned addresses of free gaps where `size` bytes fit within reach, nearest to the image first."""
+def candidate_addresses(
+    maps: tuple[Mapping, ...], image: RuntimeImage, size: int, above: bool = False
+) -> Iterator[int]:
+    """Page-aligned addresses of free gaps where `size` bytes fit within reach, nearest to the image first
+    (only above the image when `above`: a package whose unwind rules extend the image's range)."""
     size = _page_up(size)
     low, high = reach_window(image.start, image.end)
     bounds = sorted((m.start, m.end, m.path) for m in maps)
@@ -83,16 +86,19 @@ def candidate_addresses(maps: tuple[Mapping, ...], image: RuntimeImage, size: in
                 candidates.append((distance, address))
         previous_end, previous_path = max(previous_end, end), path
     for _, address in sorted(candidates):
-        yield address
+        if not above or address >= image.end:
+            yield address
 
 
-def allocate_near(injector: Injector, image: RuntimeImage, size: int, name: str) -> Allocation:
-    """Map `size` bytes (read-write) named `/memfd:<name>` within ±2 GiB of `image`."""
+def allocate_near(
+    injector: Injector, image: RuntimeImage, size: int, name: str, above: bool = False
+) -> Allocation:
+    """Map `size` bytes (read-write) named `/memfd:<name>` within ±2 GiB of `image` (above it if `above`)."""
     size = _page_up(size)
     fd = injector.memfd_create(name)
     try:
         injector.ftruncate(fd, size)
-        for address in candidate_addresses(injector.process.maps(), image, size):
+        for address in candidate_addresses(injector.process.maps(), image, size, above):
             try:
                 got = injector.mmap(address, size, RW, MAP_PRIVATE | MAP_FIXED_NOREPLACE, fd)
             except InjectedSyscallError as exc:
@@ -105,7 +111,8 @@ def allocate_near(injector: Injector, image: RuntimeImage, size: int, name: str)
             injector.munmap(got, size)
     finally:
         injector.close_fd(fd)
-    where = f"within ±2 GiB of {image.path} in process {injector.process.pid}"
+    side = "above and " if above else ""
+    where = f"{side}within ±2 GiB of {image.path} in process {injector.process.pid}"
     raise TargetError(f"no free gap of {size} bytes {where}")
 
 

@@ -48,6 +48,7 @@ from hpkg.loader.live import (
     wait_until_safe,
 )
 from hpkg.loader.live_imports import ProcessImports
+from hpkg.loader.live_unwind import HDR_PREFIX, REASON, UnwindTarget, check_placement, find_unwind_target
 from hpkg.loader.process import Process, StoppedThreads
 from hpkg.loader.procfs import PAGE_SIZE, RuntimeImage
 from hpkg.loader.record import (
@@ -57,6 +58,7 @@ from hpkg.loader.record import (
     PatchRecord,
     RecordState,
     SiteRecord,
+    UnwindRegistration,
     encode,
     encoded_size,
     find_records,
@@ -65,6 +67,7 @@ from hpkg.loader.record import (
 from hpkg.loader.relocate import AreaLayout, PatchSite, Placement, RelocatedImage, area_layout, relocate
 from hpkg.loader.safety import CodeRange
 from hpkg.loader.switch import SiteWrite, switch_table, write_sites
+from hpkg.loader.unwind_table import UnwindTableError, count_fdes, merged_eh_frame_hdr, package_fdes
 
 
 @dataclass(frozen=True)
@@ -174,11 +177,19 @@ def check_process(package: Package, pid: int) -> list[ImageVerified]:
     with process:
         images = baseline_images(process, package)
         found = find_records(process)
-        return [
-            ImageVerified(image, check_compatibility(package, ProcessImageReader(process, image),
-                                                     _applied_levels(_records_of(found, image))))
-            for image in images
-        ]
+        verified = []
+        for image in images:
+            records = _records_of(found, image)
+            reader = ProcessImageReader(process, image)
+            compat = check_compatibility(package, reader, _applied_levels(records))
+            if package.unwind:  # the unwind rules must be registrable too (refused here as apply would)
+                lower = [f.record for f in records if f.record and f.record.package_id == compat.superseded]
+                old = lower[0] if lower else None
+                registered = _registered(records, old, package)
+                current = (registered.map_end, registered.eh_frame) if registered is not None else None
+                find_unwind_target(process, image, current)
+            verified.append(ImageVerified(image, compat))
+        return verified
 
 
 def _applied_levels(records: list[FoundRecord]) -> list[AppliedLevel]:
@@ -206,8 +217,15 @@ def _apply_to_image(
     compat = check_compatibility(package, ProcessImageReader(process, image), _applied_levels(records))
     old = next((f.record for f in records if f.record and f.record.package_id == compat.superseded), None)
 
+    # Unwind rules: proven registrable (or refused) before anything changes.
+    registered = _registered(records, old, package)
+    target = None
+    if package.unwind or registered is not None:
+        current = (registered.map_end, registered.eh_frame) if registered is not None else None
+        target = find_unwind_target(process, image, current)
+
     # STEP 3: place the package while the process runs.
-    prepared = _prepare(process, package, image)
+    prepared = _prepare(process, package, image, target if package.unwind else None, old)
     try:
         # STEP 4: a safe moment — no thread in a replaced function, nor in the superseded level's code.
         functions, windows = replaced_ranges(package, image)
@@ -222,6 +240,17 @@ def _apply_to_image(
             _recheck_sites(process, prepared.relocated, old)
             if old is not None:
                 _carry_over(process, stopped, old, prepared.record)
+            # The unwinder finds the package's FDEs before any jump leads there (or, when a lower level
+            # registered some and this one has none, ld.so's record gets its startup words back).
+            if prepared.record.unwind is not None:
+                own = ((old.allocation.start, old.allocation.end),) if old is not None else ()
+                allocation = prepared.allocation
+                check_placement(process.maps(), image, allocation.start, allocation.end, own)
+                for address, word in prepared.record.unwind.applied_words():
+                    stopped.write(address, word)
+            elif registered is not None:
+                for address, word in registered.original_words():
+                    stopped.write(address, word)
             writes = _site_writes(prepared.relocated, old)
             method = write_sites(stopped, writes, switch_table(prepared.record), image)
             stopped.write(prepared.allocation.start + STATE_OFFSET, state_bytes(RecordState.APPLIED))
@@ -243,6 +272,21 @@ def _apply_to_image(
             warnings.append(f"could not free the memory of superseded package {old.package_id}: {exc}")
     superseded = old.package_id if old else None
     return ImageApplied(image, compat, prepared.record, pause, superseded, tuple(warnings), method)
+
+
+def _registered(
+    records: list[FoundRecord], old: PatchRecord | None, package: Package
+) -> UnwindRegistration | None:
+    """The unwind registration this apply replaces: the superseded level's. Another package's, when this
+    one has unwind rules too, is a refusal (one table would not list the other's FDEs)."""
+    for found in records if package.unwind else ():
+        record = found.record
+        if record is not None and record.unwind is not None and (old is None or record is not old):
+            raise RefusedError(
+                f"{REASON}: package {record.package_id} registered unwind rules for this image and this"
+                " package does not supersede it; revert it first"
+            )
+    return old.unwind if old is not None else None
 
 
 def _site_writes(relocated: RelocatedImage, old: PatchRecord | None) -> list[SiteWrite]:
@@ -291,7 +335,13 @@ def _page_up(value: int) -> int:
 
 
 def _record_for(
-    package: Package, image: RuntimeImage, allocation: Allocation, relocated: RelocatedImage, record_size: int
+    package: Package,
+    image: RuntimeImage,
+    allocation: Allocation,
+    relocated: RelocatedImage,
+    record_size: int,
+    unwind: UnwindRegistration | None = None,
+    index: tuple[int, int] | None = None,
 ) -> PatchRecord:
     """The record of this placement (any placement gives the same encoded size)."""
     p, layout = relocated.placement, relocated.placement.layout
@@ -313,46 +363,90 @@ def _record_for(
         areas=(
             ("record", allocation.start, allocation.start + record_size),
             ("code", p.code, p.code + layout.code_size),
-            ("rodata", p.rodata, p.rodata + layout.rodata_size),
+            ("rodata", p.rodata, p.read_only_end),
             ("data", p.data, p.end),
+            *((("unwind-index", *index),) if index is not None else ()),
         ),
         sites=tuple(
             SiteRecord(s.name, s.address, s.pre_image, s.jump, s.replacement) for s in relocated.patch_sites
         ),
         code=tuple(code),
         objects=objects,
+        unwind=unwind,
     )
 
 
-def _prepare(process: Process, package: Package, image: RuntimeImage) -> Prepared:
-    """Allocate near the image, relocate, write record, code and data, set protections; free on failure."""
+def _prepare(
+    process: Process,
+    package: Package,
+    image: RuntimeImage,
+    unwind: UnwindTarget | None = None,
+    old: PatchRecord | None = None,
+) -> Prepared:
+    """Allocate near the image, relocate, write record, code and data, set protections; free on failure.
+
+    With `unwind` (a package with unwind rules), the allocation lies above the image and ends with a
+    merged .eh_frame_hdr, which the switch registers in ld.so's record.
+    """
     resolver = ProcessImports(process, image)
     layout = area_layout(package, resolver)
     # The record's size does not depend on addresses: measure it on a dry placement at 0.
-    sizing = _record_for(package, image, Allocation(0, 0, ""), _dry_relocation(package, layout), 0)
+    dry_unwind = UnwindRegistration(0, 0, 0, 0, 0) if unwind is not None else None
+    dry_index = (0, 0) if unwind is not None else None
+    sizing = _record_for(
+        package, image, Allocation(0, 0, ""), _dry_relocation(package, layout), 0, dry_unwind, dry_index
+    )
     # The record, then room for the switch table (loader/switch.py) on the record's read-only pages.
     record_pages = _page_up(encoded_size(sizing)) + PAGE_SIZE
     size = _page_up(Placement.contiguous(record_pages, layout).end)
+    index_offset, index_size = size, 0
+    if unwind is not None:  # the merged search table, on read-only pages of its own at the end
+        index_size = HDR_PREFIX + 8 * (len(unwind.baseline.table) + count_fdes(package.unwind))
+        size += _page_up(index_size)
     # Unique per attempt: an allocation a killed loader left behind must never merge with this one
     # (/proc/PID/maps is grouped by name to find allocations).
     name = f"hpkg-{package.identity.package_id}-{image.start:x}-{secrets.token_hex(3)}"
     with process.stop_thread() as held, Injector(held) as injector:
-        allocation = alloc.allocate_near(injector, image, size, name)
+        allocation = alloc.allocate_near(injector, image, size, name, above=unwind is not None)
         try:
             placement = Placement.contiguous(allocation.start + record_pages, layout)
             relocated = relocate(package, placement, image.load_bias, resolver)
-            record = _record_for(package, image, allocation, relocated, record_pages)
+            registration, index, table = None, None, b""
+            if unwind is not None:
+                own = ((old.allocation.start, old.allocation.end),) if old is not None else ()
+                check_placement(process.maps(), image, allocation.start, allocation.end, own)
+                index = (allocation.start + index_offset, allocation.start + index_offset + index_size)
+                table = _search_table(unwind, relocated, index[0])
+                registration = UnwindRegistration(
+                    unwind.record_address, unwind.original_end, unwind.original_eh_frame,
+                    map_end=allocation.end, eh_frame=index[0],
+                )
+            record = _record_for(package, image, allocation, relocated, record_pages, registration, index)
             # The record first: from here on, whatever happens, the allocation says what it is.
             process.write(allocation.start, encode(record, RecordState.PREPARED))
             process.write(placement.code, relocated.code)
             process.write(placement.rodata, relocated.rodata)
+            process.write(placement.unwind, relocated.unwind)
             process.write(placement.data, relocated.data)
+            if index is not None:
+                process.write(index[0], table)
             _protect(injector, allocation, record)
         except BaseException:
             with contextlib.suppress(TargetError):
                 alloc.free(injector, allocation)
             raise
     return Prepared(allocation, relocated, record)
+
+
+def _search_table(unwind: UnwindTarget, relocated: RelocatedImage, address: int) -> bytes:
+    """The merged .eh_frame_hdr at `address`: the program's table plus the package's relocated FDEs."""
+    placement = relocated.placement
+    code = (placement.code, placement.code + placement.layout.code_size)
+    try:
+        extra = package_fdes(relocated.unwind, placement.unwind, code)
+        return merged_eh_frame_hdr(unwind.baseline, extra, address)
+    except UnwindTableError as exc:
+        raise RefusedError(f"{REASON}: {exc}") from None
 
 
 def _dry_relocation(package: Package, layout: AreaLayout) -> RelocatedImage:
@@ -367,7 +461,7 @@ def _dry_relocation(package: Package, layout: AreaLayout) -> RelocatedImage:
 def _protect(injector: Injector, allocation: Allocation, record: PatchRecord) -> None:
     """Final protections: record r--, code r-x, rodata r--, data and bss rw-."""
     rw, rx = PROT_READ | PROT_WRITE, PROT_READ | PROT_EXEC
-    prot = {"record": PROT_READ, "code": rx, "rodata": PROT_READ, "data": rw}
+    prot = {"record": PROT_READ, "code": rx, "rodata": PROT_READ, "data": rw, "unwind-index": PROT_READ}
     for name, start, end in record.areas:
         start_page = start & ~(PAGE_SIZE - 1)
         length = _page_up(end) - start_page

@@ -32,6 +32,7 @@ from pathlib import Path
 from hpkg.errors import ImageError, RefusedError, TargetError
 from hpkg.loader.elf_dynamic import DynamicLinking, dynamic_linking
 from hpkg.loader.relocate import Placement, RelocatedImage
+from hpkg.loader.unwind_table import UnwindTableError, merged_eh_frame_hdr, package_fdes, read_eh_frame_hdr
 
 _EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
 _PHDR = struct.Struct("<IIQQQQQQ")
@@ -41,6 +42,7 @@ ELF_MAGIC = b"\x7fELF"
 ELFCLASS64, ELFDATA2LSB, EM_X86_64 = 2, 1, 62
 ET_EXEC, ET_DYN = 2, 3
 PT_LOAD, PT_DYNAMIC, PT_NOTE, PT_PHDR = 1, 2, 4, 6
+PT_GNU_EH_FRAME = 0x6474E550
 PF_X, PF_W, PF_R = 1, 2, 4
 PN_XNUM = 0xFFFF
 SHN_LORESERVE = 0xFF00
@@ -202,8 +204,8 @@ class NewSegments:
     code_base: int  # where the package code starts (Placement.contiguous from here)
 
 
-# New PT_LOADs at most: program headers, code, rodata, data+bss, relocation table.
-MAX_NEW_SEGMENTS = 5
+# New PT_LOADs at most: program headers, code, rodata+unwind, data+bss, relocation table, .eh_frame_hdr.
+MAX_NEW_SEGMENTS = 6
 
 
 def plan_segments(elf: ElfFile) -> NewSegments:
@@ -251,15 +253,21 @@ def write_patched(
         return ProgramHeader(PT_LOAD, flags, start - delta, start, start, filesz, memsz, PAGE_SIZE)
 
     package_loads = [load(PF_R | PF_X, placement.code, layout.code_size)]
-    if layout.rodata_size:
+    if layout.rodata_size or layout.unwind_size:
         # The dynamic linker can only write relocated pointers into writable pages.
         flags = PF_R | PF_W if linking.writes_rodata else PF_R
-        package_loads.append(load(flags, placement.rodata, layout.rodata_size))
+        package_loads.append(load(flags, placement.rodata, placement.read_only_end - placement.rodata))
     if layout.data_size or layout.bss_size:
         memsz = placement.end - placement.data  # data, then bss zero-filled by the loader
         package_loads.append(load(PF_R | PF_W, placement.data, layout.data_size, memsz))
     if linking.tables:
         package_loads.append(load(PF_R, tables_address, len(linking.tables)))
+    # The package's FDEs: a new .eh_frame_hdr covering the baseline's and the package's, in its own
+    # segment at the end (inside the object's mapped range, where _dl_find_object looks).
+    hdr_address, hdr, eh_frame = _page_up(tables_address + len(linking.tables)), b"", None
+    if layout.unwind_size:
+        eh_frame, hdr = _merged_hdr(elf, relocated, hdr_address)
+        package_loads.append(load(PF_R, hdr_address, len(hdr)))
     phnum = elf.phnum + 1 + len(package_loads)
     phdr_size = phnum * _PHDR.size
     new_loads = [load(PF_R, segments.phdr, phdr_size), *package_loads]
@@ -269,6 +277,9 @@ def write_patched(
         ProgramHeader(PT_PHDR, p.flags, segments.phdr - delta, segments.phdr, segments.phdr, phdr_size,
                       phdr_size, p.align)
         if p.type == PT_PHDR
+        else ProgramHeader(p.type, p.flags, hdr_address - delta, hdr_address, hdr_address, len(hdr), len(hdr),
+                           p.align)
+        if p.type == PT_GNU_EH_FRAME and hdr
         else p
         for p in elf.program_headers
     ]
@@ -287,7 +298,10 @@ def write_patched(
         (placement.rodata, relocated.rodata),
         (placement.data, relocated.data),
         (tables_address, linking.tables),
+        (placement.unwind, relocated.unwind),
+        (hdr_address, hdr),
     ]
+    parts.sort(key=lambda part: part[0])
     for address, blob in parts:
         if blob:
             offset = address - delta
@@ -301,6 +315,7 @@ def write_patched(
         (".hpkg.rodata", SHT_PROGBITS, SHF_ALLOC, placement.rodata, layout.rodata_size, 8),
         (".hpkg.data", SHT_PROGBITS, SHF_ALLOC | SHF_WRITE, placement.data, layout.data_size, 8),
         (".hpkg.bss", SHT_NOBITS, SHF_ALLOC | SHF_WRITE, placement.bss, layout.bss_size, 16),
+        (".hpkg.eh_frame", SHT_PROGBITS, SHF_ALLOC, placement.unwind, layout.unwind_size, 8),
     ]
     new = [(*s[:4], s[3] - delta, *s[4:]) for s in sections if s[4]]
     if record:
@@ -308,9 +323,29 @@ def write_patched(
         image += record
     # The dynamic tables that moved keep their sections (.rela.dyn, .dynsym, …), pointed at the copies.
     moved = {old: (address, address - delta, size) for old, (address, size) in linking.moved.items()}
+    if eh_frame is not None:
+        moved[eh_frame.vaddr] = (hdr_address, hdr_address - delta, len(hdr))  # .eh_frame_hdr
     _add_section_headers(elf, image, new, moved)
     _write_atomically(Path(out), bytes(image), stat.S_IMODE(os.stat(elf.path).st_mode))
     return linking
+
+
+def _merged_hdr(elf: ElfFile, relocated: RelocatedImage, address: int) -> tuple[ProgramHeader, bytes]:
+    """The baseline's PT_GNU_EH_FRAME and a merged .eh_frame_hdr at `address` covering the package FDEs."""
+    placement = relocated.placement
+    found = [p for p in elf.program_headers if p.type == PT_GNU_EH_FRAME]
+    if len(found) != 1:
+        raise RefusedError(
+            f"unwind-registration-unsupported: {elf.path} has {len(found)} PT_GNU_EH_FRAME headers, so the"
+            " package's unwind rules cannot be registered"
+        )
+    try:
+        baseline = read_eh_frame_hdr(elf.read(found[0].vaddr, found[0].filesz), found[0].vaddr)
+        code = (placement.code, placement.code + placement.layout.code_size)
+        extra = package_fdes(relocated.unwind, placement.unwind, code)
+        return found[0], merged_eh_frame_hdr(baseline, extra, address)
+    except UnwindTableError as exc:
+        raise RefusedError(f"unwind-registration-unsupported: {elf.path}: {exc}") from None
 
 
 NewSection = tuple[str, int, int, int, int, int, int]  # name, type, flags, address, offset, size, alignment

@@ -65,12 +65,52 @@ _libc.process_vm_readv.argtypes = [
 ]
 
 
+# /proc/PID/stat field 9 (flags): PF_KTHREAD marks a kernel thread, which maps no program to patch.
+PF_KTHREAD = 0x00200000
+
+
+def _any_thread_alive(pid: int) -> bool:
+    """Whether some thread of the process is neither a zombie nor dead."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return False
+    return any(procfs.thread_state(pid, int(tid)) not in ("", "Z", "X") for tid in tids)
+
+
+def _refuse_non_program(pid: int) -> None:
+    """TargetError unless `pid` is the main thread of a live user-space process.
+
+    /proc/TID exists for every thread id too (hidden from listings), and a kernel thread or a zombie has
+    no mappings: each of them would otherwise read as "runs another build" or "nothing applied".
+    """
+    status = procfs.thread_status(pid, pid)
+    if not status:
+        raise TargetError(f"no such process: {pid}")
+    tgid = status.get("Tgid", str(pid)).strip()
+    if tgid != str(pid):
+        raise TargetError(f"{pid} is a thread of process {tgid}; give --pid {tgid}")
+    if status.get("State", " ")[:1] in ("Z", "X") and not _any_thread_alive(pid):
+        # The main thread alone may be a zombie (it called pthread_exit) while the others run on.
+        raise TargetError(f"process {pid} has exited (a zombie its parent has not reaped)")
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as stat:
+            text = stat.read()
+    except OSError:
+        raise TargetError(f"no such process: {pid}") from None
+    # The command name (field 2) may contain spaces and parentheses: split after its last ")".
+    flags = int(text[text.rindex(")") + 2 :].split()[6])
+    if flags & PF_KTHREAD:
+        raise TargetError(f"process {pid} is a kernel thread: it runs no program to patch")
+
+
 class Process:
     """A live process addressed by pid: read/write memory, list mappings, threads and images."""
 
     def __init__(self, pid: int) -> None:
         if pid <= 0 or not os.path.isdir(f"/proc/{pid}/task"):
             raise TargetError(f"no such process: {pid}")
+        _refuse_non_program(pid)
         self.pid = pid
         self.start_time = procfs.start_time(pid)
         self._mem_fd: int | None = None

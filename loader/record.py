@@ -23,8 +23,9 @@ the package id, patch level and the id it supersedes, the baseline build-id, the
 load bias, the allocation and its areas, every patch site (runtime address, pre-image, jump,
 replacement), the runtime range of every function of the package's code (the new code that
 `revert` must find no thread inside) and of every new variable (carried over to a superseding
-level). Addresses are fixed-width hex strings, so the body's size is known before the allocation's
-address is.
+level), and, for a package with unwind rules, ld.so's `_dlfo_main` record address with its map_end
+and eh_frame words before and after (loader/live_unwind.py). Addresses are fixed-width hex strings,
+so the body's size is known before the allocation's address is.
 """
 
 from __future__ import annotations
@@ -75,6 +76,39 @@ class CodeRecord:
 
 
 @dataclass(frozen=True)
+class UnwindRegistration:
+    """ld.so's `_dlfo_main` record of a process: where it is, and its two words before and after."""
+
+    address: int  # of the record in ld.so's data
+    original_end: int
+    original_eh_frame: int
+    map_end: int
+    eh_frame: int
+
+    @property
+    def map_end_address(self) -> int:
+        return self.address + 8
+
+    @property
+    def eh_frame_address(self) -> int:
+        return self.address + 24
+
+    def applied_words(self) -> list[tuple[int, bytes]]:
+        """The (address, bytes) writes that register the package's header."""
+        return [(self.eh_frame_address, _q(self.eh_frame)), (self.map_end_address, _q(self.map_end))]
+
+    def original_words(self) -> list[tuple[int, bytes]]:
+        """The writes that put ld.so's record back as it was at startup."""
+        return [
+            (self.eh_frame_address, _q(self.original_eh_frame)), (self.map_end_address, _q(self.original_end))
+        ]
+
+
+def _q(value: int) -> bytes:
+    return struct.pack("<Q", value)
+
+
+@dataclass(frozen=True)
 class PatchRecord:
     """Everything one applied package changed in one image of a process."""
 
@@ -89,6 +123,7 @@ class PatchRecord:
     sites: tuple[SiteRecord, ...]
     code: tuple[CodeRecord, ...]
     objects: tuple[CodeRecord, ...] = ()  # the package's new variables: (name, start, end) in rodata/data/bss
+    unwind: UnwindRegistration | None = None  # ld.so's record changed so the unwinder finds package FDEs
 
     def to_body(self) -> bytes:
         """The canonical JSON body, addresses as fixed-width hex so the size does not depend on them."""
@@ -110,6 +145,10 @@ class PatchRecord:
             "code": [[c.function, _hex(c.start), _hex(c.end)] for c in self.code],
             "objects": [[o.function, _hex(o.start), _hex(o.end)] for o in self.objects],
         }
+        if self.unwind is not None:  # only then: records of packages without unwind rules are unchanged
+            u = self.unwind
+            words = (u.address, u.original_end, u.original_eh_frame, u.map_end, u.eh_frame)
+            document["unwind"] = [_hex(w) for w in words]
         return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
 
     @classmethod
@@ -133,6 +172,7 @@ class PatchRecord:
             ),
             code=tuple(CodeRecord(str(n), int(s, 16), int(e, 16)) for n, s, e in d["code"]),
             objects=tuple(CodeRecord(str(n), int(s, 16), int(e, 16)) for n, s, e in d["objects"]),
+            unwind=UnwindRegistration(*(int(v, 16) for v in d["unwind"])) if "unwind" in d else None,
         )
 
     def area(self, name: str) -> tuple[int, int]:

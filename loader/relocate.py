@@ -39,6 +39,7 @@ PAGE_SIZE = 4096
 CODE_ALIGN = 16
 STUB_SLOT = 16  # one absolute stub (14 bytes) padded with int3 to keep the next one aligned
 GOT_SLOT = 8
+UNWIND_ALIGN = 8  # .eh_frame records are 4-aligned; 8 keeps the copy's LSDA alignment too
 INT3 = 0xCC
 JMP_REL32_SIZE = 5
 
@@ -79,18 +80,21 @@ class Area(Enum):
     RODATA = "rodata"
     DATA = "data"
     BSS = "bss"
+    UNWIND = "unwind"  # the package's CIEs, FDEs and LSDAs, read-only, right after rodata
 
 
 _AREA_OF_SECTION = {
     PackageSection.CODE: Area.CODE,
     PackageSection.RODATA: Area.RODATA,
     PackageSection.DATA: Area.DATA,
+    PackageSection.UNWIND: Area.UNWIND,
 }
 _AREA_OF_SPACE = {
     TargetSpace.CODE: Area.CODE,
     TargetSpace.RODATA: Area.RODATA,
     TargetSpace.DATA: Area.DATA,
     TargetSpace.BSS: Area.BSS,
+    TargetSpace.UNWIND: Area.UNWIND,
 }
 
 
@@ -126,6 +130,7 @@ class AreaLayout:
     got_offset: int
     got_targets: tuple[tuple[TargetSpace, int], ...]  # (space, target) held by each slot, in order
     bss_size: int
+    unwind_size: int = 0
 
 
 @dataclass(frozen=True)
@@ -137,17 +142,30 @@ class Placement:
     data: int
     bss: int
     layout: AreaLayout
+    unwind: int = 0  # after rodata, on the same read-only pages
 
     @classmethod
     def contiguous(cls, base: int, layout: AreaLayout, page_size: int = PAGE_SIZE) -> Placement:
-        """Code at `base`, rodata and data each on their own next pages (own protections), bss after data."""
+        """Code at `base`, rodata (then unwind) and data each on their own next pages (own protections),
+        bss after data."""
         rodata = _align(base + layout.code_size, page_size)
-        data = _align(rodata + layout.rodata_size, page_size)
+        unwind = _align(rodata + layout.rodata_size, UNWIND_ALIGN)
+        data = _align(unwind + layout.unwind_size, page_size)
         bss = _align(data + layout.data_size, CODE_ALIGN)
-        return cls(code=base, rodata=rodata, data=data, bss=bss, layout=layout)
+        return cls(code=base, rodata=rodata, data=data, bss=bss, layout=layout, unwind=unwind)
+
+    @property
+    def read_only_end(self) -> int:
+        """First address after rodata and unwind (the read-only pages)."""
+        if self.layout.unwind_size:
+            return self.unwind + self.layout.unwind_size
+        return self.rodata + self.layout.rodata_size
 
     def base(self, area: Area) -> int:
-        bases = {Area.CODE: self.code, Area.RODATA: self.rodata, Area.DATA: self.data, Area.BSS: self.bss}
+        bases = {
+            Area.CODE: self.code, Area.RODATA: self.rodata, Area.DATA: self.data, Area.BSS: self.bss,
+            Area.UNWIND: self.unwind,
+        }
         return bases[area]
 
     @property
@@ -207,9 +225,11 @@ class RelocatedImage:
     relaxed: int  # GOTPCRELX loads rewritten to lea (no slot needed)
 
     load_time_bindings: tuple[LoadTimeBinding, ...] = ()
+    unwind: bytes = b""
 
     def area_bytes(self, area: Area) -> bytes:
-        return {Area.CODE: self.code, Area.RODATA: self.rodata, Area.DATA: self.data, Area.BSS: b""}[area]
+        areas = {Area.CODE: self.code, Area.RODATA: self.rodata, Area.DATA: self.data, Area.BSS: b""}
+        return self.unwind if area is Area.UNWIND else areas[area]
 
 
 def _align(value: int, alignment: int) -> int:
@@ -275,6 +295,7 @@ def area_layout(package: Package, resolve_import: ImportResolver) -> AreaLayout:
         got_offset=got_offset,
         got_targets=tuple(got_targets),
         bss_size=package.bss_size,
+        unwind_size=len(package.unwind),
     )
 
 
@@ -332,6 +353,7 @@ def relocate(
         Area.CODE: bytearray(package.code.ljust(layout.code_size, bytes([INT3]))),
         Area.RODATA: bytearray(package.rodata),
         Area.DATA: bytearray(package.data.ljust(layout.data_size, b"\0")),
+        Area.UNWIND: bytearray(package.unwind),
     }
     problems: list[str] = []
     absolute: list[AbsoluteField] = []
@@ -466,6 +488,7 @@ def relocate(
         stubs_used=tuple(dict.fromkeys(stubs_used)),
         relaxed=relaxed,
         load_time_bindings=tuple(bindings),
+        unwind=bytes(areas[Area.UNWIND]),
     )
 
 

@@ -143,6 +143,28 @@ def _sites_to_restore(process: Process, stack: list[PatchRecord]) -> list[SiteRe
     return sorted(restore.values(), key=lambda s: s.address)
 
 
+def _unwind_restores(process: Process, stack: list[PatchRecord]) -> list[tuple[int, bytes]]:
+    """The writes that give ld.so's `_dlfo_main` its startup words back, when a level of the stack
+    registered unwind rules and they are still in force; a record someone else changed is refused."""
+    for record in reversed(stack):
+        registration = record.unwind
+        if registration is None:
+            continue
+        words = (
+            process.read(registration.map_end_address, 8), process.read(registration.eh_frame_address, 8)
+        )
+        applied = dict(registration.applied_words())
+        original = dict(registration.original_words())
+        if words == (applied[registration.map_end_address], applied[registration.eh_frame_address]):
+            return registration.original_words()
+        if words != (original[registration.map_end_address], original[registration.eh_frame_address]):
+            raise IncompatibleTarget(
+                f"ld.so's record of {record.image_path} holds neither the unwind registration of package"
+                f" {record.package_id} nor the startup values (changed by another); nothing reverted"
+            )
+    return []
+
+
 def _revert_stack(process: Process, stack: list[PatchRecord], timeout: float) -> ImageReverted:
     top = stack[-1]
     restore = _sites_to_restore(process, stack)
@@ -163,6 +185,9 @@ def _revert_stack(process: Process, stack: list[PatchRecord], timeout: float) ->
         # stopped (an exception undoes it).
         if _sites_to_restore(process, stack) != restore:
             raise IncompatibleTarget("patch sites changed while hpkg waited for a safe moment; none reverted")
+        # ld.so's record first: the unwinder stops looking in the package before its code goes away.
+        for address, word in _unwind_restores(process, stack):
+            stopped.write(address, word)
         writes = [SiteWrite(s.address, s.pre_image) for s in restore]
         method = write_sites(stopped, writes, switch_table(top), image)
         for site in restore:

@@ -19,19 +19,12 @@ import pytest
 from apply_file_helpers import Keys, Packages, answers, mirror, run_hpkg
 from sample_corpus import Sample, load_samples
 
-# Known gap, not a test to skip: the .hpkg format carries no unwind information (CFI) for package
-# code, so a C++ exception thrown through a replaced function would find no FDE and end in
-# std::terminate, in a patched file as in a live process; `hpkg build` now refuses the package
-# (unwind-info-missing) although sample.toml calls it patchable.
-NO_UNWIND_INFO = {"17-cpp-virtual"}
-
 CASES = [
     pytest.param(sample, flavour, id=f"{sample.name}-{flavour}")
     for sample in load_samples()
     for flavour in sample.flavours
     if flavour in ("ready", "stripped")
     and sample.expectations[flavour].verdict == "patchable"
-    and sample.name not in NO_UNWIND_INFO
 ]
 
 

@@ -136,9 +136,10 @@ class Relocated:
         self.package = package
         self.at = Placement.after(baseline.end, package)
         self.sections = {"CODE": bytearray(package.code), "RODATA": bytearray(package.rodata),
-                         "DATA": bytearray(package.data)}
+                         "DATA": bytearray(package.data), "UNWIND": bytearray(package.unwind)}
         at = self.at
-        self.bases = {"CODE": at.code, "RODATA": at.rodata, "DATA": at.data, "BSS": at.bss}
+        self.bases = {"CODE": at.code, "RODATA": at.rodata, "DATA": at.data, "BSS": at.bss,
+                      "UNWIND": at.slots + 16 * PAGE}
         self.slots: dict[int, int] = {}  # slot address → the address it holds
         for r in package.relocations:
             self._apply(r)

@@ -8,6 +8,8 @@ import re
 import pytest
 from build_support import PROGRAMS, readelf_build_id, run_hpkg, symbol_address
 
+from hpkg.formats import PackageSection, TargetSpace, read_package
+
 
 def _reasons(stderr: str) -> dict[str, str]:
     """Reason lines (`  - code: message`) of a refusal, by the name each one quotes."""
@@ -160,16 +162,39 @@ def test_a_function_shorter_than_the_jump_borrows_its_padding(compiler, tmp_path
     assert site["baseline_sha256"] == hashlib.sha256(pre_image).hexdigest()
 
 
-def test_cxx_code_without_unwind_rules_is_refused_until_allowed(samples, tmp_path):
-    """An exception thrown through a replacement finds no .eh_frame rules there: the process would
-    terminate (seen with the loader's file patch of this sample), so the build says so first."""
+def test_cxx_package_carries_the_unwind_rules_of_its_functions(samples, tmp_path):
+    """An exception thrown through a replacement needs .eh_frame rules there: the package carries the
+    fix's CIEs, FDEs and LSDAs for its functions (format 1.1), so no override is needed."""
     sample = samples["17-cpp-virtual"]
     old, new = sample.binary("baseline", "ready"), sample.binary("fixed", "ready")
+    built = run_hpkg("build", old, new, "-o", tmp_path / "p.hpkg")
+    assert built.code == 0, built.err
+    loaded = read_package((tmp_path / "p.hpkg").read_bytes())
+    package = loaded.package
+    assert loaded.format_version == (1, 1)
+    assert package.allowed_overrides == ()
+    unwind = [r for r in package.relocations if r.section is PackageSection.UNWIND]
+    code = {r.target for r in unwind if r.space is TargetSpace.CODE}
+    process = "_ZN6Upload7processERKNSt7__cxx1112basic_stringIcSt11char_traitsIcESaIcEEE"
+    offsets = {f.name: f.code_offset for f in package.functions}
+    # pc_begin of each replaced function's FDE (and of the added to_string) points at its package copy
+    assert {offsets[process], offsets[process + ".cold"]} < code
+    # both methods have LSDAs (landing pads for their cleanups), copied into the section
+    assert sum(r.space is TargetSpace.UNWIND for r in unwind) == 2
+    # the personality pointer goes through the baseline's own DW.ref.__gxx_personality_v0 slot
+    personality = symbol_address(old, "DW.ref.__gxx_personality_v0")
+    assert any(r.space is TargetSpace.BASELINE and r.target == personality for r in unwind)
+
+
+def test_functions_whose_unwind_rules_cannot_be_carried_are_refused_until_allowed(compiler, tmp_path):
+    """-fexceptions C with a cleanup (a personality routine) and a changed function in assembly without
+    CFI: the fix has no FDE for it, so an exception through it would terminate the process."""
+    source = (PROGRAMS / "uncarried_unwind.c").read_text()
+    old, new = compiler.pair("uncarried_unwind", source, ("-fexceptions",))
     refused = run_hpkg("build", old, new, "-o", tmp_path / "p.hpkg")
     assert refused.code == 4
-    process = "_ZN6Upload7processERKNSt7__cxx1112basic_stringIcSt11char_traitsIcESaIcEEE"
-    assert _reasons(refused.err)[process] == "unwind-info-missing"
-    assert _reasons(refused.err)[process + ".cold"] == "unwind-info-missing"
+    assert _reasons(refused.err) == {"scale": "unwind-info-missing"}
+    assert "the fix has no FDE for it" in refused.err
     built = run_hpkg("build", old, new, "-o", tmp_path / "p.hpkg", "--allow", "unwind-info-missing")
     assert built.code == 0, built.err
     doc = run_hpkg("inspect", tmp_path / "p.hpkg", "--json").json()

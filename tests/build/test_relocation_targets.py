@@ -33,9 +33,7 @@ def test_every_relocated_reference_designates_what_the_fix_refers_to(name, flavo
         "--old-debug", sample.symbols_twin("baseline", flavour),
         "--new-debug", sample.symbols_twin("fixed", flavour),
     )
-    # C++: exceptions cannot pass through package code (no unwind rules); accepted here, checked below.
-    allow = ("--allow", "unwind-info-missing") if sample.language == "c++" else ()
-    result = run_hpkg("build", old, new, "-o", tmp_path / "p.hpkg", *debug, *allow)
+    result = run_hpkg("build", old, new, "-o", tmp_path / "p.hpkg", *debug)
     assert result.code == 0, result.err
     package = read_package((tmp_path / "p.hpkg").read_bytes()).package
     old_facts = ElfFacts.read(old, sample.symbols_twin("baseline", flavour))

@@ -17,7 +17,7 @@ from package_crafting import assemble, flip, manifest_json, split, with_sections
 from hpkg.errors import PackageError, VerifyError
 from hpkg.formats import Package, limits, read_package, read_package_file, verify_signature, write_package
 from hpkg.formats.dictionary import MANIFEST_DICTIONARY, manifest_dictionary
-from hpkg.formats.header import HEADER_SIZE
+from hpkg.formats.header import FORMAT_MINOR, HEADER_SIZE
 from hpkg.formats.manifest import SECTION_NAMES
 from hpkg.formats.package import MAX_FILE_SIZE
 
@@ -192,11 +192,11 @@ def test_inconsistent_manifest_is_refused(unsigned: bytes, edit, message: str) -
 
 def test_newer_minor_version_with_unknown_fields_is_read_and_reports_them(unsigned: bytes) -> None:
     fields, document, frame, _ = split(unsigned)
-    fields[2] = 1
+    fields[2] = FORMAT_MINOR + 1
     document["future"] = {"hint": 1}
     document["target"]["loader_hint"] = "x"
     loaded = read_package(assemble(fields, document, frame))
-    assert loaded.format_version == (1, 1)
+    assert loaded.format_version == (1, FORMAT_MINOR + 1)
     assert loaded.ignored_fields == ("target.loader_hint", "future")
     # A newer minor must still carry every field this reader needs.
     del document["target"]["build_id"]

@@ -18,10 +18,6 @@ from sample_corpus import Conversation, load_samples  # noqa: E402
 # (reported to the builder and format owners; see /tmp/requests/builder.md):
 KNOWN_GAPS = {
     ("15-ipa-ra-main-loop", "ready"): "the builder puts the never-returning main into the package",
-    # And even without main: the package carries no unwind info for its code, so the fix's exception,
-    # thrown inside replacement code, finds no FDE and aborts the process.
-    ("17-cpp-virtual", "ready"): "the builder puts main into the package; no unwind info for package code",
-    ("17-cpp-virtual", "stripped"): "the builder puts main into the package; no unwind info for package code",
 }
 
 
