@@ -15,7 +15,7 @@ deps:
 # The tests also compare hpkg with the delta tools a user would ship instead, and map
 # source patches to functions with ctags.
 test-deps: deps
-	@scripts/ensure-debian-packages.sh bsdiff xdelta3 zstd universal-ctags libxml2-dev
+	@scripts/ensure-debian-packages.sh bsdiff xdelta3 zstd universal-ctags libxml2-dev gdb gcc-aarch64-linux-gnu
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -6,11 +6,15 @@ import importlib
 import os
 import sys
 
-import click
+try:  # Ctrl-C during start-up (imports take most of it) is one line, not an import traceback.
+    import click
 
-from hpkg import __version__
-from hpkg.cli.app import Application
-from hpkg.errors import EXIT_INTERNAL, EXIT_USAGE, HpkgError
+    from hpkg import __version__
+    from hpkg.cli.app import Application
+    from hpkg.errors import EXIT_INTERNAL, EXIT_USAGE, HpkgError
+except KeyboardInterrupt:
+    sys.stderr.write("error: interrupted\n")
+    sys.exit(1)
 
 # One module per command under hpkg/cli/, each exposing `command` (a click.Command).
 COMMAND_MODULES: tuple[str, ...] = (
@@ -31,8 +35,13 @@ def cli(ctx: click.Context, quiet: bool) -> None:
     ctx.obj = Application(quiet=quiet)
 
 
-for _name in COMMAND_MODULES:
-    cli.add_command(importlib.import_module(f"hpkg.cli.{_name}").command)
+try:
+    for _name in COMMAND_MODULES:
+        cli.add_command(importlib.import_module(f"hpkg.cli.{_name}").command)
+except KeyboardInterrupt:
+    # Ctrl-C while the command modules load (most of start-up): nothing has been touched yet.
+    click.echo("error: interrupted", err=True)
+    sys.exit(EXIT_INTERNAL)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,13 +3,30 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import click
 
-from hpkg.errors import HpkgError, RefusedError
+from hpkg.errors import EXIT_OK, HpkgError, RefusedError, TargetError
+
+
+def _echo_result(text: str) -> None:
+    """Write one result line to stdout; a reader that went away ends the run quietly, a full disk is one
+    `error:` line (exit 6), neither a traceback."""
+    try:
+        click.echo(text)
+    except BrokenPipeError:
+        # `hpkg … | head`: the reader has all it wanted. Point stdout at /dev/null so that the
+        # interpreter's final flush does not fail again, and stop as `head` would have us stop.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        sys.exit(EXIT_OK)
+    except OSError as exc:
+        raise TargetError(f"cannot write to standard output: {exc.strerror or exc}") from None
 
 
 @dataclass
@@ -20,11 +37,11 @@ class Application:
 
     def display(self, text: str = "") -> None:
         """Write results to stdout."""
-        click.echo(text)
+        _echo_result(text)
 
     def display_json(self, document: Any) -> None:
         """Write one JSON document to stdout (for `--json`)."""
-        click.echo(json.dumps(document, indent=2, sort_keys=False))
+        _echo_result(json.dumps(document, indent=2, sort_keys=False))
 
     def info(self, text: str) -> None:
         """A progress or context message on stderr, hidden by --quiet."""

@@ -16,23 +16,24 @@ from typing import TYPE_CHECKING
 import click
 
 from hpkg.cli.app import Application
+from hpkg.cli.paths import BINARY, KEY, PACKAGE, PID, TIMEOUT, OutputFile, refuse_output_onto_input
 
 if TYPE_CHECKING:
     from hpkg.loader.trust import TrustedPackage
 
 
 @click.command("apply")
-@click.argument("package", type=click.Path(dir_okay=False))
+@click.argument("package", type=PACKAGE)
 @click.option(
-    "--file", "binary", type=click.Path(dir_okay=False), help="Baseline ELF file to patch (into a copy)."
+    "--file", "binary", type=BINARY, help="Baseline ELF file to patch (into a copy)."
 )
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Where --file writes the patched copy.")
-@click.option("--pid", type=int, help="Running process to patch live.")
+@click.option("-o", "--output", type=OutputFile(), help="Where --file writes the patched copy.")
+@click.option("--pid", type=PID, help="Running process to patch live.")
 @click.option(
-    "--timeout", type=click.FloatRange(0.0, 3600.0), default=5.0, show_default=True,
+    "--timeout", type=TIMEOUT, default=5.0, show_default=True,
     help="With --pid: seconds to wait for a moment no thread is inside a replaced function.",
 )
-@click.option("--key", type=click.Path(dir_okay=False), help="Public key the package must be signed by.")
+@click.option("--key", type=KEY, help="Public key the package must be signed by.")
 @click.option("--allow-unsigned", is_flag=True, help="Apply without requiring a valid signature.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @click.pass_obj
@@ -51,7 +52,8 @@ def command(
     --pid, switch a running process to the fix (all threads stopped only for the safety check and the
     switch; the pause is reported).
 
-    Exit codes: 0 applied, 2 usage, 3 invalid, tampered or unsigned package, or unreadable binary,
+    Exit codes: 0 applied, 2 usage (also -o naming an input or a device), 3 invalid, tampered or
+    unsigned package, or unreadable binary,
     4 refused (another build, patch sites changed, a symbol the file cannot provide, a lower level, a
     thread inside a replaced function), 6 OUT not writable, or no such process / permission denied.
     """
@@ -68,6 +70,7 @@ def command(
         return
     if output is None:
         raise click.UsageError("--file needs -o OUT, where the patched copy is written")
+    refuse_output_onto_input(output, {"the baseline --file": binary, "the package": package, "the key": key})
 
     from hpkg.loader.trust import open_package
 

@@ -1,13 +1,15 @@
 """`hpkg build OLD NEW -o OUT.hpkg`: a hotpatch package from baseline OLD to fix NEW, or every reason not.
 
-Exit codes: 0 built, 2 usage (also a reason --allow cannot override), 3 unreadable binary or key,
-4 not hot-patchable (one line per reason on stderr), 5 nothing to patch, 6 output not writable.
+Exit codes: 0 built, 2 usage (also a reason --allow cannot override, or -o naming an input, a device or
+a FIFO), 3 unreadable binary or key, 4 not hot-patchable (one line per reason on stderr), 5 nothing to
+patch, 6 output not writable.
 Overridable reasons (`--allow`): see hpkg.builder.verdict.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,10 @@ import click
 
 from hpkg.builder.verdict import OVERRIDABLE
 from hpkg.cli.app import Application
+from hpkg.cli.paths import BINARY, KEY, OutputFile, refuse_output_onto_input
+
+# A package id is the hex of 16 bytes (hpkg.builder.package.package_id).
+_PACKAGE_ID = re.compile(r"[0-9a-fA-F]{32}")
 
 _ALLOW_HELP = (
     "Accept a refusal reason knowingly (repeatable); it is recorded in the package. Overridable: "
@@ -92,15 +98,31 @@ def _table(app: Application, result, output: str) -> None:
     app.display(f"wrote {output}: package {identity.package_id}, level {identity.patch_level}, {signed}")
 
 
+def _write_package(path: Path, blob: bytes) -> None:
+    """Write `blob` to `path` whole or not at all: a temporary file beside it, then rename over it.
+
+    A symlink is followed, so the file it names is replaced rather than the link; the temporary file
+    is removed when the write fails (a full disk, a vanished directory).
+    """
+    target = Path(os.path.realpath(path))
+    tmp = target.with_name(f".{target.name}.tmp")
+    try:
+        tmp.write_bytes(blob)
+        os.replace(tmp, target)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 @click.command("build")
-@click.argument("old", type=click.Path(dir_okay=False))
-@click.argument("new", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The .hpkg to write.")
-@click.option("--key", type=click.Path(dir_okay=False), help="Ed25519 private key to sign with (keygen).")
+@click.argument("old", type=BINARY)
+@click.argument("new", type=BINARY)
+@click.option("-o", "--output", required=True, type=OutputFile(), help="The .hpkg to write.")
+@click.option("--key", type=KEY, help="Ed25519 private key to sign with (keygen).")
 @click.option("--level", type=click.IntRange(1, 2**32 - 1), default=1, show_default=True, help="Patch level.")
 @click.option("--supersedes", metavar="ID", help="Package id of the lower level this one replaces.")
-@click.option("--old-debug", type=click.Path(dir_okay=False), help="Separate debug file for OLD (symbols).")
-@click.option("--new-debug", type=click.Path(dir_okay=False), help="Separate debug file for NEW (symbols).")
+@click.option("--old-debug", type=BINARY, help="Separate debug file for OLD (symbols).")
+@click.option("--new-debug", type=BINARY, help="Separate debug file for NEW (symbols).")
 @click.option("--allow", "allow", multiple=True, metavar="REASON", help=_ALLOW_HELP)
 @click.option("--include-line-only", is_flag=True, help="Also patch functions changed in line numbers only.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
@@ -134,6 +156,18 @@ def command(
         raise click.BadParameter(
             "a level-1 package supersedes nothing; give --level 2 or higher", param_hint="--supersedes"
         )
+    if supersedes is not None:
+        if not _PACKAGE_ID.fullmatch(supersedes):
+            raise click.BadParameter(
+                f"{supersedes!r} is not a package id (32 hex digits, as hpkg inspect shows)",
+                param_hint="--supersedes",
+            )
+        supersedes = supersedes.lower()
+    refuse_output_onto_input(
+        output,
+        {"the baseline OLD": old, "the fix NEW": new, "--old-debug": old_debug, "--new-debug": new_debug,
+         "the signing key": key},
+    )
     signing_key = load_private_key(key) if key else None
     options = PlanOptions(
         level=level, supersedes=supersedes, allow=allowed, include_line_only=include_line_only
@@ -146,11 +180,8 @@ def command(
             reasons = list(exc.reasons) if isinstance(exc, UnsupportedChange) else []
             app.display_json({"verdict": verdict, "message": str(exc), "reasons": reasons, "output": None})
         raise
-    path = Path(output)
     try:
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_bytes(result.blob)
-        os.replace(tmp, path)
+        _write_package(Path(output), result.blob)
     except OSError as exc:
         app.abort(f"cannot write {output}: {exc.strerror or exc}", EXIT_TARGET)
     for reason in result.plan.verdict.overridden:

@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from hpkg.cli.app import Application
+from hpkg.cli.paths import BINARY
 
 # Show a progress bar only when the diff has at least this many functions (and stderr is a terminal).
 PROGRESS_MIN_FUNCTIONS = 2000
@@ -94,12 +95,12 @@ def _function_diff(app: Application, result, name: str) -> None:
 
 
 @click.command("diff")
-@click.argument("old", type=click.Path(dir_okay=False))
-@click.argument("new", type=click.Path(dir_okay=False))
+@click.argument("old", type=BINARY)
+@click.argument("new", type=BINARY)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @click.option("--function", "function_name", metavar="NAME", help="Show this function's disassembly diff.")
-@click.option("--old-debug", type=click.Path(dir_okay=False), help="Separate debug file for OLD (symbols).")
-@click.option("--new-debug", type=click.Path(dir_okay=False), help="Separate debug file for NEW (symbols).")
+@click.option("--old-debug", type=BINARY, help="Separate debug file for OLD (symbols).")
+@click.option("--new-debug", type=BINARY, help="Separate debug file for NEW (symbols).")
 @click.pass_obj
 def command(
     app: Application,

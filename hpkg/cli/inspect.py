@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from hpkg.cli.app import Application
+from hpkg.cli.paths import PACKAGE
 
 if TYPE_CHECKING:  # the formats package pulls in zstandard and cryptography: only load it when run
     from hpkg.formats.model import LoadedPackage
@@ -89,7 +90,7 @@ def inspect_lines(loaded: LoadedPackage) -> list[str]:
 
 
 @click.command("inspect")
-@click.argument("package", type=click.Path(dir_okay=False))
+@click.argument("package", type=PACKAGE)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of a summary.")
 @click.pass_obj
 def command(app: Application, package: str, as_json: bool) -> None:

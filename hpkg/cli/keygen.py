@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import stat
 
 import click
 
 from hpkg.cli.app import Application
+from hpkg.cli.paths import file_kind
 from hpkg.errors import EXIT_USAGE
 
 
@@ -30,10 +32,13 @@ def command(app: Application, path: str, force: bool) -> None:
     from hpkg.formats.signing import generate_keypair, key_id, public_key_from_bytes
 
     public_path = f"{path}.pub"
-    if not force:
-        for existing in (path, public_path):
-            if os.path.lexists(existing):
-                app.abort(f"{existing} already exists; pass --force to replace it", EXIT_USAGE)
+    for existing in (path, public_path):
+        if not force and os.path.lexists(existing):
+            app.abort(f"{existing} already exists; pass --force to replace it", EXIT_USAGE)
+        # Even forced, a key never goes into a device or a FIFO: the open would block or the write vanish,
+        # and the mode change would hit the device node.
+        if os.path.exists(existing) and not stat.S_ISREG(mode := os.stat(existing).st_mode):
+            app.abort(f"{existing} is {file_kind(mode)}; refusing to write a key there", EXIT_USAGE)
     private_pem, public_pem = generate_keypair()
     try:
         _write_new(path, private_pem, 0o600, force)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import click
 
 from hpkg.cli.app import Application
+from hpkg.cli.paths import PID, TIMEOUT
 
 
 @click.command("revert")
-@click.option("--pid", type=int, required=True, help="The running process to revert.")
+@click.option("--pid", type=PID, required=True, help="The running process to revert.")
 @click.option("--package", "package_id", metavar="ID", help="Revert only the image carrying this package.")
 @click.option(
-    "--timeout", type=click.FloatRange(0.0, 3600.0), default=5.0, show_default=True,
+    "--timeout", type=TIMEOUT, default=5.0, show_default=True,
     help="Seconds to wait for a moment no thread is inside the package's code.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")

@@ -5,10 +5,11 @@ from __future__ import annotations
 import click
 
 from hpkg.cli.app import Application
+from hpkg.cli.paths import PID
 
 
 @click.command("status")
-@click.option("--pid", type=int, required=True, help="The running process to inspect.")
+@click.option("--pid", type=PID, required=True, help="The running process to inspect.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @click.pass_obj
 def command(app: Application, pid: int, as_json: bool) -> None:

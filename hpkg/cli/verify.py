@@ -6,15 +6,16 @@ from __future__ import annotations
 import click
 
 from hpkg.cli.app import Application
+from hpkg.cli.paths import BINARY, KEY, PACKAGE, PID
 
 
 @click.command("verify")
-@click.argument("package", type=click.Path(dir_okay=False))
-@click.option("--key", type=click.Path(dir_okay=False), help="Public key to check (PEM or raw 32 bytes).")
+@click.argument("package", type=PACKAGE)
+@click.option("--key", type=KEY, help="Public key to check (PEM or raw 32 bytes).")
 @click.option(
-    "--against", type=click.Path(dir_okay=False), help="Also check that it applies to this baseline ELF file."
+    "--against", type=BINARY, help="Also check that it applies to this baseline ELF file."
 )
-@click.option("--pid", type=int, help="Also check that it applies to this running process (changes nothing).")
+@click.option("--pid", type=PID, help="Also check that it applies to this running process (changes nothing).")
 @click.pass_obj
 def command(app: Application, package: str, key: str | None, against: str | None, pid: int | None) -> None:
     """Check a package's structure and digests, and with --key its Ed25519 signature.
