@@ -12,8 +12,9 @@ STAMP  := $(VENV)/.installed
 deps:
 	@scripts/ensure-debian-packages.sh gcc g++ make binutils
 
-# The tests also compare hpkg with the delta tools a user would ship instead, and map
-# source patches to functions with ctags.
+# The tests also compare hpkg with the delta tools a user would ship instead, map source
+# patches to functions with ctags, host a real Debian libxml2 update (headers), and feed hpkg
+# hostile inputs (a core file made by gdb's gcore, an aarch64 ELF).
 test-deps: deps
 	@scripts/ensure-debian-packages.sh bsdiff xdelta3 zstd universal-ctags libxml2-dev gdb gcc-aarch64-linux-gnu
 
