@@ -8,6 +8,7 @@ Exit codes (documented in README.md):
   4  refused: not hot-patchable, incompatible baseline, or unsafe to apply now
   5  no change: the baseline and the fix do not differ in anything that needs patching
   6  target unavailable: no such process, permission denied, or the target went away
+  130 interrupted (Ctrl-C); a live target is left as it was or fully switched, never stopped
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ EXIT_INVALID = 3
 EXIT_REFUSED = 4
 EXIT_NO_CHANGE = 5
 EXIT_TARGET = 6
+EXIT_INTERRUPTED = 130  # the shell's convention for SIGINT (128 + 2)
 
 
 class HpkgError(Exception):

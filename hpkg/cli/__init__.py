@@ -11,10 +11,10 @@ try:  # Ctrl-C during start-up (imports take most of it) is one line, not an imp
 
     from hpkg import __version__
     from hpkg.cli.app import Application
-    from hpkg.errors import EXIT_INTERNAL, EXIT_USAGE, HpkgError
+    from hpkg.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, HpkgError
 except KeyboardInterrupt:
     sys.stderr.write("error: interrupted\n")
-    sys.exit(1)
+    sys.exit(130)
 
 # One module per command under hpkg/cli/, each exposing `command` (a click.Command).
 COMMAND_MODULES: tuple[str, ...] = (
@@ -30,7 +30,7 @@ def cli(ctx: click.Context, quiet: bool) -> None:
     """Build hotpatch packages from shipped ELF binaries and apply them to running processes.
 
     Exit codes: 0 ok, 1 internal error, 2 usage, 3 invalid input or package,
-    4 refused, 5 no change, 6 target unavailable.
+    4 refused, 5 no change, 6 target unavailable, 130 interrupted.
     """
     ctx.obj = Application(quiet=quiet)
 
@@ -41,7 +41,7 @@ try:
 except KeyboardInterrupt:
     # Ctrl-C while the command modules load (most of start-up): nothing has been touched yet.
     click.echo("error: interrupted", err=True)
-    sys.exit(EXIT_INTERNAL)
+    sys.exit(EXIT_INTERRUPTED)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -50,9 +50,9 @@ def main(argv: list[str] | None = None) -> None:
         cli.main(args=argv, prog_name="hpkg", standalone_mode=False)
     except HpkgError as exc:
         Application.abort_with(exc)
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("error: interrupted", err=True)
-        sys.exit(EXIT_INTERNAL)
+        sys.exit(EXIT_INTERRUPTED)
     except click.UsageError as exc:
         hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
         click.echo(f"error: {exc.format_message()}{hint}", err=True)
