@@ -1,20 +1,44 @@
-"""Read function bounds from .eh_frame: every FDE says where a function starts and how long it is.
+"""Read .eh_frame: its CIE and FDE records, and from them where every function starts and how long it is.
 
 Stripped binaries keep .eh_frame (unwinding needs it), so FDEs give every compiled function's
-bounds even without a symbol table. Only CIE augmentation and FDE pc_begin/pc_range are decoded.
+bounds even without a symbol table (`parse_eh_frame`). The records themselves (pointer encodings,
+personality and LSDA pointers: `parse_eh_frame_records`) serve builder/unwind, which copies them
+into packages, and the loader's search table. The field readers (LEB128 numbers, DW_EH_PE-encoded
+pointers) and the encodings' names are public for every module that reads unwind data.
 """
 
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 
-# DW_EH_PE_* pointer encodings: the low nibble is the format, the high nibble how it is applied.
-DW_EH_PE_OMIT = 0xFF
+# DW_EH_PE_* pointer encodings (LSB Core, "DWARF Extensions"): the low nibble is the value's format,
+# bits 4-6 what it is relative to, bit 7 an indirection through a pointer-sized slot.
+DW_EH_PE_ABSPTR = 0x00
+DW_EH_PE_ULEB128 = 0x01
+DW_EH_PE_UDATA2 = 0x02
+DW_EH_PE_UDATA4 = 0x03
+DW_EH_PE_UDATA8 = 0x04
+DW_EH_PE_SLEB128 = 0x09
+DW_EH_PE_SDATA2 = 0x0A
+DW_EH_PE_SDATA4 = 0x0B
+DW_EH_PE_SDATA8 = 0x0C
 DW_EH_PE_PCREL = 0x10
-_FIXED_FORMATS = {0x00: "<Q", 0x02: "<H", 0x03: "<I", 0x04: "<Q", 0x0A: "<h", 0x0B: "<i", 0x0C: "<q"}
+DW_EH_PE_DATAREL = 0x30
+DW_EH_PE_INDIRECT = 0x80
+DW_EH_PE_OMIT = 0xFF
+DW_EH_PE_FORMAT_MASK = 0x0F
+DW_EH_PE_APPLICATION_MASK = 0x70
+# pc-relative signed 4-byte: what GCC emits for FDE, LSDA, personality and type-table pointers on x86-64.
+DW_EH_PE_PCREL_SDATA4 = DW_EH_PE_PCREL | DW_EH_PE_SDATA4
+_FIXED_FORMATS = {
+    DW_EH_PE_ABSPTR: "<Q", DW_EH_PE_UDATA2: "<H", DW_EH_PE_UDATA4: "<I", DW_EH_PE_UDATA8: "<Q",
+    DW_EH_PE_SDATA2: "<h", DW_EH_PE_SDATA4: "<i", DW_EH_PE_SDATA8: "<q",
+}
 
 
-def _uleb(data: bytes, pos: int) -> tuple[int, int]:
+def read_uleb128(data: bytes, pos: int) -> tuple[int, int]:
+    """An unsigned LEB128 number at `pos`: (value, position after it)."""
     value = shift = 0
     while True:
         byte = data[pos]
@@ -25,104 +49,131 @@ def _uleb(data: bytes, pos: int) -> tuple[int, int]:
             return value, pos
 
 
-def _sleb(data: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        shift += 7
-        if byte < 0x80:
-            if byte & 0x40:
-                value -= 1 << shift
-            return value, pos
+def read_sleb128(data: bytes, pos: int) -> tuple[int, int]:
+    """A signed LEB128 number at `pos`: (value, position after it)."""
+    value, end = read_uleb128(data, pos)
+    if data[end - 1] & 0x40:  # the sign is bit 6 of the last byte: extend from 7 bits per byte
+        value -= 1 << (7 * (end - pos))
+    return value, end
 
 
-def _read_encoded(data: bytes, pos: int, encoding: int, section_address: int) -> tuple[int, int]:
-    """One DW_EH_PE-encoded value at pos; returns (value, next pos)."""
-    fmt = encoding & 0x0F
+def read_encoded_pointer(data: bytes, pos: int, encoding: int, section_address: int) -> tuple[int, int]:
+    """A DW_EH_PE-encoded value at `pos` of a section at `section_address`: (value, position after it).
+
+    Only pc-relative application is applied (the field's own address added); the indirect bit is
+    left to the caller, which knows where the slot lives. Raises ValueError for an unknown format.
+    """
+    fmt = encoding & DW_EH_PE_FORMAT_MASK
     start = pos
-    if fmt == 0x01:
-        value, pos = _uleb(data, pos)
-    elif fmt == 0x09:
-        value, pos = _sleb(data, pos)
+    if fmt == DW_EH_PE_ULEB128:
+        value, pos = read_uleb128(data, pos)
+    elif fmt == DW_EH_PE_SLEB128:
+        value, pos = read_sleb128(data, pos)
     else:
         code = _FIXED_FORMATS.get(fmt)
         if code is None:
             raise ValueError(f"unsupported pointer encoding {encoding:#x}")
         value = struct.unpack_from(code, data, pos)[0]
         pos += struct.calcsize(code)
-    if (encoding & 0x70) == DW_EH_PE_PCREL:
+    if (encoding & DW_EH_PE_APPLICATION_MASK) == DW_EH_PE_PCREL:
         value += section_address + start
     return value & 0xFFFFFFFFFFFFFFFF, pos
 
 
-def _parse_cie(data: bytes, pos: int, end: int, section_address: int) -> int:
-    """The FDE pointer encoding a CIE declares ('R' augmentation), absptr when it says none."""
+@dataclass(frozen=True)
+class Cie:
+    """A CIE record of .eh_frame: where it is and the pointer encodings its FDEs use."""
+
+    offset: int  # of the length field, in the section
+    size: int  # the whole record, length field included
+    augmentation: str
+    fde_encoding: int
+    lsda_encoding: int
+    personality_encoding: int
+    personality_field: int | None  # section offset of the personality pointer
+
+
+@dataclass(frozen=True)
+class Fde:
+    """An FDE record: its function's range, its CIE, and where its LSDA pointer is."""
+
+    offset: int
+    size: int
+    cie: Cie
+    start: int  # link address of the function
+    length: int
+    lsda_field: int | None  # section offset of the LSDA pointer, when the CIE has 'L'
+    lsda: int  # link address of the LSDA, 0 when none
+
+
+def _parse_cie(data: bytes, offset: int, size: int, base: int) -> Cie:
+    """The CIE record at `offset`: its augmentation and the pointer encodings its FDEs use."""
+    pos = offset + 8
     version = data[pos]
-    pos += 1
-    nul = data.index(b"\0", pos)
-    augmentation = data[pos:nul].decode("ascii", "replace")
-    pos = nul + 1
-    _, pos = _uleb(data, pos)  # code alignment
-    _, pos = _sleb(data, pos)  # data alignment
-    if version == 1:
-        pos += 1
-    else:
-        _, pos = _uleb(data, pos)
-    encoding = 0x00
-    if not augmentation.startswith("z"):
-        return encoding
-    _, pos = _uleb(data, pos)
-    for char in augmentation[1:]:
-        if char == "R":
-            encoding = data[pos]
-            pos += 1
-        elif char == "L":
-            pos += 1
-        elif char == "P":
-            personality_encoding = data[pos]
-            _, pos = _read_encoded(data, pos + 1, personality_encoding, section_address)
-        elif char in "SB":
-            continue
-        else:
-            break  # unknown augmentation: the encoding read so far still applies
-    return encoding
+    end = data.index(b"\0", pos + 1)
+    augmentation = data[pos + 1 : end].decode("ascii", "replace")
+    pos = end + 1
+    _, pos = read_uleb128(data, pos)  # code alignment
+    _, pos = read_sleb128(data, pos)  # data alignment
+    pos = pos + 1 if version == 1 else read_uleb128(data, pos)[1]  # return address register
+    fde_encoding, lsda_encoding, personality_encoding = DW_EH_PE_ABSPTR, DW_EH_PE_OMIT, DW_EH_PE_OMIT
+    personality_field = None
+    if augmentation.startswith("z"):
+        _, pos = read_uleb128(data, pos)
+        for char in augmentation[1:]:
+            if char == "P":
+                personality_encoding, personality_field = data[pos], pos + 1
+                _, pos = read_encoded_pointer(data, pos + 1, personality_encoding & ~DW_EH_PE_INDIRECT, base)
+            elif char == "L":
+                lsda_encoding = data[pos]
+                pos += 1
+            elif char == "R":
+                fde_encoding = data[pos]
+                pos += 1
+            elif char not in "SB":
+                raise ValueError(f"CIE augmentation {augmentation!r} is not understood")
+    return Cie(
+        offset, size, augmentation, fde_encoding, lsda_encoding, personality_encoding, personality_field
+    )
+
+
+def parse_eh_frame_records(data: bytes, base: int) -> tuple[dict[int, Cie], list[Fde]]:
+    """Every CIE (by section offset) and FDE of an .eh_frame at link address `base`."""
+    cies: dict[int, Cie] = {}
+    fdes: list[Fde] = []
+    pos = 0
+    while pos + 4 <= len(data):
+        length = struct.unpack_from("<I", data, pos)[0]
+        if length == 0 or length == 0xFFFFFFFF:  # terminator; 64-bit DWARF is not produced for x86-64
+            break
+        size = 4 + length
+        if pos + size > len(data):
+            break
+        identifier = struct.unpack_from("<I", data, pos + 4)[0]
+        try:
+            if identifier == 0:
+                cies[pos] = _parse_cie(data, pos, size, base)
+            elif pos + 4 - identifier in cies:
+                cie = cies[pos + 4 - identifier]
+                start, after = read_encoded_pointer(data, pos + 8, cie.fde_encoding, base)
+                pc_range = cie.fde_encoding & DW_EH_PE_FORMAT_MASK  # the same format, never pc-relative
+                length_, after = read_encoded_pointer(data, after, pc_range, base)
+                lsda_field, lsda = None, 0
+                if cie.augmentation.startswith("z"):
+                    _, after = read_uleb128(data, after)
+                    if "L" in cie.augmentation and cie.lsda_encoding != DW_EH_PE_OMIT:
+                        sdata4 = cie.lsda_encoding & DW_EH_PE_FORMAT_MASK == DW_EH_PE_SDATA4
+                        raw = struct.unpack_from("<i", data, after)[0] if sdata4 else 1
+                        lsda_field = after
+                        lsda = read_encoded_pointer(data, after, cie.lsda_encoding, base)[0] if raw else 0
+                fdes.append(Fde(pos, size, cie, start, length_, lsda_field, lsda))
+        except (IndexError, KeyError, ValueError, struct.error):
+            pass  # a malformed entry proves nothing either way; the next one is read on its own
+        pos += size
+    return cies, fdes
 
 
 def parse_eh_frame(data: bytes, section_address: int) -> tuple[tuple[int, int], ...]:
     """(start link address, size) of every FDE in an .eh_frame section, in section order."""
-    ranges: list[tuple[int, int]] = []
-    cie_encodings: dict[int, int] = {}
-    pos = 0
-    while pos + 4 <= len(data):
-        length = struct.unpack_from("<I", data, pos)[0]
-        if length == 0:
-            break
-        header = 4
-        if length == 0xFFFFFFFF:
-            length = struct.unpack_from("<Q", data, pos + 4)[0]
-            header = 12
-        record = pos + header
-        end = record + length
-        if end > len(data):
-            break
-        cie_id = struct.unpack_from("<I", data, record)[0]
-        if cie_id == 0:
-            try:
-                cie_encodings[pos] = _parse_cie(data, record + 4, end, section_address)
-            except (ValueError, IndexError):
-                cie_encodings[pos] = DW_EH_PE_OMIT
-        else:
-            cie_offset = record - cie_id
-            encoding = cie_encodings.get(cie_offset, DW_EH_PE_OMIT)
-            if encoding != DW_EH_PE_OMIT:
-                try:
-                    start, after = _read_encoded(data, record + 4, encoding, section_address)
-                    size, _ = _read_encoded(data, after, encoding & 0x0F, section_address)
-                except (ValueError, IndexError, struct.error):
-                    start = size = 0
-                if start and size:
-                    ranges.append((start, size))
-        pos = end
-    return tuple(ranges)
+    _, fdes = parse_eh_frame_records(data, section_address)
+    return tuple((f.start, f.length) for f in fdes if f.start and f.length)

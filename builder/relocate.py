@@ -32,10 +32,10 @@ datum's NEW address modulo 64.
 from __future__ import annotations
 
 import bisect
-import re
 import struct
 from dataclasses import dataclass, field
 
+from hpkg.builder.decode import decode
 from hpkg.builder.model import (
     DiffResult,
     Function,
@@ -54,7 +54,6 @@ from hpkg.builder.resolve import (
     is_read_only,
     plt_slots,
 )
-from hpkg.builder.sites import decode_code
 from hpkg.builder.verdict import Reason
 from hpkg.builder.x86_64 import BRANCH_MNEMONICS, relocation_recipe
 from hpkg.formats.model import DataSection, ImportRecord, PackageSection, RelocationKind, TargetSpace
@@ -63,7 +62,6 @@ from hpkg.formats.model import DataSection, ImportRecord, PackageSection, Reloca
 MIN_RODATA_COPY = 16
 STRING_LIMIT = 4096
 _PRINTABLE = frozenset(range(0x20, 0x7F)) | {0x09, 0x0A, 0x0D}
-_RIP = re.compile(r"\[rip ([+-]) (0x[0-9a-f]+|\d+)\]")
 _ABSOLUTE = {
     ReferenceKind.ABS32: RelocationKind.R_X86_64_32,
     ReferenceKind.ABS32S: RelocationKind.R_X86_64_32S,
@@ -524,7 +522,7 @@ class Relocator:
     def _check_coverage(self, fn: Function, references: tuple[Reference, ...]) -> None:
         """Every rip-relative operand, direct branch and static relocation must have been resolved."""
         covered = sorted(r.location for r in references)
-        instructions, decoded = decode_code(fn.code)
+        instructions, decoded = decode(fn)  # the decoding the references were found in
         if decoded < fn.size and any(b not in (0x00, 0xCC, 0x90) for b in fn.code[decoded:]):
             self._unresolved(fn, decoded, "bytes that do not decode as instructions")
         has_table = any(r.target.kind is TargetKind.JUMP_TABLE for r in references)
@@ -532,7 +530,7 @@ class Relocator:
             inside = bisect.bisect_left(covered, offset)
             hit = inside < len(covered) and covered[inside] < offset + size
             needs = "rip" in operands or (mnemonic in BRANCH_MNEMONICS and operands.startswith("0x"))
-            if needs and not hit and not self._fill_in(fn, offset, size, operands):
+            if needs and not hit:
                 self._unresolved(fn, offset, f"an operand no reference covers ({mnemonic} {operands})")
             if mnemonic == "jmp" and not has_table and self._looks_like_switch(instructions, n):
                 self._reason(
@@ -547,25 +545,6 @@ class Relocator:
                 offset = reloc.address - fn.address
                 if offset not in covered:
                     self._unresolved(fn, offset, f"static relocation {reloc.type} against '{reloc.symbol}'")
-
-    def _fill_in(self, fn: Function, offset: int, size: int, operands: str) -> bool:
-        """Resolve a rip-relative operand the diff did not list (the assembler resolves a reference to a
-        local symbol of the same section itself, so no static relocation marks it); True when done."""
-        m = _RIP.search(operands)
-        if m is None:
-            return False
-        disp = int(m.group(2), 0) * (-1 if m.group(1) == "-" else 1)
-        raw = fn.code[offset : offset + size]
-        pos = raw.rfind(struct.pack("<i", disp))
-        if pos < 0 or size - (pos + 4) not in (0, 1, 2, 4):
-            return False
-        address = fn.address + offset + size + disp
-        target = self._resolver.resolve(address, fn)
-        if target.kind is TargetKind.INTERNAL:
-            return True  # inside the function: copied whole, still right
-        kind = ReferenceKind.GOTPC32 if self._resolver.is_import_slot(address) else ReferenceKind.PC32
-        self._resolve_reference(fn, Reference(offset + pos, 4, kind, target, pos - size))
-        return True
 
     @staticmethod
     def _looks_like_switch(instructions: list, n: int) -> bool:

@@ -19,46 +19,24 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from hpkg.builder.ehframe import _read_encoded, _sleb, _uleb
+from hpkg.builder.ehframe import (
+    DW_EH_PE_INDIRECT,
+    DW_EH_PE_OMIT,
+    DW_EH_PE_PCREL_SDATA4,
+    Fde,
+    parse_eh_frame_records,
+    read_encoded_pointer,
+    read_sleb128,
+    read_uleb128,
+)
 from hpkg.builder.model import Image, Section
 from hpkg.formats.model import PackageSection, Relocation, RelocationKind, TargetSpace
 
-DW_EH_PE_OMIT = 0xFF
-DW_EH_PE_INDIRECT = 0x80
-# pc-relative signed 4-byte: what GCC emits for FDE, LSDA, personality and type-table pointers on x86-64.
-DW_EH_PE_PCREL_SDATA4 = 0x1B
-_SDATA4 = 0x0B
 _SLOT_RELOCATIONS = ("X86_64_64", "X86_64_GLOB_DAT")
 
 
 class UnwindError(ValueError):
     """An entry the emitter cannot carry over faithfully (an encoding or construct it does not relocate)."""
-
-
-@dataclass(frozen=True)
-class Cie:
-    """A CIE record of .eh_frame: where it is and the pointer encodings its FDEs use."""
-
-    offset: int  # of the length field, in the section
-    size: int  # the whole record, length field included
-    augmentation: str
-    fde_encoding: int
-    lsda_encoding: int
-    personality_encoding: int
-    personality_field: int | None  # section offset of the personality pointer
-
-
-@dataclass(frozen=True)
-class Fde:
-    """An FDE record: its function's range, its CIE, and where its LSDA pointer is."""
-
-    offset: int
-    size: int
-    cie: Cie
-    start: int  # link address of the function
-    length: int
-    lsda_field: int | None  # section offset of the LSDA pointer, when the CIE has 'L'
-    lsda: int  # link address of the LSDA, 0 when none
 
 
 @dataclass(frozen=True)
@@ -69,71 +47,6 @@ class UnwindSection:
     relocations: tuple[Relocation, ...]
     covered: frozenset[int]  # NEW addresses of the functions whose FDE was emitted
     problems: dict[int, str]  # NEW address → why its FDE could not be carried
-
-
-def _parse_cie(data: bytes, offset: int, size: int, base: int) -> Cie:
-    pos = offset + 8
-    version = data[pos]
-    end = data.index(b"\0", pos + 1)
-    augmentation = data[pos + 1 : end].decode("ascii", "replace")
-    pos = end + 1
-    _, pos = _uleb(data, pos)  # code alignment
-    _, pos = _sleb(data, pos)  # data alignment
-    pos = pos + 1 if version == 1 else _uleb(data, pos)[1]  # return address register
-    fde_encoding, lsda_encoding, personality_encoding = 0x00, DW_EH_PE_OMIT, DW_EH_PE_OMIT
-    personality_field = None
-    if augmentation.startswith("z"):
-        _, pos = _uleb(data, pos)
-        for char in augmentation[1:]:
-            if char == "P":
-                personality_encoding, personality_field = data[pos], pos + 1
-                _, pos = _read_encoded(data, pos + 1, personality_encoding & 0x7F, base)
-            elif char == "L":
-                lsda_encoding = data[pos]
-                pos += 1
-            elif char == "R":
-                fde_encoding = data[pos]
-                pos += 1
-            elif char not in "SB":
-                raise UnwindError(f"CIE augmentation {augmentation!r} is not understood")
-    return Cie(
-        offset, size, augmentation, fde_encoding, lsda_encoding, personality_encoding, personality_field
-    )
-
-
-def parse_eh_frame_records(data: bytes, base: int) -> tuple[dict[int, Cie], list[Fde]]:
-    """Every CIE (by section offset) and FDE of an .eh_frame at link address `base`."""
-    cies: dict[int, Cie] = {}
-    fdes: list[Fde] = []
-    pos = 0
-    while pos + 4 <= len(data):
-        length = struct.unpack_from("<I", data, pos)[0]
-        if length == 0 or length == 0xFFFFFFFF:  # terminator; 64-bit DWARF is not produced for x86-64
-            break
-        size = 4 + length
-        if pos + size > len(data):
-            break
-        identifier = struct.unpack_from("<I", data, pos + 4)[0]
-        try:
-            if identifier == 0:
-                cies[pos] = _parse_cie(data, pos, size, base)
-            elif pos + 4 - identifier in cies:
-                cie = cies[pos + 4 - identifier]
-                start, after = _read_encoded(data, pos + 8, cie.fde_encoding, base)
-                length_, after = _read_encoded(data, after, cie.fde_encoding & 0x0F, base)
-                lsda_field, lsda = None, 0
-                if cie.augmentation.startswith("z"):
-                    _, after = _uleb(data, after)
-                    if "L" in cie.augmentation and cie.lsda_encoding != DW_EH_PE_OMIT:
-                        sdata4 = cie.lsda_encoding & 0x0F == _SDATA4
-                        raw = struct.unpack_from("<i", data, after)[0] if sdata4 else 1
-                        lsda_field = after
-                        lsda = _read_encoded(data, after, cie.lsda_encoding, base)[0] if raw else 0
-                fdes.append(Fde(pos, size, cie, start, length_, lsda_field, lsda))
-        except (IndexError, KeyError, ValueError, struct.error):
-            pass  # a malformed entry proves nothing either way; the next one is read on its own
-        pos += size
-    return cies, fdes
 
 
 def exception_frames(image: Image) -> set[int]:
@@ -208,7 +121,7 @@ class _Emitter:
         )
 
     def encoded_pointer(self, encoding: int, value: int) -> _Pointer:
-        if encoding & 0x7F != DW_EH_PE_PCREL_SDATA4:
+        if encoding & ~DW_EH_PE_INDIRECT != DW_EH_PE_PCREL_SDATA4:
             raise UnwindError(f"pointer encoding {encoding:#x} is not pc-relative sdata4")
         if encoding & DW_EH_PE_INDIRECT:
             return self.slot_pointer(value)
@@ -223,16 +136,16 @@ def _lsda_extent(data: bytes, pos: int) -> tuple[int, int, int, int]:
     p = pos + 2
     ttype_base = 0
     if ttype_encoding != DW_EH_PE_OMIT:
-        offset, p = _uleb(data, p)
+        offset, p = read_uleb128(data, p)
         ttype_base = p + offset
     call_site_encoding = data[p]
-    length, p = _uleb(data, p + 1)
+    length, p = read_uleb128(data, p + 1)
     call_sites_end = p + length
     actions: set[int] = set()
     while p < call_sites_end:
         for _ in range(3):  # start, length, landing pad
-            p = _read_encoded(data, p, call_site_encoding, 0)[1]
-        action, p = _uleb(data, p)
+            p = read_encoded_pointer(data, p, call_site_encoding, 0)[1]
+        action, p = read_uleb128(data, p)
         if action:
             actions.add(call_sites_end + action - 1)
     end, entries, seen = call_sites_end, 0, set()
@@ -241,8 +154,8 @@ def _lsda_extent(data: bytes, pos: int) -> tuple[int, int, int, int]:
         if record in seen:
             continue
         seen.add(record)
-        type_filter, q = _sleb(data, record)
-        next_offset, after = _sleb(data, q)
+        type_filter, q = read_sleb128(data, record)
+        next_offset, after = read_sleb128(data, q)
         end = max(end, after)
         if type_filter < 0:
             raise UnwindError("the LSDA has an exception specification")
@@ -299,8 +212,8 @@ def emit_unwind(
         out += data[cie.offset : cie.offset + cie.size]
         if cie.personality_field is not None:
             raw = struct.unpack_from("<i", data, cie.personality_field)[0]
-            encoding = cie.personality_encoding & 0x7F
-            slot = _read_encoded(data, cie.personality_field, encoding, section.address)[0]
+            encoding = cie.personality_encoding & ~DW_EH_PE_INDIRECT
+            slot = read_encoded_pointer(data, cie.personality_field, encoding, section.address)[0]
             try:
                 pointer = emitter.encoded_pointer(cie.personality_encoding, slot if raw else 0)
             except UnwindError as exc:
@@ -344,12 +257,13 @@ def _check_lsda(emitter: _Emitter, fde: Fde, table: Section | None, table_bytes:
         raise UnwindError(f"LSDA at {fde.lsda:#x} is outside .gcc_except_table")
     pos = fde.lsda - table.address
     _, ttype_base, ttype_encoding, entries = _lsda_extent(table_bytes, pos)
-    if entries and ttype_encoding & 0x7F != DW_EH_PE_PCREL_SDATA4:
+    if entries and ttype_encoding & ~DW_EH_PE_INDIRECT != DW_EH_PE_PCREL_SDATA4:
         raise UnwindError(f"type-table encoding {ttype_encoding:#x} is not pc-relative sdata4")
     for k in range(1, entries + 1):
         entry = ttype_base - 4 * k
         if struct.unpack_from("<i", table_bytes, entry)[0]:
-            emitter.encoded_pointer(ttype_encoding, _read_encoded(table_bytes, entry, 0x1B, table.address)[0])
+            value = read_encoded_pointer(table_bytes, entry, DW_EH_PE_PCREL_SDATA4, table.address)[0]
+            emitter.encoded_pointer(ttype_encoding, value)
 
 
 def _copy_lsda(emitter: _Emitter, out: bytearray, table: bytes, pos: int, base: int) -> int:
@@ -366,6 +280,6 @@ def _copy_lsda(emitter: _Emitter, out: bytearray, table: bytes, pos: int, base: 
         raw = struct.unpack_from("<i", table, entry)[0]
         if raw == 0:
             continue  # catch (...): a null entry stays null
-        value = _read_encoded(table, entry, ttype_encoding & 0x7F, base)[0]
+        value = read_encoded_pointer(table, entry, ttype_encoding & ~DW_EH_PE_INDIRECT, base)[0]
         emitter.relocate(out, at + entry - pos, emitter.encoded_pointer(ttype_encoding, value))
     return at
