@@ -33,11 +33,16 @@ def decode(function: Function) -> tuple[list[Instruction], int]:
     Decoding at base 0 makes each address an offset into the function; branch operands then read
     as offsets too (negative ones wrap to 64 bits, see `branch_offset`).
     """
+    return decode_bytes(function.code)
+
+
+def decode_bytes(code: bytes) -> tuple[list[Instruction], int]:
+    """`decode` for bytes that are not a whole function (e.g. the padding after one)."""
     global _MD
     if _MD is None:
         _MD = _decoder()
     # Plain (offset, size, mnemonic, operands) tuples: wrapping 600,000 of them in Instruction costs.
-    out = list(_MD.disasm_lite(function.code, 0))
+    out = list(_MD.disasm_lite(code, 0))
     end = out[-1][0] + out[-1][1] if out else 0
     return out, end
 

@@ -10,24 +10,11 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+from hpkg.builder.decode import decode_bytes
 from hpkg.builder.model import Function, Image
 from hpkg.builder.x86_64 import is_padding
 
 JUMP_SIZE = 5  # E9 + rel32
-
-
-_DECODER = None
-
-
-def decode_code(code: bytes) -> tuple[list[tuple[int, int, str, str]], int]:
-    """(offset, size, mnemonic, operands) of each instruction decoded at base 0, and the bytes decoded."""
-    global _DECODER
-    if _DECODER is None:
-        import capstone
-
-        _DECODER = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
-    out = list(_DECODER.disasm_lite(code, 0))
-    return out, (out[-1][0] + out[-1][1] if out else 0)
 
 
 @dataclass(frozen=True)
@@ -45,7 +32,7 @@ def usable_padding(image: Image, function: Function, limit: int) -> int:
     gap = image.read(function.end, max(0, limit - function.end))
     if not gap:
         return 0
-    instructions, _ = decode_code(gap)
+    instructions, _ = decode_bytes(gap)
     usable = 0
     for offset, size, mnemonic, _ in instructions:
         if not is_padding(mnemonic) or offset != usable:

@@ -12,11 +12,16 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from hpkg.builder.unwind import DW_EH_PE_PCREL_SDATA4, parse_eh_frame_records
+from hpkg.builder.ehframe import (
+    DW_EH_PE_DATAREL,
+    DW_EH_PE_PCREL_SDATA4,
+    DW_EH_PE_SDATA4,
+    DW_EH_PE_UDATA4,
+    parse_eh_frame_records,
+)
 
 EH_FRAME_HDR_VERSION = 1
-DW_EH_PE_UDATA4 = 0x03
-DW_EH_PE_DATAREL_SDATA4 = 0x3B
+DW_EH_PE_DATAREL_SDATA4 = DW_EH_PE_DATAREL | DW_EH_PE_SDATA4
 _HEADER = struct.Struct("<BBBBiI")  # version, three encodings, eh_frame_ptr, fde_count
 _ENTRY = struct.Struct("<ii")
 _INT32 = (-(1 << 31), (1 << 31) - 1)
