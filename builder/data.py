@@ -32,18 +32,22 @@ _RUNTIME_OBJECTS = frozenset(
 )
 
 
-def _data_objects(image: Image) -> list[Symbol]:
-    """Defined object and TLS symbols in allocated non-code sections, one per address."""
+def data_objects(image: Image, *, compared: bool = False) -> list[Symbol]:
+    """Defined object and TLS symbols in allocated non-code sections, static table first.
+
+    `compared`: only the objects a data diff compares — no linker/CRT markers, and a copy-relocated
+    object that .symtab names `name@VERSION` and .dynsym names `name` counted once, as `name`.
+    Otherwise every object, one per (address, name), as the package builder resolves references.
+    """
     code = {s.name for s in image.sections if s.executable}
     seen: set[tuple[int, str]] = set()
     out = []
     for sym in sorted(image.symbols, key=lambda s: (s.dynamic, s.address, s.name)):
         if sym.kind not in (SymbolKind.OBJECT, SymbolKind.TLS) or not sym.defined or not sym.section:
             continue
-        if sym.section in code or sym.name in _RUNTIME_OBJECTS:
+        if sym.section in code or (compared and sym.name in _RUNTIME_OBJECTS):
             continue
-        # .symtab names a copy-relocated object `name@VERSION`, .dynsym names it `name`: one object.
-        name = sym.name.partition("@")[0]
+        name = sym.name.partition("@")[0] if compared else sym.name
         if (sym.address, name) in seen:
             continue
         seen.add((sym.address, name))
@@ -168,8 +172,8 @@ def diff_data(
     """Data objects added, removed, resized or with a different initial value (by symbol, not address)."""
     old_names = {c.function.address: c.function.name for c in old_functions}
     back = {new_address: old_names[old_address] for old_address, new_address in function_map.items()}
-    old_keyed = _keyed(_data_objects(old), _owners(old_functions, {}))
-    new_keyed = _keyed(_data_objects(new), _owners(new_functions, back))
+    old_keyed = _keyed(data_objects(old, compared=True), _owners(old_functions, {}))
+    new_keyed = _keyed(data_objects(new, compared=True), _owners(new_functions, back))
     _pair_static_locals(old_keyed, new_keyed)
     old_words = _pointer_words(old, old_functions, {})
     new_words = _pointer_words(new, new_functions, back)

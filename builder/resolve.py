@@ -13,22 +13,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from hpkg.builder.canon import stable_name
-from hpkg.builder.model import DiffResult, Image, Status, Symbol, SymbolKind, TargetKind
-
-
-def data_objects(image: Image) -> list[Symbol]:
-    """Defined object and TLS symbols outside code, one per (address, name), static table first."""
-    code = {s.name for s in image.sections if s.executable}
-    seen: set[tuple[int, str]] = set()
-    out = []
-    for sym in sorted(image.symbols, key=lambda s: (s.dynamic, s.address, s.name)):
-        if sym.kind not in (SymbolKind.OBJECT, SymbolKind.TLS) or not sym.defined or not sym.section:
-            continue
-        if sym.section in code or (sym.address, sym.name) in seen:
-            continue
-        seen.add((sym.address, sym.name))
-        out.append(sym)
-    return out
+from hpkg.builder.data import data_objects
+from hpkg.builder.model import DiffResult, Image, Status, Symbol, TargetKind
 
 
 def is_read_only(image: Image, sym: Symbol) -> bool:

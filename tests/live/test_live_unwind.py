@@ -19,6 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "samples"))
 from sample_corpus import Conversation  # noqa: E402
 
 PROGRAMS = Path(__file__).parent / "programs"
+# The C++ library pair is shared with the --file tests: one source, two ways to apply its fix.
+CXX_LIBRARY = Path(__file__).parent.parent / "apply_file" / "programs"
 READY_FLAGS = ("-O2", "-g", "-fno-omit-frame-pointer", "-flive-patching=inline-clone", "-Wl,--emit-relocs",
                "-Wl,--build-id=sha1")
 PROCESS = "_ZN6Upload7processERKNSt7__cxx1112basic_stringIcSt11char_traitsIcESaIcEEE"
@@ -76,12 +78,12 @@ def test_unwind_rules_for_a_shared_library_are_refused_live(tmp_path, keys) -> N
         builds[build] = tmp_path / build / "libsizes.so"
         subprocess.run(
             ["g++", *READY_FLAGS, "-fPIC", "-shared", "-Wl,-soname,libsizes.so", *defines, "-o",
-             str(builds[build]), str(PROGRAMS / "sizes_lib.cpp")],
+             str(builds[build]), str(CXX_LIBRARY / "sizes_lib.cpp")],
             check=True, capture_output=True,
         )
     host = tmp_path / "host"
     subprocess.run(
-        ["g++", *READY_FLAGS, "-o", str(host), str(PROGRAMS / "sizes_host.cpp"), str(builds["baseline"]),
+        ["g++", *READY_FLAGS, "-o", str(host), str(CXX_LIBRARY / "sizes_host.cpp"), str(builds["baseline"]),
          f"-Wl,-rpath,{builds['baseline'].parent}"],
         check=True, capture_output=True,
     )
