@@ -11,21 +11,30 @@ from bench import corpus
 from bench.report import to_json, to_table
 from bench.run import Settings, run_bench, select_specs
 
-DEFAULT_RUNS = {"small": 5, "large": 3, "security": 3}
-QUICK_RUNS = {"small": 3, "large": 1, "security": 1}
+# Timing rounds per pair role; "sample" is the delta encodes of a samples-corpus pair, "pause" the
+# interleaved live-apply and restart rounds per server.
+DEFAULT_RUNS = {"small": 5, "large": 3, "security": 3, "sample": 3, "pause": 10}
+QUICK_RUNS = {"small": 3, "large": 1, "security": 1, "sample": 1, "pause": 2}
 
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     """The command line: what to measure, how often, and where to keep files."""
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
-    parser.add_argument("--quick", action="store_true", help="fewer timing rounds (small 3, others 1)")
+    parser.add_argument("--markdown", action="store_true", help="print the tables as GitHub markdown")
+    parser.add_argument(
+        "--save-json", type=Path, metavar="FILE", help="also write the JSON document of this run to FILE"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer timing rounds (small 3, pause 2, others 1)"
+    )
     parser.add_argument(
         "--pair",
         action="append",
         default=[],
         metavar="SELECTOR",
-        help="a role (small, large, security) or the start of a pair name; repeatable; default: all",
+        help="a role (small, large, security, sample), the start of a pair or sample name, or `pause` "
+        "(live apply pause vs restart); repeatable; default: all",
     )
     parser.add_argument("--runs", type=int, metavar="N", help="timing rounds for every pair (beats --quick)")
     parser.add_argument("--workdir", type=Path, help="keep binaries and deltas here (default: a temp dir)")
@@ -47,7 +56,7 @@ def fetch_only(specs: list[corpus.PairSpec], cache: Path) -> int:
     """Make every selected Debian pair available in the cache and print the two shared objects."""
     failed = False
     for spec in specs:
-        if spec.role == "small":
+        if spec.role in ("small", "sample"):
             continue
         try:
             pair = corpus.fetch_debian_pair(spec, cache)
@@ -62,11 +71,14 @@ def fetch_only(specs: list[corpus.PairSpec], cache: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Run the bench; exit 1 when a selected pair could not be measured at all."""
     arguments = parse_arguments(argv)
-    specs = select_specs(corpus.load_specs(), arguments.pair)
-    if arguments.list or not specs:
-        for spec in corpus.load_specs():
+    every = corpus.load_specs() + corpus.sample_specs()
+    specs = select_specs(every, arguments.pair)
+    pause = not arguments.pair or "pause" in arguments.pair
+    if arguments.list or not (specs or pause):
+        for spec in every:
             print(f"{spec.role:9} {spec.name}")
-        return 0 if specs else 2
+        print(f"{'pause':9} live apply pause vs restart (14-threaded-server, stream_server)")
+        return 0 if arguments.list else 2
     if arguments.fetch_only:
         return fetch_only(specs, arguments.cache or corpus.default_cache_dir())
     runs = dict(QUICK_RUNS if arguments.quick else DEFAULT_RUNS)
@@ -79,9 +91,11 @@ def main(argv: list[str] | None = None) -> int:
             cache=arguments.cache or corpus.default_cache_dir(),
             download=not arguments.no_download,
         )
-        result = run_bench(specs, settings)
-    print(to_json(result) if arguments.json else to_table(result))
-    return 1 if any(p.error for p in result.pairs) else 0
+        result = run_bench(specs, settings, pause)
+    if arguments.save_json is not None:
+        arguments.save_json.write_text(to_json(result) + "\n")
+    print(to_json(result) if arguments.json else to_table(result, markdown=arguments.markdown))
+    return 1 if any(p.error for p in (*result.pairs, *result.pause)) else 0
 
 
 if __name__ == "__main__":

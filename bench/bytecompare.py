@@ -14,7 +14,7 @@ from pathlib import Path
 
 import lief
 
-from bench.ehframe import EhFrameError, FdeRange, fde_ranges
+from bench.ehframe import FdeRange, fde_ranges
 
 
 @dataclass(frozen=True)
@@ -78,10 +78,9 @@ def load_code(path: Path) -> ElfCode:
     if section is None:
         fde_error = "no .eh_frame section"
     else:
-        try:
-            fdes = tuple(fde_ranges(bytes(section.content), section.virtual_address))
-        except EhFrameError as exc:
-            fde_error = str(exc)
+        fdes = tuple(fde_ranges(bytes(section.content), section.virtual_address))
+        if not fdes:
+            fde_error = ".eh_frame holds no FDE the builder's parser can read"
     return ElfCode(path, raw, loads, symbols, source, fdes, fde_error)
 
 

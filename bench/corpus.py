@@ -14,6 +14,7 @@ from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
 PAIRS_FILE = BENCH_DIR / "pairs.toml"
+SAMPLES_DIR = BENCH_DIR.parent / "samples"
 
 
 class CorpusError(Exception):
@@ -36,7 +37,7 @@ class PairSpec:
     """One baseline/fix pair as bench/pairs.toml describes it."""
 
     name: str
-    role: str  # "small", "large" or "security"
+    role: str  # "small", "large", "security", or "sample" (a pair of the samples corpus)
     patches: tuple[Patch, ...]
     package: str | None = None
     old_version: str | None = None
@@ -93,6 +94,43 @@ def load_specs(path: Path = PAIRS_FILE) -> list[PairSpec]:
             )
         )
     return specs
+
+
+def sample_specs(samples_dir: Path = SAMPLES_DIR) -> list[PairSpec]:
+    """Every sample of samples/ whose sample.toml expects a package (verdict "patchable")."""
+    specs = []
+    for directory in sorted(samples_dir.glob("[0-9][0-9]-*")):
+        toml = directory / "sample.toml"
+        if not toml.is_file():
+            continue
+        document = tomllib.loads(toml.read_text())
+        if document.get("verdict") != "patchable":
+            continue
+        library = document.get("library", {}).get("file")
+        changed = tuple(document.get("expected_changed", ()))
+        patch = Patch(str(document.get("summary", "")), (), "sample", changed, ())
+        # `object`: the ELF file hpkg patches, inside each build's out/ entry (a library sample's .so).
+        specs.append(PairSpec(directory.name, "sample", (patch,), object=library, source=str(directory)))
+    return specs
+
+
+def build_sample_pair(spec: PairSpec) -> Pair:
+    """Build one sample with its make rule and return its hotpatch-ready baseline and fix."""
+    assert spec.source is not None
+    directory = Path(spec.source)
+    done = subprocess.run(
+        ["make", "-s", "-C", str(directory.parent), directory.name], capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        raise CorpusError(f"make -C samples {directory.name} failed: {done.stderr.strip()[-300:]}")
+    out = directory / "out"
+    old, new = out / "baseline", out / "fixed"
+    if spec.object:
+        old, new = old / spec.object, new / spec.object
+    for path in (old, new):
+        if not path.is_file():
+            raise CorpusError(f"make -C samples {directory.name} did not produce {path}")
+    return Pair(spec, old, new, "baseline (ready)", "fixed (ready)")
 
 
 def default_cache_dir() -> Path:

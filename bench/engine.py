@@ -107,6 +107,21 @@ def in_process_diff(old: Path, new: Path) -> Callable[[], object]:
     return task
 
 
+def in_process_build(old: Path, new: Path) -> Callable[[], object]:
+    """A task that builds the package in this process (diff, plan, verdict, encode; nothing written),
+    the way a build system would call it; a refusal is a result here, it took its time too."""
+    from hpkg.builder.package import build_package
+    from hpkg.errors import NoChange, UnsupportedChange
+
+    def task() -> object:
+        try:
+            return build_package(old, new)
+        except (UnsupportedChange, NoChange) as exc:
+            return exc
+
+    return task
+
+
 def cli_diff(old: Path, new: Path) -> subprocess.CompletedProcess[str]:
     """Run `hpkg diff OLD NEW --json` as a user would, in a fresh interpreter."""
     return subprocess.run(_cli("diff", str(old), str(new), "--json"), capture_output=True, text=True)

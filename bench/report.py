@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
+import statistics
 from pathlib import Path
 
+from bench.deltas import DeltaResult
+from bench.pause import PauseResult, Summary
 from bench.run import HPKG_CLI, HPKG_IN_PROCESS, OBJDUMP, BenchResult, PairResult
+from bench.stream import RETRY_SECONDS
 
 
 def _jsonable(value: object) -> object:
@@ -40,7 +45,28 @@ def to_json(result: BenchResult) -> str:
     return json.dumps(document, indent=2)
 
 
-def _table(title: str, header: list[str], rows: list[list[str]]) -> str:
+def _markdown_table(title: str, header: list[str], rows: list[list[str]]) -> str:
+    """A GitHub table, right-aligned where a column holds figures, to paste into the README."""
+
+    def cell(value: str) -> str:
+        return str(value).replace("|", "\\|").strip()
+
+    def numeric(index: int) -> bool:
+        return bool(rows) and all(re.fullmatch(r"[\d,.]+x?|-", row[index]) for row in rows)
+
+    align = ["---:" if index and numeric(index) else "---" for index in range(len(header))]
+    out = ["", " ".join(line.strip() for line in title.strip().splitlines()), ""]
+    out += ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "|".join(align) + "|"]
+    out += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(out)
+
+
+def _table(title: str, header: list[str], rows: list[list[str]], markdown: bool = False) -> str:
+    """A titled table as aligned plain text, or as markdown; empty (no title either) without rows."""
+    if not rows:
+        return ""
+    if markdown:
+        return _markdown_table(title, header, rows)
     widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=True)]
     line = "  ".join("-" * w for w in widths)
     out = [title, "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)), line]
@@ -94,36 +120,109 @@ def _changes_row(pair: PairResult) -> list[str]:
     return [pair.name, f"{by_symbol} ({compared.symbol_source})", by_fde, by_objdump, hpkg, touched]
 
 
-def _delta_cell(size: int | None, seconds: float | None, verified: bool, error: str | None) -> str:
-    if size is None or seconds is None:
-        return _na(error)
-    return f"{size:,} B {seconds:.2f}s" + ("" if verified else " NOT REPRODUCED")
+def _reason_codes(reasons: tuple[str, ...]) -> str:
+    """The reason codes of a refusal ("data-value-changed: variable ..." gives "data-value-changed"),
+    with a note where the builder says debug symbols would have let it decide."""
+    codes = dict.fromkeys(reason.split(":", 1)[0].strip() for reason in reasons)
+    text = ", ".join(codes) or "no reason given"
+    if any("without symbols" in reason or "--old-debug" in reason for reason in reasons):
+        text += " (no debug symbols)"
+    return text
 
 
-def _deltas_row(pair: PairResult) -> list[str]:
-    cells = [pair.name, f"{pair.new_size:,}"]
-    cells += [_delta_cell(d.size, d.encode_seconds, d.verified, d.error) for d in pair.deltas]
+def _build_size_cell(pair: PairResult) -> str:
     build = pair.hpkg_build
     if build is None:
-        cells.append(_na(pair.hpkg_build_error))
-    elif build.outcome == "built":
-        payload = f" (payload {build.compressed_payload:,} B)" if build.compressed_payload else ""
-        cells.append(f"{build.package_size:,} B{payload} {build.seconds:.2f}s")
+        return _na(pair.hpkg_build_error)
+    if build.outcome == "built":
+        assert build.package_size is not None
+        payload = f" (payload {build.compressed_payload:,})" if build.compressed_payload else ""
+        return f"{build.package_size:,}{payload}"
+    return f"{build.outcome}: {_reason_codes(build.reasons)}"
+
+
+def _delta_size(delta: DeltaResult) -> str:
+    if delta.size is None:
+        return _na(delta.error)
+    return f"{delta.size:,}" + ("" if delta.verified else " NOT REPRODUCED")
+
+
+def _sizes_row(pair: PairResult) -> list[str]:
+    cells = [pair.name, f"{pair.new_size:,}", _build_size_cell(pair)]
+    cells += [_delta_size(d) for d in pair.deltas]
+    bsdiff = next((d for d in pair.deltas if d.tool == "bsdiff" and d.size), None)
+    build = pair.hpkg_build
+    if bsdiff and build and build.package_size:
+        assert bsdiff.size is not None
+        cells.append(f"{build.package_size / bsdiff.size:.2f}")
     else:
-        cells.append(f"{build.outcome}: {len(build.reasons)} reasons, {build.seconds:.2f}s")
+        cells.append("-")
     return cells
 
 
-def to_table(result: BenchResult) -> str:
-    """Three tables (speed, changes, deltas) plus a line per pair that could not run."""
+def _times_row(pair: PairResult) -> list[str]:
+    build = pair.hpkg_build
+    if build is None:
+        cli = _na(pair.hpkg_build_error)
+    else:
+        cli = f"{build.seconds:.3f}" + ("" if build.outcome == "built" else f" ({build.outcome})")
+    in_process = "-" if pair.build_in_process is None else f"{pair.build_in_process.median:.3f}"
+    cells = [pair.name, f"{pair.new_size:,}", in_process, cli]
+    cells += [_na(d.error) if d.encode_seconds is None else f"{d.encode_seconds:.3f}" for d in pair.deltas]
+    bsdiff = next((d.encode_seconds for d in pair.deltas if d.tool == "bsdiff" and d.encode_seconds), None)
+    if bsdiff is None or pair.build_in_process is None:
+        return [*cells, "-"]
+    return [*cells, f"{pair.build_in_process.median / bsdiff:.1f}x"]
+
+
+def _ms(summary: Summary | None) -> str:
+    return "-" if summary is None else f"{summary.median:.2f} / {summary.maximum:.2f}"
+
+
+def _counts(values: tuple[int, ...]) -> str:
+    if not values:
+        return "-"
+    return f"{statistics.median(values):g} / {max(values)} (total {sum(values)})"
+
+
+def _counter_range(numbers: tuple[int, ...]) -> str:
+    """The request numbers a restarted server's first answer carried: its counter began again."""
+    if not numbers:
+        return "-"
+    low, high = min(numbers), max(numbers)
+    return f"#{low}" if low == high else f"#{low}–#{high}"
+
+
+def _pause_row(result: PauseResult) -> list[str]:
+    return [
+        result.name,
+        str(result.threads),
+        str(result.rounds),
+        _ms(result.apply_pause_ms),
+        _ms(result.revert_pause_ms),
+        _ms(result.apply_wall_ms),
+        _ms(result.restart_ms),
+        _counts(result.live_failed),
+        _counts(result.restart_failed),
+        str(result.live_wrong),
+        f"{sum(result.counter_kept_live)}/{len(result.counter_kept_live)} rounds",
+        _counter_range(result.counter_after_restart),
+    ]
+
+
+def to_table(result: BenchResult, markdown: bool = False) -> str:
+    """Five tables (speed, changes, sizes, build times, pause vs restart), then notes and errors;
+    as GitHub markdown tables with `markdown`."""
     ok = [p for p in result.pairs if p.error is None]
+    compared = [p for p in ok if p.speed is not None]
     machine = result.machine
     parts = [f"hpkg bench, {result.date}, {machine['cpus']} CPUs ({machine['cpu']})"]
     parts.append(
         _table(
             "\nSpeed: wall seconds, median of interleaved runs; ratio = hpkg / objdump",
             ["pair", "new bytes", "objdump -d both", "in-process", "ratio", "CLI", "ratio", "runs"],
-            [_speed_row(p) for p in ok],
+            [_speed_row(p) for p in compared],
+            markdown=markdown,
         )
     )
     parts.append(
@@ -131,17 +230,48 @@ def to_table(result: BenchResult) -> str:
             "\nChanged functions: byte compare, objdump with addresses masked (named functions), hpkg diff;"
             "\ntouched = named functions the fix touched whose code changed, and how many hpkg reports",
             ["pair", "bytes by symbol", "bytes by FDE", "objdump masked", "hpkg diff", "touched functions"],
-            [_changes_row(p) for p in ok],
+            [_changes_row(p) for p in compared],
+            markdown=markdown,
         )
     )
-    delta_names = [d.tool for d in ok[0].deltas] if ok else []
+    with_deltas = [p for p in ok if p.deltas]
+    delta_names = [d.tool for d in with_deltas[0].deltas] if with_deltas else []
     parts.append(
         _table(
-            "\nDeltas: size and encode time; every delta was applied back and compared with the fix",
-            ["pair", "new bytes", *delta_names, "hpkg build"],
-            [_deltas_row(p) for p in ok],
+            "\nPackage size vs deltas, bytes: .hpkg (unsigned; payload = compressed sections) beside"
+            "\nbinary deltas, each applied back and compared with the fix; ratio = .hpkg / bsdiff",
+            ["pair", "new bytes", "hpkg build", *delta_names, "ratio"],
+            [_sizes_row(p) for p in with_deltas],
+            markdown=markdown,
         )
     )
+    parts.append(
+        _table(
+            "\nBuild time vs delta encode time, seconds: `hpkg build` in-process (build_package: diff,"
+            "\nplan, verdict, encode) and through the CLI (a fresh interpreter: about 0.6 s of imports),"
+            "\nbeside each delta encoder; medians of rounds; ratio = in-process build / bsdiff",
+            ["pair", "new bytes", "build in-process", "hpkg build CLI", *delta_names, "ratio"],
+            [_times_row(p) for p in with_deltas],
+            markdown=markdown,
+        )
+    )
+    if result.pause:
+        measured = [r for r in result.pause if r.error is None]
+        parts.append(
+            _table(
+                "\nPause vs restart, ms (median / max) under a continuous request stream;"
+                "\nfailed = client requests that got no answer (median / max per round; clients retry after"
+                f" {RETRY_SECONDS * 1000:g} ms); apply wall = apply_to_process call to return",
+                ["server", "threads", "rounds", "apply pause", "revert pause", "apply wall", "restart",
+                 "failed: live", "failed: restart", "wrong answers", "count went on: live",
+                 "first #N after restart"],
+                [_pause_row(r) for r in measured],
+                markdown=markdown,
+            )
+        )
+        for paused in result.pause:
+            if paused.error is not None:
+                parts.append(f"\n{paused.name}: pause not measured: {paused.error}")
     for pair in result.pairs:
         if pair.touched and pair.touched.missed_by_hpkg:
             missed = ", ".join(pair.touched.missed_by_hpkg)
@@ -164,4 +294,4 @@ def to_table(result: BenchResult) -> str:
     for pair in result.pairs:
         if pair.error is not None:
             parts.append(f"\n{pair.name}: not measured: {pair.error}")
-    return "\n".join(parts)
+    return "\n".join(part for part in parts if part)

@@ -1,4 +1,4 @@
-"""One bench run: make each pair available, then measure speed, changes and deltas for it."""
+"""One bench run: make each pair available and measure it (speed, changes, deltas, build), then the pause."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from bench import corpus, engine
 from bench.bytecompare import ByteCompare, compare_bytes, load_code
 from bench.deltas import DeltaResult, make_deltas
 from bench.objdiff import changed_functions
+from bench.pause import PauseResult
 from bench.timing import Timing, interleaved_medians
 
 OBJDUMP = "objdump -d (both files)"
@@ -99,6 +100,7 @@ class PairResult:
     deltas: tuple[DeltaResult, ...] = ()
     hpkg_build: engine.BuildReport | None = None
     hpkg_build_error: str | None = None
+    build_in_process: Timing | None = None  # the same build without the interpreter start
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,7 @@ class BenchResult:
     machine: dict[str, str]
     engine: engine.EngineStatus
     pairs: tuple[PairResult, ...] = field(default_factory=tuple)
+    pause: tuple[PauseResult, ...] = field(default_factory=tuple)
 
 
 def machine_facts() -> dict[str, str]:
@@ -225,8 +228,60 @@ def agree(masked: MaskedCompare, report: engine.DiffReport) -> Agreement:
     )
 
 
+def _build(
+    pair: corpus.Pair, package: Path, status: engine.EngineStatus, runs: int
+) -> tuple[engine.BuildReport | None, str | None, Timing | None]:
+    """`hpkg build` of the pair through the CLI, and its in-process time (median of `runs`);
+    or why there is no figure for it."""
+    if status.cli_build is not None:
+        return None, status.cli_build, None
+    try:
+        report = engine.cli_build(pair.old, pair.new, package)
+    except engine.EngineError as exc:
+        return None, str(exc), None
+    build = engine.in_process_build(pair.old, pair.new)
+    failures: list[str] = []
+
+    def task() -> None:
+        try:
+            build()
+        except Exception as exc:  # the builder is what is measured: a crash is a finding, not a bench crash
+            failures.append(f"{exc.__class__.__name__}: {exc}")
+
+    timing = interleaved_medians({"build": task}, runs)["build"]
+    return report, None, None if failures else timing
+
+
+def run_sample_pair(spec: corpus.PairSpec, settings: Settings, status: engine.EngineStatus) -> PairResult:
+    """A pair of the samples corpus: only the deltas and `hpkg build` (the diff is checked by tests)."""
+    try:
+        pair = corpus.build_sample_pair(spec)
+    except corpus.CorpusError as exc:
+        return PairResult(spec.name, spec.role, error=str(exc))
+    pairdir = settings.workdir / "samples" / spec.name
+    runs = settings.runs[spec.role]
+    deltas = make_deltas(pair.old, pair.new, pairdir / "deltas", runs)
+    build, build_error, in_process = _build(pair, pairdir / "fix.hpkg", status, runs)
+    return PairResult(
+        name=spec.name,
+        role=spec.role,
+        old=str(pair.old),
+        new=str(pair.new),
+        old_label=pair.old_label,
+        new_label=pair.new_label,
+        old_size=pair.old.stat().st_size,
+        new_size=pair.new.stat().st_size,
+        deltas=tuple(deltas),
+        hpkg_build=build,
+        hpkg_build_error=build_error,
+        build_in_process=in_process,
+    )
+
+
 def run_pair(spec: corpus.PairSpec, settings: Settings, status: engine.EngineStatus) -> PairResult:
     """Measure one pair from start to end; a failing stage is recorded, not raised."""
+    if spec.role == "sample":
+        return run_sample_pair(spec, settings, status)
     slug = "".join(c if c.isalnum() else "-" for c in spec.name).strip("-")
     pairdir = settings.workdir / slug
     pairdir.mkdir(parents=True, exist_ok=True)
@@ -254,12 +309,8 @@ def run_pair(spec: corpus.PairSpec, settings: Settings, status: engine.EngineSta
         except engine.EngineError as exc:
             report_error = str(exc)
     deltas = make_deltas(pair.old, pair.new, pairdir / "deltas", runs if spec.role == "small" else 1)
-    build, build_error = None, status.cli_build
-    if status.cli_build is None:
-        try:
-            build = engine.cli_build(pair.old, pair.new, pairdir / "fix.hpkg")
-        except engine.EngineError as exc:
-            build_error = str(exc)
+    build_runs = runs if spec.role == "small" else 1
+    build, build_error, in_process = _build(pair, pairdir / "fix.hpkg", status, build_runs)
     return PairResult(
         name=spec.name,
         role=spec.role,
@@ -279,19 +330,23 @@ def run_pair(spec: corpus.PairSpec, settings: Settings, status: engine.EngineSta
         deltas=tuple(deltas),
         hpkg_build=build,
         hpkg_build_error=build_error,
+        build_in_process=in_process,
     )
 
 
 def select_specs(specs: list[corpus.PairSpec], selectors: list[str]) -> list[corpus.PairSpec]:
-    """Pairs whose role or name (case-insensitive prefix) matches a selector; default: all roles."""
+    """Pairs whose role (or its plural) or name (case-insensitive prefix) matches a selector; default: all."""
     if not selectors:
         return specs
     wanted = [s.lower() for s in selectors]
-    return [s for s in specs if any(s.role == w or s.name.lower().startswith(w) for w in wanted)]
+    return [
+        s for s in specs if any(w in (s.role, f"{s.role}s") or s.name.lower().startswith(w) for w in wanted)
+    ]
 
 
-def run_bench(specs: list[corpus.PairSpec], settings: Settings) -> BenchResult:
-    """Run every selected pair; of the "large" pairs only the first that can be fetched is kept."""
+def run_bench(specs: list[corpus.PairSpec], settings: Settings, pause: bool = False) -> BenchResult:
+    """Run every selected pair, then (with `pause`) the pause-vs-restart section; of the "large"
+    pairs only the first that can be fetched is kept."""
     status = engine.probe()
     results: list[PairResult] = []
     large_done = False
@@ -308,5 +363,10 @@ def run_bench(specs: list[corpus.PairSpec], settings: Settings) -> BenchResult:
         results.append(result)
     if not large_done:
         results.extend(large_errors)
+    paused: tuple[PauseResult, ...] = ()
+    if pause:
+        from bench.pause import run_pause
+
+        paused = run_pause(settings.workdir, settings.runs["pause"])
     date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    return BenchResult(date, machine_facts(), status, tuple(results))
+    return BenchResult(date, machine_facts(), status, tuple(results), paused)

@@ -1,5 +1,5 @@
 /* The bench's small pair: a record parser whose fix (-DHPKG_BENCH_FIX) adds a bounds check
- * to read_field, the shape of a typical security fix. Built by bench/small.py with gcc -O2. */
+ * to read_field, the shape of a typical security fix. Built by bench/corpus.py with gcc -O2. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -45,6 +45,7 @@ def sha256(path: Path) -> str:
 
 def test_run_records_date_machine_and_engine_status(bench_json):
     assert bench_json["date"].endswith("UTC")
+    assert bench_json["pause"] == []  # not selected
     assert int(bench_json["machine"]["cpus"]) >= 1
     assert "GNU objdump" in bench_json["machine"]["objdump"]
     assert set(bench_json["engine"]) == {"in_process_diff", "cli_diff", "cli_build"}
@@ -133,22 +134,49 @@ def test_hpkg_build_column_is_never_a_made_up_number(small, bench_json):
         assert package.stat().st_size == build["package_size"]
         assert build["replaced_names"] == ["read_field"]  # read back from the file by hpkg inspect
         assert 0 < build["compressed_payload"] < build["package_size"]
+        in_process = small["build_in_process"]
+        assert len(in_process["samples"]) == 3 and all(s > 0 for s in in_process["samples"])
     else:
         assert small["hpkg_build"] is None and small["hpkg_build_error"] == "builder not available"
 
 
-def test_table_output_has_the_three_tables_and_the_small_row(workdir):
+def test_table_output_has_the_four_pair_tables_and_the_small_row(workdir):
     done = run_bench("--quick", "--pair", "small", "--no-download", "--workdir", str(workdir / "table"))
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    for title in ("Speed:", "Changed functions:", "Deltas:"):
+    for title in ("Speed:", "Changed functions:", "Package size vs deltas", "Build time vs delta"):
         assert any(line.startswith(title) for line in lines), title
+    assert not any(line.startswith("Pause vs restart") for line in lines)  # not selected
     small_rows = [line for line in lines if line.startswith("small ")]
-    assert len(small_rows) == 3
-    speed_row, changes_row, deltas_row = small_rows
+    assert len(small_rows) == 4
+    speed_row, changes_row, sizes_row, times_row = small_rows
     assert "x " in speed_row or "n/a (" in speed_row
     assert "differ" in changes_row and "(.symtab)" in changes_row
-    assert deltas_row.count(" B ") >= 4 and "NOT REPRODUCED" not in deltas_row
+    assert "NOT REPRODUCED" not in sizes_row
+    sizes = sizes_row.split()
+    assert len([cell for cell in sizes if cell.replace(",", "").isdigit()]) >= 5  # file, .hpkg, 4 deltas
+    assert len([cell for cell in times_row.split() if cell.replace(".", "").isdigit()]) >= 6
+
+
+EXPECTED_REPLACED = {"01-bounds-check": ["read_slot"], "16-shared-library": ["pct_decode"]}  # sample.toml
+
+
+def test_sample_pairs_report_the_package_beside_the_deltas(tmp_path):
+    selected = ("--pair", "01-bounds", "--pair", "16-shared")
+    done = run_bench("--quick", *selected, "--json", "--no-download", "--workdir", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    pairs = {pair["name"]: pair for pair in json.loads(done.stdout)["pairs"]}
+    assert set(pairs) == {"01-bounds-check", "16-shared-library"}
+    assert pairs["16-shared-library"]["new"].endswith("out/fixed/libpct.so.1")  # the library, not the host
+    for name, pair in pairs.items():
+        assert pair["role"] == "sample" and pair["error"] is None and pair["speed"] is None
+        assert all(d["verified"] for d in pair["deltas"]), name
+        build = pair["hpkg_build"]
+        assert build["outcome"] == "built", name
+        package = tmp_path / "samples" / name / "fix.hpkg"
+        assert package.stat().st_size == build["package_size"]
+        assert build["replaced_names"] == EXPECTED_REPLACED[name]  # read back by hpkg inspect
+        assert pair["build_in_process"]["median"] > 0
 
 
 def test_a_debian_pair_without_download_is_reported_not_measured(workdir):
@@ -156,3 +184,26 @@ def test_a_debian_pair_without_download_is_reported_not_measured(workdir):
     assert done.returncode == 1
     assert "libpng16 deb12u5 -> deb12u6: not measured: downloads disabled" in done.stdout
     assert "Traceback" not in done.stderr
+
+
+def test_markdown_output_has_one_well_formed_table_per_section(tmp_path):
+    selected = ("--quick", "--pair", "01-bounds", "--markdown", "--no-download")
+    done = run_bench(*selected, "--workdir", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.startswith("|")]
+    tables: list[list[str]] = []
+    for line in done.stdout.splitlines():
+        if line.startswith("|") and (not tables or not tables[-1]):
+            tables.append([])
+        if line.startswith("|"):
+            tables[-1].append(line)
+        elif tables and tables[-1]:
+            tables.append([])
+    tables = [t for t in tables if t]
+    assert len(tables) == 2  # a sample pair has sizes and build times only
+    for table in tables:
+        header, rule, *body = table
+        assert set(rule) <= set("|-:") and rule.count("|") == header.count("|")
+        assert [row.split(" | ")[0] for row in body] == ["| 01-bounds-check"]
+        assert all(row.count("|") == header.count("|") for row in body)
+    assert len(rows) == 6
