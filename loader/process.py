@@ -199,31 +199,28 @@ class Process:
 
     # -- stopping -------------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def stop_all_threads(self, timeout: float = DEFAULT_STOP_TIMEOUT) -> Iterator[StoppedThreads]:
+    def stop_all_threads(
+        self, timeout: float = DEFAULT_STOP_TIMEOUT
+    ) -> contextlib.AbstractContextManager[StoppedThreads]:
         """Stop every thread (including ones created while attaching); always resume and detach them."""
-        stopped = StoppedThreads(self)
-        try:
-            stopped._attach(only=None, timeout=timeout)
-            yield stopped
-        except BaseException:
-            stopped._release(failed=True)
-            raise
-        else:
-            stopped._release(failed=False)
+        return self._stopped(None, timeout)
 
-    @contextlib.contextmanager
     def stop_thread(
         self, tid: int | None = None, timeout: float = DEFAULT_STOP_TIMEOUT
-    ) -> Iterator[StoppedThreads]:
+    ) -> contextlib.AbstractContextManager[StoppedThreads]:
         """Stop one thread (the main thread by default) while the others keep running."""
-        stopped = StoppedThreads(self)
         if tid is None:
             # The main thread, unless it has exited (pthread_exit) and stays a zombie leader.
             live = [t for t in self.threads() if procfs.thread_state(self.pid, t) not in ("", "Z", "X")]
             tid = live[0] if live else self.pid
+        return self._stopped(tid, timeout)
+
+    @contextlib.contextmanager
+    def _stopped(self, only: int | None, timeout: float) -> Iterator[StoppedThreads]:
+        """Hold `only` (or every thread); on any exit undo what failed and detach every thread."""
+        stopped = StoppedThreads(self)
         try:
-            stopped._attach(only=tid, timeout=timeout)
+            stopped._attach(only=only, timeout=timeout)
             yield stopped
         except BaseException:
             stopped._release(failed=True)
