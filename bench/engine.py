@@ -15,8 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-EXIT_REFUSED = 4
-EXIT_NO_CHANGE = 5
+from hpkg.errors import EXIT_NO_CHANGE, EXIT_REFUSED
 
 
 class EngineError(Exception):
@@ -127,6 +126,11 @@ def cli_diff(old: Path, new: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(_cli("diff", str(old), str(new), "--json"), capture_output=True, text=True)
 
 
+def _last_error_line(done: subprocess.CompletedProcess[str]) -> str:
+    """The last line hpkg wrote to stderr (its `error:` line), or the exit status when it wrote none."""
+    return (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+
+
 def _names(entries: list[dict]) -> tuple[str, ...]:
     return tuple(str(entry.get("name")) for entry in entries)
 
@@ -134,7 +138,7 @@ def _names(entries: list[dict]) -> tuple[str, ...]:
 def parse_diff(done: subprocess.CompletedProcess[str]) -> DiffReport:
     """Read the JSON `hpkg diff --json` printed; an empty report for exit 5 (no change)."""
     if done.returncode not in (0, EXIT_NO_CHANGE):
-        last = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+        last = _last_error_line(done)
         raise EngineError(f"hpkg diff exit {done.returncode}: {last}")
     if done.returncode == EXIT_NO_CHANGE and not done.stdout.strip():
         return DiffReport(None, (), (), (), None, 0, {}, {})
@@ -161,7 +165,7 @@ def _inspect(package: Path) -> dict:
     """Read a package back with `hpkg inspect --json`, so the bench reports what the file holds."""
     done = subprocess.run(_cli("inspect", str(package), "--json"), capture_output=True, text=True)
     if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+        last = _last_error_line(done)
         raise EngineError(f"hpkg inspect of the built package failed: {last}")
     return json.loads(done.stdout)
 
@@ -200,5 +204,5 @@ def cli_build(old: Path, new: Path, package: Path) -> BuildReport:
             reasons = tuple(line.strip() for line in done.stderr.splitlines()[1:] if line.strip())
         outcome = "refused" if done.returncode == EXIT_REFUSED else "no change"
         return BuildReport(outcome, None, seconds, reasons)
-    last = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+    last = _last_error_line(done)
     raise EngineError(f"hpkg build exit {done.returncode}: {last}")

@@ -20,9 +20,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bench import engine
 from bench.stream import RequestStream, StreamError, Tally, ask
+
+if TYPE_CHECKING:  # the package model is only needed for hints; the loader is imported where it is used
+    from hpkg.formats.model import Package
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLES_DIR = REPO_ROOT / "samples"
@@ -119,7 +123,7 @@ def stream_server(workdir: Path) -> Server:
                   "tests/live/programs/stream_server.c")
 
 
-def build_package(server: Server, workdir: Path) -> object:
+def build_package(server: Server, workdir: Path) -> Package:
     """`hpkg build` the server's pair (unsigned) and open the package the way `hpkg apply` does."""
     from hpkg.loader.trust import open_package
 
@@ -169,7 +173,7 @@ class LiveRound:
     counter_kept: bool  # the server's request count went on across the round: its state was kept
 
 
-def live_round(package: object, pid: int, port: int, stream: RequestStream) -> LiveRound:
+def live_round(package: Package, pid: int, port: int, stream: RequestStream) -> LiveRound:
     """Apply, let the fix answer some requests, revert; a request before and after shows whether the
     server's request count went on (its state kept) across the round."""
     from hpkg.loader.apply import apply_to_process
@@ -178,7 +182,7 @@ def live_round(package: object, pid: int, port: int, stream: RequestStream) -> L
     number_before = _request_number(first_answer(port))
     before = stream.tally()
     started = time.perf_counter()
-    applied = apply_to_process(package, pid, APPLY_TIMEOUT_SECONDS)  # type: ignore[arg-type]
+    applied = apply_to_process(package, pid, APPLY_TIMEOUT_SECONDS)
     apply_wall = (time.perf_counter() - started) * 1000
     patched_from = stream.tally()
     patched_until = stream.wait_for_answers(ANSWERS_WHILE_PATCHED)
@@ -230,7 +234,7 @@ def restart_round(server: Server, running: Running, stream: RequestStream) -> tu
     return restart_ms, after.since(before), _request_number(answer)
 
 
-def measure_server(server: Server, package: object, rounds: int) -> PauseResult:
+def measure_server(server: Server, package: Package, rounds: int) -> PauseResult:
     """Interleave `rounds` live rounds with `rounds` restarts on one server under one request stream."""
     running = Running(*start(server, 0))
     try:

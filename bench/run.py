@@ -252,16 +252,15 @@ def _build(
     return report, None, None if failures else timing
 
 
-def run_sample_pair(spec: corpus.PairSpec, settings: Settings, status: engine.EngineStatus) -> PairResult:
-    """A pair of the samples corpus: only the deltas and `hpkg build` (the diff is checked by tests)."""
-    try:
-        pair = corpus.build_sample_pair(spec)
-    except corpus.CorpusError as exc:
-        return PairResult(spec.name, spec.role, error=str(exc))
-    pairdir = settings.workdir / "samples" / spec.name
-    runs = settings.runs[spec.role]
-    deltas = make_deltas(pair.old, pair.new, pairdir / "deltas", runs)
-    build, build_error, in_process = _build(pair, pairdir / "fix.hpkg", status, runs)
+def _pair_result(
+    spec: corpus.PairSpec,
+    pair: corpus.Pair,
+    deltas: list[DeltaResult],
+    built: tuple[engine.BuildReport | None, str | None, Timing | None],
+    **stages: object,
+) -> PairResult:
+    """The result of a measured pair: its files, deltas and build, plus whatever other `stages` ran."""
+    build, build_error, in_process = built
     return PairResult(
         name=spec.name,
         role=spec.role,
@@ -275,7 +274,20 @@ def run_sample_pair(spec: corpus.PairSpec, settings: Settings, status: engine.En
         hpkg_build=build,
         hpkg_build_error=build_error,
         build_in_process=in_process,
+        **stages,  # type: ignore[arg-type]
     )
+
+
+def run_sample_pair(spec: corpus.PairSpec, settings: Settings, status: engine.EngineStatus) -> PairResult:
+    """A pair of the samples corpus: only the deltas and `hpkg build` (the diff is checked by tests)."""
+    try:
+        pair = corpus.build_sample_pair(spec)
+    except corpus.CorpusError as exc:
+        return PairResult(spec.name, spec.role, error=str(exc))
+    pairdir = settings.workdir / "samples" / spec.name
+    runs = settings.runs[spec.role]
+    deltas = make_deltas(pair.old, pair.new, pairdir / "deltas", runs)
+    return _pair_result(spec, pair, deltas, _build(pair, pairdir / "fix.hpkg", status, runs))
 
 
 def run_pair(spec: corpus.PairSpec, settings: Settings, status: engine.EngineStatus) -> PairResult:
@@ -308,18 +320,13 @@ def run_pair(spec: corpus.PairSpec, settings: Settings, status: engine.EngineSta
             report = engine.parse_diff(cli_outputs[-1])
         except engine.EngineError as exc:
             report_error = str(exc)
-    deltas = make_deltas(pair.old, pair.new, pairdir / "deltas", runs if spec.role == "small" else 1)
-    build_runs = runs if spec.role == "small" else 1
-    build, build_error, in_process = _build(pair, pairdir / "fix.hpkg", status, build_runs)
-    return PairResult(
-        name=spec.name,
-        role=spec.role,
-        old=str(pair.old),
-        new=str(pair.new),
-        old_label=pair.old_label,
-        new_label=pair.new_label,
-        old_size=pair.old.stat().st_size,
-        new_size=pair.new.stat().st_size,
+    slow_runs = runs if spec.role == "small" else 1  # only small pairs repeat the deltas and the build
+    deltas = make_deltas(pair.old, pair.new, pairdir / "deltas", slow_runs)
+    return _pair_result(
+        spec,
+        pair,
+        deltas,
+        _build(pair, pairdir / "fix.hpkg", status, slow_runs),
         speed=speed,
         byte_compare=compared,
         masked_compare=masked,
@@ -327,10 +334,6 @@ def run_pair(spec: corpus.PairSpec, settings: Settings, status: engine.EngineSta
         hpkg_diff=report,
         hpkg_diff_error=report_error,
         touched=check_touched(spec, compared, masked, report) if spec.touched else None,
-        deltas=tuple(deltas),
-        hpkg_build=build,
-        hpkg_build_error=build_error,
-        build_in_process=in_process,
     )
 
 

@@ -27,10 +27,3 @@ def interleaved_medians(tasks: Mapping[str, Callable[[], object]], runs: int) ->
             tasks[name]()
             samples[name].append(time.perf_counter() - start)
     return {name: Timing(statistics.median(s), tuple(s)) for name, s in samples.items()}
-
-
-def timed(task: Callable[[], object]) -> tuple[float, object]:
-    """Seconds one call of `task` took, and what it returned."""
-    start = time.perf_counter()
-    result = task()
-    return time.perf_counter() - start, result

@@ -116,9 +116,9 @@ def _link_address(image: Image, sym: Symbol) -> int:
 
 def _value(image: Image, sym: Symbol, pointer_words: dict[int, str], word_addresses: list[int]) -> bytes:
     """An object's initial bytes, with each relocated pointer word replaced by what it points to."""
-    raw = bytearray(image.read(_link_address(image, sym), sym.size))
-    described: list[bytes] = []
     start = _link_address(image, sym)
+    raw = bytearray(image.read(start, sym.size))
+    described: list[bytes] = []
     first = bisect.bisect_left(word_addresses, start)
     last = bisect.bisect_left(word_addresses, start + max(len(raw) - 7, 0))
     for address in word_addresses[first:last]:

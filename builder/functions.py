@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from hpkg.builder.model import Function, FunctionOrigin, Image, LinkAddress, SymbolKind
+from hpkg.builder.model import Function, FunctionOrigin, Image, LinkAddress, Section, SymbolKind
 
 # GCC's names for pieces and copies of a function: foo.cold, foo.part.0, foo.constprop.0.isra.0 …
 _SUFFIX = re.compile(r"\.(cold|part|constprop|isra|lto_priv|localalias|specialized)(\.\d+)?")
@@ -32,19 +32,25 @@ def unnamed(address: int) -> str:
     return f"sub_{address:x}"
 
 
-def _code_sections(image: Image) -> list:
-    return [s for s in image.sections if s.executable and s.alloc and not s.nobits]
+def _function_sections(image: Image) -> list[Section]:
+    """The code sections that hold the program's own functions."""
+    return [
+        s
+        for s in image.sections
+        if s.executable and s.alloc and not s.nobits and s.name not in _NON_FUNCTION_SECTIONS
+    ]
+
+
+def _section_of(sections: list[Section], address: int) -> Section | None:
+    return next((s for s in sections if s.address <= address < s.end), None)
 
 
 def discover_functions(image: Image) -> tuple[Function, ...]:
     """Every function's bounds and bytes, sorted by address; symbols win, FDEs fill in what they miss."""
-    code_sections = [s for s in _code_sections(image) if s.name not in _NON_FUNCTION_SECTIONS]
+    code_sections = _function_sections(image)
 
-    def section_of(address: int):
-        for section in code_sections:
-            if section.address <= address < section.end:
-                return section
-        return None
+    def section_of(address: int) -> Section | None:
+        return _section_of(code_sections, address)
 
     # Symbols: several names may share an address (aliases); a global, source-level name is preferred.
     named: dict[int, list] = {}
@@ -110,18 +116,18 @@ def functions_at(
 ) -> tuple[Function, ...]:
     """Unnamed functions starting at code addresses that calls reach but no symbol or FDE covers
     (crt glue like deregister_tm_clones, assembly without CFI); each ends at the next known start."""
-    code_sections = [s for s in _code_sections(image) if s.name not in _NON_FUNCTION_SECTIONS]
+    code_sections = _function_sections(image)
     starts = sorted({f.address for f in known} | set(addresses) | {a for a, _ in image.eh_frame})
     out: list[Function] = []
     for address in sorted(set(addresses)):
-        section = next((s for s in code_sections if s.address <= address < s.end), None)
+        section = _section_of(code_sections, address)
         if section is None:
             continue
         i = starts.index(address)
         limit = min(starts[i + 1] if i + 1 < len(starts) else section.end, section.end)
         start = address - section.address
-        code = image.section_bytes[section.name][start : start + (limit - address)]
         size = limit - address
+        code = image.section_bytes[section.name][start : start + size]
         name = unnamed(address)
         out.append(Function(name, LinkAddress(address), size, section.name, code, named=False, local=True))
     return tuple(out)

@@ -184,10 +184,6 @@ def _read_symbols(symbols, sections: tuple[Section, ...], dynamic: bool) -> list
     return out
 
 
-def _section_names_by_index(binary) -> dict[int, str]:
-    return {i: s.name for i, s in enumerate(binary.sections)}
-
-
 _ENUM_NAMES: dict[object, str] = {}
 
 
@@ -199,10 +195,14 @@ def _enum_name(value) -> str:
     return name
 
 
-def _read_relocations(binary, sections: tuple[Section, ...]) -> tuple[list[Relocation], list[Relocation]]:
-    """(dynamic, static) relocations; static ones are those `-Wl,--emit-relocs` kept in allocated sections."""
+def _read_relocations(
+    binary, sections: tuple[Section, ...]
+) -> tuple[list[Relocation], list[Relocation], list[GotSlot]]:
+    """(dynamic, static) relocations and the GOT slots the dynamic ones bind, in one pass over LIEF's list;
+    static ones are those `-Wl,--emit-relocs` kept in allocated sections."""
     dynamic: list[Relocation] = []
     static: list[Relocation] = []
+    slots: list[GotSlot] = []
     alloc = {s.name for s in sections if s.alloc}
     for r in binary.relocations:
         purpose = _enum_name(r.purpose)
@@ -210,20 +210,13 @@ def _read_relocations(binary, sections: tuple[Section, ...]) -> tuple[list[Reloc
         symbol = r.symbol.name if r.has_symbol else ""
         if purpose in ("DYNAMIC", "PLTGOT"):
             dynamic.append(Relocation(LinkAddress(r.address), type_name, symbol, r.addend, ""))
+            if type_name in GOT_RELOCATIONS and symbol:
+                slots.append(GotSlot(LinkAddress(r.address), symbol, _symbol_version(r.symbol), type_name))
             continue
         section = r.section.name if r.has_section else ""
         if section in alloc:
             static.append(Relocation(LinkAddress(r.address), type_name, symbol, r.addend, section))
-    return dynamic, static
-
-
-def _read_got_slots(binary) -> list[GotSlot]:
-    slots: list[GotSlot] = []
-    for r in list(binary.dynamic_relocations) + list(binary.pltgot_relocations):
-        type_name = _enum_name(r.type)
-        if type_name in GOT_RELOCATIONS and r.has_symbol and r.symbol.name:
-            slots.append(GotSlot(LinkAddress(r.address), r.symbol.name, _symbol_version(r.symbol), type_name))
-    return slots
+    return dynamic, static, slots
 
 
 def _read_plt_entries(sections: tuple[Section, ...], contents: dict[str, bytes]) -> dict[int, int]:
@@ -312,12 +305,11 @@ def _read_init_functions(binary, sections, contents, dynamic: list[Relocation]) 
 
 def _debug_symbols(debug: Path, build_id: str | None, sections: tuple[Section, ...]) -> list[Symbol]:
     """The .symtab of a separate debug file (objcopy --only-keep-debug) made from the same build."""
-    data = _check_header(debug)
+    _check_header(debug)
     binary = _parse(debug)
     debug_build_id = _read_build_id(binary)
     if build_id and debug_build_id and build_id != debug_build_id:
         raise ImageError(f"{debug}: debug file is for build-id {debug_build_id}, not {build_id}")
-    del data
     debug_sections, _ = _read_sections(binary, b"")
     # Debug files keep the section headers (as NOBITS), so symbol section names still line up.
     return _read_symbols(binary.symtab_symbols, debug_sections or sections, dynamic=False)
@@ -337,8 +329,7 @@ def load_image(path: str | os.PathLike[str], debug: str | os.PathLike[str] | Non
     static_symbols = _read_symbols(binary.symtab_symbols, sections, dynamic=False)
     if debug is not None:
         static_symbols = _debug_symbols(Path(debug), build_id, sections)
-    dynamic_relocations, static_relocations = _read_relocations(binary, sections)
-    got_slots = _read_got_slots(binary)
+    dynamic_relocations, static_relocations, got_slots = _read_relocations(binary, sections)
     plt_entries = _read_plt_entries(sections, contents)
     imports = _read_imports(dynamic_symbols, got_slots, plt_entries)
     eh = next((s for s in sections if s.name == ".eh_frame"), None)

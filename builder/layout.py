@@ -9,13 +9,15 @@ from __future__ import annotations
 import bisect
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
+
+from hpkg.builder.x86_64 import INT3
 
 # Package section bases are page-aligned by the loader, so keeping an object's address modulo this
 # value keeps every alignment the compiler relied on (movaps needs 16, AVX 32, cache-line tables 64).
 DATA_ALIGNMENT = 64
 # x86-64 functions start 16-byte aligned at -O2; the package keeps that.
 CODE_ALIGNMENT = 16
-INT3 = b"\xcc"
 # Functions this close in the fix keep their distance in the package (a rel8 jump reaches 127 bytes).
 NEAR_GAP = 128
 
@@ -37,10 +39,13 @@ class SectionLayout:
     size: int
     content: bytes
 
+    @cached_property
+    def _starts(self) -> list[int]:
+        return [s.new_start for s in self.spans]
+
     def offset_of(self, new_address: int) -> int | None:
         """The section offset of a NEW address (a span's end counts: a reference may point there)."""
-        starts = [s.new_start for s in self.spans]
-        i = bisect.bisect_right(starts, new_address) - 1
+        i = bisect.bisect_right(self._starts, new_address) - 1
         if i >= 0 and new_address <= self.spans[i].new_end:
             span = self.spans[i]
             return span.offset + (new_address - span.new_start)
@@ -84,7 +89,7 @@ def lay_out(
         cursor = offset + (end - start)
     if read is None:
         return SectionLayout(tuple(spans), cursor, b"")
-    filler = b"\x00" if keep_alignment else INT3
+    filler = b"\x00" if keep_alignment else bytes([INT3])
     out = bytearray(filler * cursor)
     for span in spans:
         data = read(span.new_start, span.new_end - span.new_start)

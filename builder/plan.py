@@ -15,6 +15,7 @@ in the manner of kpatch's main():
 
 from __future__ import annotations
 
+import bisect
 import struct
 from dataclasses import dataclass
 
@@ -30,7 +31,7 @@ from hpkg.builder.model import (
     SymbolKind,
     TargetKind,
 )
-from hpkg.builder.relocate import Fixup, Place, Relocator
+from hpkg.builder.relocate import SECTION_OF_SPACE, Fixup, Place, Relocator
 from hpkg.builder.resolve import is_read_only
 from hpkg.builder.select import select_functions
 from hpkg.builder.sites import JUMP_SIZE, PatchSite, patch_site
@@ -263,8 +264,8 @@ def _sites(diff: DiffResult, pairs: tuple[FunctionPair, ...]) -> tuple[dict[int,
         if pair.old is None:
             continue
         fn = pair.old.function
-        following = [a for a in starts if a > fn.address]
-        site = patch_site(diff.old, fn, following[0] if following else fn.end)
+        following = bisect.bisect_right(starts, fn.address)
+        site = patch_site(diff.old, fn, starts[following] if following < len(starts) else fn.end)
         if site is None:
             reasons.append(
                 Reason(
@@ -398,11 +399,7 @@ def _reader(functions: dict[int, Function]):
     return read
 
 
-_FIELD_SECTION_SPACE = {
-    PackageSection.CODE: TargetSpace.CODE,
-    PackageSection.RODATA: TargetSpace.RODATA,
-    PackageSection.DATA: TargetSpace.DATA,
-}
+_FIELD_SECTION_SPACE = {section: space for space, section in SECTION_OF_SPACE.items()}
 
 
 def _target_of(place: Place, layouts: dict[TargetSpace, SectionLayout]) -> int | None:
@@ -444,8 +441,6 @@ def _finish(
         )
     relocations = tuple(records[key] for key in sorted(records))
     return relocations, {section: bytes(b) for section, b in content.items()}, reasons
-
-
 
 
 def check_plan(plan: PatchPlan) -> PatchPlan:

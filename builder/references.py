@@ -13,7 +13,7 @@ import bisect
 import re
 import struct
 
-from hpkg.builder.decode import access_size, branch_offset, decode, decode_instructions
+from hpkg.builder.decode import access_size, branch_offset
 from hpkg.builder.jumptables import scan_jump_tables
 from hpkg.builder.model import (
     Function,
@@ -30,8 +30,6 @@ from hpkg.builder.x86_64 import BRANCH_MNEMONICS, relocation_recipe
 
 __all__ = [
     "TargetResolver",
-    "decode",
-    "decode_instructions",
     "disassembly_references",
     "relocation_references",
     "relocations_by_function",

@@ -55,7 +55,7 @@ from hpkg.builder.resolve import (
     plt_slots,
 )
 from hpkg.builder.verdict import Reason
-from hpkg.builder.x86_64 import BRANCH_MNEMONICS, relocation_recipe
+from hpkg.builder.x86_64 import BRANCH_MNEMONICS, is_rel32_branch_field, relocation_recipe
 from hpkg.formats.model import DataSection, ImportRecord, PackageSection, RelocationKind, TargetSpace
 
 # Bytes of a non-string read-only datum copied at least (a 16-byte vector constant is the common case).
@@ -163,9 +163,6 @@ class Relocator:
 
     def import_index(self, name: str, version: str | None) -> int:
         """The index of an import in the package's table, added when new (used by the unwind emitter too)."""
-        return self._import(name, version)
-
-    def _import(self, name: str, version: str | None) -> int:
         record = ImportRecord(name, version)
         if record not in self.imports:
             self.imports.append(record)
@@ -311,7 +308,7 @@ class Relocator:
         old_entry = next((e for e, s in self._old_plt.items() if s == old_slot), None)
         if old_entry is not None:
             return Place(TargetSpace.BASELINE, old_entry)
-        return Place(TargetSpace.IMPORT, self._import(new_slot.name, new_slot.version))
+        return Place(TargetSpace.IMPORT, self.import_index(new_slot.name, new_slot.version))
 
     def same_as_baseline(self, old: Reference, new: Reference, new_function: int) -> bool:
         """Whether a fix reference, resolved for the package, names exactly what the baseline's names.
@@ -356,12 +353,6 @@ class Relocator:
         return self.place_of(self._resolver.resolve(address, dummy))
 
     # -- references of a package function -----------------------------------------------------------
-    @staticmethod
-    def _is_branch(code: bytes, location: int) -> bool:
-        """A rel32 after E8 (call), E9 (jmp), 0F 8x (jcc); a rip-relative ModRM byte is never one."""
-        if location >= 1 and code[location - 1] in (0xE8, 0xE9):
-            return True
-        return location >= 2 and code[location - 2] == 0x0F and 0x80 <= code[location - 1] <= 0x8F
 
     def _add(
         self, section: PackageSection, address: int, kind: RelocationKind, place: Place, addend: int
@@ -416,7 +407,7 @@ class Relocator:
         if ref.kind in _ABSOLUTE:
             self._add(PackageSection.CODE, field_address, _ABSOLUTE[ref.kind], place, ref.addend)
         elif ref.kind is ReferenceKind.PC32:
-            branch = self._is_branch(fn.code, ref.location)
+            branch = is_rel32_branch_field(fn.code, ref.location)
             kind = RelocationKind.R_X86_64_PLT32 if branch else RelocationKind.R_X86_64_PC32
             self._add(PackageSection.CODE, field_address, kind, place, ref.addend)
         else:
@@ -436,11 +427,11 @@ class Relocator:
                 place = Place(TargetSpace.BASELINE, old.got_address)
                 self._add(PackageSection.CODE, field_address, RelocationKind.R_X86_64_PC32, place, ref.addend)
             else:
-                place = Place(TargetSpace.IMPORT, self._import(imp.name, imp.version))
+                place = Place(TargetSpace.IMPORT, self.import_index(imp.name, imp.version))
                 kind = RelocationKind.R_X86_64_GOTPCREL
                 self._add(PackageSection.CODE, field_address, kind, place, ref.addend)
             return
-        branch = ref.kind is ReferenceKind.PC32 and self._is_branch(fn.code, ref.location)
+        branch = ref.kind is ReferenceKind.PC32 and is_rel32_branch_field(fn.code, ref.location)
         if old is not None and old.plt_address:
             place = Place(TargetSpace.BASELINE, old.plt_address)
             if branch:
@@ -451,7 +442,7 @@ class Relocator:
                 kind = _ABSOLUTE.get(ref.kind, RelocationKind.R_X86_64_PC32)
             self._add(PackageSection.CODE, field_address, kind, place, ref.addend)
         elif branch:
-            place = Place(TargetSpace.IMPORT, self._import(imp.name, imp.version))
+            place = Place(TargetSpace.IMPORT, self.import_index(imp.name, imp.version))
             self._add(PackageSection.CODE, field_address, RelocationKind.R_X86_64_PLT32, place, ref.addend)
         else:
             what = f"the address of '{imp.qualified_name}', which the baseline lacks"
@@ -469,11 +460,10 @@ class Relocator:
         if ref.addend != -4 or opcode < 1 or code[opcode] != 0x8D or not 0x48 <= code[opcode - 1] <= 0x4F:
             self._unresolved(fn, location, f"'{sym.name}' lives in a library and is read in place")
             return
-        version = next(
-            (s.version for s in self.diff.new.symbols if s.dynamic and s.name == sym.name.split("@")[0]), None
-        )
+        name = sym.name.split("@")[0]
+        version = next((s.version for s in self._dynamic_symbols.get(name, ()) if s.dynamic), None)
         self.code_edits[fn.address + opcode] = 0x8B
-        place = Place(TargetSpace.IMPORT, self._import(sym.name.split("@")[0], version))
+        place = Place(TargetSpace.IMPORT, self.import_index(name, version))
         kind = RelocationKind.R_X86_64_REX_GOTPCRELX
         self._add(PackageSection.CODE, fn.address + location, kind, place, -4)
 
@@ -590,7 +580,7 @@ class Relocator:
         imported = any(s.dynamic and not s.defined for s in named)
         if rtype in ("X86_64_64", "X86_64_GLOB_DAT") and imported:
             version = next((s.version for s in named if s.dynamic), None)
-            place: Place | str = Place(TargetSpace.IMPORT, self._import(symbol, version))
+            place: Place | str = Place(TargetSpace.IMPORT, self.import_index(symbol, version))
             self._add(section, address, RelocationKind.R_X86_64_64, place, addend)
             return
         defined = next((s for s in named if s.defined and s.address), None)

@@ -239,18 +239,16 @@ class TargetResolver:
         key = (address, access_size)
         target = self._cache.get(key)
         if target is None:
-            target = self._cache[key] = self._resolve(address, within, access_size)
+            target = self._cache[key] = self._resolve(address, access_size)
         return target
 
-    def _resolve(self, address: int, within: Function, access_size: int = 0) -> Target:
-        """The symbolic target of a link address referenced from `within`.
+    def _resolve(self, address: int, access_size: int = 0) -> Target:
+        """The symbolic target of a link address outside the referencing function (hence cacheable).
 
         Anonymous read-only data gets a placeholder content (`?<access size>`): its digest needs every
         referenced address of the image as boundaries, so canon fills it in after all functions.
         """
         address = LinkAddress(address)
-        if within.address <= address < within.address + within.size:
-            return Target(TargetKind.INTERNAL, within.name, address - within.address, address)
         imported = self._plt.get(address) or self._got.get(address)
         if imported is not None:
             return Target(TargetKind.IMPORT, imported.qualified_name, 0, address)

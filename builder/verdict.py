@@ -69,10 +69,6 @@ class Verdict:
     def overridden(self) -> tuple[Reason, ...]:
         return tuple(r for r in self.reasons if r.overridable and r.code in self.allowed)
 
-    @property
-    def patchable(self) -> bool:
-        return not self.blocking
-
     def used_overrides(self) -> tuple[str, ...]:
         """The override codes that actually overrode something, sorted (recorded in the package)."""
         return tuple(sorted({r.code for r in self.overridden}))

@@ -37,7 +37,6 @@ BRANCH_MNEMONICS = frozenset(
         "jl", "jge", "jle", "jg", "jrcxz", "jecxz", "loop", "loope", "loopne",
     }
 )
-CONDITIONAL_JUMPS = BRANCH_MNEMONICS - {"call", "jmp"}
 
 
 def relocation_recipe(relocation_type: str) -> tuple[ReferenceKind, int] | None:
@@ -48,3 +47,14 @@ def relocation_recipe(relocation_type: str) -> tuple[ReferenceKind, int] | None:
 def is_padding(mnemonic: str) -> bool:
     """Alignment fill between or inside functions: every nop form, and int3 fill."""
     return mnemonic in ("nop", "int3") or mnemonic.startswith("nop")
+
+
+def is_rel32_branch_field(code: bytes, offset: int) -> bool:
+    """Whether the rel32 field at `offset` belongs to call/jmp rel32 (E8/E9) or jcc rel32 (0F 80..8F).
+
+    A rip-relative operand's disp32 always follows a ModRM byte with mod=00, rm=101 (0x05, 0x0D, … 0x3D),
+    which is never one of those opcodes, so the byte before the field tells them apart.
+    """
+    if offset >= 1 and code[offset - 1] in (0xE8, 0xE9):
+        return True
+    return offset >= 2 and code[offset - 2] == 0x0F and 0x80 <= code[offset - 1] <= 0x8F

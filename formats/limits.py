@@ -6,6 +6,10 @@ a hostile file from making the reader allocate or work without limit.
 
 from __future__ import annotations
 
+import os
+
+from hpkg.errors import HpkgError
+
 MAX_MANIFEST_SIZE = 4 * 1024 * 1024  # bytes of canonical JSON, after decompression
 MAX_MANIFEST_FRAME_SIZE = MAX_MANIFEST_SIZE + 64 * 1024  # the compressed manifest in the file
 MAX_PAYLOAD_SIZE = 64 * 1024 * 1024  # bytes after decompression: code + rodata + data + relocations
@@ -17,3 +21,17 @@ MAX_RECORDS = 16384  # per list in the manifest: functions, added functions, dat
 MAX_NAME_LENGTH = 4096  # characters in a symbol name or other manifest string
 MAX_PRE_IMAGE = 32  # bytes the loader may overwrite at one patch site
 MAX_BUILD_ID = 64  # bytes of a GNU build-id (usually 20)
+
+
+def read_bounded(
+    path: str | os.PathLike[str], limit: int, what: str, error: type[HpkgError], too_large: str
+) -> bytes:
+    """The bytes of a file of at most `limit` bytes, reading no more than one byte past it."""
+    try:
+        with open(path, "rb") as f:
+            blob = f.read(limit + 1)
+    except OSError as exc:
+        raise error(f"cannot read {what} {os.fspath(path)}: {exc.strerror or exc}") from None
+    if len(blob) > limit:
+        raise error(f"{os.fspath(path)} {too_large}")
+    return blob

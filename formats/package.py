@@ -174,11 +174,5 @@ def verify_signature(loaded: LoadedPackage, public_key: PublicKeyLike) -> None:
 
 def read_package_file(path: str | os.PathLike[str]) -> bytes:
     """The bytes of a package file, refusing one larger than any valid package before reading it."""
-    try:
-        with open(path, "rb") as f:
-            blob = f.read(MAX_FILE_SIZE + 1)
-    except OSError as exc:
-        raise PackageError(f"cannot read package {os.fspath(path)}: {exc.strerror or exc}") from None
-    if len(blob) > MAX_FILE_SIZE:
-        raise PackageError(f"{os.fspath(path)} is larger than any valid package ({MAX_FILE_SIZE} bytes)")
-    return blob
+    too_large = f"is larger than any valid package ({MAX_FILE_SIZE} bytes)"
+    return limits.read_bounded(path, MAX_FILE_SIZE, "package", PackageError, too_large)

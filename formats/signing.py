@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from hpkg.errors import HpkgError, PackageError, VerifyError
 from hpkg.formats.header import KEY_ID_SIZE
+from hpkg.formats.limits import read_bounded
 
 # A key object, its bytes (PEM or raw 32), or the path of a key file.
 PublicKeyLike = Ed25519PublicKey | bytes | str | os.PathLike[str]
@@ -43,14 +44,7 @@ def generate_keypair() -> tuple[bytes, bytes]:
 
 
 def _read_key_file(path: str | os.PathLike[str], what: str, error: type[HpkgError]) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            material = f.read(MAX_KEY_FILE + 1)
-    except OSError as exc:
-        raise error(f"cannot read {what} {os.fspath(path)}: {exc.strerror or exc}") from None
-    if len(material) > MAX_KEY_FILE:
-        raise error(f"{os.fspath(path)} is too large to be an Ed25519 {what}")
-    return material
+    return read_bounded(path, MAX_KEY_FILE, what, error, f"is too large to be an Ed25519 {what}")
 
 
 def private_key_from_bytes(material: bytes, source: str = "key") -> Ed25519PrivateKey:

@@ -22,7 +22,7 @@ from hpkg.loader.inject import (
     InjectedSyscallError,
     Injector,
 )
-from hpkg.loader.procfs import PAGE_SIZE, Mapping, RuntimeImage
+from hpkg.loader.procfs import PAGE_SIZE, Mapping, RuntimeImage, page_up
 
 MEMFD_PREFIX = "/memfd:"
 RW = PROT_READ | PROT_WRITE
@@ -46,10 +46,6 @@ class Allocation:
         return self.start + self.size
 
 
-def _page_up(value: int) -> int:
-    return (value + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
-
-
 def _mmap_min_addr() -> int:
     try:
         with open("/proc/sys/vm/mmap_min_addr", encoding="ascii") as f:
@@ -68,7 +64,7 @@ def candidate_addresses(
 ) -> Iterator[int]:
     """Page-aligned addresses of free gaps where `size` bytes fit within reach, nearest to the image first
     (only above the image when `above`: a package whose unwind rules extend the image's range)."""
-    size = _page_up(size)
+    size = page_up(size)
     low, high = reach_window(image.start, image.end)
     bounds = sorted((m.start, m.end, m.path) for m in maps)
     candidates = []
@@ -80,7 +76,7 @@ def candidate_addresses(
         if gap_high - gap_low >= size:
             # Below the image: as high as possible; above it: as low as possible.
             below = gap_high <= image.start
-            address = (gap_high - size) & ~(PAGE_SIZE - 1) if below else _page_up(gap_low)
+            address = (gap_high - size) & ~(PAGE_SIZE - 1) if below else page_up(gap_low)
             if gap_low <= address and address + size <= gap_high:
                 distance = image.start - address if address < image.start else address - image.end
                 candidates.append((distance, address))
@@ -94,7 +90,7 @@ def allocate_near(
     injector: Injector, image: RuntimeImage, size: int, name: str, above: bool = False
 ) -> Allocation:
     """Map `size` bytes (read-write) named `/memfd:<name>` within ±2 GiB of `image` (above it if `above`)."""
-    size = _page_up(size)
+    size = page_up(size)
     fd = injector.memfd_create(name)
     try:
         injector.ftruncate(fd, size)
@@ -118,7 +114,7 @@ def allocate_near(
 
 def protect(injector: Injector, allocation: Allocation, offset: int, length: int, prot: int) -> None:
     """Set the protection of part of an allocation (code r-x, data rw-)."""
-    injector.mprotect(allocation.start + offset, _page_up(length), prot)
+    injector.mprotect(allocation.start + offset, page_up(length), prot)
 
 
 def free(injector: Injector, allocation: Allocation) -> None:

@@ -50,7 +50,7 @@ from hpkg.loader.live import (
 from hpkg.loader.live_imports import ProcessImports
 from hpkg.loader.live_unwind import HDR_PREFIX, REASON, UnwindTarget, check_placement, find_unwind_target
 from hpkg.loader.process import Process, StoppedThreads
-from hpkg.loader.procfs import PAGE_SIZE, RuntimeImage
+from hpkg.loader.procfs import PAGE_SIZE, RuntimeImage, page_up
 from hpkg.loader.record import (
     STATE_OFFSET,
     CodeRecord,
@@ -183,9 +183,7 @@ def check_process(package: Package, pid: int) -> list[ImageVerified]:
             reader = ProcessImageReader(process, image)
             compat = check_compatibility(package, reader, _applied_levels(records))
             if package.unwind:  # the unwind rules must be registrable too (refused here as apply would)
-                lower = [f.record for f in records if f.record and f.record.package_id == compat.superseded]
-                old = lower[0] if lower else None
-                registered = _registered(records, old, package)
+                registered = _registered(records, _superseded(records, compat), package)
                 current = (registered.map_end, registered.eh_frame) if registered is not None else None
                 find_unwind_target(process, image, current)
             verified.append(ImageVerified(image, compat))
@@ -197,6 +195,11 @@ def _applied_levels(records: list[FoundRecord]) -> list[AppliedLevel]:
         AppliedLevel(f.record.package_id, f.record.patch_level, ((f.allocation.start, f.allocation.end),))
         for f in records if f.record is not None
     ]
+
+
+def _superseded(records: list[FoundRecord], compat: CompatReport) -> PatchRecord | None:
+    """The record of the level this package supersedes, when one is applied."""
+    return next((f.record for f in records if f.record and f.record.package_id == compat.superseded), None)
 
 
 def _records_of(found: list[FoundRecord], image: RuntimeImage) -> list[FoundRecord]:
@@ -215,7 +218,7 @@ def _apply_to_image(
         )
     # STEP 2: prove the running image is the baseline (or carries the level this package supersedes).
     compat = check_compatibility(package, ProcessImageReader(process, image), _applied_levels(records))
-    old = next((f.record for f in records if f.record and f.record.package_id == compat.superseded), None)
+    old = _superseded(records, compat)
 
     # Unwind rules: proven registrable (or refused) before anything changes.
     registered = _registered(records, old, package)
@@ -229,11 +232,12 @@ def _apply_to_image(
     try:
         # STEP 4: a safe moment — no thread in a replaced function, nor in the superseded level's code.
         functions, windows = replaced_ranges(package, image)
-        level = old.patch_level if old is not None else 0
+        freed: list[CodeRange] = []
         if old is not None:
+            level = old.patch_level
             functions += [CodeRange(f"{c.function} (level {level})", c.start, c.end) for c in old.code]
             windows += [CodeRange(s.function, s.address, s.address + len(s.pre_image)) for s in old.sites]
-        freed = [] if old is None else [CodeRange(f"memory of level {level}", *_span(old.allocation))]
+            freed.append(CodeRange(f"memory of level {level}", old.allocation.start, old.allocation.end))
         with wait_until_safe(process, functions, windows, image, timeout, freed) as stopped:
             # STEP 5: the sites still hold what STEP 2 proved (nothing changed them while the process ran),
             # then the switch, then the result checked while still stopped (an exception undoes it).
@@ -299,10 +303,6 @@ def _site_writes(relocated: RelocatedImage, old: PatchRecord | None) -> list[Sit
     return writes
 
 
-def _span(allocation: Allocation) -> tuple[int, int]:
-    return allocation.start, allocation.end
-
-
 def _recheck_sites(process: Process, relocated: RelocatedImage, old: PatchRecord | None) -> None:
     """Each site holds its pre-image, or the superseded level's jump, as the compatibility check found."""
     old_jumps = {s.address: s.jump for s in old.sites} if old is not None else {}
@@ -328,10 +328,6 @@ def _carry_over(process: Process, stopped: StoppedThreads, old: PatchRecord, new
         match = previous.get((o.function, o.end - o.start))
         if match is not None and o.end > o.start:
             stopped.write(o.start, process.read(match.start, match.end - match.start))
-
-
-def _page_up(value: int) -> int:
-    return (value + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
 
 
 def _record_for(
@@ -397,12 +393,12 @@ def _prepare(
         package, image, Allocation(0, 0, ""), _dry_relocation(package, layout), 0, dry_unwind, dry_index
     )
     # The record, then room for the switch table (loader/switch.py) on the record's read-only pages.
-    record_pages = _page_up(encoded_size(sizing)) + PAGE_SIZE
-    size = _page_up(Placement.contiguous(record_pages, layout).end)
+    record_pages = page_up(encoded_size(sizing)) + PAGE_SIZE
+    size = page_up(Placement.contiguous(record_pages, layout).end)
     index_offset, index_size = size, 0
     if unwind is not None:  # the merged search table, on read-only pages of its own at the end
         index_size = HDR_PREFIX + 8 * (len(unwind.baseline.table) + count_fdes(package.unwind))
-        size += _page_up(index_size)
+        size += page_up(index_size)
     # Unique per attempt: an allocation a killed loader left behind must never merge with this one
     # (/proc/PID/maps is grouped by name to find allocations).
     name = f"hpkg-{package.identity.package_id}-{image.start:x}-{secrets.token_hex(3)}"
@@ -464,6 +460,6 @@ def _protect(injector: Injector, allocation: Allocation, record: PatchRecord) ->
     prot = {"record": PROT_READ, "code": rx, "rodata": PROT_READ, "data": rw, "unwind-index": PROT_READ}
     for name, start, end in record.areas:
         start_page = start & ~(PAGE_SIZE - 1)
-        length = _page_up(end) - start_page
+        length = page_up(end) - start_page
         if length > 0:
             alloc.protect(injector, allocation, start_page - allocation.start, length, prot[name])

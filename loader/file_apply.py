@@ -106,9 +106,12 @@ def applied_packages(elf: ElfFile) -> list[dict[str, object]]:
 
 def applied_levels(elf: ElfFile) -> tuple[AppliedLevel, ...]:
     """The recorded packages as the compatibility check takes them (their code areas, link addresses)."""
+    return _levels(applied_packages(elf))
+
+
+def _levels(entries: list[dict[str, object]]) -> tuple[AppliedLevel, ...]:
     return tuple(
-        AppliedLevel(e["package_id"], e["patch_level"], ((e["code"][0], e["code"][1]),))
-        for e in applied_packages(elf)
+        AppliedLevel(e["package_id"], e["patch_level"], ((e["code"][0], e["code"][1]),)) for e in entries
     )
 
 
@@ -124,7 +127,8 @@ def apply_to_file(
     """Write `output`: `binary` with `package` added and jumps at its patch sites; `binary` is not changed."""
     # STEP 1: the file is the package's baseline, site by site (or carries the level this one supersedes).
     elf = ElfFile(binary)
-    compat = check_compatibility(package, elf, applied_levels(elf))
+    applied = applied_packages(elf)
+    compat = check_compatibility(package, elf, _levels(applied))
 
     # STEP 2: imports, placement after the image, relocation with link addresses (bias 0).
     resolved = file_import_resolver(elf.path, package.imports)
@@ -141,7 +145,7 @@ def apply_to_file(
         "code": [placement.code, placement.code + layout.code_size],
         "functions": [f.name for f in package.functions],
     }
-    record = json.dumps({"format": RECORD_FORMAT, "applied": [*applied_packages(elf), entry]}, sort_keys=True)
+    record = json.dumps({"format": RECORD_FORMAT, "applied": [*applied, entry]}, sort_keys=True)
     linking = write_patched(elf, relocated, segments, output, record.encode("ascii"))
     written = ElfFile(output)
     # A failure here is a bug in hpkg (exit 1), not a property of the input.

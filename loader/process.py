@@ -263,10 +263,6 @@ class StoppedThreads:
         self._original_regs.setdefault(tid, pt.get_regs(tid))
         pt.set_regs(tid, regs)
 
-    def forget_regs(self, tid: int) -> None:
-        """Keep a thread's current registers on release (a caller restored them itself)."""
-        self._original_regs.pop(tid, None)
-
     def write(self, runtime_address: int, data: bytes) -> None:
         """Write target memory, remembering the pre-image so an exception undoes it."""
         pre_image = self.process.read(runtime_address, len(data))

@@ -110,7 +110,7 @@ class RuntimeImage:
     def end(self) -> int:
         """End of the image's highest segment, page-rounded (covers .bss beyond the file)."""
         seg_end = max((self.load_bias + s.link_address + s.memory_size for s in self.segments), default=0)
-        return max(_page_up(seg_end), max(m.end for m in self.mappings))
+        return max(page_up(seg_end), max(m.end for m in self.mappings))
 
     def runtime_address(self, link_address: int) -> int:
         """Convert a link address (as in the ELF file) to this image's runtime address."""
@@ -125,7 +125,8 @@ def _page_down(value: int) -> int:
     return value & ~(PAGE_SIZE - 1)
 
 
-def _page_up(value: int) -> int:
+def page_up(value: int) -> int:
+    """Round `value` up to a page boundary of this machine."""
     return (value + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
 
 

@@ -19,20 +19,16 @@ from hpkg.errors import TargetError
 
 # Request numbers from <sys/ptrace.h> / <linux/ptrace.h>.
 PTRACE_CONT = 7
-PTRACE_SINGLESTEP = 9
 PTRACE_GETREGS = 12
 PTRACE_SETREGS = 13
 PTRACE_DETACH = 17
 PTRACE_SYSCALL = 24
-PTRACE_SETOPTIONS = 0x4200
-PTRACE_GETSIGINFO = 0x4202
 PTRACE_SEIZE = 0x4206
 PTRACE_INTERRUPT = 0x4207
 PTRACE_GET_SYSCALL_INFO = 0x420E
 
 # Options for PTRACE_SEIZE. EXITKILL (0x100000) is deliberately absent.
 PTRACE_O_TRACESYSGOOD = 0x1
-PTRACE_O_EXITKILL = 0x100000
 
 # A stop reported as (status >> 16) == PTRACE_EVENT_STOP is an interrupt stop (SIGTRAP) or a
 # group-stop (the stopping signal) of a seized thread.
@@ -146,15 +142,6 @@ class _SyscallInfoStruct(ctypes.Structure):
     ]
 
 
-class _SigInfo(ctypes.Structure):
-    _fields_ = [
-        ("si_signo", ctypes.c_int),
-        ("si_errno", ctypes.c_int),
-        ("si_code", ctypes.c_int),
-        ("pad", ctypes.c_byte * (128 - 12)),
-    ]
-
-
 def _tracer_of(tid: int) -> int:
     """The TracerPid of a thread from /proc, or 0 when unknown."""
     try:
@@ -229,11 +216,6 @@ def syscall(tid: int, sig: int = 0) -> None:
     _ptrace(PTRACE_SYSCALL, tid, None, sig, "resume to syscall")
 
 
-def singlestep(tid: int, sig: int = 0) -> None:
-    """Execute one instruction of a stopped thread (PTRACE_SINGLESTEP); the loader never injects with it."""
-    _ptrace(PTRACE_SINGLESTEP, tid, None, sig, "single-step")
-
-
 def detach(tid: int, sig: int = 0) -> None:
     """Detach from a stopped thread and let it run (PTRACE_DETACH)."""
     _ptrace(PTRACE_DETACH, tid, None, sig, "detach from")
@@ -250,13 +232,6 @@ def set_regs(tid: int, regs: Registers) -> None:
     """Write the general-purpose registers of a stopped thread (PTRACE_SETREGS)."""
     raw = UserRegs(**{name: getattr(regs, name) & 0xFFFFFFFFFFFFFFFF for name in _REG_NAMES})
     _ptrace(PTRACE_SETREGS, tid, None, ctypes.addressof(raw), "write registers of")
-
-
-def get_siginfo(tid: int) -> tuple[int, int]:
-    """The (si_signo, si_code) of the signal that caused the current stop (PTRACE_GETSIGINFO)."""
-    info = _SigInfo()
-    _ptrace(PTRACE_GETSIGINFO, tid, None, ctypes.addressof(info), "read signal info of")
-    return info.si_signo, info.si_code
 
 
 def get_syscall_info(tid: int) -> SyscallInfo:

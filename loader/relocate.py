@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
+from hpkg.builder.x86_64 import is_rel32_branch_field
 from hpkg.errors import RefusedError
 from hpkg.formats.model import (
     FIELD_WIDTH,
@@ -236,23 +237,13 @@ def _align(value: int, alignment: int) -> int:
     return (value + alignment - 1) // alignment * alignment
 
 
-def _is_branch(code: bytes, offset: int) -> bool:
-    """Whether the rel32 field at `offset` belongs to call/jmp rel32 (E8/E9) or jcc rel32 (0F 80..8F).
-
-    A rip-relative operand's disp32 always follows a ModRM byte with mod=00, rm=101 (0x05, 0x0D, … 0x3D),
-    which is never one of those opcodes, so the byte before the field tells them apart.
-    """
-    if offset >= 1 and code[offset - 1] in (0xE8, 0xE9):
-        return True
-    return offset >= 2 and code[offset - 2] == 0x0F and 0x80 <= code[offset - 1] <= 0x8F
-
 
 def _is_call(package: Package, r: Relocation) -> bool:
     """A rel32 call or jump field in package code (the only kind a stub can stand in for)."""
     return (
         r.section is PackageSection.CODE
         and r.kind in (RelocationKind.R_X86_64_PLT32, RelocationKind.R_X86_64_PC32)
-        and (r.kind is RelocationKind.R_X86_64_PLT32 or _is_branch(package.code, r.offset))
+        and (r.kind is RelocationKind.R_X86_64_PLT32 or is_rel32_branch_field(package.code, r.offset))
     )
 
 

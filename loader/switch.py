@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from hpkg.errors import RefusedError, TargetError
 from hpkg.loader.inject import GADGET_SIZE, PROT_EXEC, PROT_READ, PROT_WRITE, Injector, scratch_at
 from hpkg.loader.process import StoppedThreads
-from hpkg.loader.procfs import PAGE_SIZE, PF_R, PF_W, PF_X, RuntimeImage
+from hpkg.loader.procfs import PAGE_SIZE, PF_R, PF_W, PF_X, RuntimeImage, page_up
 from hpkg.loader.record import PatchRecord, encoded_size
 
 SYS_PROCESS_VM_WRITEV = 311
@@ -57,8 +57,7 @@ class Table:
 def gadget_room(code_end: int) -> int | None:
     """The start of the injection gadget's room in the package's last code page, if it fits there."""
     start = (code_end + 15) & ~15
-    page_end = (code_end + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
-    return start if page_end - start >= GADGET_SIZE else None
+    return start if page_up(code_end) - start >= GADGET_SIZE else None
 
 
 def switch_table(record: PatchRecord) -> Table:
@@ -119,7 +118,7 @@ def _write_in_one_call(
     """The mprotect / process_vm_writev / mprotect sequence; False (nothing written) when not possible."""
     process = stopped.process
     low = min(w.address for w in writes) & ~(PAGE_SIZE - 1)
-    high = (max(w.address + len(w.data) for w in writes) + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+    high = page_up(max(w.address + len(w.data) for w in writes))
     mapping = next((m for m in process.maps() if m.start <= low and high <= m.end), None)
     layout = _layout(writes, table)
     if mapping is None or layout is None:

@@ -112,8 +112,7 @@ def command(
     new_debug: str | None,
 ) -> None:
     """Report the functions and data objects that differ between baseline OLD and fix NEW."""
-    from hpkg.builder.diff import diff_images
-    from hpkg.builder.functions import discover_functions
+    from hpkg.builder.diff import diff_images, function_count
     from hpkg.builder.image import load_image
 
     old_image = load_image(old, old_debug)
@@ -125,7 +124,7 @@ def command(
             f" (--{side.lower()}-debug), or references to named data will compare unequal"
         )
     show_progress = sys.stderr.isatty() and not app.quiet
-    total = len(discover_functions(old_image)) + len(discover_functions(new_image)) if show_progress else 0
+    total = function_count(old_image) + function_count(new_image) if show_progress else 0
     if show_progress and total >= PROGRESS_MIN_FUNCTIONS:
         with click.progressbar(length=total, label="diffing", file=sys.stderr) as bar:
             result = diff_images(old_image, new_image, progress=bar.update)
