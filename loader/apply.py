@@ -37,6 +37,7 @@ from hpkg.loader import alloc
 from hpkg.loader.alloc import Allocation
 from hpkg.loader.compat import AppliedLevel, CompatReport, check_compatibility
 from hpkg.loader.inject import PROT_EXEC, PROT_READ, PROT_WRITE, Injector
+from hpkg.loader.interrupts import deferred_interrupts, raise_if_interrupted
 from hpkg.loader.live import (
     DEFAULT_TIMEOUT,
     ProcessImageReader,
@@ -153,7 +154,7 @@ class Prepared:
 def apply_to_process(package: Package, pid: int, timeout: float = DEFAULT_TIMEOUT) -> LiveApplyResult:
     """Apply `package` to every baseline image of process `pid`; refuse (nothing changed) when unsafe."""
     process = open_process(pid)
-    with process, target_lock(pid, timeout):
+    with deferred_interrupts(), process, target_lock(pid, timeout):
         # STEP 1: the baseline images, and what hpkg already applied to them.
         images = baseline_images(process, package)
         found = find_records(process)
@@ -227,7 +228,9 @@ def _apply_to_image(
         current = (registered.map_end, registered.eh_frame) if registered is not None else None
         target = find_unwind_target(process, image, current)
 
-    # STEP 3: place the package while the process runs.
+    # STEP 3: place the package while the process runs. Ctrl-C is taken here or while waiting for a
+    # safe moment (the allocation is then freed), never after the switch.
+    raise_if_interrupted()
     prepared = _prepare(process, package, image, target if package.unwind else None, old)
     try:
         # STEP 4: a safe moment — no thread in a replaced function, nor in the superseded level's code.

@@ -203,6 +203,13 @@ class Injector:
 
     def syscall(self, nr: int, *args: int) -> int:
         """Execute system call `nr` with up to six arguments at the thread; the signed raw result."""
+        if self._in_flight:
+            # The thread still runs an earlier, failed injection through the gadget: injecting again
+            # would overwrite its save area. Left alone, it restores itself.
+            raise TargetError(
+                f"thread {self.tid} of process {self.process.pid} is still finishing an interrupted injected"
+                " system call; it restores itself"
+            )
         tid = self.tid
         gadget = self.scratch.address
         deadline = time.monotonic() + self.timeout

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from hpkg.errors import TargetError
 from hpkg.loader import procfs
 from hpkg.loader import ptrace as pt
+from hpkg.loader.interrupts import deferred_interrupts
 from hpkg.loader.procfs import Mapping, RuntimeImage
 from hpkg.loader.ptrace import Registers, StopKind
 
@@ -219,14 +220,15 @@ class Process:
     def _stopped(self, only: int | None, timeout: float) -> Iterator[StoppedThreads]:
         """Hold `only` (or every thread); on any exit undo what failed and detach every thread."""
         stopped = StoppedThreads(self)
-        try:
-            stopped._attach(only=only, timeout=timeout)
-            yield stopped
-        except BaseException:
-            stopped._release(failed=True)
-            raise
-        else:
-            stopped._release(failed=False)
+        with deferred_interrupts():  # Ctrl-C lands after the release, never while a thread is held
+            try:
+                stopped._attach(only=only, timeout=timeout)
+                yield stopped
+            except BaseException:
+                stopped._release(failed=True)
+                raise
+            else:
+                stopped._release(failed=False)
 
 
 @dataclass

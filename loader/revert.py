@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from hpkg.errors import IncompatibleTarget, RefusedError, TargetError
 from hpkg.loader.alloc import Allocation
+from hpkg.loader.interrupts import deferred_interrupts
 from hpkg.loader.live import DEFAULT_TIMEOUT, free_allocations, open_process, target_lock, wait_until_safe
 from hpkg.loader.process import Process
 from hpkg.loader.procfs import list_images
@@ -91,7 +92,7 @@ def revert_process(
 ) -> LiveRevertResult:
     """Revert every package in process `pid`, or the image stack holding `package_id`, to the baseline."""
     process = open_process(pid)
-    with process, target_lock(pid, timeout):
+    with deferred_interrupts(), process, target_lock(pid, timeout):
         # STEP 1: the records, grouped per image (build-id and load bias).
         found = find_records(process)
         stacks = _stacks(found)

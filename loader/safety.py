@@ -24,6 +24,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from hpkg.errors import TargetError, UnsafeNow
+from hpkg.loader.interrupts import raise_if_interrupted
 from hpkg.loader.process import Process, StoppedThreads
 from hpkg.loader.procfs import Mapping
 
@@ -183,6 +184,7 @@ def stop_when_safe(
     attempts = 0
     while True:
         attempts += 1
+        raise_if_interrupted()  # every thread runs and nothing is switched yet: Ctrl-C may end it here
         with process.stop_all_threads() as stopped:
             report = check_threads(stopped, replaced, patch_windows, stack_scan_limit, pointer_ranges)
             if report.safe:
