@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hpkg.builder.ehframe import parse_eh_frame
+from hpkg.elf.ehframe import parse_eh_frame
 
 
 @dataclass(frozen=True)
