@@ -1,10 +1,13 @@
 """ELF notes, and the one GNU build-id reader (for files, process memory and the builder alike).
 
-A note is a header (namesz, descsz, type), the owner name, then the descriptor, each padded to the
-note's alignment. The gABI asks for 8 in ELF64, but every x86-64 toolchain pads ELF64 notes to 4
-(`.note.gnu.build-id`, `.note.ABI-tag`, in a PT_NOTE with p_align 4); only `.note.gnu.property`
-is padded to 8, in its own PT_NOTE with p_align 8. So the container's alignment decides: 8 when
-p_align (or sh_addralign) is 8, else 4 — as binutils' readelf reads them.
+A note is a 12-byte header (namesz, descsz, type), the owner name, then the descriptor; the
+descriptor starts, and the next note starts, at the note's alignment counted from the note's start
+(binutils' ELF_NOTE_DESC_OFFSET / ELF_NOTE_NEXT_OFFSET). The gABI asks for 8 in ELF64, but every
+x86-64 toolchain aligns ELF64 notes to 4 (`.note.gnu.build-id`, `.note.ABI-tag`, in a PT_NOTE with
+p_align 4); only `.note.gnu.property` is aligned to 8, in its own PT_NOTE with p_align 8. So the
+container's alignment decides: 8 when p_align (or sh_addralign) is 8, else 4, as readelf reads them.
+With 8, a 4-byte owner ("GNU\0") ends at offset 16 and the descriptor starts right there, not 8
+bytes after the owner.
 """
 
 from __future__ import annotations
@@ -30,23 +33,23 @@ def note_alignment(container_align: int) -> int:
     return 8 if container_align == 8 else 4
 
 
-def _pad(size: int, align: int) -> int:
-    return (size + align - 1) & ~(align - 1)
+def _align_up(offset: int, align: int) -> int:
+    return (offset + align - 1) & ~(align - 1)
 
 
 def iter_notes(blob: bytes, align: int = 4) -> Iterator[Note]:
-    """Every complete note in the contents of one note segment or section, in order."""
+    """Every complete note in the contents of one note segment or section (which starts aligned), in order."""
     position = 0
     while position + NHDR.size <= len(blob):
         header = NoteHeader.unpack_from(blob, position)
         name_start = position + NHDR.size
-        desc_start = name_start + _pad(header.namesz, align)
+        desc_start = position + _align_up(NHDR.size + header.namesz, align)
         desc_end = desc_start + header.descsz
         if desc_end > len(blob):
             return  # truncated: the rest of the blob is not a note
         owner = bytes(blob[name_start : name_start + header.namesz]).rstrip(b"\0")
         yield Note(owner, header.type, bytes(blob[desc_start:desc_end]))
-        position = desc_start + _pad(header.descsz, align)
+        position = _align_up(desc_end, align)
 
 
 def find_build_id(blobs: Iterable[tuple[bytes, int]]) -> bytes:
