@@ -156,6 +156,8 @@ def relocation_recipe(name: str) -> tuple[FieldKind, int] | None:
     return found.field, found.width
 
 
+PAGE_SIZE = 4096  # the base page: ELF segments and the loader's areas are aligned to it
+
 # -- instruction bytes -------------------------------------------------------------------------
 ENDBR64 = b"\xf3\x0f\x1e\xfa"  # the IBT landing pad at an indirect-branch target
 INT3 = 0xCC  # the one-byte trap that fills gaps between functions

@@ -30,6 +30,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from hpkg.arch.x86_64 import PAGE_SIZE
 from hpkg.elf.constants import (
     PF_R,
     PF_W,
@@ -63,7 +64,6 @@ from hpkg.loader.link import RelocatedImage
 from hpkg.loader.placement import Placement
 from hpkg.loader.unwind_table import merged_eh_frame_hdr, package_fdes
 
-PAGE_SIZE = 4096  # the x86-64 ELF page size: segment alignment in the file and in memory
 RECORD_SECTION = ".hpkg.record"
 
 

@@ -23,6 +23,7 @@ import os
 import struct
 from dataclasses import dataclass
 
+from hpkg.arch.x86_64 import PAGE_SIZE
 from hpkg.elf.constants import AT_BASE, PT_GNU_EH_FRAME
 from hpkg.elf.dynamic import dynamic_symbols
 from hpkg.elf.ehframe import EH_FRAME_HDR, EhFrameHdr, UnwindTableError, eh_frame_hdr_size, read_eh_frame_hdr
@@ -36,7 +37,6 @@ from hpkg.loader.procfs import Mapping, RuntimeImage
 REASON = "unwind-registration-unsupported"
 FIND_OBJECT = "_dl_find_object"
 _RECORD = struct.Struct("<QQQQ")  # struct dl_find_object_internal on x86-64
-PAGE_SIZE = 4096
 
 
 def _refuse(why: str) -> RefusedError:

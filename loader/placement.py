@@ -15,10 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
-from hpkg.arch.x86_64 import is_rel32_branch_field, relocation_type
+from hpkg.arch.x86_64 import PAGE_SIZE, is_rel32_branch_field, relocation_type
 from hpkg.formats.model import ImportRecord, Package, PackageSection, Relocation, RelocationKind, TargetSpace
 
-PAGE_SIZE = 4096
 CODE_ALIGN = 16
 STUB_SLOT = 16  # one absolute stub (14 bytes) padded with int3 to keep the next one aligned
 GOT_SLOT = 8
