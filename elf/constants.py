@@ -36,6 +36,7 @@ SHN_UNDEF = 0
 SHN_LORESERVE = 0xFF00
 SHN_ABS = 0xFFF1
 SHN_COMMON = 0xFFF2
+SHN_XINDEX = 0xFFFF  # e_shstrndx escape: the real index is in section header 0's sh_link
 
 # sh_type
 SHT_NULL, SHT_PROGBITS, SHT_SYMTAB, SHT_STRTAB, SHT_RELA = 0, 1, 2, 3, 4

@@ -14,13 +14,11 @@ from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
 
-from hpkg.elf.constants import DT_NULL, ELF_MAGIC, PT_DYNAMIC, SHT_NOBITS, SHT_NOTE
+from hpkg.elf.constants import DT_NULL, ELF_MAGIC, PT_DYNAMIC, SHN_XINDEX, SHT_NOBITS, SHT_NOTE
 from hpkg.elf.headers import ElfHeaders, read_headers
 from hpkg.elf.notes import find_build_id, segment_build_id
 from hpkg.elf.structs import DYN, EHDR, PHDR, SHDR, DynamicEntry, ElfHeader, ProgramHeader, SectionHeader
 from hpkg.errors import ImageError
-
-SHN_XINDEX = 0xFFFF  # e_shstrndx escape: the real index is in section header 0's sh_link
 
 
 def read_build_id(data: bytes | mmap.mmap) -> bytes:
