@@ -27,12 +27,15 @@ $(STAMP): pyproject.toml
 demo: deps $(STAMP)
 	@$(BIN)/python scripts/demo.py
 
+# The import contracts of pyproject.toml ([tool.importlinter]) fail the build like a lint error.
 test: test-deps $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/python scripts/lint-imports.py
 	$(BIN)/python -m pytest -q -n 2 tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/python scripts/lint-imports.py
 
 # make bench BENCH_ARGS="--quick --json": options of `python -m bench --help`.
 bench: test-deps $(STAMP)

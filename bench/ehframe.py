@@ -1,6 +1,6 @@
 """Function bounds from `.eh_frame` FDEs for the byte compare, read by the builder's own parser.
 
-A thin adapter over `hpkg.builder.ehframe.parse_eh_frame`, so the bench and the diff engine see the
+A thin adapter over `hpkg.elf.ehframe.parse_eh_frame`, so the bench and the diff engine see the
 same functions: it names the ranges and sorts them by start address. The builder's parser is
 lenient: a record it cannot decode (or a truncated section) ends the list early instead of raising.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hpkg.builder.ehframe import parse_eh_frame
+from hpkg.elf.ehframe import parse_eh_frame
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import re
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 
+from hpkg.arch.x86_64 import is_padding
 from hpkg.builder.decode import decode, decode_instructions
 from hpkg.builder.functions import functions_at
 from hpkg.builder.model import (
@@ -31,7 +32,6 @@ from hpkg.builder.model import (
 )
 from hpkg.builder.references import disassembly_references, relocation_references, relocations_by_function
 from hpkg.builder.targets import ALIASES, CODE_SUFFIX, TargetResolver
-from hpkg.builder.x86_64 import is_padding
 
 _NUMERIC_SUFFIX = re.compile(r"\.\d+(?=\.|$)")
 # Below this many bytes of code (both images) a second process costs more than it saves.

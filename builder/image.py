@@ -7,7 +7,7 @@ import stat
 import struct
 from pathlib import Path
 
-from hpkg.builder.ehframe import parse_eh_frame
+from hpkg.arch.x86_64 import GOT_RELOCATIONS
 from hpkg.builder.model import (
     FileOffset,
     GotSlot,
@@ -20,18 +20,21 @@ from hpkg.builder.model import (
     Symbol,
     SymbolKind,
 )
-from hpkg.builder.x86_64 import GOT_RELOCATIONS
+from hpkg.elf.constants import (
+    ELF_MAGIC,
+    ELFCLASS64,
+    EM_X86_64,
+    SHF_ALLOC,
+    SHF_EXECINSTR,
+    SHF_TLS,
+    SHF_WRITE,
+    SHT_NOBITS,
+)
+from hpkg.elf.constants import MACHINE_NAMES as _MACHINES
+from hpkg.elf.ehframe import parse_eh_frame
+from hpkg.elf.file import read_build_id
+from hpkg.elf.plt import PLT_SECTIONS, plt_entries
 from hpkg.errors import ImageError
-
-ELF_MAGIC = b"\x7fELF"
-# e_ident[EI_CLASS] and e_machine values, checked before LIEF so that a wrong file fails in one line.
-ELFCLASS64 = 2
-EM_X86_64 = 62
-_MACHINES = {3: "i386", 40: "arm", 62: "x86-64", 183: "aarch64", 243: "riscv"}
-# PLT-like sections whose entries jump through a GOT slot with `jmp *slot(%rip)` (ff 25 disp32).
-PLT_SECTIONS = (".plt", ".plt.sec", ".plt.got")
-SHF_WRITE, SHF_ALLOC, SHF_EXECINSTR, SHF_TLS = 0x1, 0x2, 0x4, 0x400
-SHT_NOBITS = 8
 
 
 def _lief():
@@ -219,26 +222,14 @@ def _read_relocations(
     return dynamic, static, slots
 
 
-def _read_plt_entries(sections: tuple[Section, ...], contents: dict[str, bytes]) -> dict[int, int]:
-    """PLT entry link address → the GOT slot its `jmp *slot(%rip)` goes through.
-
-    Covers lazy .plt (entry = jmp *slot; push; jmp .plt0), IBT .plt.sec (endbr64; bnd jmp *slot),
-    and .plt.got (-z now, or a GOT slot shared with a data reference). Lazy-IBT .plt entries jump
-    to PLT0 instead and are skipped: their .plt.sec twin is the entry code calls.
-    """
+def _read_plt_entries(binary, contents: dict[str, bytes]) -> dict[int, int]:
+    """PLT entry link address → the GOT slot its `jmp *slot(%rip)` goes through (`hpkg.elf.plt` reads
+    .plt, .plt.sec and .plt.got, each by its sh_entsize)."""
     entries: dict[int, int] = {}
-    for section in sections:
-        if section.name not in PLT_SECTIONS:
-            continue
-        code = contents.get(section.name, b"")
-        step = 8 if section.name == ".plt.got" and section.size % 16 else 16
-        for start in range(0, len(code) - 5, step):
-            window = code[start : start + step]
-            pos = window.find(b"\xff\x25")
-            if pos < 0 or pos + 6 > len(window):
-                continue
-            disp = struct.unpack_from("<i", window, pos + 2)[0]
-            entries[section.address + start] = section.address + start + pos + 6 + disp
+    for s in binary.sections:
+        if s.name in PLT_SECTIONS:
+            found = plt_entries(s.name, s.virtual_address, contents.get(s.name, b""), s.entry_size)
+            entries.update((e.address, e.slot) for e in found)
     return entries
 
 
@@ -279,12 +270,9 @@ def _read_imports(symbols: list[Symbol], slots: list[GotSlot], plt: dict[int, in
     return tuple(imports)
 
 
-def _read_build_id(binary) -> str | None:
-    lief = _lief()
-    for note in binary.notes:
-        if note.type == lief.ELF.Note.TYPE.GNU_BUILD_ID:
-            return bytes(note.description).hex()
-    return None
+def _read_build_id(data: bytes) -> str | None:
+    """The GNU build-id as lowercase hex (`hpkg.elf` reads the notes), or None."""
+    return read_build_id(data).hex() or None
 
 
 def _read_init_functions(binary, sections, contents, dynamic: list[Relocation]) -> tuple[LinkAddress, ...]:
@@ -305,9 +293,9 @@ def _read_init_functions(binary, sections, contents, dynamic: list[Relocation]) 
 
 def _debug_symbols(debug: Path, build_id: str | None, sections: tuple[Section, ...]) -> list[Symbol]:
     """The .symtab of a separate debug file (objcopy --only-keep-debug) made from the same build."""
-    _check_header(debug)
+    debug_data = _check_header(debug)
     binary = _parse(debug)
-    debug_build_id = _read_build_id(binary)
+    debug_build_id = _read_build_id(debug_data)
     if build_id and debug_build_id and build_id != debug_build_id:
         raise ImageError(f"{debug}: debug file is for build-id {debug_build_id}, not {build_id}")
     debug_sections, _ = _read_sections(binary, b"")
@@ -324,14 +312,14 @@ def load_image(path: str | os.PathLike[str], debug: str | os.PathLike[str] | Non
     if not any(s.executable and not s.nobits and s.size for s in sections):
         raise ImageError(f"{path}: no code: the file has no executable section with contents")
     segments = _read_segments(binary)
-    build_id = _read_build_id(binary)
+    build_id = _read_build_id(data)
     dynamic_symbols = _read_symbols(binary.dynamic_symbols, sections, dynamic=True)
     static_symbols = _read_symbols(binary.symtab_symbols, sections, dynamic=False)
     if debug is not None:
         static_symbols = _debug_symbols(Path(debug), build_id, sections)
     dynamic_relocations, static_relocations, got_slots = _read_relocations(binary, sections)
-    plt_entries = _read_plt_entries(sections, contents)
-    imports = _read_imports(dynamic_symbols, got_slots, plt_entries)
+    plt = _read_plt_entries(binary, contents)
+    imports = _read_imports(dynamic_symbols, got_slots, plt)
     eh = next((s for s in sections if s.name == ".eh_frame"), None)
     eh_frame = parse_eh_frame(contents.get(".eh_frame", b""), eh.address) if eh is not None else ()
     file_type = str(binary.header.file_type).rsplit(".", 1)[-1]

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 
-from hpkg.builder.x86_64 import INT3
+from hpkg.arch.x86_64 import INT3
 
 # Package section bases are page-aligned by the loader, so keeping an object's address modulo this
 # value keeps every alignment the compiler relied on (movaps needs 16, AVX 32, cache-line tables 64).

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import NamedTuple, NewType
 
+from hpkg.arch.x86_64 import FieldKind
+
 LinkAddress = NewType("LinkAddress", int)
 FileOffset = NewType("FileOffset", int)
 RuntimeAddress = NewType("RuntimeAddress", int)
@@ -203,16 +205,9 @@ class Function:
         return LinkAddress(self.address + self.size)
 
 
-class ReferenceKind(enum.Enum):
-    """How a reference field encodes its target (its relocation recipe, x86-64 ABI names)."""
-
-    PC32 = "pc32"  # field = target + addend - field address (rip-relative operands, call/jmp rel32)
-    PC8 = "pc8"  # short branch rel8 (only ever inside a function)
-    ABS32 = "abs32"  # field = target + addend, zero-extended 32 bits (non-PIC)
-    ABS32S = "abs32s"  # sign-extended 32 bits (non-PIC, e.g. jmp [table + rax*8])
-    ABS64 = "abs64"  # 64-bit absolute (movabs)
-    GOTPC32 = "gotpc32"  # field = GOT slot + addend - field address (mov foo@GOTPCREL(%rip))
-    TPOFF32 = "tpoff32"  # a TLS offset from the thread pointer (fs:)
+# How a reference field encodes its target (its relocation recipe): an x86-64 fact, defined once in
+# the arch layer; the diff calls it ReferenceKind.
+ReferenceKind = FieldKind
 
 
 class TargetKind(enum.Enum):

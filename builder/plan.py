@@ -37,6 +37,8 @@ from hpkg.builder.select import select_functions
 from hpkg.builder.sites import JUMP_SIZE, PatchSite, patch_site
 from hpkg.builder.unwind import UnwindSection, emit_unwind, exception_frames
 from hpkg.builder.verdict import Reason, Verdict, check_allowed, require_patchable
+from hpkg.elf.constants import STT_GNU_IFUNC
+from hpkg.elf.structs import SYM
 from hpkg.formats.model import (
     FIELD_WIDTH,
     DataSection,
@@ -55,10 +57,6 @@ __all__ = [
     "check_plan",
     "plan_patch",
 ]
-
-STT_GNU_IFUNC = 10
-ELF64_SYM_SIZE = 24
-
 
 @dataclass(frozen=True)
 class PlanOptions:
@@ -135,7 +133,7 @@ def ifunc_resolvers(image: Image) -> set[int]:
     found = {r.addend for r in image.dynamic_relocations if r.type == "X86_64_IRELATIVE"}
     for name in (".symtab", ".dynsym"):
         table = image.section_bytes.get(name, b"")
-        for offset in range(0, len(table) - ELF64_SYM_SIZE + 1, ELF64_SYM_SIZE):
+        for offset in range(0, len(table) - SYM.size + 1, SYM.size):
             info = table[offset + 4]
             if info & 0xF == STT_GNU_IFUNC:
                 found.add(struct.unpack_from("<Q", table, offset + 8)[0])

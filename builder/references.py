@@ -13,6 +13,7 @@ import bisect
 import re
 import struct
 
+from hpkg.arch.x86_64 import BRANCH_MNEMONICS, relocation_recipe
 from hpkg.builder.decode import access_size, branch_offset
 from hpkg.builder.jumptables import scan_jump_tables
 from hpkg.builder.model import (
@@ -26,7 +27,6 @@ from hpkg.builder.model import (
     TargetKind,
 )
 from hpkg.builder.targets import CODE_SUFFIX, TargetResolver
-from hpkg.builder.x86_64 import BRANCH_MNEMONICS, relocation_recipe
 
 __all__ = [
     "TargetResolver",

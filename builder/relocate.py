@@ -35,6 +35,7 @@ import bisect
 import struct
 from dataclasses import dataclass, field
 
+from hpkg.arch.x86_64 import BRANCH_MNEMONICS, is_rel32_branch_field, relocation_recipe
 from hpkg.builder.decode import decode
 from hpkg.builder.model import (
     DiffResult,
@@ -55,7 +56,6 @@ from hpkg.builder.resolve import (
     plt_slots,
 )
 from hpkg.builder.verdict import Reason
-from hpkg.builder.x86_64 import BRANCH_MNEMONICS, is_rel32_branch_field, relocation_recipe
 from hpkg.formats.model import DataSection, ImportRecord, PackageSection, RelocationKind, TargetSpace
 
 # Bytes of a non-string read-only datum copied at least (a 16-byte vector constant is the common case).

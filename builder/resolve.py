@@ -8,13 +8,13 @@ unchanged function that used `.data+0x60` in OLD uses `.data+0x70` in NEW: that 
 
 from __future__ import annotations
 
-import struct
 from collections import defaultdict
 from dataclasses import dataclass
 
 from hpkg.builder.canon import stable_name
 from hpkg.builder.data import data_objects
 from hpkg.builder.model import DiffResult, Image, Status, Symbol, TargetKind
+from hpkg.elf.plt import PLT_SECTIONS, plt_entries
 
 
 def is_read_only(image: Image, sym: Symbol) -> bool:
@@ -152,27 +152,11 @@ class BaselineIndex:
         return None
 
 
-PLT_SECTIONS = (".plt", ".plt.sec", ".plt.got")
-_ENDBR64 = b"\xf3\x0f\x1e\xfa"
-
-
 def plt_slots(image: Image) -> dict[int, int]:
-    """PLT entry address → the GOT slot its `jmp *slot(%rip)` (ff 25 disp32) goes through.
-
-    Found by the jump itself, whatever the entry size (8-byte `.plt.got` entries, 16-byte IBT
-    entries with `endbr64; bnd jmp`), so no entry is skipped.
-    """
+    """PLT entry address → the GOT slot its `jmp *slot(%rip)` goes through, by the one PLT reader."""
     entries: dict[int, int] = {}
     for section in image.sections:
-        if section.name not in PLT_SECTIONS:
-            continue
-        code = image.section_bytes.get(section.name, b"")
-        p = code.find(b"\xff\x25")
-        while 0 <= p <= len(code) - 6:
-            slot = section.address + p + 6 + struct.unpack_from("<i", code, p + 2)[0]
-            start = p - 1 if p >= 1 and code[p - 1] == 0xF2 else p  # bnd prefix
-            if start >= 4 and code[start - 4 : start] == _ENDBR64:
-                start -= 4
-            entries[section.address + start] = slot
-            p = code.find(b"\xff\x25", p + 6)
+        if section.name in PLT_SECTIONS:
+            code = image.section_bytes.get(section.name, b"")
+            entries.update((e.address, e.slot) for e in plt_entries(section.name, section.address, code))
     return entries

@@ -10,9 +10,9 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+from hpkg.arch.x86_64 import is_padding
 from hpkg.builder.decode import decode_bytes
 from hpkg.builder.model import Function, Image
-from hpkg.builder.x86_64 import is_padding
 
 JUMP_SIZE = 5  # E9 + rel32
 

@@ -19,7 +19,8 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from hpkg.builder.ehframe import (
+from hpkg.builder.model import Image, Section
+from hpkg.elf.ehframe import (
     DW_EH_PE_INDIRECT,
     DW_EH_PE_OMIT,
     DW_EH_PE_PCREL_SDATA4,
@@ -29,7 +30,6 @@ from hpkg.builder.ehframe import (
     read_sleb128,
     read_uleb128,
 )
-from hpkg.builder.model import Image, Section
 from hpkg.formats.model import PackageSection, Relocation, RelocationKind, TargetSpace
 
 _SLOT_RELOCATIONS = ("X86_64_64", "X86_64_GLOB_DAT")

@@ -31,6 +31,8 @@ import contextlib
 import secrets
 from dataclasses import dataclass
 
+from hpkg.arch.x86_64 import JMP_REL32_SIZE
+from hpkg.elf.ehframe import EH_FRAME_HDR, EH_FRAME_HDR_ENTRY, UnwindTableError, count_fdes
 from hpkg.errors import IncompatibleTarget, RefusedError, TargetError
 from hpkg.formats.model import Package
 from hpkg.loader import alloc
@@ -38,6 +40,7 @@ from hpkg.loader.alloc import Allocation
 from hpkg.loader.compat import AppliedLevel, CompatReport, check_compatibility
 from hpkg.loader.inject import PROT_EXEC, PROT_READ, PROT_WRITE, Injector
 from hpkg.loader.interrupts import deferred_interrupts, raise_if_interrupted
+from hpkg.loader.link import RelocatedImage, SiteJump, relocate
 from hpkg.loader.live import (
     DEFAULT_TIMEOUT,
     ProcessImageReader,
@@ -49,7 +52,8 @@ from hpkg.loader.live import (
     wait_until_safe,
 )
 from hpkg.loader.live_imports import ProcessImports
-from hpkg.loader.live_unwind import HDR_PREFIX, REASON, UnwindTarget, check_placement, find_unwind_target
+from hpkg.loader.live_unwind import REASON, UnwindTarget, check_placement, find_unwind_target
+from hpkg.loader.placement import AreaLayout, Placement, area_layout
 from hpkg.loader.process import Process, StoppedThreads
 from hpkg.loader.procfs import PAGE_SIZE, RuntimeImage, page_up
 from hpkg.loader.record import (
@@ -65,10 +69,9 @@ from hpkg.loader.record import (
     find_records,
     state_bytes,
 )
-from hpkg.loader.relocate import AreaLayout, PatchSite, Placement, RelocatedImage, area_layout, relocate
 from hpkg.loader.safety import CodeRange
 from hpkg.loader.switch import SiteWrite, switch_table, write_sites
-from hpkg.loader.unwind_table import UnwindTableError, count_fdes, merged_eh_frame_hdr, package_fdes
+from hpkg.loader.unwind_table import merged_eh_frame_hdr, package_fdes
 
 
 @dataclass(frozen=True)
@@ -400,7 +403,8 @@ def _prepare(
     size = page_up(Placement.contiguous(record_pages, layout).end)
     index_offset, index_size = size, 0
     if unwind is not None:  # the merged search table, on read-only pages of its own at the end
-        index_size = HDR_PREFIX + 8 * (len(unwind.baseline.table) + count_fdes(package.unwind))
+        entries = len(unwind.baseline.table) + count_fdes(package.unwind)
+        index_size = EH_FRAME_HDR.size + EH_FRAME_HDR_ENTRY.size * entries
         size += page_up(index_size)
     # Unique per attempt: an allocation a killed loader left behind must never merge with this one
     # (/proc/PID/maps is grouped by name to find allocations).
@@ -451,9 +455,8 @@ def _search_table(unwind: UnwindTarget, relocated: RelocatedImage, address: int)
 def _dry_relocation(package: Package, layout: AreaLayout) -> RelocatedImage:
     """Sites and code offsets for sizing the record, without resolving anything in the target."""
     placement = Placement.contiguous(0, layout)
-    sites = tuple(
-        PatchSite(f.name, f.baseline_address, 0, f.pre_image, bytes(5), 0) for f in package.functions
-    )
+    unset = bytes(JMP_REL32_SIZE)
+    sites = tuple(SiteJump(f.name, f.baseline_address, 0, f.pre_image, unset, 0) for f in package.functions)
     return RelocatedImage(placement, b"", b"", b"", 0, sites, (), (), 0)
 
 

@@ -18,9 +18,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from hpkg.arch.x86_64 import JMP_REL32_SIZE, decode_jmp_rel32
 from hpkg.errors import IncompatibleTarget
 from hpkg.formats.model import Package, ReplacedFunction
-from hpkg.loader.jumps import JMP_REL32_SIZE, decode_jmp_rel32
 
 
 class ImageReader(Protocol):

@@ -13,13 +13,15 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from hpkg.elf.file import ElfFile
 from hpkg.errors import ImageError
 from hpkg.formats.model import Package
 from hpkg.loader.compat import AppliedLevel, CompatReport, check_compatibility
-from hpkg.loader.elf_dynamic import DynamicLinking
-from hpkg.loader.elf_file import RECORD_SECTION, ElfFile, plan_segments, write_patched
+from hpkg.loader.file_dynamic import DynamicLinking
 from hpkg.loader.file_imports import file_import_resolver
-from hpkg.loader.relocate import Placement, RelocatedImage, area_layout, relocate
+from hpkg.loader.file_write import RECORD_SECTION, plan_segments, write_patched
+from hpkg.loader.link import RelocatedImage, relocate
+from hpkg.loader.placement import Placement, area_layout
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,15 @@ from __future__ import annotations
 import os
 import subprocess
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 
-from hpkg.errors import RefusedError
+from hpkg.elf.dynamic import dynamic_symbols, library_search_path, needed_libraries
+from hpkg.elf.file import ElfFile
+from hpkg.elf.imports import read_imports
+from hpkg.errors import ImageError, RefusedError
 from hpkg.formats.model import ImportRecord
-from hpkg.loader.relocate import ResolvedImport
+from hpkg.loader.placement import ResolvedImport
 
 # Where glibc's dynamic linker looks after DT_RUNPATH and its cache, on Debian/Ubuntu x86-64.
 SYSTEM_LIBRARY_DIRS = (
@@ -31,21 +35,10 @@ SYSTEM_LIBRARY_DIRS = (
 MAX_LIBRARIES = 64  # a bound on the dependency walk
 
 
-def _lief():
-    import lief
-
-    lief.logging.disable()
-    return lief
-
-
-def _search_dirs(binary, origin: Path) -> list[str]:
-    """DT_RUNPATH (or DT_RPATH when there is none) of one object, $ORIGIN expanded."""
-    lief = _lief()
-    tags = lief.ELF.DynamicEntry.TAG
-    entry = binary.get(tags.RUNPATH) or binary.get(tags.RPATH)
-    if entry is None:
+def _search_dirs(paths: str | None, origin: Path) -> list[str]:
+    """The directories of a DT_RUNPATH (or DT_RPATH) string of one object, $ORIGIN expanded."""
+    if not paths:
         return []
-    paths = entry.runpath if hasattr(entry, "runpath") else entry.rpath
     expanded = paths.replace("${ORIGIN}", str(origin)).replace("$ORIGIN", str(origin))
     return [p for p in expanded.split(":") if p]
 
@@ -66,17 +59,32 @@ def _ldconfig_cache() -> dict[str, str]:
     return {}
 
 
-def _definitions(binary) -> dict[str, set[str | None]]:
+def _definitions(elf: ElfFile) -> dict[str, set[str | None]]:
     """Defined dynamic symbols of a library: name -> the versions it defines it at (None: unversioned)."""
     found: dict[str, set[str | None]] = {}
-    for sym in binary.dynamic_symbols:
-        if sym.shndx == 0 or not sym.name:
-            continue
-        version = None
-        if sym.has_version and sym.symbol_version.has_auxiliary_version:
-            version = sym.symbol_version.symbol_version_auxiliary.name
-        found.setdefault(sym.name, set()).add(version)
+    for sym in dynamic_symbols(elf):
+        if sym.defined and sym.name:
+            found.setdefault(sym.name, set()).add(sym.version)
     return found
+
+
+@dataclass(frozen=True)
+class _Library:
+    """What the dependency walk needs of one object: what it needs, where it looks, what it defines."""
+
+    needed: tuple[str, ...]  # DT_NEEDED
+    search_dirs: list[str]  # DT_RUNPATH or DT_RPATH, $ORIGIN expanded
+    definitions: dict[str, set[str | None]]
+
+
+def _read_library(path: str | Path) -> _Library | None:
+    """One object's needs, search path and definitions, or None if it is no x86-64 ELF file."""
+    try:
+        with ElfFile.mapped(path) as elf:
+            search_dirs = _search_dirs(library_search_path(elf), Path(path).parent)
+            return _Library(needed_libraries(elf), search_dirs, _definitions(elf))
+    except ImageError:
+        return None
 
 
 class NeededLibraries:
@@ -103,11 +111,10 @@ class NeededLibraries:
         return next((c for d in SYSTEM_LIBRARY_DIRS if os.path.isfile(c := os.path.join(d, name))), None)
 
     def _walk(self) -> None:
-        lief = _lief()
-        root = lief.ELF.parse(str(self.path))
+        root = _read_library(self.path)
         if root is None:
             return
-        queue = deque((name, _search_dirs(root, self.path.parent)) for name in root.libraries)
+        queue = deque((name, root.search_dirs) for name in root.needed)
         seen: set[str] = set()
         while queue and len(self.found) < MAX_LIBRARIES:
             name, dirs = queue.popleft()
@@ -115,13 +122,12 @@ class NeededLibraries:
                 continue
             seen.add(name)
             located = self._locate(name, dirs)
-            library = lief.ELF.parse(located) if located else None
+            library = _read_library(located) if located else None
             if library is None:
                 self.missing.append(name)
                 continue
-            self.found.append((located, _definitions(library)))
-            origin = Path(located).parent
-            queue.extend((n, _search_dirs(library, origin)) for n in library.libraries)
+            self.found.append((located, library.definitions))
+            queue.extend((n, library.search_dirs) for n in library.needed)
 
     def defines(self, record: ImportRecord) -> str | None:
         """The first library that defines `record` at its version, or None."""
@@ -141,9 +147,8 @@ def file_import_resolver(
     """
     if not imports:
         return {}
-    from hpkg.builder.image import load_image
-
-    image = load_image(binary)
+    with ElfFile.mapped(binary) as elf:
+        own_imports = read_imports(elf)
     resolved: dict[ImportRecord, ResolvedImport] = {}
     libraries: NeededLibraries | None = None
     refused: list[str] = []
@@ -151,7 +156,7 @@ def file_import_resolver(
         found = next(
             (
                 i
-                for i in image.imports
+                for i in own_imports
                 if i.name == record.name
                 and (record.version is None or i.version in (None, record.version))
                 and (i.plt_address is not None or i.got_address is not None)

@@ -18,32 +18,19 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING
 
-from hpkg.errors import RefusedError
+from hpkg.elf.constants import STB_LOCAL, STT_FUNC, STT_GNU_IFUNC, STT_NOTYPE, STT_OBJECT
+from hpkg.elf.dynamic import DynamicSymbol, dynamic_symbols
+from hpkg.elf.file import ElfFile
+from hpkg.elf.imports import ImportSlots, read_imports
+from hpkg.errors import ImageError, RefusedError
 from hpkg.formats.model import ImportRecord
 from hpkg.loader import procfs
+from hpkg.loader.placement import ResolvedImport
 from hpkg.loader.process import Process
 from hpkg.loader.procfs import RuntimeImage
-from hpkg.loader.relocate import ResolvedImport
 
-if TYPE_CHECKING:
-    from hpkg.builder.model import Import
-
-_HIDDEN = 0x8000  # in .gnu.version: a non-default (`sym@VER`, not `sym@@VER`) version
-
-
-@dataclass(frozen=True)
-class DynamicSymbol:
-    """A symbol an image defines in .dynsym."""
-
-    name: str
-    version: str | None
-    default: bool  # the default version (`@@`), or unversioned
-    link_address: int
-    ifunc: bool
+_EXPORTED_TYPES = (STT_FUNC, STT_GNU_IFUNC, STT_OBJECT, STT_NOTYPE)
 
 
 def _image_file(pid: int, image: RuntimeImage) -> str:
@@ -54,30 +41,17 @@ def _image_file(pid: int, image: RuntimeImage) -> str:
 
 @functools.lru_cache(maxsize=64)
 def _dynamic_symbols(path: str, build_id: str) -> dict[str, list[DynamicSymbol]]:
-    """The defined .dynsym symbols of one file (cached by build-id: one parse per library)."""
+    """The defined, exported .dynsym symbols of one file (cached by build-id: one read per library)."""
     del build_id  # part of the cache key only
-    import lief
-
-    lief.logging.disable()
-    binary = lief.parse(path)
     table: dict[str, list[DynamicSymbol]] = {}
-    if binary is None:
+    try:
+        with ElfFile.mapped(path) as elf:
+            symbols = dynamic_symbols(elf)
+    except ImageError:
         return table
-    for sym in binary.dynamic_symbols:
-        type_name = str(sym.type).rsplit(".", 1)[-1]
-        if sym.shndx == 0 or not sym.name or type_name not in ("FUNC", "GNU_IFUNC", "OBJECT", "NOTYPE"):
-            continue
-        if str(sym.binding).endswith("LOCAL"):
-            continue
-        version, default = None, True
-        if sym.has_version:
-            value = sym.symbol_version.value
-            default = not value & _HIDDEN
-            if sym.symbol_version.has_auxiliary_version:
-                version = sym.symbol_version.symbol_version_auxiliary.name
-        table.setdefault(sym.name, []).append(
-            DynamicSymbol(sym.name, version, default, sym.value, type_name == "GNU_IFUNC")
-        )
+    for sym in symbols:
+        if sym.defined and sym.name and sym.type in _EXPORTED_TYPES and sym.bind != STB_LOCAL:
+            table.setdefault(sym.name, []).append(sym)
     return table
 
 
@@ -116,13 +90,12 @@ class ProcessImports:
         self.patched = patched
 
     @functools.cached_property
-    def _imports_of_patched(self) -> dict[str, list[Import]]:
+    def _imports_of_patched(self) -> dict[str, list[ImportSlots]]:
         """The patched image's own imports (PLT entries, GOT slots), by name, read from the mapped file."""
-        from hpkg.builder.image import load_image
-
-        image = load_image(Path(_image_file(self.process.pid, self.patched)))
-        table: dict[str, list[Import]] = {}
-        for imp in image.imports:
+        with ElfFile.mapped(_image_file(self.process.pid, self.patched)) as elf:
+            imports = read_imports(elf)
+        table: dict[str, list[ImportSlots]] = {}
+        for imp in imports:
             table.setdefault(imp.name, []).append(imp)
         return table
 
@@ -152,7 +125,7 @@ class ProcessImports:
             if symbol is None:
                 continue
             if not symbol.ifunc:
-                return ResolvedImport(record.name, image.runtime_address(symbol.link_address))
+                return ResolvedImport(record.name, image.runtime_address(symbol.value))
             address = _own_ifunc_address(image, symbol)
             if address is None:
                 raise RefusedError(

@@ -23,20 +23,20 @@ import os
 import struct
 from dataclasses import dataclass
 
-from hpkg.errors import RefusedError, TargetError
+from hpkg.arch.x86_64 import PAGE_SIZE
+from hpkg.elf.constants import AT_BASE, PT_GNU_EH_FRAME
+from hpkg.elf.dynamic import dynamic_symbols
+from hpkg.elf.ehframe import EH_FRAME_HDR, EhFrameHdr, UnwindTableError, eh_frame_hdr_size, read_eh_frame_hdr
+from hpkg.elf.file import ElfFile
+from hpkg.elf.headers import ElfHeaders, read_headers
+from hpkg.elf.structs import AUXV
+from hpkg.errors import ImageError, RefusedError, TargetError
 from hpkg.loader.process import Process
 from hpkg.loader.procfs import Mapping, RuntimeImage
-from hpkg.loader.unwind_table import EhFrameHdr, UnwindTableError, read_eh_frame_hdr
 
 REASON = "unwind-registration-unsupported"
 FIND_OBJECT = "_dl_find_object"
-PT_LOAD, PT_GNU_EH_FRAME = 1, 0x6474E550
-_EHDR_PHOFF, _EHDR_PHNUM = 32, 56
-_PHDR = struct.Struct("<IIQQQQQQ")
 _RECORD = struct.Struct("<QQQQ")  # struct dl_find_object_internal on x86-64
-HDR_PREFIX = 12  # version, encodings, eh_frame_ptr, fde_count
-PAGE_SIZE = 4096
-AT_BASE = 7
 
 
 def _refuse(why: str) -> RefusedError:
@@ -63,14 +63,13 @@ def _image_file(pid: int, image: RuntimeImage) -> str:
 def _dynamic_symbols(path: str, key: str) -> tuple[frozenset[str], frozenset[str]]:
     """(defined, undefined) .dynsym names of one file, cached by `key` (build-id)."""
     del key
-    import lief
-
-    lief.logging.disable()
-    binary = lief.parse(path)
-    if binary is None:
+    try:
+        with ElfFile.mapped(path) as elf:
+            symbols = dynamic_symbols(elf)
+    except ImageError:
         return frozenset(), frozenset()
-    defined = frozenset(s.name for s in binary.dynamic_symbols if s.shndx != 0 and s.name)
-    undefined = frozenset(s.name for s in binary.dynamic_symbols if s.shndx == 0 and s.name)
+    defined = frozenset(s.name for s in symbols if s.defined and s.name)
+    undefined = frozenset(s.name for s in symbols if not s.defined and s.name)
     return defined, undefined
 
 
@@ -81,7 +80,7 @@ def _interpreter_base(pid: int) -> int:
             auxv = f.read()
     except OSError as exc:
         raise TargetError(f"cannot read /proc/{pid}/auxv: {exc.strerror or exc}") from None
-    for key, value in struct.iter_unpack("<QQ", auxv[: len(auxv) // 16 * 16]):
+    for key, value in AUXV.iter_unpack(auxv[: len(auxv) // AUXV.size * AUXV.size]):
         if key == AT_BASE:
             return value
     return 0
@@ -91,13 +90,12 @@ def _symbols(process: Process, image: RuntimeImage) -> tuple[frozenset[str], fro
     return _dynamic_symbols(_image_file(process.pid, image), image.build_id or image.path)
 
 
-def _program_headers(process: Process, image: RuntimeImage) -> list[tuple[int, ...]]:
-    """The image's program headers as mapped (the ELF header is at the start of the first mapping)."""
-    header = process.read(image.start, 64)
-    (phoff,) = struct.unpack_from("<Q", header, _EHDR_PHOFF)
-    (phnum,) = struct.unpack_from("<H", header, _EHDR_PHNUM)
-    table = process.read(image.start + phoff, phnum * _PHDR.size)
-    return [_PHDR.unpack_from(table, i * _PHDR.size) for i in range(phnum)]
+def _mapped_headers(process: Process, image: RuntimeImage) -> ElfHeaders:
+    """The image's ELF and program headers as mapped (file offset 0 is the start of its first mapping)."""
+    try:
+        return read_headers(lambda offset, size: process.read(image.start + offset, size), image.path)
+    except ImageError as exc:
+        raise _refuse(str(exc)) from None
 
 
 def find_unwind_target(
@@ -124,20 +122,17 @@ def find_unwind_target(
         names = ", ".join(i.path for i in unwinders)
         raise _refuse(f"the unwinder ({names}) does not look FDEs up with {FIND_OBJECT}")
 
-    headers = _program_headers(process, image)
+    headers = _mapped_headers(process, image)
     bias = image.load_bias
-    loads = [h for h in headers if h[0] == PT_LOAD]
-    frames = [h for h in headers if h[0] == PT_GNU_EH_FRAME]
-    if not loads or len(frames) != 1:
+    frames = headers.of_type(PT_GNU_EH_FRAME)
+    if len(frames) != 1:
         raise _refuse(f"{image.path} has {len(frames)} PT_GNU_EH_FRAME headers")
-    map_start = bias + min(h[3] for h in loads) // PAGE_SIZE * PAGE_SIZE
-    original_end = bias + max(h[3] + h[6] for h in loads)
-    original_eh_frame = bias + frames[0][3]
+    map_start = bias + min(p.vaddr for p in headers.loads) // PAGE_SIZE * PAGE_SIZE
+    original_end = bias + max(p.vaddr + p.memsz for p in headers.loads)
+    original_eh_frame = bias + frames[0].vaddr
     try:
-        head = process.read(original_eh_frame, HDR_PREFIX)
-        count = struct.unpack_from("<I", head, 8)[0]
-        blob = process.read(original_eh_frame, HDR_PREFIX + 8 * count)
-        baseline = read_eh_frame_hdr(blob, original_eh_frame)
+        size = eh_frame_hdr_size(process.read(original_eh_frame, EH_FRAME_HDR.size))
+        baseline = read_eh_frame_hdr(process.read(original_eh_frame, size), original_eh_frame)
     except (UnwindTableError, TargetError) as exc:
         raise _refuse(f"the program's .eh_frame_hdr: {exc}") from None
 

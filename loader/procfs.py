@@ -9,25 +9,16 @@ address 0: nonzero for PIE executables and shared objects, 0 for a non-PIE execu
 from __future__ import annotations
 
 import os
-import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from hpkg.errors import TargetError
+from hpkg.elf.constants import PF_X
+from hpkg.elf.headers import ElfHeaders, Reader, read_headers
+from hpkg.elf.notes import segment_build_id
+from hpkg.elf.structs import ProgramHeader
+from hpkg.errors import ImageError, TargetError
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
-
-PT_LOAD = 1
-PT_NOTE = 4
-PF_X = 1
-PF_W = 2
-PF_R = 4
-ET_EXEC = 2
-ET_DYN = 3
-NT_GNU_BUILD_ID = 3
-
-_ELF_HEADER = struct.Struct("<16sHHIQQQIHHHHHH")
-_PROGRAM_HEADER = struct.Struct("<IIQQQQQQ")
 _DELETED = " (deleted)"
 
 
@@ -186,58 +177,16 @@ def thread_state(pid: int, tid: int) -> str:
     return thread_status(pid, tid).get("State", " ")[:1].strip()
 
 
-def _iter_notes(blob: bytes, align: int) -> Iterator[tuple[bytes, int, bytes]]:
-    """Yield (name, type, descriptor) for each ELF note in a PT_NOTE segment."""
-    pos = 0
-    while pos + 12 <= len(blob):
-        namesz, descsz, note_type = struct.unpack_from("<III", blob, pos)
-        pos += 12
-        name = blob[pos : pos + namesz].rstrip(b"\0")
-        pos += (namesz + align - 1) & ~(align - 1)
-        desc = blob[pos : pos + descsz]
-        pos += (descsz + align - 1) & ~(align - 1)
-        yield name, note_type, desc
-
-
-@dataclass(frozen=True)
-class _ElfHeaders:
-    elf_type: int
-    load_segments: tuple[Segment, ...]
-    notes: tuple[tuple[int, int, int, int], ...]  # (p_offset, p_vaddr, p_filesz, p_align) of PT_NOTE
-
-
-def _read_headers(read: Callable[[int, int], bytes]) -> _ElfHeaders | None:
-    """Parse the ELF header and program headers through `read(file_offset, size)`; None if not ELF64."""
-    head = read(0, _ELF_HEADER.size)
-    if len(head) < _ELF_HEADER.size or head[:4] != b"\x7fELF" or head[4] != 2 or head[5] != 1:
+def _read_headers(read: Reader, what: str) -> ElfHeaders | None:
+    """The ELF and program headers through `read(file_offset, size)`; None if not an x86-64 image."""
+    try:
+        return read_headers(read, what)
+    except ImageError:
         return None
-    fields = _ELF_HEADER.unpack(head)
-    elf_type, phoff, phentsize, phnum = fields[1], fields[5], fields[9], fields[10]
-    if elf_type not in (ET_EXEC, ET_DYN) or phentsize != _PROGRAM_HEADER.size or not 0 < phnum < 256:
-        return None
-    table = read(phoff, phentsize * phnum)
-    loads, notes = [], []
-    for index in range(len(table) // phentsize):
-        p_type, p_flags, p_offset, p_vaddr, _, p_filesz, p_memsz, p_align = _PROGRAM_HEADER.unpack_from(
-            table, index * phentsize
-        )
-        if p_type == PT_LOAD:
-            loads.append(Segment(p_vaddr, p_offset, p_filesz, p_memsz, p_flags))
-        elif p_type == PT_NOTE:
-            notes.append((p_offset, p_vaddr, p_filesz, p_align))
-    if not loads:
-        return None
-    return _ElfHeaders(elf_type, tuple(loads), tuple(notes))
 
 
-def _build_id(headers: _ElfHeaders, read_note: Callable[[int, int, int], bytes]) -> str:
-    """Find NT_GNU_BUILD_ID among the PT_NOTE segments; `read_note(offset, vaddr, size)` reads one."""
-    for p_offset, p_vaddr, p_filesz, p_align in headers.notes:
-        blob = read_note(p_offset, p_vaddr, p_filesz)
-        for name, note_type, desc in _iter_notes(blob, 8 if p_align == 8 else 4):
-            if name == b"GNU" and note_type == NT_GNU_BUILD_ID:
-                return desc.hex()
-    return ""
+def _segment(p: ProgramHeader) -> Segment:
+    return Segment(p.vaddr, p.offset, p.filesz, p.memsz, p.flags)
 
 
 class _FileReader:
@@ -292,6 +241,15 @@ def _open_image_file(pid: int, first: Mapping) -> _FileReader | None:
     return _FileReader.open(first.path)
 
 
+def _note_reader(
+    file: _FileReader | None, memory: Callable[[int, int], bytes], load_bias: int
+) -> Callable[[ProgramHeader], bytes]:
+    """Notes come from where the headers came from: the file by offset, or memory by address."""
+    if file is not None:
+        return lambda p: file.read(p.offset, p.filesz)
+    return lambda p: memory(load_bias + p.vaddr, p.filesz)
+
+
 def _image_from(pid: int, mappings: list[Mapping], from_memory: bool) -> RuntimeImage | None:
     """Build a RuntimeImage from the mappings of one file (the first at file offset 0), or None if not ELF."""
     first = mappings[0]
@@ -299,25 +257,21 @@ def _image_from(pid: int, mappings: list[Mapping], from_memory: bool) -> Runtime
     file = None if first.path == "[vdso]" or from_memory else _open_image_file(pid, first)
     try:
         if file is not None:
-            headers = _read_headers(file.read)
+            headers = _read_headers(file.read, first.path)
         else:
-            headers = _read_headers(lambda offset, size: memory(first.start + offset, size))
+            headers = _read_headers(lambda offset, size: memory(first.start + offset, size), first.path)
         if headers is None:
             return None
         # The lowest PT_LOAD maps file page page_down(p_offset) — the first mapping, at file offset
         # 0 — to runtime address bias + page_down(p_vaddr).
-        base = min(headers.load_segments, key=lambda s: s.link_address)
-        load_bias = first.start - (_page_down(base.link_address) - _page_down(base.file_offset))
-        if file is not None:
-            build_id = _build_id(headers, lambda offset, _vaddr, size: file.read(offset, size))
-        else:
-            build_id = _build_id(headers, lambda _offset, vaddr, size: memory(load_bias + vaddr, size))
+        base = min(headers.loads, key=lambda p: p.vaddr)
+        load_bias = first.start - (_page_down(base.vaddr) - _page_down(base.offset))
+        build_id = segment_build_id(headers.program_headers, _note_reader(file, memory, load_bias)).hex()
     finally:
         if file is not None:
             file.close()
-    return RuntimeImage(
-        first.path, build_id, load_bias, headers.elf_type, headers.load_segments, tuple(mappings)
-    )
+    segments = tuple(_segment(p) for p in headers.loads)
+    return RuntimeImage(first.path, build_id, load_bias, headers.elf_type, segments, tuple(mappings))
 
 
 def _group_by_file(maps: tuple[Mapping, ...]) -> list[list[Mapping]]:

@@ -24,10 +24,11 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from hpkg.elf.constants import PF_R, PF_W, PF_X
 from hpkg.errors import RefusedError, TargetError
 from hpkg.loader.inject import GADGET_SIZE, PROT_EXEC, PROT_READ, PROT_WRITE, Injector, scratch_at
 from hpkg.loader.process import StoppedThreads
-from hpkg.loader.procfs import PAGE_SIZE, PF_R, PF_W, PF_X, RuntimeImage, page_up
+from hpkg.loader.procfs import PAGE_SIZE, RuntimeImage, page_up
 from hpkg.loader.record import PatchRecord, encoded_size
 
 SYS_PROCESS_VM_WRITEV = 311

@@ -15,9 +15,11 @@ from pathlib import Path
 from apply_file_helpers import READY_FLAGS, Keys, Packages, run_hpkg
 from sample_corpus import load_samples
 
+from hpkg.elf.constants import PT_GNU_EH_FRAME
+from hpkg.elf.ehframe import read_eh_frame_hdr
+from hpkg.elf.file import ElfFile
+from hpkg.elf.structs import PHDR
 from hpkg.formats import PackageSection, read_package, write_package
-from hpkg.loader.elf_file import PT_GNU_EH_FRAME, ElfFile
-from hpkg.loader.unwind_table import read_eh_frame_hdr
 
 SAMPLE = "17-cpp-virtual"
 PROCESS = "_ZN6Upload7processERKNSt7__cxx1112basic_stringIcSt11char_traitsIcESaIcEEE"
@@ -115,7 +117,8 @@ def test_a_baseline_without_a_search_table_is_refused(packages: Packages, keys: 
     elf = ElfFile(baseline)
     [index] = [i for i, p in enumerate(elf.program_headers) if p.type == PT_GNU_EH_FRAME]
     damaged = bytearray(baseline.read_bytes())
-    damaged[elf.phoff + index * 56 : elf.phoff + index * 56 + 4] = bytes(4)  # p_type = PT_NULL
+    p_type = elf.header.phoff + index * PHDR.size
+    damaged[p_type : p_type + 4] = bytes(4)  # p_type = PT_NULL
     copy = tmp_path / "baseline"
     copy.write_bytes(bytes(damaged))
     out = tmp_path / "patched"

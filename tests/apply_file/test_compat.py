@@ -14,10 +14,10 @@ import pytest
 from apply_file_helpers import Keys, Packages, answers, mirror, run_hpkg
 from sample_corpus import load_samples
 
+from hpkg.elf.file import ElfFile
 from hpkg.errors import IncompatibleTarget
 from hpkg.formats import Package, read_package, read_package_file
 from hpkg.loader.compat import AppliedLevel, check_compatibility
-from hpkg.loader.elf_file import ElfFile
 from hpkg.loader.file_apply import applied_levels
 
 SAMPLE = next(s for s in load_samples() if s.name == "18-two-functions")

@@ -19,16 +19,11 @@ from apply_file_helpers import Keys, Packages
 from capstone import x86
 from sample_corpus import load_samples
 
+from hpkg.arch.x86_64 import decode_abs_jmp, decode_jmp_rel32
 from hpkg.errors import RefusedError
 from hpkg.formats import ImportRecord, Package, PackageSection, TargetSpace, read_package, read_package_file
-from hpkg.loader.jumps import decode_abs_jmp, decode_jmp_rel32
-from hpkg.loader.relocate import (
-    Placement,
-    RelocatedImage,
-    ResolvedImport,
-    area_layout,
-    relocate,
-)
+from hpkg.loader.link import RelocatedImage, relocate
+from hpkg.loader.placement import Placement, ResolvedImport, area_layout
 
 BY_NAME = {s.name: s for s in load_samples()}
 BIAS = 0x5555_5540_0000  # a PIE load bias as the kernel picks them

@@ -1,4 +1,4 @@
-"""FDE bounds the bench reads (through the builder's parser, hpkg.builder.ehframe) agree with binutils
+"""FDE bounds the bench reads (through the builder's parser, hpkg.elf.ehframe) agree with binutils
 readelf on gcc output."""
 
 import re

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from hpkg.builder.ehframe import (
+from hpkg.builder.unwind import parse_eh_frame_records
+from hpkg.elf.ehframe import (
     DW_EH_PE_INDIRECT,
     DW_EH_PE_PCREL_SDATA4,
     parse_eh_frame,
@@ -22,7 +23,6 @@ from hpkg.builder.ehframe import (
     read_sleb128,
     read_uleb128,
 )
-from hpkg.builder.unwind import parse_eh_frame_records
 
 THROWER = r"""
 #include <cstdio>

@@ -10,9 +10,9 @@ from pathlib import Path
 
 from live_helpers import assert_running_untraced, hpkg, hpkg_mappings
 
+from hpkg.elf.ehframe import read_eh_frame_hdr
 from hpkg.loader.live_unwind import find_unwind_target
 from hpkg.loader.process import Process
-from hpkg.loader.unwind_table import read_eh_frame_hdr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "samples"))
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from hpkg.loader import alloc, inject, jumps
+from hpkg.arch import x86_64
+from hpkg.loader import alloc, inject
 from hpkg.loader.inject import Injector
 from hpkg.loader.process import Process
 
@@ -14,12 +15,12 @@ def main_image(process: Process, binary):
 
 
 def assert_reaches_whole_image(allocation: alloc.Allocation, image) -> None:
-    for site in (image.start, image.end - jumps.JMP_REL32_SIZE):
-        assert jumps.rel32_reaches(site, allocation.start)
-        assert jumps.rel32_reaches(site, allocation.end - 1)
+    for site in (image.start, image.end - x86_64.JMP_REL32_SIZE):
+        assert x86_64.rel32_reaches(site, allocation.start)
+        assert x86_64.rel32_reaches(site, allocation.end - 1)
     for code in (allocation.start, allocation.end - 8):
-        assert jumps.rel32_reaches(code, image.start, 7)
-        assert jumps.rel32_reaches(code, image.end - 1, 7)
+        assert x86_64.rel32_reaches(code, image.start, 7)
+        assert x86_64.rel32_reaches(code, image.end - 1, 7)
 
 
 @pytest.mark.parametrize("name", ["single", "single-nopie"])

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from hpkg.loader import jumps, safety
+from hpkg.arch import x86_64
+from hpkg.loader import safety
 from hpkg.loader.process import Process
 
 
@@ -34,10 +35,10 @@ def test_jump_at_entry_switches_and_restoring_bytes_switches_back(start_target, 
     fixed, _ = runtime_function(process, target, "answer_fixed")
     assert answers_after(target, target.mark()) == {"1"}
     if encoding == "rel32":
-        jump = jumps.encode_jmp_rel32(answer, fixed)
+        jump = x86_64.encode_jmp_rel32(answer, fixed)
         assert len(jump) == 5
     else:
-        jump = jumps.encode_abs_jmp(fixed)
+        jump = x86_64.encode_abs_jmp(fixed)
         assert fixed - answer >= len(jump), "the stub would overwrite answer_fixed itself"
     pre_image = process.read(answer, len(jump))
     replaced = [safety.CodeRange("answer", answer, answer + answer_size)]

@@ -9,6 +9,7 @@ import subprocess
 
 import pytest
 
+from hpkg.elf.constants import ET_DYN, ET_EXEC
 from hpkg.errors import TargetError
 from hpkg.loader import procfs
 from hpkg.loader.process import Process
@@ -63,9 +64,9 @@ def test_build_id_and_load_bias_match_readelf_and_memory(start_target, binaries,
     image = images[0]
     assert image.path == path
     if name == "single-nopie":
-        assert image.elf_type == procfs.ET_EXEC and image.load_bias == 0
+        assert image.elf_type == ET_EXEC and image.load_bias == 0
     else:
-        assert image.elf_type == procfs.ET_DYN and image.load_bias > 0
+        assert image.elf_type == ET_DYN and image.load_bias > 0
     # The load bias is right if the code at the runtime address of `answer` is the file's code.
     link_address, size = binaries[name].symbol("answer")
     runtime = Process(target.pid).read(image.runtime_address(link_address), size)

@@ -1,10 +1,14 @@
-"""Read .eh_frame: its CIE and FDE records, and from them where every function starts and how long it is.
+"""Read .eh_frame and .eh_frame_hdr: CIE and FDE records, where every function starts, the search table.
 
 Stripped binaries keep .eh_frame (unwinding needs it), so FDEs give every compiled function's
 bounds even without a symbol table (`parse_eh_frame`). The records themselves (pointer encodings,
 personality and LSDA pointers: `parse_eh_frame_records`) serve builder/unwind, which copies them
 into packages, and the loader's search table. The field readers (LEB128 numbers, DW_EH_PE-encoded
 pointers) and the encodings' names are public for every module that reads unwind data.
+
+.eh_frame_hdr (PT_GNU_EH_FRAME) is a version byte, three pointer encodings, the .eh_frame pointer,
+the FDE count and a table of (initial location, FDE address) pairs sorted by location; every GNU
+linker writes the pointers pc-relative and the table datarel (relative to the header), sdata4.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ DW_EH_PE_FORMAT_MASK = 0x0F
 DW_EH_PE_APPLICATION_MASK = 0x70
 # pc-relative signed 4-byte: what GCC emits for FDE, LSDA, personality and type-table pointers on x86-64.
 DW_EH_PE_PCREL_SDATA4 = DW_EH_PE_PCREL | DW_EH_PE_SDATA4
+DW_EH_PE_DATAREL_SDATA4 = DW_EH_PE_DATAREL | DW_EH_PE_SDATA4
 _FIXED_FORMATS = {
     DW_EH_PE_ABSPTR: "<Q", DW_EH_PE_UDATA2: "<H", DW_EH_PE_UDATA4: "<I", DW_EH_PE_UDATA8: "<Q",
     DW_EH_PE_SDATA2: "<h", DW_EH_PE_SDATA4: "<i", DW_EH_PE_SDATA8: "<q",
@@ -177,3 +182,62 @@ def parse_eh_frame(data: bytes, section_address: int) -> tuple[tuple[int, int], 
     """(start link address, size) of every FDE in an .eh_frame section, in section order."""
     _, fdes = parse_eh_frame_records(data, section_address)
     return tuple((f.start, f.length) for f in fdes if f.start and f.length)
+
+
+def count_fdes(unwind: bytes) -> int:
+    """The number of FDE records in an .eh_frame-shaped area (CIE id != 0), up to its zero terminator."""
+    records = position = 0
+    while position + 8 <= len(unwind):
+        length = struct.unpack_from("<I", unwind, position)[0]
+        if length == 0:
+            break
+        records += struct.unpack_from("<I", unwind, position + 4)[0] != 0
+        position += 4 + length
+    return records
+
+
+EH_FRAME_HDR_VERSION = 1
+EH_FRAME_HDR = struct.Struct("<BBBBiI")  # version, three encodings, eh_frame_ptr, fde_count
+EH_FRAME_HDR_ENTRY = struct.Struct("<ii")  # initial location, FDE address (datarel sdata4)
+
+
+class UnwindTableError(ValueError):
+    """A search table this reader does not read, or entries a search table cannot hold."""
+
+
+@dataclass(frozen=True)
+class EhFrameHdr:
+    """An .eh_frame_hdr: where it is, the .eh_frame it names, and its table in absolute addresses."""
+
+    address: int
+    eh_frame: int
+    table: tuple[tuple[int, int], ...]  # (initial location, FDE address), sorted
+
+
+def eh_frame_hdr_size(prefix: bytes) -> int:
+    """The size of a whole .eh_frame_hdr, from its first EH_FRAME_HDR.size bytes (to read it in two steps)."""
+    if len(prefix) < EH_FRAME_HDR.size:
+        raise UnwindTableError(f".eh_frame_hdr of {len(prefix)} bytes is truncated")
+    return EH_FRAME_HDR.size + EH_FRAME_HDR_ENTRY.size * EH_FRAME_HDR.unpack_from(prefix)[5]
+
+
+def read_eh_frame_hdr(blob: bytes, address: int) -> EhFrameHdr:
+    """Parse the header at `address`; only the layout every GNU linker writes (a sorted datarel table)."""
+    if len(blob) < EH_FRAME_HDR.size:
+        raise UnwindTableError(f".eh_frame_hdr of {len(blob)} bytes is truncated")
+    version, frame_encoding, count_encoding, table_encoding, frame, count = EH_FRAME_HDR.unpack_from(blob)
+    if version != EH_FRAME_HDR_VERSION:
+        raise UnwindTableError(f".eh_frame_hdr version {version} is not 1")
+    if (frame_encoding, count_encoding, table_encoding) != (
+        DW_EH_PE_PCREL_SDATA4, DW_EH_PE_UDATA4, DW_EH_PE_DATAREL_SDATA4
+    ):
+        encodings = f"{frame_encoding:#x}/{count_encoding:#x}/{table_encoding:#x}"
+        raise UnwindTableError(f".eh_frame_hdr encodings {encodings} are not the linker's sorted table")
+    end = EH_FRAME_HDR.size + count * EH_FRAME_HDR_ENTRY.size
+    if end > len(blob):
+        raise UnwindTableError(f".eh_frame_hdr declares {count} entries beyond its size")
+    table = tuple(
+        (address + location, address + fde)
+        for location, fde in EH_FRAME_HDR_ENTRY.iter_unpack(blob[EH_FRAME_HDR.size : end])
+    )
+    return EhFrameHdr(address, address + 4 + frame, table)

@@ -1,4 +1,8 @@
-"""The `hpkg` command line: a root group that takes only global options and one module per command."""
+"""The `hpkg` command line: a root group that takes only global options and one module per command.
+
+A command's module is imported when that command runs (or when `--help` lists them all), so that
+`hpkg apply` loads the loader and never the diff engine (`hpkg.builder`, Capstone, LIEF).
+"""
 
 from __future__ import annotations
 
@@ -16,13 +20,25 @@ except KeyboardInterrupt:
     sys.stderr.write("error: interrupted\n")
     sys.exit(130)
 
-# One module per command under hpkg/cli/, each exposing `command` (a click.Command).
+# One module per command under src/hpkg/cli/, each exposing `command` (a click.Command).
 COMMAND_MODULES: tuple[str, ...] = (
     "keygen", "inspect", "verify", "diff", "apply", "build", "status", "revert",
 )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyCommands(click.Group):
+    """A group whose commands are imported from `hpkg.cli.<name>` on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMAND_MODULES)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMAND_MODULES:
+            return None
+        return importlib.import_module(f"hpkg.cli.{cmd_name}").command
+
+
+@click.group(cls=LazyCommands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="hpkg")
 @click.option("-q", "--quiet", is_flag=True, help="Only print results and errors.")
 @click.pass_context
@@ -34,14 +50,6 @@ def cli(ctx: click.Context, quiet: bool) -> None:
     """
     ctx.obj = Application(quiet=quiet)
 
-
-try:
-    for _name in COMMAND_MODULES:
-        cli.add_command(importlib.import_module(f"hpkg.cli.{_name}").command)
-except KeyboardInterrupt:
-    # Ctrl-C while the command modules load (most of start-up): nothing has been touched yet.
-    click.echo("error: interrupted", err=True)
-    sys.exit(EXIT_INTERRUPTED)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -20,27 +20,39 @@ family (GLIBC_2.34 to the library of GLIBC_2.2.5), and anything else is refused.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field, replace
 
+from hpkg.arch.x86_64 import R_X86_64_64, R_X86_64_GLOB_DAT, R_X86_64_RELATIVE
+from hpkg.elf.constants import (
+    DT_RELA,
+    DT_RELAENT,
+    DT_RELASZ,
+    DT_STRSZ,
+    DT_STRTAB,
+    DT_SYMTAB,
+    DT_VERDEFNUM,
+    DT_VERNEED,
+    DT_VERNEEDNUM,
+    DT_VERSYM,
+    STB_GLOBAL,
+    STT_FUNC,
+    STT_OBJECT,
+    VER_NDX_GLOBAL,
+    st_info,
+)
+from hpkg.elf.dynamic import (
+    VersionNeed,
+    dynamic_symbol_count,
+    elf_hash,
+    pack_version_needs,
+    read_version_needs,
+    string_at,
+)
+from hpkg.elf.file import ElfFile
+from hpkg.elf.structs import RELA, SYM, VERSYM, RelaEntry, SymbolEntry, VernauxEntry
 from hpkg.errors import ImageError, RefusedError
-from hpkg.loader.relocate import Area, RelocatedImage
-
-if TYPE_CHECKING:
-    from hpkg.loader.elf_file import ElfFile
-
-_SYM = struct.Struct("<IBBHQQ")
-_VERNEED = struct.Struct("<HHIII")
-_VERNAUX = struct.Struct("<IHHII")
-_SHDR = struct.Struct("<IIQQQQIIQQ")
-_RELA = struct.Struct("<QQq")
-SHT_DYNSYM = 11
-DT_RELA, DT_RELASZ, DT_RELAENT = 7, 8, 9
-R_X86_64_64, R_X86_64_GLOB_DAT, R_X86_64_RELATIVE = 1, 6, 8
-DT_STRTAB, DT_SYMTAB, DT_STRSZ = 5, 6, 10
-DT_VERSYM, DT_VERDEFNUM, DT_VERNEED, DT_VERNEEDNUM = 0x6FFFFFF0, 0x6FFFFFFD, 0x6FFFFFFE, 0x6FFFFFFF
-STB_GLOBAL, STT_OBJECT, STT_FUNC = 1, 1, 2
-VER_NDX_GLOBAL = 1
+from hpkg.loader.link import RelocatedImage
+from hpkg.loader.placement import Area
 
 
 @dataclass(frozen=True)
@@ -63,62 +75,12 @@ class DynamicTables:
     moved: dict[int, tuple[int, int]]  # old link address of a table -> (its copy's address, size)
 
 
-def elf_hash(name: bytes) -> int:
-    """The System V ELF hash, which Elf64_Vernaux.vna_hash holds for a version name."""
-    h = 0
-    for byte in name:
-        h = (h << 4) + byte
-        g = h & 0xF0000000
-        if g:
-            h ^= g >> 24
-        h &= ~g & 0xFFFFFFFF
-    return h
-
-
 def _dynsym_count(elf: ElfFile) -> int:
-    """Entries in .dynsym, from the section headers (the dynamic segment does not say)."""
-    (shoff,) = struct.unpack_from("<Q", elf.data, 40)
-    shentsize, shnum = struct.unpack_from("<HH", elf.data, 58)
-    if shoff == 0 or shentsize != _SHDR.size or shoff + shnum * _SHDR.size > len(elf.data):
-        raise RefusedError(f"{elf.path} has no section headers to find its dynamic symbol table by")
-    for i in range(shnum):
-        fields = _SHDR.unpack_from(elf.data, shoff + i * _SHDR.size)
-        if fields[1] == SHT_DYNSYM:
-            return fields[5] // _SYM.size
-    raise RefusedError(f"{elf.path} has no dynamic symbol table")
-
-
-def _string(table: bytes, offset: int) -> str:
-    end = table.find(b"\0", offset)
-    return table[offset : end if end >= 0 else len(table)].decode("ascii", "replace")
-
-
-Verneed = list[tuple[int, int, list[tuple[int, int, int, int]]]]
-
-
-def _read_verneed(elf: ElfFile, address: int, count: int) -> Verneed:
-    """[(vn_version, vn_file, [(vna_hash, vna_flags, vna_other, vna_name), …]), …] of .gnu.version_r."""
-    entries = []
-    for _ in range(count):
-        version, aux_count, file, aux, following = _VERNEED.unpack(elf.read(address, _VERNEED.size))
-        auxes, position = [], address + aux
-        for _ in range(aux_count):
-            hash_, flags, other, name, next_aux = _VERNAUX.unpack(elf.read(position, _VERNAUX.size))
-            auxes.append((hash_, flags, other, name))
-            position += next_aux
-        entries.append((version, file, auxes))
-        address += following
-    return entries
-
-
-def _pack_verneed(entries: Verneed) -> bytes:
-    out = b""
-    for i, (version, file, auxes) in enumerate(entries):
-        following = 0 if i == len(entries) - 1 else _VERNEED.size + _VERNAUX.size * len(auxes)
-        out += _VERNEED.pack(version, len(auxes), file, _VERNEED.size, following)
-        for j, (hash_, flags, other, name) in enumerate(auxes):
-            out += _VERNAUX.pack(hash_, flags, other, name, 0 if j == len(auxes) - 1 else _VERNAUX.size)
-    return out
+    """Entries in .dynsym (the dynamic segment does not say: its section header or hash table does)."""
+    count = dynamic_symbol_count(elf)
+    if count is None:
+        raise RefusedError(f"{elf.path} has no section headers or hash table that size its dynamic symbols")
+    return count
 
 
 def _family(version: str) -> str:
@@ -133,13 +95,13 @@ def extend_dynamic_symbols(elf: ElfFile, imports: list[NewImport], base: int) ->
         if tag not in dynamic:
             raise RefusedError(f"{elf.path} has no {what}: it cannot bind new imports")
     count = _dynsym_count(elf)
-    symbols = elf.read(dynamic[DT_SYMTAB], count * _SYM.size)
+    symbols = elf.read(dynamic[DT_SYMTAB], count * SYM.size)
     strings = bytearray(elf.read(dynamic[DT_STRTAB], dynamic[DT_STRSZ]))
-    versym = elf.read(dynamic[DT_VERSYM], 2 * count) if DT_VERSYM in dynamic else None
-    verneed: Verneed = []
+    versym = elf.read(dynamic[DT_VERSYM], VERSYM.size * count) if DT_VERSYM in dynamic else None
+    verneed: list[VersionNeed] = []
     if DT_VERNEED in dynamic:
-        verneed = _read_verneed(elf, dynamic[DT_VERNEED], dynamic.get(DT_VERNEEDNUM, 0))
-    if len(symbols) != count * _SYM.size or len(strings) != dynamic[DT_STRSZ]:
+        verneed = read_version_needs(elf, dynamic[DT_VERNEED], dynamic.get(DT_VERNEEDNUM, 0))
+    if len(symbols) != count * SYM.size or len(strings) != dynamic[DT_STRSZ]:
         raise RefusedError(f"{elf.path}: its dynamic symbol table is not inside the image")
 
     def add_string(text: str) -> int:
@@ -147,8 +109,11 @@ def extend_dynamic_symbols(elf: ElfFile, imports: list[NewImport], base: int) ->
         strings.extend(text.encode("ascii") + b"\0")
         return offset
 
+    def version_name(aux: VernauxEntry) -> str:
+        return string_at(strings, aux.name)
+
     # Version indexes 1..DT_VERDEFNUM are the file's own definitions; needs use the numbers above them.
-    used = [o for _, _, auxes in verneed for _, _, o, _ in auxes] + [dynamic.get(DT_VERDEFNUM, 1)]
+    used = [aux.other for need in verneed for aux in need.versions] + [dynamic.get(DT_VERDEFNUM, 1)]
     next_index = max(used) + 1
     verneed_changed = False
     new_symbols, new_versym, index = b"", b"", {}
@@ -159,15 +124,15 @@ def extend_dynamic_symbols(elf: ElfFile, imports: list[NewImport], base: int) ->
             if versym is None:
                 refused.append(f"{item.name}@{item.version}: the file has no symbol versions")
                 continue
-            found = [
-                o for _, _, auxes in verneed for _, _, o, n in auxes if _string(strings, n) == item.version
-            ]
+            found = [a.other for need in verneed for a in need.versions if version_name(a) == item.version]
             if found:
                 ndx = found[0]
             else:
                 owner = next(
-                    (e for e in verneed if any(_family(_string(strings, n)) == _family(item.version)
-                                               for _, _, _, n in e[2])),
+                    (
+                        i for i, need in enumerate(verneed)
+                        if any(_family(version_name(aux)) == _family(item.version) for aux in need.versions)
+                    ),
                     None,
                 )
                 if owner is None:
@@ -175,12 +140,13 @@ def extend_dynamic_symbols(elf: ElfFile, imports: list[NewImport], base: int) ->
                     refused.append(f"{item.name}@{item.version}: {library}")
                     continue
                 ndx, next_index = next_index, next_index + 1
-                owner[2].append((elf_hash(item.version.encode()), 0, ndx, add_string(item.version)))
+                added = VernauxEntry(elf_hash(item.version.encode()), 0, ndx, add_string(item.version), 0)
+                verneed[owner] = replace(verneed[owner], versions=(*verneed[owner].versions, added))
                 verneed_changed = True
         kind = STT_FUNC if item.function else STT_OBJECT
         index[item] = count + len(index)
-        new_symbols += _SYM.pack(add_string(item.name), STB_GLOBAL << 4 | kind, 0, 0, 0, 0)
-        new_versym += struct.pack("<H", ndx)
+        new_symbols += SymbolEntry(add_string(item.name), st_info(STB_GLOBAL, kind), 0, 0, 0, 0).pack()
+        new_versym += VERSYM.pack(ndx)
     if refused:
         raise RefusedError(f"{elf.path} cannot bind imports the package needs", tuple(refused))
 
@@ -200,7 +166,7 @@ def extend_dynamic_symbols(elf: ElfFile, imports: list[NewImport], base: int) ->
     if verneed_changed:
         blob += bytes(-len(blob) % 8)
         values[DT_VERNEED] = base + len(blob)
-        packed = _pack_verneed(verneed)
+        packed = pack_version_needs(verneed)
         moved[dynamic[DT_VERNEED]] = (values[DT_VERNEED], len(packed))
         blob += packed
     return DynamicTables(base, bytes(blob), values, index, moved)
@@ -246,13 +212,13 @@ def dynamic_linking(elf: ElfFile, relocated: RelocatedImage, address: int) -> Dy
     dynamic = {tag: value for _, tag, value in elf.dynamic_entries()}
     if DT_RELA not in dynamic or DT_RELASZ not in dynamic:
         raise RefusedError(f"{elf.path} has no DT_RELA relocation table to extend for the package")
-    if dynamic.get(DT_RELAENT, _RELA.size) != _RELA.size:
+    if dynamic.get(DT_RELAENT, RELA.size) != RELA.size:
         raise ImageError(f"{elf.path}: unexpected DT_RELAENT {dynamic[DT_RELAENT]}")
     old = elf.read(dynamic[DT_RELA], dynamic[DT_RELASZ])
     if len(old) != dynamic[DT_RELASZ]:
         raise ImageError(f"{elf.path}: its DT_RELA table is outside the image")
 
-    rela_size = len(old) + _RELA.size * (len(relative) + len(bindings))
+    rela_size = len(old) + RELA.size * (len(relative) + len(bindings))
     symbols_address = address + rela_size + (-rela_size % 8)
     imports: dict[int, NewImport] = {}
     for b in bindings:
@@ -260,13 +226,13 @@ def dynamic_linking(elf: ElfFile, relocated: RelocatedImage, address: int) -> Dy
         imports[b.import_index] = NewImport(b.name, b.version, called)
     symbols = extend_dynamic_symbols(elf, list(imports.values()), symbols_address) if bindings else None
 
-    entries = [_RELA.pack(field, R_X86_64_RELATIVE, value) for field, value in relative]
+    entries = [RelaEntry.make(field, 0, R_X86_64_RELATIVE.number, value).pack() for field, value in relative]
     for b in bindings:
         assert symbols is not None
         index = symbols.symbol_index[imports[b.import_index]]
         kind = R_X86_64_GLOB_DAT if b.slot else R_X86_64_64
         field = relocated.placement.base(b.area) + b.offset
-        entries.append(_RELA.pack(field, index << 32 | kind, b.addend))
+        entries.append(RelaEntry.make(field, index, kind.number, b.addend).pack())
     tables = old + b"".join(entries)
     values = {DT_RELA: address, DT_RELASZ: len(tables)}
     moved = {dynamic[DT_RELA]: (address, len(tables))}
