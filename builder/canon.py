@@ -30,7 +30,7 @@ from hpkg.builder.model import (
     TargetKind,
 )
 from hpkg.builder.references import disassembly_references, relocation_references, relocations_by_function
-from hpkg.builder.targets import ALIASES, CODE_SUFFIX, TargetResolver
+from hpkg.builder.symbolize import ALIASES, CODE_SUFFIX, TargetResolver
 from hpkg.builder.x86_64 import is_padding
 
 _NUMERIC_SUFFIX = re.compile(r"\.\d+(?=\.|$)")

@@ -25,7 +25,7 @@ from hpkg.builder.model import (
     Target,
     TargetKind,
 )
-from hpkg.builder.targets import CODE_SUFFIX, TargetResolver
+from hpkg.builder.symbolize import CODE_SUFFIX, TargetResolver
 from hpkg.builder.x86_64 import BRANCH_MNEMONICS, relocation_recipe
 
 __all__ = [

@@ -5,6 +5,8 @@ A jump written at a piece's entry does not catch a jump into its middle, so when
 replaced its relatives must be too: a new `foo.cold` jumps back into the middle of the *new* `foo`,
 and the old `foo` jumps into the middle of the *old* `foo.cold`. The rule is applied by name
 (families) and, for stripped builds where pieces are `sub_<hex>`, by references into a middle.
+Left out: line-number-only changes (unless asked for), and reference-only changes whose every
+reference goes where the baseline's already does (`spurious_changes`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from hpkg.builder.destinations import Destinations
 from hpkg.builder.model import ChangeKind, DiffResult, FunctionPair, Status, TargetKind
 
 _PIECE_SUFFIX = re.compile(r"(\.(cold|part\.\d+))+$")
@@ -26,6 +29,23 @@ class Selection:
     left_out: tuple[str, ...]  # line-number-only changes not included
 
 
+def spurious_changes(diff: DiffResult, destinations: Destinations) -> frozenset[int]:
+    """NEW addresses of functions the diff calls changed in their references only, whose every reference
+    nevertheless goes to the very target the baseline's does (a moved PLT entry, a moved string
+    of the same bytes): they already behave as the fix, and replacing them would only add risk."""
+    found = set()
+    for pair in diff.changed:
+        if pair.change_kind is not ChangeKind.REFERENCES or pair.old is None or pair.new is None:
+            continue
+        old_refs, new_refs = pair.old.references, pair.new.references
+        if pair.old.masked != pair.new.masked or len(old_refs) != len(new_refs):
+            continue
+        start = pair.new.function.address
+        if all(destinations.same_as_baseline(a, b, start) for a, b in zip(old_refs, new_refs, strict=True)):
+            found.add(pair.new.function.address)
+    return frozenset(found)
+
+
 def family(name: str) -> str:
     """The function a piece belongs to: `foo.part.0.cold` → `foo`; `f.constprop.0.cold` → `f.constprop.0`."""
     return _PIECE_SUFFIX.sub("", name)
@@ -36,7 +56,7 @@ def select_functions(
 ) -> Selection:
     """Changed and added functions, then their pieces and the functions that jump into their middles.
 
-    `spurious` (NEW addresses) are changes the plan proved to be none; they stay out.
+    `spurious` (NEW addresses, see spurious_changes) are changes proved to be none; they stay out.
     """
     chosen: dict[int, tuple[FunctionPair, str]] = {}  # NEW address → (pair, why)
     left_out: list[str] = []

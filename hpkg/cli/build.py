@@ -19,7 +19,7 @@ from hpkg.builder.verdict import OVERRIDABLE
 from hpkg.cli.app import Application
 from hpkg.cli.paths import BINARY, KEY, OutputFile, refuse_output_onto_input
 
-# A package id is the hex of 16 bytes (hpkg.builder.package.package_id).
+# A package id is the hex of 16 bytes (hpkg.builder.build.package_id).
 _PACKAGE_ID = re.compile(r"[0-9a-fA-F]{32}")
 
 _ALLOW_HELP = (
@@ -142,7 +142,7 @@ def command(
     as_json: bool,
 ) -> None:
     """Build a hotpatch package that turns baseline OLD into fix NEW in running processes."""
-    from hpkg.builder.package import build_package
+    from hpkg.builder.build import build_package
     from hpkg.builder.plan import PlanOptions
     from hpkg.builder.verdict import check_allowed
     from hpkg.errors import EXIT_TARGET, NoChange, UnsupportedChange

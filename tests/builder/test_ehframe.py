@@ -18,11 +18,11 @@ from hpkg.builder.ehframe import (
     DW_EH_PE_INDIRECT,
     DW_EH_PE_PCREL_SDATA4,
     parse_eh_frame,
+    parse_eh_frame_records,
     read_encoded_pointer,
     read_sleb128,
     read_uleb128,
 )
-from hpkg.builder.unwind import parse_eh_frame_records
 
 THROWER = r"""
 #include <cstdio>
