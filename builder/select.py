@@ -51,6 +51,25 @@ def family(name: str) -> str:
     return _PIECE_SUFFIX.sub("", name)
 
 
+def _middles_entered(
+    pair: FunctionPair, by_new_start: dict[int, FunctionPair], by_old_start: dict[int, FunctionPair]
+) -> list[FunctionPair]:
+    """The pairs whose middle this pair's fix side jumps into, then those its baseline side jumps into
+    (`by_*_start`: pairs by the start address of their function on that side), in reference order."""
+    function = TargetKind.FUNCTION
+    found = []
+    for side, index in ((pair.new, by_new_start), (pair.old, by_old_start)):
+        if side is None:
+            continue
+        for row in side.rows:
+            t = row[3]
+            if t[0] is function and t[2]:
+                entered = index.get(t[3] - t[2])
+                if entered is not None:
+                    found.append(entered)
+    return found
+
+
 def select_functions(
     diff: DiffResult, include_line_only: bool = False, spurious: frozenset[int] = frozenset()
 ) -> Selection:
@@ -78,6 +97,9 @@ def select_functions(
     for p in with_new:
         if p.new.function.named:
             families.setdefault(family(p.new.function.name), []).append(p)
+    # For each function, the functions whose middle it jumps into (its fix side, then its baseline side):
+    # found once, as the rounds below only ask which of them were chosen meanwhile.
+    middles = [(p, entries) for p in with_new if (entries := _middles_entered(p, by_new_start, by_old_start))]
     grew = True
     while grew:
         grew = False
@@ -87,34 +109,17 @@ def select_functions(
                 if relative.new.function.address not in chosen:
                     chosen[relative.new.function.address] = (relative, f"piece of {family(pair.name)}")
                     grew = True
-            for ref in pair.new.references:
-                t = ref.target
-                if t.kind is TargetKind.FUNCTION and t.offset:
-                    callee = by_new_start.get(t.address - t.offset)
-                    if callee is not None and callee.new.function.address not in chosen:
-                        chosen[callee.new.function.address] = (callee, f"entered mid-body from {pair.name}")
-                        grew = True
-        for p in with_new:
+            for callee in _middles_entered(pair, by_new_start, {}):
+                if callee.new.function.address not in chosen:
+                    chosen[callee.new.function.address] = (callee, f"entered mid-body from {pair.name}")
+                    grew = True
+        for p, entries in middles:
             if p.new.function.address in chosen:
                 continue
-            for side, index in ((p.new, by_new_start), (p.old, by_old_start)):
-                if side is None:
-                    continue
-                hit = next(
-                    (
-                        index[r.target.address - r.target.offset]
-                        for r in side.references
-                        if r.target.kind is TargetKind.FUNCTION
-                        and r.target.offset
-                        and r.target.address - r.target.offset in index
-                        and index[r.target.address - r.target.offset].new.function.address in chosen
-                    ),
-                    None,
-                )
-                if hit is not None:
-                    chosen[p.new.function.address] = (p, f"jumps into the middle of {hit.name}")
-                    grew = True
-                    break
+            hit = next((e for e in entries if e.new.function.address in chosen), None)
+            if hit is not None:
+                chosen[p.new.function.address] = (p, f"jumps into the middle of {hit.name}")
+                grew = True
     ordered = sorted(chosen.items())
     return Selection(
         tuple(pair for _, (pair, _) in ordered),
