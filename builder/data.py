@@ -10,7 +10,7 @@ import bisect
 import struct
 
 from hpkg.builder.canon import stable_name
-from hpkg.builder.data_twins import RUNTIME_OBJECTS
+from hpkg.builder.data_twins import RUNTIME_OBJECTS, twin_names
 from hpkg.builder.model import (
     CanonicalFunction,
     DataChange,
@@ -89,10 +89,8 @@ def diff_data(
 ) -> tuple[DataChange, ...]:
     """Data objects added, removed, resized or with a different initial value (the runtime's own
     objects left out: they say nothing about the fix)."""
-    old_names = {c.function.address: c.function.name for c in old_functions}
-    back = {new_address: old_names[old_address] for old_address, new_address in function_twins.items()}
     old_words = _pointer_words(old, old_functions, {})
-    new_words = _pointer_words(new, new_functions, back)
+    new_words = _pointer_words(new, new_functions, twin_names(old_functions, function_twins))
     old_sorted, new_sorted = sorted(old_words), sorted(new_words)
     changes: list[DataChange] = []
     for sym, twin in data_twins.pairs:

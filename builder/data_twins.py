@@ -56,6 +56,14 @@ def data_objects(image: Image, *, distinct: bool = False) -> list[Symbol]:
     return out
 
 
+def twin_names(
+    old_functions: tuple[CanonicalFunction, ...], function_twins: dict[int, int]
+) -> dict[int, str]:
+    """NEW function address → its baseline twin's name: a fix function named as the baseline knows it."""
+    old_names = {c.function.address: c.function.name for c in old_functions}
+    return {new_address: old_names[old_address] for old_address, new_address in function_twins.items()}
+
+
 def _owners(functions: tuple[CanonicalFunction, ...], rename: dict[int, str]) -> dict[int, set[str]]:
     """Object start address → names (baseline names, via the match) of the functions referencing it."""
     owners: dict[int, set[str]] = defaultdict(set)
@@ -145,9 +153,8 @@ def pair_data_objects(
 ) -> DataTwins:
     """Every data object's twin; the runtime's objects are paired apart, by name, so they never sway
     which of the program's own statics pair up."""
-    old_names = {c.function.address: c.function.name for c in old_functions}
-    back = {new_address: old_names[old_address] for old_address, new_address in function_twins.items()}
-    old_owners, new_owners = _owners(old_functions, {}), _owners(new_functions, back)
+    old_owners = _owners(old_functions, {})
+    new_owners = _owners(new_functions, twin_names(old_functions, function_twins))
     old_objects, new_objects = data_objects(old, distinct=True), data_objects(new, distinct=True)
     pairs: list[tuple[Symbol | None, Symbol | None]] = []
     for runtime in (False, True):

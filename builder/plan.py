@@ -111,31 +111,35 @@ def plan_patch(diff: DiffResult, options: PlanOptions | None = None) -> PatchPla
     """Lay out and relocate the package for a diff, and judge it; the plan says, it does not raise."""
     options = options or PlanOptions()
     allowed = check_allowed(options.allow)
-    # The baseline counterparts (read from the diff's twins) and the fix's relocations: indexed once.
+    # Indexes, built once: the baseline counterparts (read from the diff's twins; nothing is matched
+    # again) and the fix's relocations.
     relocations = FixRelocations(diff.new)
     destinations = Destinations(diff, BaselineIndex(diff), relocations)
-    # Selection: which fix functions go in. The diff's pairs are not read after this but through it.
-    spurious = spurious_changes(diff, destinations)
-    selection = select_functions(diff, options.include_line_only, spurious)
-    # Reasons the diff alone shows, and the patch sites in the baseline (all reasons gathered, none thrown).
+    # Selection: the changed and added functions with their pieces; a reference-only change whose
+    # references all go where the baseline's already do stays out.
+    selection = select_functions(diff, options.include_line_only, spurious_changes(diff, destinations))
+    # Reasons the diff alone shows (its data changes are not read after this), and the patch sites.
     reasons = data_reasons(diff) + function_reasons(diff, selection.pairs)
     sites, site_reasons = patch_sites(diff, selection.pairs)
     reasons += site_reasons
-    # Placement: every reference of package code → baseline, package or import; copies named by NEW address.
+    # Placement: every reference of package code → baseline, package or import; copies named by NEW
+    # address. The selected functions' references are not read after this.
     tls_unchanged = not any(r.code == "tls-changed" for r in reasons)
     package, placement = _place(destinations, relocations, selection.pairs, tls_unchanged)
     reasons += placement.reasons
-    # Layout: NEW addresses → section offsets; then the relocation records with every field zeroed.
+    # Layout: NEW addresses → section offsets; then the relocation records, every relocated field zeroed.
     layouts = lay_out_package(package.functions, placement.ranges, diff.new.read)
+    code = layouts[TargetSpace.CODE]
     relocation_list, sections, record_reasons = relocation_records(placement, layouts)
     reasons += record_reasons
     # Unwind rules, for images that take part in exception handling (a personality routine): an
     # exception passing through package code without them would terminate the process.
-    unwind = _unwind(diff, package, layouts[TargetSpace.CODE], placement)
-    reasons += unwind_reasons(diff, selection.pairs, exception_frames(diff.new), unwind)
-    reasons += short_jump_reasons(placement, layouts[TargetSpace.CODE])
-    # The plan: functions with their sites, objects with their offsets. The diff is not used after this.
-    functions = _planned_functions(selection.pairs, selection.why, sites, layouts[TargetSpace.CODE])
+    frames = exception_frames(diff.new)
+    unwind = _unwind(diff, package, code, placement) if frames else UnwindSection(b"", (), frozenset(), {})
+    reasons += unwind_reasons(diff, selection.pairs, frames, unwind)
+    reasons += short_jump_reasons(placement, code)
+    # The plan: functions with their sites, objects with their offsets.
+    functions = _planned_functions(selection.pairs, selection.why, sites, code)
     return PatchPlan(
         mode=diff.mode,
         options=options,
@@ -176,9 +180,7 @@ def _place(
 def _unwind(
     diff: DiffResult, package: PackageCode, code: SectionLayout, placement: Placement
 ) -> UnwindSection:
-    """The package's unwind section, when the fix's code takes part in exception handling."""
-    if not exception_frames(diff.new):
-        return UnwindSection(b"", (), frozenset(), {})
+    """The package's unwind section: the fix's rules for the package functions."""
     spans = tuple((f.address, f.size) for f in package.functions.values())
     return emit_unwind(diff.new, diff.old, spans, code.offset_of, placement.import_index)
 
