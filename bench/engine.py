@@ -109,7 +109,7 @@ def in_process_diff(old: Path, new: Path) -> Callable[[], object]:
 def in_process_build(old: Path, new: Path) -> Callable[[], object]:
     """A task that builds the package in this process (diff, plan, verdict, encode; nothing written),
     the way a build system would call it; a refusal is a result here, it took its time too."""
-    from hpkg.builder.package import build_package
+    from hpkg.builder.build import build_package
     from hpkg.errors import NoChange, UnsupportedChange
 
     def task() -> object:

@@ -31,7 +31,7 @@ from hpkg.builder.model import (
     TargetKind,
 )
 from hpkg.builder.references import disassembly_references, relocation_references, relocations_by_function
-from hpkg.builder.targets import ALIASES, CODE_SUFFIX, TargetResolver
+from hpkg.builder.symbolize import ALIASES, CODE_SUFFIX, TargetResolver
 
 _NUMERIC_SUFFIX = re.compile(r"\.\d+(?=\.|$)")
 # Below this many bytes of code (both images) a second process costs more than it saves.

@@ -7,7 +7,7 @@ import re
 from hpkg.builder.canon import stable_name
 from hpkg.builder.decode import decode_instructions
 from hpkg.builder.model import CanonicalFunction, ChangeKind, Image, TargetKind
-from hpkg.builder.targets import ALIASES
+from hpkg.builder.symbolize import ALIASES
 
 _IMMEDIATE = re.compile(r", (0x[0-9a-f]+|\d+)$")
 # __FILE__ strings end like this; an assert or logging call passes one next to __LINE__.

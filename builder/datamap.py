@@ -4,13 +4,18 @@ Without symbols a reference into .data or .bss is known only as `.bss+0x20`; a f
 variable shifts the others (GCC lays out a unit's variables in reverse order of definition), and
 an unchanged function would differ by that offset alone. The identity both builds share is who
 uses the address: the same (matched) functions reference it in the baseline and in the fix.
+
+Two steps, one before and one after the functions are compared: `correspond_section_data` proposes
+ties for the comparison (users alone may mislead: a function that switched variables has the same
+users); `anonymous_twins` keeps what the comparison proved, the addresses unchanged functions refer
+to at the same place. Only those are twins for the package builder, which must not guess live state.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 
-from hpkg.builder.model import CanonicalFunction, Image, TargetKind
+from hpkg.builder.model import CanonicalFunction, FunctionPair, Image, Status, TargetKind
 
 Users = frozenset[int]
 
@@ -97,3 +102,25 @@ def _plausible(pairs: dict[int, int], old_section, new_section) -> dict[int, int
                 accepted[o] = pairs[o]
                 grew = True
     return accepted
+
+
+def anonymous_twins(pairs: tuple[FunctionPair, ...]) -> dict[int, int]:
+    """NEW address → OLD address of data that unchanged functions refer to at the same place in both
+    builds, when that place names one OLD address only.
+
+    Only exact evidence counts: two builds' sections can have the same size while a new variable sits
+    where an old one was, so a common shift of the neighbours proves nothing.
+    """
+    section, data = TargetKind.SECTION, TargetKind.DATA
+    seen: dict[int, set[int]] = defaultdict(set)
+    for pair in pairs:
+        if pair.status is not Status.SAME or pair.old is None or pair.new is None:
+            continue
+        old_rows, new_rows = pair.old.rows, pair.new.rows
+        if len(old_rows) != len(new_rows):
+            continue
+        for a, b in zip(old_rows, new_rows, strict=True):
+            kind = a[3][0]
+            if (kind is section or kind is data) and b[3][0] is kind:
+                seen[b[3][3]].add(a[3][3])
+    return {new: next(iter(old)) for new, old in seen.items() if len(old) == 1}

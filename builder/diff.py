@@ -8,7 +8,8 @@ from collections.abc import Callable
 from hpkg.builder.canon import canonicalize_images
 from hpkg.builder.compare import compare_pair
 from hpkg.builder.data import diff_data
-from hpkg.builder.datamap import correspond_section_data
+from hpkg.builder.data_twins import pair_data_objects
+from hpkg.builder.datamap import anonymous_twins, correspond_section_data
 from hpkg.builder.functions import discover_functions
 from hpkg.builder.image import load_image
 from hpkg.builder.match import match_functions
@@ -30,6 +31,7 @@ def pair_functions(
     old: tuple[CanonicalFunction, ...],
     new: tuple[CanonicalFunction, ...],
     matches: dict[int, tuple[int, str]],
+    function_twins: dict[int, int],
     old_image: Image,
     data_map: dict[int, int] | None = None,
 ) -> tuple[FunctionPair, ...]:
@@ -38,9 +40,7 @@ def pair_functions(
     `data_map` ties anonymous data addresses of the two builds (see datamap); function starts and
     data addresses never coincide, so one mapping serves both.
     """
-    function_map = {o: n for o, (n, _) in matches.items()}
-    if data_map:
-        function_map = {**data_map, **function_map}
+    function_map = {**data_map, **function_twins} if data_map else function_twins
     new_by_address = {c.function.address: c for c in new}
     pairs: list[FunctionPair] = []
     for c in old:
@@ -81,13 +81,18 @@ def diff_images(
     old_canonical, new_canonical = canonicalize_images(
         old, old_functions, new, new_functions, use_relocations, parallel, progress
     )
-    # Correlate, then compare each pair; from here on nothing matches again.
+    # Correlate functions; from here on nothing matches functions again (the twins are on the result).
     matches = match_functions(old_canonical, new_canonical, old, new)
-    function_map = {o: n for o, (n, _) in matches.items()}
-    data_map = correspond_section_data(old_canonical, new_canonical, function_map, old, new)
-    pairs = pair_functions(old_canonical, new_canonical, matches, old, data_map)
-    data_changes = diff_data(old, new, old_canonical, new_canonical, function_map)
-    return DiffResult(old, new, mode, pairs, data_changes)
+    function_twins = {o: n for o, (n, _) in matches.items()}
+    # Compare each pair, anonymous data tied by the functions that use it; what unchanged functions
+    # then prove about anonymous data is the only tie kept.
+    data_map = correspond_section_data(old_canonical, new_canonical, function_twins, old, new)
+    pairs = pair_functions(old_canonical, new_canonical, matches, function_twins, old, data_map)
+    anonymous_data = anonymous_twins(pairs)
+    # Data objects: paired once by symbol, then compared; the canonical forms are not used after this.
+    data_twins = pair_data_objects(old, new, old_canonical, new_canonical, function_twins)
+    data_changes = diff_data(old, new, old_canonical, new_canonical, function_twins, data_twins)
+    return DiffResult(old, new, mode, pairs, data_changes, function_twins, data_twins, anonymous_data)
 
 
 def diff_files(

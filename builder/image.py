@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 import struct
@@ -9,12 +10,12 @@ from pathlib import Path
 
 from hpkg.arch.x86_64 import GOT_RELOCATIONS
 from hpkg.builder.model import (
+    ElfRelocation,
     FileOffset,
     GotSlot,
     Image,
     Import,
     LinkAddress,
-    Relocation,
     Section,
     Segment,
     Symbol,
@@ -31,7 +32,7 @@ from hpkg.elf.constants import (
     SHT_NOBITS,
 )
 from hpkg.elf.constants import MACHINE_NAMES as _MACHINES
-from hpkg.elf.ehframe import parse_eh_frame
+from hpkg.elf.ehframe import parse_eh_frame_records
 from hpkg.elf.file import read_build_id
 from hpkg.elf.plt import PLT_SECTIONS, plt_entries
 from hpkg.errors import ImageError
@@ -200,11 +201,11 @@ def _enum_name(value) -> str:
 
 def _read_relocations(
     binary, sections: tuple[Section, ...]
-) -> tuple[list[Relocation], list[Relocation], list[GotSlot]]:
+) -> tuple[list[ElfRelocation], list[ElfRelocation], list[GotSlot]]:
     """(dynamic, static) relocations and the GOT slots the dynamic ones bind, in one pass over LIEF's list;
     static ones are those `-Wl,--emit-relocs` kept in allocated sections."""
-    dynamic: list[Relocation] = []
-    static: list[Relocation] = []
+    dynamic: list[ElfRelocation] = []
+    static: list[ElfRelocation] = []
     slots: list[GotSlot] = []
     alloc = {s.name for s in sections if s.alloc}
     for r in binary.relocations:
@@ -212,13 +213,13 @@ def _read_relocations(
         type_name = _enum_name(r.type)
         symbol = r.symbol.name if r.has_symbol else ""
         if purpose in ("DYNAMIC", "PLTGOT"):
-            dynamic.append(Relocation(LinkAddress(r.address), type_name, symbol, r.addend, ""))
+            dynamic.append(ElfRelocation(LinkAddress(r.address), type_name, symbol, r.addend, ""))
             if type_name in GOT_RELOCATIONS and symbol:
                 slots.append(GotSlot(LinkAddress(r.address), symbol, _symbol_version(r.symbol), type_name))
             continue
         section = r.section.name if r.has_section else ""
         if section in alloc:
-            static.append(Relocation(LinkAddress(r.address), type_name, symbol, r.addend, section))
+            static.append(ElfRelocation(LinkAddress(r.address), type_name, symbol, r.addend, section))
     return dynamic, static, slots
 
 
@@ -275,7 +276,7 @@ def _read_build_id(data: bytes) -> str | None:
     return read_build_id(data).hex() or None
 
 
-def _read_init_functions(binary, sections, contents, dynamic: list[Relocation]) -> tuple[LinkAddress, ...]:
+def _read_init_functions(binary, sections, contents, dynamic: list[ElfRelocation]) -> tuple[LinkAddress, ...]:
     """Function addresses in .init_array/.fini_array (from RELATIVE addends in PIC, else the words)."""
     relative = {r.address: r.addend for r in dynamic if r.type == "X86_64_RELATIVE"}
     found: list[LinkAddress] = []
@@ -291,6 +292,21 @@ def _read_init_functions(binary, sections, contents, dynamic: list[Relocation]) 
     return tuple(found)
 
 
+# Where distributions install separate debug files, named by build-id (the -dbgsym/-debuginfo layout).
+DEBUG_ROOTS: tuple[str, ...] = ("/usr/lib/debug",)
+
+
+def find_debug_file(build_id: str | None, roots: tuple[str, ...] = DEBUG_ROOTS) -> Path | None:
+    """The installed debug file of a build: ROOT/.build-id/ab/cdef….debug, as gdb and debuginfod look."""
+    if not build_id or len(build_id) < 3:
+        return None
+    for root in roots:
+        candidate = Path(root) / ".build-id" / build_id[:2] / f"{build_id[2:]}.debug"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def _debug_symbols(debug: Path, build_id: str | None, sections: tuple[Section, ...]) -> list[Symbol]:
     """The .symtab of a separate debug file (objcopy --only-keep-debug) made from the same build."""
     debug_data = _check_header(debug)
@@ -303,8 +319,16 @@ def _debug_symbols(debug: Path, build_id: str | None, sections: tuple[Section, .
     return _read_symbols(binary.symtab_symbols, debug_sections or sections, dynamic=False)
 
 
-def load_image(path: str | os.PathLike[str], debug: str | os.PathLike[str] | None = None) -> Image:
-    """Load a linked ELF x86-64 binary; `debug` is a separate debug file that supplies its symbols."""
+def load_image(
+    path: str | os.PathLike[str],
+    debug: str | os.PathLike[str] | None = None,
+    debug_roots: tuple[str, ...] = (),
+) -> Image:
+    """Load a linked ELF x86-64 binary; each file is read and parsed once.
+
+    `debug` is a separate debug file that supplies the symbols; without one, a binary that has no
+    symbol table of its own takes them from its debug file installed under `debug_roots`, if any.
+    """
     path = Path(path)
     data = _check_header(path)
     binary = _parse(path)
@@ -315,13 +339,15 @@ def load_image(path: str | os.PathLike[str], debug: str | os.PathLike[str] | Non
     build_id = _read_build_id(data)
     dynamic_symbols = _read_symbols(binary.dynamic_symbols, sections, dynamic=True)
     static_symbols = _read_symbols(binary.symtab_symbols, sections, dynamic=False)
+    if debug is None and not static_symbols:
+        debug = find_debug_file(build_id, debug_roots)
     if debug is not None:
         static_symbols = _debug_symbols(Path(debug), build_id, sections)
     dynamic_relocations, static_relocations, got_slots = _read_relocations(binary, sections)
     plt = _read_plt_entries(binary, contents)
     imports = _read_imports(dynamic_symbols, got_slots, plt)
     eh = next((s for s in sections if s.name == ".eh_frame"), None)
-    eh_frame = parse_eh_frame(contents.get(".eh_frame", b""), eh.address) if eh is not None else ()
+    frames = parse_eh_frame_records(contents.get(".eh_frame", b""), eh.address)[1] if eh is not None else []
     file_type = str(binary.header.file_type).rsplit(".", 1)[-1]
     has_interp = any(s.name == ".interp" for s in sections)
     if file_type == "EXEC":
@@ -345,6 +371,7 @@ def load_image(path: str | os.PathLike[str], debug: str | os.PathLike[str] | Non
         static_relocations=tuple(static_relocations),
         section_bytes=contents,
         init_functions=_read_init_functions(binary, sections, contents, dynamic_relocations),
-        eh_frame=tuple((LinkAddress(a), s) for a, s in eh_frame),
+        frames=tuple(frames),
         stripped=not static_symbols,
+        file_sha256=hashlib.sha256(data).digest(),
     )

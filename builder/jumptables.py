@@ -12,7 +12,7 @@ import re
 import struct
 
 from hpkg.builder.model import Function, Instruction, Reference, ReferenceKind, Target, TargetKind
-from hpkg.builder.targets import TargetResolver
+from hpkg.builder.symbolize import TargetResolver
 
 _CMP_IMM = re.compile(r"^(\w+), (0x[0-9a-f]+|\d+)$")
 _JUMP_TABLE_LIMIT = 4096

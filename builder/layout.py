@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from hpkg.arch.x86_64 import INT3
+from hpkg.builder.model import Function
+from hpkg.formats.model import TargetSpace
 
 # Package section bases are page-aligned by the loader, so keeping an object's address modulo this
 # value keeps every alignment the compiler relied on (movaps needs 16, AVX 32, cache-line tables 64).
@@ -95,3 +97,23 @@ def lay_out(
         data = read(span.new_start, span.new_end - span.new_start)
         out[span.offset : span.offset + len(data)] = data
     return SectionLayout(tuple(spans), cursor, bytes(out))
+
+
+def lay_out_package(
+    functions: dict[int, Function],
+    ranges: dict[TargetSpace, list[tuple[int, int]]],
+    read: Callable[[int, int], bytes],
+) -> dict[TargetSpace, SectionLayout]:
+    """The package's sections: its functions (each from its own copy of the fix's bytes, as the diff
+    read them), then the copied read-only data, data and bss ranges (`read` gives the fix's bytes)."""
+
+    def read_code(address: int, size: int) -> bytes:
+        return functions[address].code[:size]
+
+    code = lay_out([(f.address, f.end) for f in functions.values()], read_code, False, merge=False)
+    return {
+        TargetSpace.CODE: code,
+        TargetSpace.RODATA: lay_out(ranges.get(TargetSpace.RODATA, []), read, True),
+        TargetSpace.DATA: lay_out(ranges.get(TargetSpace.DATA, []), read, True),
+        TargetSpace.BSS: lay_out(ranges.get(TargetSpace.BSS, []), None, True),
+    }

@@ -21,6 +21,7 @@ from functools import cached_property
 from typing import NamedTuple, NewType
 
 from hpkg.arch.x86_64 import FieldKind
+from hpkg.elf.ehframe import Fde
 
 LinkAddress = NewType("LinkAddress", int)
 FileOffset = NewType("FileOffset", int)
@@ -105,8 +106,9 @@ class GotSlot:
 
 
 @dataclass(frozen=True)
-class Relocation:
-    """A relocation entry (dynamic, or static as kept by -Wl,--emit-relocs), by link address."""
+class ElfRelocation:
+    """A relocation entry of an input ELF file (dynamic, or static as kept by -Wl,--emit-relocs), by link
+    address; not to be confused with a package's relocation record (hpkg.formats.model.Relocation)."""
 
     address: LinkAddress
     type: str  # ABI constant without prefix, e.g. "X86_64_PC32"
@@ -129,16 +131,22 @@ class Image:
     symbols: tuple[Symbol, ...]
     imports: tuple[Import, ...]
     got_slots: tuple[GotSlot, ...]
-    dynamic_relocations: tuple[Relocation, ...]
-    static_relocations: tuple[Relocation, ...]
+    dynamic_relocations: tuple[ElfRelocation, ...]
+    static_relocations: tuple[ElfRelocation, ...]
     section_bytes: dict[str, bytes] = field(repr=False)
     init_functions: tuple[LinkAddress, ...] = ()
-    eh_frame: tuple[tuple[LinkAddress, int], ...] = ()
+    frames: tuple[Fde, ...] = ()  # .eh_frame's FDEs, parsed once when the file is loaded
     stripped: bool = False
+    file_sha256: bytes = b""  # of the whole file, taken from the bytes read when it was loaded
 
     @property
     def has_static_relocations(self) -> bool:
         return bool(self.static_relocations)
+
+    @cached_property
+    def eh_frame(self) -> tuple[tuple[LinkAddress, int], ...]:
+        """(start, size) of every function an FDE describes, in section order."""
+        return tuple((LinkAddress(f.start), f.length) for f in self.frames if f.start and f.length)
 
     def section(self, name: str) -> Section | None:
         for section in self.sections:
@@ -344,15 +352,63 @@ class DataChange:
     new: Symbol | None
 
 
+DataKey = tuple[int, str]  # a data object: (link address, name without @VERSION)
+
+
+def data_key(sym: Symbol) -> DataKey:
+    """The identity of a data object within one image: a copy-relocated object that .symtab names
+    `stdout@GLIBC_2.2.5` and .dynsym names `stdout` is one object."""
+    return (sym.address, sym.name.partition("@")[0])
+
+
+@dataclass(frozen=True, eq=False)
+class DataTwins:
+    """Which baseline object each object of the fix is (kpatch's twin, for data), decided once by the diff.
+
+    A fix object without a twin is new, unless baseline statics of the same name (without GCC's
+    numbering) were left without a twin too: then it cannot be told which one it is (`candidates`).
+    """
+
+    # (baseline, fix) in the baseline's order, then the fix's objects without a twin; None: no twin.
+    pairs: tuple[tuple[Symbol | None, Symbol | None], ...]
+    ambiguous: dict[DataKey, tuple[str, ...]]  # fix object → the baseline statics it might be
+
+    @cached_property
+    def _twins(self) -> dict[DataKey, Symbol]:
+        return {data_key(new): old for old, new in self.pairs if old is not None and new is not None}
+
+    def twin(self, new: Symbol) -> Symbol | None:
+        """The baseline object a fix object is, if any."""
+        return self._twins.get(data_key(new))
+
+    def candidates(self, new: Symbol) -> tuple[str, ...]:
+        """The baseline statics a fix object without a twin might be (empty when it is plainly new)."""
+        return self.ambiguous.get(data_key(new), ())
+
+
 @dataclass(frozen=True, eq=False)
 class DiffResult:
-    """What changed between two images; pairs carry twins and statuses so later stages never re-match."""
+    """What changed between two images, and every pairing the diff made (kpatch's twin fields).
+
+    Later stages read the twins here and never match again: functions (`function_twins`, and the
+    pairs with their statuses), data objects (`data_twins`) and data without symbols (`anonymous_data`).
+    """
 
     old: Image
     new: Image
     mode: str  # "relocations" or "disassembly"
     pairs: tuple[FunctionPair, ...]
     data_changes: tuple[DataChange, ...]
+    function_twins: dict[int, int]  # OLD function address → NEW function address
+    data_twins: DataTwins
+    # NEW address → OLD address of data without a symbol that unchanged functions refer to at the same
+    # place in both builds (stripped builds): the only proof the two builds' addresses are one object.
+    anonymous_data: dict[int, int]
+
+    @cached_property
+    def baseline_twins(self) -> dict[int, Function]:
+        """NEW function address → the baseline function it is the twin of."""
+        return {p.new.function.address: p.old.function for p in self.pairs if p.old and p.new}
 
     @property
     def changed(self) -> tuple[FunctionPair, ...]:

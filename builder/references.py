@@ -26,7 +26,7 @@ from hpkg.builder.model import (
     Target,
     TargetKind,
 )
-from hpkg.builder.targets import CODE_SUFFIX, TargetResolver
+from hpkg.builder.symbolize import CODE_SUFFIX, TargetResolver
 
 __all__ = [
     "TargetResolver",

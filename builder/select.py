@@ -5,6 +5,8 @@ A jump written at a piece's entry does not catch a jump into its middle, so when
 replaced its relatives must be too: a new `foo.cold` jumps back into the middle of the *new* `foo`,
 and the old `foo` jumps into the middle of the *old* `foo.cold`. The rule is applied by name
 (families) and, for stripped builds where pieces are `sub_<hex>`, by references into a middle.
+Left out: line-number-only changes (unless asked for), and reference-only changes whose every
+reference goes where the baseline's already does (`spurious_changes`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from hpkg.builder.destinations import Destinations
 from hpkg.builder.model import ChangeKind, DiffResult, FunctionPair, Status, TargetKind
 
 _PIECE_SUFFIX = re.compile(r"(\.(cold|part\.\d+))+$")
@@ -26,9 +29,45 @@ class Selection:
     left_out: tuple[str, ...]  # line-number-only changes not included
 
 
+def spurious_changes(diff: DiffResult, destinations: Destinations) -> frozenset[int]:
+    """NEW addresses of functions the diff calls changed in their references only, whose every reference
+    nevertheless goes to the very target the baseline's does (a moved PLT entry, a moved string
+    of the same bytes): they already behave as the fix, and replacing them would only add risk."""
+    found = set()
+    for pair in diff.changed:
+        if pair.change_kind is not ChangeKind.REFERENCES or pair.old is None or pair.new is None:
+            continue
+        old_refs, new_refs = pair.old.references, pair.new.references
+        if pair.old.masked != pair.new.masked or len(old_refs) != len(new_refs):
+            continue
+        start = pair.new.function.address
+        if all(destinations.same_as_baseline(a, b, start) for a, b in zip(old_refs, new_refs, strict=True)):
+            found.add(pair.new.function.address)
+    return frozenset(found)
+
+
 def family(name: str) -> str:
     """The function a piece belongs to: `foo.part.0.cold` → `foo`; `f.constprop.0.cold` → `f.constprop.0`."""
     return _PIECE_SUFFIX.sub("", name)
+
+
+def _middles_entered(
+    pair: FunctionPair, by_new_start: dict[int, FunctionPair], by_old_start: dict[int, FunctionPair]
+) -> list[FunctionPair]:
+    """The pairs whose middle this pair's fix side jumps into, then those its baseline side jumps into
+    (`by_*_start`: pairs by the start address of their function on that side), in reference order."""
+    function = TargetKind.FUNCTION
+    found = []
+    for side, index in ((pair.new, by_new_start), (pair.old, by_old_start)):
+        if side is None:
+            continue
+        for row in side.rows:
+            t = row[3]
+            if t[0] is function and t[2]:
+                entered = index.get(t[3] - t[2])
+                if entered is not None:
+                    found.append(entered)
+    return found
 
 
 def select_functions(
@@ -36,7 +75,7 @@ def select_functions(
 ) -> Selection:
     """Changed and added functions, then their pieces and the functions that jump into their middles.
 
-    `spurious` (NEW addresses) are changes the plan proved to be none; they stay out.
+    `spurious` (NEW addresses, see spurious_changes) are changes proved to be none; they stay out.
     """
     chosen: dict[int, tuple[FunctionPair, str]] = {}  # NEW address → (pair, why)
     left_out: list[str] = []
@@ -58,6 +97,9 @@ def select_functions(
     for p in with_new:
         if p.new.function.named:
             families.setdefault(family(p.new.function.name), []).append(p)
+    # For each function, the functions whose middle it jumps into (its fix side, then its baseline side):
+    # found once, as the rounds below only ask which of them were chosen meanwhile.
+    middles = [(p, entries) for p in with_new if (entries := _middles_entered(p, by_new_start, by_old_start))]
     grew = True
     while grew:
         grew = False
@@ -67,34 +109,17 @@ def select_functions(
                 if relative.new.function.address not in chosen:
                     chosen[relative.new.function.address] = (relative, f"piece of {family(pair.name)}")
                     grew = True
-            for ref in pair.new.references:
-                t = ref.target
-                if t.kind is TargetKind.FUNCTION and t.offset:
-                    callee = by_new_start.get(t.address - t.offset)
-                    if callee is not None and callee.new.function.address not in chosen:
-                        chosen[callee.new.function.address] = (callee, f"entered mid-body from {pair.name}")
-                        grew = True
-        for p in with_new:
+            for callee in _middles_entered(pair, by_new_start, {}):
+                if callee.new.function.address not in chosen:
+                    chosen[callee.new.function.address] = (callee, f"entered mid-body from {pair.name}")
+                    grew = True
+        for p, entries in middles:
             if p.new.function.address in chosen:
                 continue
-            for side, index in ((p.new, by_new_start), (p.old, by_old_start)):
-                if side is None:
-                    continue
-                hit = next(
-                    (
-                        index[r.target.address - r.target.offset]
-                        for r in side.references
-                        if r.target.kind is TargetKind.FUNCTION
-                        and r.target.offset
-                        and r.target.address - r.target.offset in index
-                        and index[r.target.address - r.target.offset].new.function.address in chosen
-                    ),
-                    None,
-                )
-                if hit is not None:
-                    chosen[p.new.function.address] = (p, f"jumps into the middle of {hit.name}")
-                    grew = True
-                    break
+            hit = next((e for e in entries if e.new.function.address in chosen), None)
+            if hit is not None:
+                chosen[p.new.function.address] = (p, f"jumps into the middle of {hit.name}")
+                grew = True
     ordered = sorted(chosen.items())
     return Selection(
         tuple(pair for _, (pair, _) in ordered),

@@ -7,12 +7,14 @@ would overwrite the next function's first bytes, and it is refused.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 from dataclasses import dataclass
 
 from hpkg.arch.x86_64 import is_padding
 from hpkg.builder.decode import decode_bytes
-from hpkg.builder.model import Function, Image
+from hpkg.builder.model import DiffResult, Function, FunctionPair, Image
+from hpkg.builder.verdict import Reason
 
 JUMP_SIZE = 5  # E9 + rel32
 
@@ -51,3 +53,32 @@ def patch_site(image: Image, function: Function, next_start: int) -> PatchSite |
         size = JUMP_SIZE
     covered = image.read(function.address, size)
     return PatchSite(function.address, size, hashlib.sha256(covered).digest(), covered[:JUMP_SIZE])
+
+
+def patch_sites(
+    diff: DiffResult, pairs: tuple[FunctionPair, ...]
+) -> tuple[dict[int, PatchSite], list[Reason]]:
+    """Patch sites of the replaced functions (keyed by NEW address), or a reason for each too-small one."""
+    starts = sorted(
+        {p.old.function.address for p in diff.pairs if p.old}
+        | {s.end for s in diff.old.sections if s.executable}
+    )
+    sites: dict[int, PatchSite] = {}
+    reasons: list[Reason] = []
+    for pair in pairs:
+        if pair.old is None:
+            continue
+        fn = pair.old.function
+        following = bisect.bisect_right(starts, fn.address)
+        site = patch_site(diff.old, fn, starts[following] if following < len(starts) else fn.end)
+        if site is None:
+            reasons.append(
+                Reason(
+                    "function-too-small", pair.name,
+                    f"function '{pair.name}' is {fn.size} bytes, shorter than the {JUMP_SIZE}-byte jump,"
+                    " and no padding follows it",
+                )
+            )
+            continue
+        sites[pair.new.function.address] = site
+    return sites, reasons

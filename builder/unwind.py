@@ -25,7 +25,6 @@ from hpkg.elf.ehframe import (
     DW_EH_PE_OMIT,
     DW_EH_PE_PCREL_SDATA4,
     Fde,
-    parse_eh_frame_records,
     read_encoded_pointer,
     read_sleb128,
     read_uleb128,
@@ -51,12 +50,7 @@ class UnwindSection:
 
 def exception_frames(image: Image) -> set[int]:
     """Start addresses of the functions whose .eh_frame entry names a personality routine."""
-    section = image.section(".eh_frame")
-    data = image.section_bytes.get(".eh_frame", b"")
-    if section is None or not data:
-        return set()
-    _, fdes = parse_eh_frame_records(data, section.address)
-    return {f.start for f in fdes if f.cie.personality_encoding != DW_EH_PE_OMIT}
+    return {f.start for f in image.frames if f.cie.personality_encoding != DW_EH_PE_OMIT}
 
 
 # -- emission ---------------------------------------------------------------------------------------
@@ -183,8 +177,7 @@ def emit_unwind(
     table_bytes = new.section_bytes.get(".gcc_except_table", b"")
     if section is None or not data:
         return UnwindSection(b"", (), frozenset(), {})
-    _, fdes = parse_eh_frame_records(data, section.address)
-    by_start = {f.start: f for f in fdes}
+    by_start = {f.start: f for f in new.frames}
     emitter = _Emitter(new, old, import_index)
     problems: dict[int, str] = {}
     chosen: list[tuple[int, Fde]] = []

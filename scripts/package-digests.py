@@ -19,7 +19,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from hpkg.builder.package import build_package
+from hpkg.builder.build import build_package
 from hpkg.errors import HpkgError, NoChange, UnsupportedChange
 
 ROOT = Path(__file__).resolve().parent.parent

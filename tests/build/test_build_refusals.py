@@ -224,7 +224,7 @@ def test_usage_and_io_errors_are_one_line_with_their_codes(samples, tmp_path):
 
 def test_installed_debug_files_are_found_by_build_id(samples, tmp_path):
     """A stripped pair with its debug files under ROOT/.build-id/xx/rest.debug needs no options."""
-    from hpkg.builder.package import build_package
+    from hpkg.builder.build import build_package
 
     sample = samples["11-new-global"]
     root = tmp_path / "debug"

@@ -269,8 +269,8 @@ def test_a_change_only_in_moved_references_is_left_out(samples):
 def test_zero_size_marker_never_stands_for_the_object_at_its_address(samples):
     """`__TMC_END__` (size 0) and the copy-relocated `stdout` share an address in 13's fix: a reference
     there means stdout, whose baseline twin is elsewhere than the baseline's marker."""
+    from hpkg.builder.baseline_index import BaselineIndex
     from hpkg.builder.diff import diff_files
-    from hpkg.builder.resolve import BaselineIndex
 
     sample = samples["13-struct-layout"]
     fixed = sample.binary("fixed", "ready")

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from hpkg.builder.unwind import parse_eh_frame_records
 from hpkg.elf.ehframe import (
     DW_EH_PE_INDIRECT,
     DW_EH_PE_PCREL_SDATA4,
     parse_eh_frame,
+    parse_eh_frame_records,
     read_encoded_pointer,
     read_sleb128,
     read_uleb128,

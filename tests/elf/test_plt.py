@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from hpkg.builder.baseline_index import plt_slots
 from hpkg.builder.image import load_image
-from hpkg.builder.resolve import plt_slots
 from hpkg.elf.file import ElfFile
 from hpkg.elf.plt import PLT_SECTIONS, plt_entries
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from package_crafting import assemble, split
 
-from hpkg.builder.package import build_package
+from hpkg.builder.build import build_package
 from hpkg.errors import PackageError, VerifyError
 from hpkg.formats import (
     Package,

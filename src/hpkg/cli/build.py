@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from hpkg.builder.verdict import OVERRIDABLE
 from hpkg.cli.app import Application
 from hpkg.cli.paths import BINARY, KEY, OutputFile, refuse_output_onto_input
 
-# A package id is the hex of 16 bytes (hpkg.builder.package.package_id).
+# A package id is the hex of 16 bytes (hpkg.builder.build.package_id).
 _PACKAGE_ID = re.compile(r"[0-9a-fA-F]{32}")
 
 _ALLOW_HELP = (
@@ -142,9 +143,12 @@ def command(
     as_json: bool,
 ) -> None:
     """Build a hotpatch package that turns baseline OLD into fix NEW in running processes."""
-    from hpkg.builder.package import build_package
+    from hpkg.builder.build import build_images
+    from hpkg.builder.diff import function_count
+    from hpkg.builder.image import DEBUG_ROOTS, load_image
     from hpkg.builder.plan import PlanOptions
     from hpkg.builder.verdict import check_allowed
+    from hpkg.cli.diff import PROGRESS_MIN_FUNCTIONS
     from hpkg.errors import EXIT_TARGET, NoChange, UnsupportedChange
     from hpkg.formats import load_private_key
 
@@ -172,8 +176,17 @@ def command(
     options = PlanOptions(
         level=level, supersedes=supersedes, allow=allowed, include_line_only=include_line_only
     )
+    old_image = load_image(old, old_debug, DEBUG_ROOTS)
+    new_image = load_image(new, new_debug, DEBUG_ROOTS)
+    # The same bar as `hpkg diff` (decoding is most of the time), on a terminal only, never in --json.
+    show_progress = sys.stderr.isatty() and not app.quiet and not as_json
+    total = function_count(old_image) + function_count(new_image) if show_progress else 0
     try:
-        result = build_package(old, new, options, signing_key, old_debug, new_debug)
+        if show_progress and total >= PROGRESS_MIN_FUNCTIONS:
+            with click.progressbar(length=total, label="building", file=sys.stderr) as bar:
+                result = build_images(old_image, new_image, options, signing_key, bar.update)
+        else:
+            result = build_images(old_image, new_image, options, signing_key)
     except (UnsupportedChange, NoChange) as exc:
         if as_json:
             verdict = "refused" if isinstance(exc, UnsupportedChange) else "no-change"

@@ -1,7 +1,7 @@
-"""PatchPlan → formats.Package: the baseline record, the package id, and the one-call build driver.
+"""The build driver: two binaries in, a package out; and PatchPlan → formats.Package on the way.
 
-The plan is pure; this module adds the two facts that need the baseline file itself (its SHA-256
-and its soname) and hands the result to `hpkg.formats.write_package`.
+The plan is pure; this module adds the facts about the baseline file itself (its SHA-256, taken
+when it was loaded, and its soname) and hands the result to `hpkg.formats.write_package`.
 """
 
 from __future__ import annotations
@@ -10,13 +10,12 @@ import hashlib
 import os
 import struct
 from dataclasses import dataclass
-from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from hpkg import __version__
-from hpkg.builder.diff import diff_images
-from hpkg.builder.image import load_image
+from hpkg.builder.diff import Progress, diff_images
+from hpkg.builder.image import DEBUG_ROOTS, load_image
 from hpkg.builder.model import Image
 from hpkg.builder.plan import PatchPlan, PlanOptions, check_plan, plan_patch
 from hpkg.errors import ImageError
@@ -31,8 +30,6 @@ from hpkg.formats import (
 )
 
 PAGE_SIZE = 4096
-# Where distributions install separate debug files, named by build-id (the -dbgsym/-debuginfo layout).
-DEBUG_ROOTS: tuple[str, ...] = ("/usr/lib/debug",)
 DT_SONAME = 14
 PACKAGE_ID_BYTES = 16
 
@@ -58,14 +55,14 @@ def soname(image: Image) -> str | None:
     return None
 
 
-def baseline_record(image: Image, file_sha256: bytes | None) -> TargetRecord:
+def baseline_record(image: Image) -> TargetRecord:
     """The baseline a package applies to: build-id, image size, file digest and a name to find it by."""
     if not image.build_id:
         raise ImageError(f"{image.path}: the baseline has no GNU build-id (link with -Wl,--build-id)")
     return TargetRecord(
         build_id=bytes.fromhex(image.build_id),
         image_size=image_size(image),
-        file_sha256=file_sha256,
+        file_sha256=image.file_sha256 or None,
         soname_hint=soname(image) or os.path.basename(image.path),
     )
 
@@ -134,34 +131,21 @@ class BuildResult:
     signed: bool = False
 
 
-def file_digest(path: str | os.PathLike[str]) -> bytes:
-    try:
-        return hashlib.sha256(Path(path).read_bytes()).digest()
-    except OSError as exc:
-        raise ImageError(f"{os.fspath(path)}: cannot read: {exc.strerror}") from None
+def build_images(
+    old: Image,
+    new: Image,
+    options: PlanOptions | None = None,
+    signing_key: Ed25519PrivateKey | None = None,
+    progress: Progress | None = None,
+) -> BuildResult:
+    """Diff two loaded builds, plan, judge (raising UnsupportedChange or NoChange) and encode the package.
 
-
-def find_debug_file(build_id: str | None, roots: tuple[str, ...] = DEBUG_ROOTS) -> Path | None:
-    """The installed debug file of a build: ROOT/.build-id/ab/cdef….debug, as gdb and debuginfod look."""
-    if not build_id or len(build_id) < 3:
-        return None
-    for root in roots:
-        candidate = Path(root) / ".build-id" / build_id[:2] / f"{build_id[2:]}.debug"
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def _load(
-    path: str | os.PathLike[str], debug: str | os.PathLike[str] | None, roots: tuple[str, ...]
-) -> Image:
-    """Load a binary; a stripped one without a given debug file gets the installed one, if any."""
-    image = load_image(path, debug)
-    if debug is None and image.stripped:
-        found = find_debug_file(image.build_id, roots)
-        if found is not None:
-            image = load_image(path, found)
-    return image
+    `progress` is told of the functions decoded (as diff_images does), for a progress bar.
+    """
+    target = baseline_record(old)
+    plan = check_plan(plan_patch(diff_images(old, new, progress=progress), options))
+    package = package_from_plan(plan, target)
+    return BuildResult(plan, package, write_package(package, signing_key), signing_key is not None)
 
 
 def build_package(
@@ -173,14 +157,11 @@ def build_package(
     new_debug: str | os.PathLike[str] | None = None,
     debug_roots: tuple[str, ...] = DEBUG_ROOTS,
 ) -> BuildResult:
-    """Diff two builds, plan, judge (raising UnsupportedChange or NoChange) and encode the package.
+    """Load two builds (each file read once) and build the package: see `build_images`.
 
     Stripped builds without `--old-debug/--new-debug` use the debug files installed under
     `debug_roots` by build-id, when there are any: symbols tell variables apart.
     """
-    old = _load(old_path, old_debug, debug_roots)
-    new = _load(new_path, new_debug, debug_roots)
-    target = baseline_record(old, file_digest(old_path))
-    plan = check_plan(plan_patch(diff_images(old, new), options))
-    package = package_from_plan(plan, target)
-    return BuildResult(plan, package, write_package(package, signing_key), signing_key is not None)
+    old = load_image(old_path, old_debug, debug_roots)
+    new = load_image(new_path, new_debug, debug_roots)
+    return build_images(old, new, options, signing_key)

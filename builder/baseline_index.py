@@ -1,0 +1,131 @@
+"""The baseline counterpart of a thing the fix's code refers to: a variable's twin, a string, a PLT entry.
+
+Live state stays in the baseline's memory, so a variable the new code uses must be found in OLD.
+The diff made every pairing once (data twins by symbol, anonymous data by unchanged code that uses
+it); this index only reads them, and adds the lookups that are not pairings: the fix object a
+reference names, OLD's copy of read-only bytes, and OLD's PLT entry or GOT slot for an import.
+Built once per plan.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+from hpkg.builder.data_twins import data_objects
+from hpkg.builder.model import DiffResult, GotSlot, Image, Import, Symbol, TargetKind
+from hpkg.elf.plt import PLT_SECTIONS, plt_entries
+
+
+def is_read_only(image: Image, sym: Symbol) -> bool:
+    """Whether an object can never change at run time: in a non-writable allocated section."""
+    section = image.section(sym.section)
+    return section is not None and not section.writable and not section.nobits
+
+
+@dataclass(frozen=True)
+class TwinLookup:
+    """The baseline object a fix object is, or why none was found (`ambiguous` names the candidates)."""
+
+    old: Symbol | None
+    ambiguous: tuple[str, ...] = ()
+
+
+class BaselineIndex:
+    """Answers "which OLD thing is this NEW thing" for data objects, anonymous data and imports."""
+
+    def __init__(self, diff: DiffResult) -> None:
+        self.diff = diff
+        self.new_objects = data_objects(diff.new)
+        self._new_by_address: dict[int, list[Symbol]] = defaultdict(list)
+        for sym in self.new_objects:
+            self._new_by_address[sym.address].append(sym)
+        self._rodata_by_content = self._old_rodata()
+        self._new_imports = {a: i for i in diff.new.imports for a in (i.plt_address, i.got_address) if a}
+        self._old_imports = {(i.name, i.version): i for i in reversed(diff.old.imports)}
+        self._new_plt = plt_slots(diff.new)
+        self._old_plt = plt_slots(diff.old)
+
+    # -- data objects by symbol ------------------------------------------------------------------
+    def objects_at(self, address: int) -> tuple[Symbol, ...]:
+        """Every object symbol of the fix that starts at `address`."""
+        return tuple(self._new_by_address.get(address, ()))
+
+    def new_object(self, address: int, name: str | None = None, exact: bool = False) -> Symbol | None:
+        """The fix's object symbol starting at `address` (by name when several share it).
+
+        A sized object wins over a zero-size marker at the same address (`__TMC_END__` or `_edata`
+        mark where .data ends, which is where a copy-relocated `stdout` may begin).
+        """
+        syms = self._new_by_address.get(address, [])
+        if exact:
+            return next((s for s in syms if s.name.split("@")[0] == name.split("@")[0]), None)
+        pool = [s for s in syms if s.size > 0] or syms
+        for sym in pool:
+            if name is None or sym.name == name:
+                return sym
+        return pool[0] if pool else None
+
+    def twin(self, new: Symbol) -> TwinLookup:
+        """OLD's object for a NEW one, as the diff paired them (data_twins)."""
+        twins = self.diff.data_twins
+        return TwinLookup(twins.twin(new), twins.candidates(new))
+
+    # -- anonymous read-only data by content -----------------------------------------------------
+    def _old_rodata(self) -> dict[str, int]:
+        """Content digest → OLD address, from OLD code's references: where the baseline keeps that datum."""
+        found: dict[str, int] = {}
+        rodata = TargetKind.RODATA
+        for pair in self.diff.pairs:
+            if pair.old is None:
+                continue
+            for row in pair.old.rows:
+                t = row[3]
+                content = t[4]
+                if t[0] is rodata and content and content[0] != "?":
+                    address = t[3]
+                    found[content] = min(found.get(content, address), address)
+        return found
+
+    def old_rodata(self, content: str | None) -> int | None:
+        """The OLD address of read-only data with this content digest, if unchanged code there used it."""
+        if not content or content.startswith("?"):
+            return None
+        return self._rodata_by_content.get(content)
+
+    # -- writable data without symbols (stripped builds) -------------------------------------------
+    def old_address_by_use(self, new_address: int) -> int | None:
+        """OLD address of writable data at `new_address`, when unchanged code refers to it at the same
+        place in both builds (the diff's anonymous_data)."""
+        return self.diff.anonymous_data.get(new_address)
+
+    # -- imports: OLD's PLT entry or GOT slot -----------------------------------------------------
+    def new_import(self, address: int) -> Import | None:
+        """The import whose PLT entry or GOT slot of the fix is at `address`."""
+        return self._new_imports.get(address)
+
+    def old_import(self, new: Import) -> Import | None:
+        """OLD's import of the same symbol and version."""
+        return self._old_imports.get((new.name, new.version))
+
+    def plt_symbol(self, new_entry: int) -> GotSlot | None:
+        """The symbol the GOT slot of a fix PLT entry holds (for entries the image model did not map)."""
+        slot = self._new_plt.get(new_entry)
+        return next((s for s in self.diff.new.got_slots if s.address == slot), None)
+
+    def old_plt_entry(self, symbol: GotSlot) -> int | None:
+        """OLD's PLT entry that jumps through OLD's GOT slot for the same symbol."""
+        key = (symbol.name, symbol.version)
+        old_slot = next((s.address for s in self.diff.old.got_slots if (s.name, s.version) == key), None)
+        return next((e for e, s in self._old_plt.items() if s == old_slot), None)
+
+
+
+def plt_slots(image: Image) -> dict[int, int]:
+    """PLT entry address → the GOT slot its `jmp *slot(%rip)` goes through, by the one PLT reader."""
+    entries: dict[int, int] = {}
+    for section in image.sections:
+        if section.name in PLT_SECTIONS:
+            code = image.section_bytes.get(section.name, b"")
+            entries.update((e.address, e.slot) for e in plt_entries(section.name, section.address, code))
+    return entries
