@@ -236,11 +236,12 @@ def test_the_scale_pair_is_listed_and_measured_only_when_selected(workdir):
     listed = run_bench("--list")
     assert listed.returncode == 0
     scale = [line for line in listed.stdout.splitlines() if line.startswith("scale ")]
-    assert len(scale) == 1 and "libxul" in scale[0]
+    assert len(scale) == 2 and "libxul" in scale[0] and "libwebkit2gtk" in scale[1]
     done = run_bench("--pair", "scale", "--no-download", "--json", "--workdir", str(workdir / "scale"))
     assert done.returncode == 1
-    (pair,) = json.loads(done.stdout)["pairs"]
-    assert pair["role"] == "scale" and pair["error"] == "downloads disabled (--no-download)"
+    pairs = json.loads(done.stdout)["pairs"]
+    assert [pair["role"] for pair in pairs] == ["scale", "scale"]
+    assert all(pair["error"] == "downloads disabled (--no-download)" for pair in pairs)
 
 
 def test_a_default_run_leaves_the_scale_pair_out():
@@ -250,7 +251,8 @@ def test_a_default_run_leaves_the_scale_pair_out():
     specs = load_specs()
     assert any(spec.role == "scale" for spec in specs)
     assert not any(spec.role == "scale" for spec in select_specs(specs, []))
-    assert [spec.role for spec in select_specs(specs, ["scale"])] == ["scale"]
+    assert [spec.role for spec in select_specs(specs, ["scale"])] == ["scale", "scale"]
+    assert [spec.name for spec in select_specs(specs, ["libxul"])] == ["libxul firefox-esr 140.12 -> 153.8"]
 
 
 def test_markdown_output_has_one_well_formed_table_per_section(tmp_path):
