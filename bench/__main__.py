@@ -12,9 +12,10 @@ from bench.report import to_json, to_table
 from bench.run import Settings, run_bench, select_specs
 
 # Timing rounds per pair role; "sample" is the delta encodes of a samples-corpus pair, "pause" the
-# interleaved live-apply and restart rounds per server.
-DEFAULT_RUNS = {"small": 5, "large": 3, "security": 3, "sample": 3, "pause": 10}
-QUICK_RUNS = {"small": 3, "large": 1, "security": 1, "sample": 1, "pause": 2}
+# interleaved live-apply and restart rounds per server, "memory" the peak-memory runs of each hpkg
+# command (fresh processes; the figure barely moves between runs), "scale" the >= 100 MB pair.
+DEFAULT_RUNS = {"small": 5, "large": 3, "security": 3, "sample": 3, "pause": 10, "memory": 1, "scale": 1}
+QUICK_RUNS = {"small": 3, "large": 1, "security": 1, "sample": 1, "pause": 2, "memory": 1, "scale": 1}
 
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -33,8 +34,8 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="SELECTOR",
-        help="a role (small, large, security, sample), the start of a pair or sample name, or `pause` "
-        "(live apply pause vs restart); repeatable; default: all",
+        help="a role (small, large, security, sample, scale), the start of a pair or sample name, or "
+        "`pause` (live apply pause vs restart); repeatable; default: all but the scale pair",
     )
     parser.add_argument("--runs", type=int, metavar="N", help="timing rounds for every pair (beats --quick)")
     parser.add_argument("--workdir", type=Path, help="keep binaries and deltas here (default: a temp dir)")

@@ -37,7 +37,7 @@ class PairSpec:
     """One baseline/fix pair as bench/pairs.toml describes it."""
 
     name: str
-    role: str  # "small", "large", "security", or "sample" (a pair of the samples corpus)
+    role: str  # "small", "large", "security", "scale", or "sample" (a pair of the samples corpus)
     patches: tuple[Patch, ...]
     package: str | None = None
     old_version: str | None = None

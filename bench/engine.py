@@ -121,9 +121,28 @@ def in_process_build(old: Path, new: Path) -> Callable[[], object]:
     return task
 
 
+def diff_command(old: Path, new: Path) -> list[str]:
+    """The command line of `hpkg diff OLD NEW --json` in a fresh interpreter."""
+    return _cli("diff", str(old), str(new), "--json")
+
+
+def build_command(old: Path, new: Path, package: Path) -> list[str]:
+    """The command line of `hpkg build OLD NEW -o PACKAGE --json` in a fresh interpreter."""
+    return _cli("build", str(old), str(new), "-o", str(package), "--json")
+
+
+# Exit statuses of `hpkg build` that are an answer (a package, a refusal, no change), not a failure.
+BUILD_ANSWERS = (0, EXIT_REFUSED, EXIT_NO_CHANGE)
+
+
 def cli_diff(old: Path, new: Path) -> subprocess.CompletedProcess[str]:
     """Run `hpkg diff OLD NEW --json` as a user would, in a fresh interpreter."""
-    return subprocess.run(_cli("diff", str(old), str(new), "--json"), capture_output=True, text=True)
+    return subprocess.run(diff_command(old, new), capture_output=True, text=True)
+
+
+def cli_build_run(old: Path, new: Path, package: Path) -> subprocess.CompletedProcess[str]:
+    """Run `hpkg build OLD NEW -o PACKAGE --json` as a user would (for timing; see `cli_build`)."""
+    return subprocess.run(build_command(old, new, package), capture_output=True, text=True)
 
 
 def _last_error_line(done: subprocess.CompletedProcess[str]) -> str:
@@ -175,8 +194,7 @@ def cli_build(old: Path, new: Path, package: Path) -> BuildReport:
     import time
 
     start = time.perf_counter()
-    argv = _cli("build", str(old), str(new), "-o", str(package), "--json")
-    done = subprocess.run(argv, capture_output=True, text=True)
+    done = cli_build_run(old, new, package)
     seconds = time.perf_counter() - start
     try:
         document = json.loads(done.stdout)

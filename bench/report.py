@@ -10,7 +10,15 @@ from pathlib import Path
 
 from bench.deltas import DeltaResult
 from bench.pause import PauseResult, Summary
-from bench.run import HPKG_CLI, HPKG_IN_PROCESS, OBJDUMP, BenchResult, PairResult
+from bench.run import (
+    BUILD_CLI,
+    BUILD_VS_DIFF,
+    HPKG_CLI,
+    HPKG_IN_PROCESS,
+    OBJDUMP,
+    BenchResult,
+    PairResult,
+)
 from bench.stream import RETRY_SECONDS
 
 
@@ -88,6 +96,45 @@ def _speed_row(pair: PairResult) -> list[str]:
         else:
             cells += [_na(speed.not_measured.get(name)), "-"]
     return [*cells, str(speed.runs)]
+
+
+def _build_vs_diff_row(pair: PairResult) -> list[str]:
+    speed = pair.speed
+    assert speed is not None
+    cells = [pair.name]
+    for build, diff in BUILD_VS_DIFF.items():
+        for name in (diff, build):
+            timing = speed.timings.get(name)
+            cells.append(_na(speed.not_measured.get(name)) if timing is None else f"{timing.median:.3f}")
+        ratio = speed.build_ratios.get(build)
+        cells.append("-" if ratio is None else f"{ratio:.2f}x")
+    return [*cells, str(speed.runs)]
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1 << 20):,.1f}"
+
+
+def _memory_cells(pair: PairResult, name: str) -> list[str]:
+    """Max RSS and tree peak of one command in MiB, each with its multiple of the larger input."""
+    used = pair.memory.get(name)
+    if used is None:
+        return [_na(pair.memory_not_measured.get(name)), "-", "-", "-"]
+    size = pair.input_size
+    cells = [_mib(used.max_rss), f"{used.max_rss / size:.1f}x"]
+    if used.tree_peak is None:
+        return [*cells, "-", "-"]
+    return [*cells, _mib(used.tree_peak), f"{used.tree_peak / size:.1f}x"]
+
+
+def _memory_row(pair: PairResult) -> list[str]:
+    cells = [pair.name, f"{pair.input_size:,}", *_memory_cells(pair, HPKG_CLI)]
+    if pair.role != "scale":
+        cells += _memory_cells(pair, BUILD_CLI)
+    else:
+        cells += ["not run on the scale pair", "-", "-", "-"]
+    runs = {len(used.runs) for used in pair.memory.values()}
+    return [*cells, ",".join(str(r) for r in sorted(runs)) or "-"]
 
 
 def _changes_row(pair: PairResult) -> list[str]:
@@ -211,8 +258,8 @@ def _pause_row(result: PauseResult) -> list[str]:
 
 
 def to_table(result: BenchResult, markdown: bool = False) -> str:
-    """Five tables (speed, changes, sizes, build times, pause vs restart), then notes and errors;
-    as GitHub markdown tables with `markdown`."""
+    """Seven tables (speed, build vs diff, peak memory, changes, sizes, build times, pause vs restart),
+    then notes and errors; as GitHub markdown tables with `markdown`."""
     ok = [p for p in result.pairs if p.error is None]
     compared = [p for p in ok if p.speed is not None]
     machine = result.machine
@@ -227,10 +274,31 @@ def to_table(result: BenchResult, markdown: bool = False) -> str:
     )
     parts.append(
         _table(
+            "\nBuild vs diff: wall seconds, medians of the same interleaved rounds as the speed table;"
+            "\nratio = hpkg build / hpkg diff (in-process with in-process, CLI with CLI)",
+            ["pair", "diff in-process", "build in-process", "ratio", "diff CLI", "build CLI", "ratio",
+             "runs"],
+            [_build_vs_diff_row(p) for p in compared if p.role != "scale"],
+            markdown=markdown,
+        )
+    )
+    parts.append(
+        _table(
+            "\nPeak memory, MiB, of the CLI in a fresh process (bench/memory.py); max RSS = the largest"
+            "\nprocess, parent or forked child (getrusage RUSAGE_CHILDREN, as /usr/bin/time -v); tree = the"
+            "\nsampled peak of the summed PSS of the process tree; x = multiple of the larger input file",
+            ["pair", "input bytes", "diff max RSS", "x", "diff tree", "x", "build max RSS", "x", "build tree",
+             "x", "runs"],
+            [_memory_row(p) for p in ok if p.memory or p.memory_not_measured],
+            markdown=markdown,
+        )
+    )
+    parts.append(
+        _table(
             "\nChanged functions: byte compare, objdump with addresses masked (named functions), hpkg diff;"
             "\ntouched = named functions the fix touched whose code changed, and how many hpkg reports",
             ["pair", "bytes by symbol", "bytes by FDE", "objdump masked", "hpkg diff", "touched functions"],
-            [_changes_row(p) for p in compared],
+            [_changes_row(p) for p in compared if p.byte_compare is not None],
             markdown=markdown,
         )
     )
@@ -279,6 +347,12 @@ def to_table(result: BenchResult, markdown: bool = False) -> str:
         if pair.touched and pair.touched.same_code_unreported:
             same = ", ".join(pair.touched.same_code_unreported)
             parts.append(f"\n{pair.name}: touched in source, same code (objdump), not reported: {same}")
+    for pair in result.pairs:
+        if pair.role == "scale" and pair.hpkg_diff is not None:
+            report = pair.hpkg_diff
+            counts = f"{len(report.changed)} changed, +{len(report.added)} -{len(report.removed)}"
+            rest = f"{report.unchanged_count} unchanged, {report.data_changes} data changes"
+            parts.append(f"\n{pair.name}: hpkg diff: {counts}, {rest}")
     for pair in result.pairs:
         if pair.agreement and (pair.agreement.only_hpkg or pair.agreement.only_objdump):
             only_hpkg, only_objdump = len(pair.agreement.only_hpkg), len(pair.agreement.only_objdump)

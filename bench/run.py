@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 from collections import Counter
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from pathlib import Path
 from bench import corpus, engine
 from bench.bytecompare import ByteCompare, compare_bytes, load_code
 from bench.deltas import DeltaResult, make_deltas
+from bench.memory import MemoryUse, measure
 from bench.objdiff import changed_functions
 from bench.pause import PauseResult
 from bench.timing import Timing, interleaved_medians
@@ -21,6 +23,12 @@ from bench.timing import Timing, interleaved_medians
 OBJDUMP = "objdump -d (both files)"
 HPKG_IN_PROCESS = "hpkg diff (in-process)"
 HPKG_CLI = "hpkg diff (CLI)"
+BUILD_IN_PROCESS = "hpkg build (in-process)"
+BUILD_CLI = "hpkg build (CLI)"
+# Each build timing and the diff timing it is compared with (goal of issue 9: build <= 1.2x diff).
+BUILD_VS_DIFF = {BUILD_IN_PROCESS: HPKG_IN_PROCESS, BUILD_CLI: HPKG_CLI}
+# The pair whose size tests how hpkg scales (>= 100 MB); measured only when selected by name or role.
+SCALE = "scale"
 
 
 @dataclass(frozen=True)
@@ -35,12 +43,23 @@ class Settings:
 
 @dataclass(frozen=True)
 class Speed:
-    """Interleaved medians for one pair, with hpkg's ratio to objdump where hpkg ran."""
+    """Interleaved medians for one pair: hpkg's diff as a ratio to objdump, its build as a ratio to
+    its diff (in-process build / in-process diff, CLI build / CLI diff), where they ran."""
 
     runs: int
     timings: dict[str, Timing]
     ratios: dict[str, float]
     not_measured: dict[str, str]
+    build_ratios: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PeakMemory:
+    """Peak memory of one hpkg command on a pair, in bytes: medians over fresh runs (bench/memory.py)."""
+
+    max_rss: int  # the largest single process (parent or forked child), as /usr/bin/time -v reports it
+    tree_peak: int | None  # the process tree's sampled sum of PSS
+    runs: tuple[MemoryUse, ...]
 
 
 @dataclass(frozen=True)
@@ -101,6 +120,13 @@ class PairResult:
     hpkg_build: engine.BuildReport | None = None
     hpkg_build_error: str | None = None
     build_in_process: Timing | None = None  # the same build without the interpreter start
+    memory: dict[str, PeakMemory] = field(default_factory=dict)  # by command: HPKG_CLI, BUILD_CLI
+    memory_not_measured: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def input_size(self) -> int:
+        """The larger of the two input files, the unit of the peak-memory goal (issue 9: <= 4x)."""
+        return max(self.old_size, self.new_size)
 
 
 @dataclass(frozen=True)
@@ -150,38 +176,103 @@ def _objdump_both(old: Path, new: Path):
     return task
 
 
-def measure_speed(pair: corpus.Pair, status: engine.EngineStatus, runs: int) -> tuple[Speed, list]:
-    """Time objdump and hpkg diff on the pair in turns; also return the CLI's last output."""
+def _guarded(task, name: str, failures: dict[str, str]):
+    """`task` as a timing task that records an exception as a finding instead of ending the bench."""
+
+    def run() -> None:
+        try:
+            task()
+        except Exception as exc:  # the engine is what is measured: a crash is a finding for the report
+            failures[name] = f"failed: {exc.__class__.__name__}: {exc}"
+
+    return run
+
+
+def measure_speed(
+    pair: corpus.Pair,
+    status: engine.EngineStatus,
+    runs: int,
+    package: Path | None = None,
+    in_process: bool = True,
+) -> tuple[Speed, list]:
+    """Time objdump, hpkg diff and (given a `package` path to write) hpkg build on the pair in turns;
+    also return the diff CLI's last output. `in_process=False` leaves out the runs inside the bench's
+    own interpreter (the scale pair: gigabytes that would stay in the bench process)."""
     tasks = {OBJDUMP: _objdump_both(pair.old, pair.new)}
     not_measured: dict[str, str] = {}
     cli_outputs: list[subprocess.CompletedProcess[str]] = []
+    build_outputs: list[subprocess.CompletedProcess[str]] = []
     failures: dict[str, str] = {}
-    if status.in_process_diff is None:
+    skipped = "not run on this pair: it would stay in the bench's own process"
+    if not in_process:
+        not_measured[HPKG_IN_PROCESS] = skipped
+    elif status.in_process_diff is None:
         diff = engine.in_process_diff(pair.old, pair.new)
-
-        def in_process() -> None:
-            # The engine is what is measured: a failure is a finding for the report, not a bench crash.
-            try:
-                diff()
-            except Exception as exc:
-                failures[HPKG_IN_PROCESS] = f"failed: {exc.__class__.__name__}: {exc}"
-
-        tasks[HPKG_IN_PROCESS] = in_process
+        tasks[HPKG_IN_PROCESS] = _guarded(diff, HPKG_IN_PROCESS, failures)
     else:
         not_measured[HPKG_IN_PROCESS] = status.in_process_diff
     if status.cli_diff is None:
         tasks[HPKG_CLI] = lambda: cli_outputs.append(engine.cli_diff(pair.old, pair.new))
     else:
         not_measured[HPKG_CLI] = status.cli_diff
+    if package is not None and status.cli_build is None:
+        if in_process:
+            build = engine.in_process_build(pair.old, pair.new)
+            tasks[BUILD_IN_PROCESS] = _guarded(build, BUILD_IN_PROCESS, failures)
+        tasks[BUILD_CLI] = lambda: build_outputs.append(engine.cli_build_run(pair.old, pair.new, package))
+    elif package is not None:
+        not_measured[BUILD_IN_PROCESS] = not_measured[BUILD_CLI] = status.cli_build
     timings = interleaved_medians(tasks, runs)
     if cli_outputs and cli_outputs[-1].returncode not in (0, engine.EXIT_NO_CHANGE):
         failures[HPKG_CLI] = f"failed: exit {cli_outputs[-1].returncode}"
+    if build_outputs and build_outputs[-1].returncode not in engine.BUILD_ANSWERS:
+        failures[BUILD_CLI] = f"failed: exit {build_outputs[-1].returncode}"
     for name, reason in failures.items():
         del timings[name]
         not_measured[name] = reason
     base = timings[OBJDUMP].median
-    ratios = {name: t.median / base for name, t in timings.items() if name != OBJDUMP and base > 0}
-    return Speed(runs, timings, ratios, not_measured), cli_outputs
+    diffs = (HPKG_IN_PROCESS, HPKG_CLI)
+    ratios = {name: timings[name].median / base for name in diffs if name in timings and base > 0}
+    build_ratios = {
+        build: timings[build].median / timings[diff].median
+        for build, diff in BUILD_VS_DIFF.items()
+        if build in timings and diff in timings and timings[diff].median > 0
+    }
+    return Speed(runs, timings, ratios, not_measured, build_ratios), cli_outputs
+
+
+def measure_memory(
+    pair: corpus.Pair, status: engine.EngineStatus, runs: int, package: Path | None
+) -> tuple[dict[str, PeakMemory], dict[str, str]]:
+    """Peak memory of `hpkg diff` and (given a `package` path) `hpkg build` through the CLI, each run
+    in a fresh wrapper process, in turns; medians over `runs` rounds. Also why a command has no figure."""
+    commands: dict[str, list[str]] = {}
+    not_measured: dict[str, str] = {}
+    if status.cli_diff is None:
+        commands[HPKG_CLI] = engine.diff_command(pair.old, pair.new)
+    else:
+        not_measured[HPKG_CLI] = status.cli_diff
+    if package is not None and status.cli_build is None:
+        commands[BUILD_CLI] = engine.build_command(pair.old, pair.new, package)
+    elif package is not None:
+        not_measured[BUILD_CLI] = status.cli_build
+    used: dict[str, list[MemoryUse]] = {name: [] for name in commands}
+    names = list(commands)
+    for round_index in range(runs):
+        shift = round_index % len(names) if names else 0
+        for name in names[shift:] + names[:shift]:
+            used[name].append(measure(commands[name]))
+    answers = {HPKG_CLI: (0, engine.EXIT_NO_CHANGE), BUILD_CLI: engine.BUILD_ANSWERS}
+    memory: dict[str, PeakMemory] = {}
+    for name, uses in used.items():
+        failed = [u.returncode for u in uses if u.returncode not in answers[name]]
+        if failed:
+            not_measured[name] = f"failed: exit {failed[-1]}"
+            continue
+        trees = [u.tree_peak for u in uses if u.tree_peak is not None]
+        tree_peak = int(statistics.median(trees)) if trees else None
+        memory[name] = PeakMemory(int(statistics.median(u.max_rss for u in uses)), tree_peak, tuple(uses))
+    return memory, not_measured
 
 
 def check_touched(
@@ -229,25 +320,20 @@ def agree(masked: MaskedCompare, report: engine.DiffReport) -> Agreement:
 
 
 def _build(
-    pair: corpus.Pair, package: Path, status: engine.EngineStatus, runs: int
+    pair: corpus.Pair, package: Path, status: engine.EngineStatus, runs: int, timed: Timing | None = None
 ) -> tuple[engine.BuildReport | None, str | None, Timing | None]:
-    """`hpkg build` of the pair through the CLI, and its in-process time (median of `runs`);
-    or why there is no figure for it."""
+    """`hpkg build` of the pair through the CLI, and its in-process time (median of `runs`, or the
+    `timed` rounds the speed measurement already took); or why there is no figure for it."""
     if status.cli_build is not None:
         return None, status.cli_build, None
     try:
         report = engine.cli_build(pair.old, pair.new, package)
     except engine.EngineError as exc:
         return None, str(exc), None
-    build = engine.in_process_build(pair.old, pair.new)
-    failures: list[str] = []
-
-    def task() -> None:
-        try:
-            build()
-        except Exception as exc:  # the builder is what is measured: a crash is a finding, not a bench crash
-            failures.append(f"{exc.__class__.__name__}: {exc}")
-
+    if timed is not None:
+        return report, None, timed
+    failures: dict[str, str] = {}
+    task = _guarded(engine.in_process_build(pair.old, pair.new), "build", failures)
     timing = interleaved_medians({"build": task}, runs)["build"]
     return report, None, None if failures else timing
 
@@ -290,6 +376,44 @@ def run_sample_pair(spec: corpus.PairSpec, settings: Settings, status: engine.En
     return _pair_result(spec, pair, deltas, _build(pair, pairdir / "fix.hpkg", status, runs))
 
 
+def run_scale_pair(
+    spec: corpus.PairSpec, pair: corpus.Pair, settings: Settings, status: engine.EngineStatus
+) -> PairResult:
+    """The scale pair (>= 100 MB): objdump and `hpkg diff` through the CLI in turns, and the diff's
+    peak memory. Nothing else: the byte compare, the deltas and the build would take many minutes
+    and gigabytes more at this size, and the other pairs measure them."""
+    runs = settings.runs[spec.role]
+    try:
+        speed, cli_outputs = measure_speed(pair, status, runs, in_process=False)
+    except subprocess.CalledProcessError as exc:
+        return PairResult(spec.name, spec.role, error=f"cannot compare the pair: {exc}")
+    memory, memory_not_measured = measure_memory(pair, status, settings.runs["memory"], None)
+    report, report_error = _diff_report(status, cli_outputs)
+    return _pair_result(
+        spec,
+        pair,
+        [],
+        (None, "not run on the scale pair", None),
+        speed=speed,
+        hpkg_diff=report,
+        hpkg_diff_error=report_error,
+        memory=memory,
+        memory_not_measured=memory_not_measured,
+    )
+
+
+def _diff_report(
+    status: engine.EngineStatus, cli_outputs: list[subprocess.CompletedProcess[str]]
+) -> tuple[engine.DiffReport | None, str | None]:
+    """What the last `hpkg diff --json` of the speed rounds reported, or why there is no report."""
+    if status.cli_diff is not None:
+        return None, status.cli_diff
+    try:
+        return engine.parse_diff(cli_outputs[-1]), None
+    except engine.EngineError as exc:
+        return None, str(exc)
+
+
 def run_pair(spec: corpus.PairSpec, settings: Settings, status: engine.EngineStatus) -> PairResult:
     """Measure one pair from start to end; a failing stage is recorded, not raised."""
     if spec.role == "sample":
@@ -306,27 +430,24 @@ def run_pair(spec: corpus.PairSpec, settings: Settings, status: engine.EngineSta
             raise corpus.CorpusError("downloads disabled (--no-download)")
     except corpus.CorpusError as exc:
         return PairResult(spec.name, spec.role, error=str(exc))
+    if spec.role == SCALE:
+        return run_scale_pair(spec, pair, settings, status)
     runs = settings.runs[spec.role]
     try:
-        speed, cli_outputs = measure_speed(pair, status, runs)
+        speed, cli_outputs = measure_speed(pair, status, runs, pairdir / "timed.hpkg")
         compared, masked = compare_code(pair)
     except (subprocess.CalledProcessError, ValueError) as exc:
         return PairResult(spec.name, spec.role, error=f"cannot compare the pair: {exc}")
-    report, report_error = None, None
-    if status.cli_diff is not None:
-        report_error = status.cli_diff
-    else:
-        try:
-            report = engine.parse_diff(cli_outputs[-1])
-        except engine.EngineError as exc:
-            report_error = str(exc)
-    slow_runs = runs if spec.role == "small" else 1  # only small pairs repeat the deltas and the build
+    memory, memory_not_measured = measure_memory(pair, status, settings.runs["memory"], pairdir / "mem.hpkg")
+    report, report_error = _diff_report(status, cli_outputs)
+    slow_runs = runs if spec.role == "small" else 1  # only small pairs repeat the deltas
     deltas = make_deltas(pair.old, pair.new, pairdir / "deltas", slow_runs)
+    timed = speed.timings.get(BUILD_IN_PROCESS)
     return _pair_result(
         spec,
         pair,
         deltas,
-        _build(pair, pairdir / "fix.hpkg", status, slow_runs),
+        _build(pair, pairdir / "fix.hpkg", status, slow_runs, timed),
         speed=speed,
         byte_compare=compared,
         masked_compare=masked,
@@ -334,13 +455,16 @@ def run_pair(spec: corpus.PairSpec, settings: Settings, status: engine.EngineSta
         hpkg_diff=report,
         hpkg_diff_error=report_error,
         touched=check_touched(spec, compared, masked, report) if spec.touched else None,
+        memory=memory,
+        memory_not_measured=memory_not_measured,
     )
 
 
 def select_specs(specs: list[corpus.PairSpec], selectors: list[str]) -> list[corpus.PairSpec]:
-    """Pairs whose role (or its plural) or name (case-insensitive prefix) matches a selector; default: all."""
+    """Pairs whose role (or its plural) or name (case-insensitive prefix) matches a selector; default:
+    all but the scale pair, which takes many minutes and gigabytes and is measured only when asked for."""
     if not selectors:
-        return specs
+        return [s for s in specs if s.role != SCALE]
     wanted = [s.lower() for s in selectors]
     return [
         s for s in specs if any(w in (s.role, f"{s.role}s") or s.name.lower().startswith(w) for w in wanted)

@@ -49,7 +49,8 @@ def _pairs():
     with open(ROOT / "bench" / "pairs.toml", "rb") as f:
         specs = tomllib.load(f)["pair"]
     for spec in specs:
-        if "package" not in spec:
+        # The scale pairs (hundreds of MB, many minutes and gigabytes each) measure the bench, not behaviour.
+        if "package" not in spec or spec.get("role") == "scale":
             continue
         root = cache / spec["package"]
         old = Path(f"{root}_{spec['old_version']}_amd64") / spec["object"]

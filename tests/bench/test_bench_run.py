@@ -66,15 +66,55 @@ def test_speed_rows_are_measured_medians_and_positive_ratios(small, bench_json):
     assert all(isinstance(s, float) and s > 0 for s in objdump["samples"])
     assert sorted(objdump["samples"])[1] == objdump["median"]
     engine = bench_json["engine"]
-    measured = {"hpkg diff (in-process)": engine["in_process_diff"], "hpkg diff (CLI)": engine["cli_diff"]}
+    measured = {
+        "hpkg diff (in-process)": engine["in_process_diff"],
+        "hpkg diff (CLI)": engine["cli_diff"],
+        "hpkg build (in-process)": engine["cli_build"],
+        "hpkg build (CLI)": engine["cli_build"],
+    }
     for name, reason in measured.items():
         if reason is None:
-            ratio = speed["ratios"][name]
-            assert isinstance(ratio, float) and ratio > 0
             assert len(speed["timings"][name]["samples"]) == 3
+            assert all(s > 0 for s in speed["timings"][name]["samples"])
         else:  # not landed yet: a reason, and no number anywhere for it
             assert speed["not_measured"][name] == reason
-            assert name not in speed["timings"] and name not in speed["ratios"]
+            assert name not in speed["timings"]
+    for name in ("hpkg diff (in-process)", "hpkg diff (CLI)"):
+        if name in speed["timings"]:
+            ratio = speed["ratios"][name]
+            assert isinstance(ratio, float) and ratio > 0
+        else:
+            assert name not in speed["ratios"]
+
+
+def test_build_is_timed_against_the_diff_in_the_same_rounds(small):
+    speed = small["speed"]
+    timings, ratios = speed["timings"], speed["build_ratios"]
+    pairs = {"hpkg build (in-process)": "hpkg diff (in-process)", "hpkg build (CLI)": "hpkg diff (CLI)"}
+    for build, diff in pairs.items():
+        if build in timings and diff in timings:
+            assert ratios[build] == timings[build]["median"] / timings[diff]["median"]
+        else:
+            assert build not in ratios
+    # The in-process build's figure in the build-time table is the one from these rounds.
+    if "hpkg build (in-process)" in timings:
+        assert small["build_in_process"] == timings["hpkg build (in-process)"]
+
+
+def test_peak_memory_of_diff_and_build_is_measured_in_fresh_processes(small, bench_json):
+    engine = bench_json["engine"]
+    expected = {"hpkg diff (CLI)": engine["cli_diff"], "hpkg build (CLI)": engine["cli_build"]}
+    for name, reason in expected.items():
+        if reason is not None:
+            assert small["memory_not_measured"][name] == reason and name not in small["memory"]
+            continue
+        used = small["memory"][name]
+        (run,) = used["runs"]  # --quick: one memory run per command
+        assert run["returncode"] == 0 and run["samples"] > 0
+        assert used["max_rss"] == run["max_rss"] and used["tree_peak"] == run["tree_peak"]
+        # A Python interpreter with LIEF and Capstone loaded holds tens of MiB; the file is 16 KB.
+        assert used["max_rss"] > 20 << 20 and used["tree_peak"] > 10 << 20
+        assert used["max_rss"] > 100 * max(small["old_size"], small["new_size"])
 
 
 def test_byte_compare_flags_the_fixed_function_among_shifted_ones(small):
@@ -140,17 +180,23 @@ def test_hpkg_build_column_is_never_a_made_up_number(small, bench_json):
         assert small["hpkg_build"] is None and small["hpkg_build_error"] == "builder not available"
 
 
-def test_table_output_has_the_four_pair_tables_and_the_small_row(workdir):
+def test_table_output_has_the_six_pair_tables_and_the_small_row(workdir):
     done = run_bench("--quick", "--pair", "small", "--no-download", "--workdir", str(workdir / "table"))
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    for title in ("Speed:", "Changed functions:", "Package size vs deltas", "Build time vs delta"):
+    titles = (
+        "Speed:", "Build vs diff:", "Peak memory", "Changed functions:", "Package size vs deltas",
+        "Build time vs delta",
+    )
+    for title in titles:
         assert any(line.startswith(title) for line in lines), title
     assert not any(line.startswith("Pause vs restart") for line in lines)  # not selected
     small_rows = [line for line in lines if line.startswith("small ")]
-    assert len(small_rows) == 4
-    speed_row, changes_row, sizes_row, times_row = small_rows
+    assert len(small_rows) == 6
+    speed_row, build_row, memory_row, changes_row, sizes_row, times_row = small_rows
     assert "x " in speed_row or "n/a (" in speed_row
+    assert build_row.count("x ") == 2
+    assert memory_row.count("x ") == 4 and "16,808" in memory_row
     assert "differ" in changes_row and "(.symtab)" in changes_row
     assert "NOT REPRODUCED" not in sizes_row
     sizes = sizes_row.split()
@@ -184,6 +230,29 @@ def test_a_debian_pair_without_download_is_reported_not_measured(workdir):
     assert done.returncode == 1
     assert "libpng16 deb12u5 -> deb12u6: not measured: downloads disabled" in done.stdout
     assert "Traceback" not in done.stderr
+
+
+def test_the_scale_pair_is_listed_and_measured_only_when_selected(workdir):
+    listed = run_bench("--list")
+    assert listed.returncode == 0
+    scale = [line for line in listed.stdout.splitlines() if line.startswith("scale ")]
+    assert len(scale) == 2 and "libxul" in scale[0] and "libwebkit2gtk" in scale[1]
+    done = run_bench("--pair", "scale", "--no-download", "--json", "--workdir", str(workdir / "scale"))
+    assert done.returncode == 1
+    pairs = json.loads(done.stdout)["pairs"]
+    assert [pair["role"] for pair in pairs] == ["scale", "scale"]
+    assert all(pair["error"] == "downloads disabled (--no-download)" for pair in pairs)
+
+
+def test_a_default_run_leaves_the_scale_pair_out():
+    from bench.corpus import load_specs
+    from bench.run import select_specs
+
+    specs = load_specs()
+    assert any(spec.role == "scale" for spec in specs)
+    assert not any(spec.role == "scale" for spec in select_specs(specs, []))
+    assert [spec.role for spec in select_specs(specs, ["scale"])] == ["scale", "scale"]
+    assert [spec.name for spec in select_specs(specs, ["libxul"])] == ["libxul firefox-esr 140.12 -> 153.8"]
 
 
 def test_markdown_output_has_one_well_formed_table_per_section(tmp_path):
