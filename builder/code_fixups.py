@@ -12,8 +12,8 @@ from hpkg.arch.x86_64 import is_rel32_branch_field
 from hpkg.builder.copies import copy_jump_table
 from hpkg.builder.coverage import OperandCoverage
 from hpkg.builder.destinations import Destinations
+from hpkg.builder.fixups import Fixups, PackageCode, Place
 from hpkg.builder.model import Function, Reference, ReferenceKind, Symbol, TargetKind
-from hpkg.builder.placement import PackageCode, Place, Placement
 from hpkg.formats.model import PackageSection, RelocationKind, TargetSpace
 
 ABSOLUTE_KINDS = {
@@ -30,7 +30,7 @@ class CodeFixups:
         self,
         destinations: Destinations,
         package: PackageCode,
-        placement: Placement,
+        placement: Fixups,
         coverage: OperandCoverage,
         tls_unchanged: bool,
     ) -> None:

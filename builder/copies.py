@@ -10,8 +10,8 @@ from __future__ import annotations
 import struct
 
 from hpkg.builder.destinations import Destinations
+from hpkg.builder.fixups import SECTION_OF_SPACE, FixRelocations, Fixups, PackageCode, Place
 from hpkg.builder.model import Function, Image, Reference, ReferenceKind
-from hpkg.builder.placement import SECTION_OF_SPACE, FixRelocations, PackageCode, Place, Placement
 from hpkg.formats.model import PackageSection, RelocationKind, TargetSpace
 
 _ABSOLUTE = {
@@ -22,7 +22,7 @@ _ABSOLUTE = {
 
 
 def copy_jump_table(
-    image: Image, package: PackageCode, placement: Placement, fn: Function, ref: Reference
+    image: Image, package: PackageCode, placement: Fixups, fn: Function, ref: Reference
 ) -> None:
     """Copy a switch table into package rodata; each entry relocated to its case in the package code.
 
@@ -72,7 +72,7 @@ class CopiedPointers:
         self,
         destinations: Destinations,
         package: PackageCode,
-        placement: Placement,
+        placement: Fixups,
         relocations: FixRelocations,
     ) -> None:
         self.destinations = destinations

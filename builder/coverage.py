@@ -11,14 +11,14 @@ import bisect
 
 from hpkg.arch.x86_64 import BRANCH_MNEMONICS, relocation_recipe
 from hpkg.builder.decode import decode
+from hpkg.builder.fixups import FixRelocations, Fixups
 from hpkg.builder.model import Function, Reference, TargetKind
-from hpkg.builder.placement import FixRelocations, Placement
 
 
 class OperandCoverage:
     """Checks a package function's decoded operands and static relocations against its references."""
 
-    def __init__(self, placement: Placement, relocations: FixRelocations) -> None:
+    def __init__(self, placement: Fixups, relocations: FixRelocations) -> None:
         self._placement = placement
         self._static = relocations.static
         self._static_addresses = relocations.static_addresses

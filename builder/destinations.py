@@ -4,7 +4,7 @@ The rules, in the order they are tried: a function is its baseline twin unless t
 it; an import is OLD's PLT entry or GOT slot for the same symbol; a named object is its baseline twin
 (live state) unless it is new or a changed constant, which the package copies; anonymous read-only
 data is OLD's identical copy when OLD's code uses one, else copied; anonymous writable data is what
-unchanged code proves it to be. Deciding is pure: `Placement.take` records what a destination needs,
+unchanged code proves it to be. Deciding is pure: `Fixups.take` records what a destination needs,
 so the same rules also judge, without recording anything, whether a reference-only change is real.
 """
 
@@ -14,6 +14,7 @@ import bisect
 from functools import cached_property
 
 from hpkg.builder.baseline_index import BaselineIndex, is_read_only
+from hpkg.builder.fixups import Destination, FixRelocations, NewObject, PackageCode, Place
 from hpkg.builder.model import (
     DiffResult,
     Function,
@@ -24,7 +25,6 @@ from hpkg.builder.model import (
     Target,
     TargetKind,
 )
-from hpkg.builder.placement import Destination, FixRelocations, NewObject, PackageCode, Place
 from hpkg.builder.symbolize import TargetResolver
 from hpkg.elf.plt import PLT_SECTIONS
 from hpkg.formats.model import DataSection, ImportRecord, TargetSpace

@@ -16,9 +16,9 @@ from hpkg.builder.code_fixups import CodeFixups
 from hpkg.builder.copies import CopiedPointers
 from hpkg.builder.coverage import OperandCoverage
 from hpkg.builder.destinations import Destinations
+from hpkg.builder.fixups import FixRelocations, Fixups, PackageCode
 from hpkg.builder.layout import SectionLayout, lay_out_package
 from hpkg.builder.model import DiffResult, FunctionPair
-from hpkg.builder.placement import FixRelocations, PackageCode, Placement
 from hpkg.builder.reasons import data_reasons, function_reasons, unwind_reasons
 from hpkg.builder.records import relocation_records, short_jump_reasons
 from hpkg.builder.select import select_functions, spurious_changes
@@ -122,7 +122,7 @@ def plan_patch(diff: DiffResult, options: PlanOptions | None = None) -> PatchPla
     reasons = data_reasons(diff) + function_reasons(diff, selection.pairs)
     sites, site_reasons = patch_sites(diff, selection.pairs)
     reasons += site_reasons
-    # Placement: every reference of package code → baseline, package or import; copies named by NEW
+    # Fixups: every reference of package code → baseline, package or import; copies named by NEW
     # address. The selected functions' references are not read after this.
     tls_unchanged = not any(r.code == "tls-changed" for r in reasons)
     package, placement = _place(destinations, relocations, selection.pairs, tls_unchanged)
@@ -165,10 +165,10 @@ def _place(
     relocations: FixRelocations,
     pairs: tuple[FunctionPair, ...],
     tls_unchanged: bool,
-) -> tuple[PackageCode, Placement]:
+) -> tuple[PackageCode, Fixups]:
     """Fixups for every reference of the package functions, then for the pointers in the data they copy."""
     package = PackageCode({p.new.function.address: p.new.function for p in pairs})
-    placement = Placement()
+    placement = Fixups()
     coverage = OperandCoverage(placement, relocations)
     fixups = CodeFixups(destinations, package, placement, coverage, tls_unchanged)
     for pair in pairs:
@@ -178,7 +178,7 @@ def _place(
 
 
 def _unwind(
-    diff: DiffResult, package: PackageCode, code: SectionLayout, placement: Placement
+    diff: DiffResult, package: PackageCode, code: SectionLayout, placement: Fixups
 ) -> UnwindSection:
     """The package's unwind section: the fix's rules for the package functions."""
     spans = tuple((f.address, f.size) for f in package.functions.values())
@@ -205,7 +205,7 @@ def _planned_functions(
 
 
 def _planned_objects(
-    placement: Placement, layouts: dict[TargetSpace, SectionLayout]
+    placement: Fixups, layouts: dict[TargetSpace, SectionLayout]
 ) -> tuple[PlannedObject, ...]:
     """The named objects the package carries, with their offsets, by NEW address."""
     return tuple(

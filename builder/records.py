@@ -8,8 +8,8 @@ final offsets tell whether the layout kept their distance.
 
 from __future__ import annotations
 
+from hpkg.builder.fixups import SECTION_OF_SPACE, Fixup, Fixups, Place
 from hpkg.builder.layout import SectionLayout
-from hpkg.builder.placement import SECTION_OF_SPACE, Fixup, Place, Placement
 from hpkg.builder.verdict import Reason
 from hpkg.formats.model import FIELD_WIDTH, PackageSection, Relocation, TargetSpace
 
@@ -23,7 +23,7 @@ def _target_of(place: Place, layouts: dict[TargetSpace, SectionLayout]) -> int |
 
 
 def relocation_records(
-    placement: Placement, layouts: dict[TargetSpace, SectionLayout]
+    placement: Fixups, layouts: dict[TargetSpace, SectionLayout]
 ) -> tuple[tuple[Relocation, ...], dict[PackageSection, bytes], list[Reason]]:
     """Relocation records with section offsets, and the section bytes with every relocated field zeroed."""
     content = {
@@ -57,7 +57,7 @@ def relocation_records(
     return relocations, {section: bytes(b) for section, b in content.items()}, reasons
 
 
-def short_jump_reasons(placement: Placement, code: SectionLayout) -> list[Reason]:
+def short_jump_reasons(placement: Fixups, code: SectionLayout) -> list[Reason]:
     """Short (rel8) jumps between package functions whose distance the code layout did not keep."""
     reasons = []
     for fn, location, target in placement.short_jumps:

@@ -133,7 +133,7 @@ class FixRelocations:
 
 
 @dataclass
-class Placement:
+class Fixups:
     """Fixups, copied ranges, new objects, imports and reasons, gathered while the package is placed."""
 
     fixups: list[Fixup] = field(default_factory=list)
