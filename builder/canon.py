@@ -3,21 +3,22 @@
 Two functions with equal canonical forms (and targets that correspond) behave the same, wherever
 the linker placed them. Padding (every nop form, int3 fill) and `endbr64` are dropped, and
 in-function targets are counted in padding-free bytes, so alignment alone never makes a change.
-Decoding is the hot path: Capstone runs without details (`disasm_lite`), and operand text is only
-parsed for instructions that branch or address memory relative to rip.
+Decoding is the hot path: one iced-x86 scan per function (`decode.scan`) gives plain ints, no text.
 """
 
 from __future__ import annotations
 
 import bisect
+import gc
 import hashlib
 import multiprocessing
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 
-from hpkg.builder.decode import decode, decode_instructions
+from hpkg.builder.decode import Scan, decode_instructions, scan
 from hpkg.builder.functions import functions_at
 from hpkg.builder.model import (
     CanonicalFunction,
@@ -64,24 +65,13 @@ def hash_key(target: tuple) -> tuple:
     return (kind.value, name, offset, content)
 
 
-def _padding_ranges(instructions: list[Instruction]) -> list[tuple[int, int]]:
-    """Byte ranges of alignment fill (nop forms, int3) and endbr64 inside a function."""
-    ranges: list[tuple[int, int]] = []
-    for offset, size, mnemonic, _ in instructions:
-        if mnemonic[0] in "ni" and is_padding(mnemonic) or mnemonic == "endbr64":
-            ranges.append((offset, offset + size))
-    return ranges
-
-
 def _canonical_offset(offset: int, padding_ends: list[int], removed_before: list[int]) -> int:
     """An in-function byte offset counted without the padding in front of it."""
     i = bisect.bisect_right(padding_ends, offset)
     return offset - (removed_before[i - 1] if i else 0)
 
 
-def build_canonical(
-    fn: Function, instructions: list[Instruction], decoded_end: int, found: dict[int, list[Reference]]
-) -> CanonicalFunction:
+def build_canonical(fn: Function, decoded: Scan, found: dict[int, list[Reference]]) -> CanonicalFunction:
     """Mask every reference field, drop padding, and renumber in-function targets."""
     buf = bytearray(fn.code)
     references: list[Reference] = []
@@ -89,7 +79,7 @@ def build_canonical(
         references.extend(found[index])
     for ref in references:
         buf[ref.location : ref.location + ref.width] = bytes(ref.width)
-    padding = _padding_ranges(instructions)
+    padding = decoded.padding
     padding_ends: list[int] = []
     removed_before: list[int] = []
     removed = 0
@@ -118,8 +108,8 @@ def build_canonical(
             ref = Reference(ref.location, ref.width, ref.kind, target, ref.addend)
         canonical_refs.append(ref)
 
-    digest = "undecoded" if decoded_end < fn.size else ""
-    return CanonicalFunction(fn, tuple(canonical_refs), masked, digest, len(instructions))
+    digest = "undecoded" if decoded.end < fn.size else ""
+    return CanonicalFunction(fn, tuple(canonical_refs), masked, digest, decoded.count)
 
 
 def _digest(masked: bytes, references: tuple[tuple, ...], undecoded: bool) -> str:
@@ -157,13 +147,32 @@ def finish_canonical(
 def canonicalize_function(
     fn: Function, resolver: TargetResolver, relocations: list | None
 ) -> CanonicalFunction:
-    """Decode one function, find its references (relocations when given, else Capstone) and mask them."""
-    instructions, decoded_end = decode(fn)
+    """Decode one function, find its references (relocations when given, else decoding) and mask them."""
     if relocations is not None:
-        found = relocation_references(fn, instructions, resolver, relocations)
+        decoded = scan(fn, with_starts=True)
+        found = relocation_references(fn, decoded, resolver, relocations)
     else:
-        found = disassembly_references(fn, instructions, resolver)
-    return build_canonical(fn, instructions, decoded_end, found)
+        decoded = scan(fn, (resolver.low, resolver.high) if resolver.non_pic else None)
+        found = disassembly_references(fn, decoded, resolver)
+    return build_canonical(fn, decoded, found)
+
+
+@contextmanager
+def _cycle_collector_paused() -> Iterator[None]:
+    """Pause Python's cycle collector: canonical forms are hundreds of thousands of small acyclic
+    tuples, and every full collection would walk all of them made so far (libcrypto: the stage
+    takes about half as long without it). Reference counting still frees everything."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        # What survived is long-lived: moved into the oldest generation without being walked
+        # (freeze + unfreeze), else the next young collections would walk all of it, several times.
+        gc.freeze()
+        gc.unfreeze()
+        if enabled:
+            gc.enable()
 
 
 def canonicalize_image(
@@ -174,6 +183,16 @@ def canonicalize_image(
 ) -> tuple[CanonicalFunction, ...]:
     """Canonical forms of all functions of one image, in the order given, then any function that
     only calls revealed (see `_uncovered_code`)."""
+    with _cycle_collector_paused():
+        return _canonicalize_image(image, functions, use_relocations, progress)
+
+
+def _canonicalize_image(
+    image: Image,
+    functions: tuple[Function, ...],
+    use_relocations: bool,
+    progress: Callable[[int], None] | None,
+) -> tuple[CanonicalFunction, ...]:
     resolver = TargetResolver(image, functions)
     relocations = relocations_by_function(image, functions) if use_relocations else None
     out: list[CanonicalFunction] = []
@@ -265,8 +284,9 @@ def _canonicalize_in_child() -> tuple[list[tuple], tuple[Function, ...]]:
     """The baseline's canonical forms, packed; functions found by following calls go along whole."""
     assert _CHILD_WORK is not None
     image, functions, use_relocations = _CHILD_WORK
-    canonical = canonicalize_image(image, functions, use_relocations)
-    return _pack(canonical), tuple(c.function for c in canonical[len(functions) :])
+    with _cycle_collector_paused():
+        canonical = canonicalize_image(image, functions, use_relocations)
+        return _pack(canonical), tuple(c.function for c in canonical[len(functions) :])
 
 
 def _spare_cpu() -> bool:
@@ -300,11 +320,13 @@ def canonicalize_images(
         )
     _CHILD_WORK = (old, old_functions, use_relocations)
     try:
-        context = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-            future = pool.submit(_canonicalize_in_child)
-            new_canonical = canonicalize_image(new, new_functions, use_relocations, progress)
-            old_canonical = _unpack(old_functions, future.result())
+        # Paused in both processes, also while the baseline's forms are packed, sent and unpacked.
+        with _cycle_collector_paused():
+            context = multiprocessing.get_context("fork")
+            with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+                future = pool.submit(_canonicalize_in_child)
+                new_canonical = canonicalize_image(new, new_functions, use_relocations, progress)
+                old_canonical = _unpack(old_functions, future.result())
     finally:
         _CHILD_WORK = None
     if progress:
