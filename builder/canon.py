@@ -71,38 +71,43 @@ def _canonical_offset(offset: int, padding_ends: list[int], removed_before: list
     return offset - (removed_before[i - 1] if i else 0)
 
 
+_ZEROS = {1: bytes(1), 4: bytes(4), 8: bytes(8)}
+
+
 def build_canonical(fn: Function, decoded: Scan, found: dict[int, list[Reference]]) -> CanonicalFunction:
     """Mask every reference field, drop padding, and renumber in-function targets."""
     buf = bytearray(fn.code)
-    references: list[Reference] = []
-    for index in sorted(found):
-        references.extend(found[index])
+    references = [ref for index in sorted(found) for ref in found[index]]
     for ref in references:
-        buf[ref.location : ref.location + ref.width] = bytes(ref.width)
+        buf[ref.location : ref.location + ref.width] = _ZEROS.get(ref.width) or bytes(ref.width)
     padding = decoded.padding
     padding_ends: list[int] = []
     removed_before: list[int] = []
-    removed = 0
-    pieces: list[bytes] = []
-    cursor = 0
-    for start, end in padding:
-        pieces.append(bytes(buf[cursor:start]))
-        cursor = end
-        removed += end - start
-        padding_ends.append(end)
-        removed_before.append(removed)
-    pieces.append(bytes(buf[cursor:]))
-    masked = b"".join(pieces)
+    if padding:
+        removed = 0
+        pieces: list[bytes] = []
+        cursor = 0
+        for start, end in padding:
+            pieces.append(buf[cursor:start])
+            cursor = end
+            removed += end - start
+            padding_ends.append(end)
+            removed_before.append(removed)
+        pieces.append(buf[cursor:])
+        masked = b"".join(pieces)
+    else:
+        masked = bytes(buf)
 
     canonical_refs: list[Reference] = []
+    internal, table = TargetKind.INTERNAL, TargetKind.JUMP_TABLE
     for ref in references:
         target = ref.target
-        if target.kind is TargetKind.INTERNAL:
+        if target.kind is internal:
             offset = ref.internal_offset if ref.internal_offset is not None else target.offset
             canonical = _canonical_offset(offset, padding_ends, removed_before) if padding_ends else offset
-            target = Target(TargetKind.INTERNAL, fn.name, canonical, LinkAddress(fn.address + offset))
+            target = Target(internal, fn.name, canonical, LinkAddress(fn.address + offset))
             ref = Reference(ref.location, ref.width, ref.kind, target, ref.addend, offset)
-        elif target.kind is TargetKind.JUMP_TABLE:
+        elif target.kind is table:
             entries = tuple(_canonical_offset(o, padding_ends, removed_before) for o in target.entries)
             target = Target(target.kind, target.name, target.offset, target.address, None, entries)
             ref = Reference(ref.location, ref.width, ref.kind, target, ref.addend)
@@ -290,9 +295,12 @@ def _canonicalize_in_child() -> tuple[list[tuple], tuple[Function, ...]]:
 
 
 def _spare_cpu() -> bool:
-    """Whether a second process can run beside this one (libcrypto pair, 2 cores: 3.7 s in two
-    processes against 4.7 s in one when the second core is free; no gain when it is busy)."""
-    return len(os.sched_getaffinity(0)) > 1
+    """Whether a second process can run beside this one: more than one CPU, and on average one left
+    idle over the last minute. Measured on the libcrypto pair with 2 CPUs: each image takes ~1 s of
+    CPU and shipping the baseline's forms back ~0.2 s, so two processes win on an idle machine, but
+    under a load of 6 they took 6.0 s against 3.8 s in one."""
+    cpus = len(os.sched_getaffinity(0))
+    return cpus > 1 and os.getloadavg()[0] < cpus - 0.5
 
 
 def canonicalize_images(
@@ -307,7 +315,7 @@ def canonicalize_images(
     """Canonical forms of both images; big pairs use both cores (baseline in a forked child).
 
     One child per image rather than a pool of chunks: results cross the pipe once, and on
-    libcrypto (11,000 functions) shipping them costs ~0.3 s against ~2 s of decoding saved.
+    libcrypto (11,000 functions) shipping them costs ~0.2 s of CPU against ~1 s of canonicalizing saved.
     """
     global _CHILD_WORK
     total = sum(f.size for f in old_functions) + sum(f.size for f in new_functions)
