@@ -50,14 +50,14 @@ def hash_key(target: tuple) -> tuple:
     `target` is a Target or a plain tuple of its fields (kind, name, offset, address, content, entries).
     """
     kind, name, offset, _, content, entries = target
+    if kind is TargetKind.INTERNAL:  # most targets: branches inside the function
+        return ("i", offset)
     if kind is TargetKind.FUNCTION:
         return ("function", "sub" if name.startswith("sub_") else stable_name(name), offset)
     if kind is TargetKind.DATA:
         if content and content.startswith(ALIASES):
             return ("data", "aliased", offset)  # which name the address resolves to depends on layout
         return ("data", stable_name(name), offset, content)
-    if kind is TargetKind.INTERNAL:
-        return ("i", offset)
     if kind is TargetKind.JUMP_TABLE:
         return ("j", entries)
     if kind is TargetKind.RODATA:
@@ -163,7 +163,7 @@ def canonicalize_function(
 
 
 @contextmanager
-def _cycle_collector_paused() -> Iterator[None]:
+def cycle_collector_paused() -> Iterator[None]:
     """Pause Python's cycle collector: canonical forms are hundreds of thousands of small acyclic
     tuples, and every full collection would walk all of them made so far (libcrypto: the stage
     takes about half as long without it). Reference counting still frees everything."""
@@ -188,7 +188,7 @@ def canonicalize_image(
 ) -> tuple[CanonicalFunction, ...]:
     """Canonical forms of all functions of one image, in the order given, then any function that
     only calls revealed (see `_uncovered_code`)."""
-    with _cycle_collector_paused():
+    with cycle_collector_paused():
         return _canonicalize_image(image, functions, use_relocations, progress)
 
 
@@ -289,7 +289,7 @@ def _canonicalize_in_child() -> tuple[list[tuple], tuple[Function, ...]]:
     """The baseline's canonical forms, packed; functions found by following calls go along whole."""
     assert _CHILD_WORK is not None
     image, functions, use_relocations = _CHILD_WORK
-    with _cycle_collector_paused():
+    with cycle_collector_paused():
         canonical = canonicalize_image(image, functions, use_relocations)
         return _pack(canonical), tuple(c.function for c in canonical[len(functions) :])
 
@@ -329,7 +329,7 @@ def canonicalize_images(
     _CHILD_WORK = (old, old_functions, use_relocations)
     try:
         # Paused in both processes, also while the baseline's forms are packed, sent and unpacked.
-        with _cycle_collector_paused():
+        with cycle_collector_paused():
             context = multiprocessing.get_context("fork")
             with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
                 future = pool.submit(_canonicalize_in_child)
