@@ -296,9 +296,9 @@ def _canonicalize_in_child() -> tuple[list[tuple], tuple[Function, ...]]:
 
 def _spare_cpu() -> bool:
     """Whether a second process can run beside this one: more than one CPU, and on average one left
-    idle over the last minute. Measured on the libcrypto pair with 2 CPUs: each image takes ~1 s of
-    CPU and shipping the baseline's forms back ~0.2 s, so two processes win on an idle machine, but
-    under a load of 6 they took 6.0 s against 3.8 s in one."""
+    idle over the last minute. Measured on the libcrypto pair with 2 CPUs (both images: ~2 s of
+    canonicalizing in one process; the child adds ~1 s of CPU in copy-on-write faults and shipping
+    the forms back): 2.0 s against 2.7 s at a load below 1, but 6.0 s against 3.8 s at a load of 6."""
     cpus = len(os.sched_getaffinity(0))
     return cpus > 1 and os.getloadavg()[0] < cpus - 0.5
 
