@@ -30,6 +30,7 @@ GOT_RELOCATIONS = frozenset({"X86_64_GLOB_DAT", "X86_64_JUMP_SLOT", "X86_64_64",
 ENDBR64 = b"\xf3\x0f\x1e\xfa"
 INT3 = 0xCC
 
+
 def relocation_recipe(relocation_type: str) -> tuple[ReferenceKind, int] | None:
     """The field kind and width of a static relocation type, or None for kinds that name nothing."""
     return RELOCATION_RECIPES.get(relocation_type)
