@@ -168,15 +168,6 @@ JCC_REL32_OPCODE = (0x0F, range(0x80, 0x90))  # 0F 80..8F: jo … jg with a rel3
 JMP_RIP_INDIRECT = b"\xff\x25"  # jmp *disp32(%rip): FF /4 with ModRM mod=00 rm=101
 JMP_RIP_INDIRECT_SIZE = 6
 
-# Mnemonics of direct branches whose operand is a code address (Capstone spelling).
-BRANCH_MNEMONICS = frozenset(
-    {
-        "call", "jmp", "jo", "jno", "jb", "jae", "je", "jne", "jbe", "ja", "js", "jns", "jp", "jnp",
-        "jl", "jge", "jle", "jg", "jrcxz", "jecxz", "loop", "loope", "loopne",
-    }
-)
-
-
 def is_padding(mnemonic: str) -> bool:
     """Alignment fill between or inside functions: every nop form, and int3 fill."""
     return mnemonic in ("nop", "int3") or mnemonic.startswith("nop")

@@ -3,22 +3,23 @@
 Two functions with equal canonical forms (and targets that correspond) behave the same, wherever
 the linker placed them. Padding (every nop form, int3 fill) and `endbr64` are dropped, and
 in-function targets are counted in padding-free bytes, so alignment alone never makes a change.
-Decoding is the hot path: Capstone runs without details (`disasm_lite`), and operand text is only
-parsed for instructions that branch or address memory relative to rip.
+Decoding is the hot path: one iced-x86 scan per function (`decode.scan`) gives plain ints, no text.
 """
 
 from __future__ import annotations
 
 import bisect
+import gc
 import hashlib
 import multiprocessing
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 
 from hpkg.arch.x86_64 import is_padding
-from hpkg.builder.decode import decode, decode_instructions
+from hpkg.builder.decode import Scan, decode_instructions, scan
 from hpkg.builder.functions import functions_at
 from hpkg.builder.model import (
     CanonicalFunction,
@@ -49,28 +50,19 @@ def hash_key(target: tuple) -> tuple:
     `target` is a Target or a plain tuple of its fields (kind, name, offset, address, content, entries).
     """
     kind, name, offset, _, content, entries = target
+    if kind is TargetKind.INTERNAL:  # most targets: branches inside the function
+        return ("i", offset)
     if kind is TargetKind.FUNCTION:
         return ("function", "sub" if name.startswith("sub_") else stable_name(name), offset)
     if kind is TargetKind.DATA:
         if content and content.startswith(ALIASES):
             return ("data", "aliased", offset)  # which name the address resolves to depends on layout
         return ("data", stable_name(name), offset, content)
-    if kind is TargetKind.INTERNAL:
-        return ("i", offset)
     if kind is TargetKind.JUMP_TABLE:
         return ("j", entries)
     if kind is TargetKind.RODATA:
         return ("r", content, offset)
     return (kind.value, name, offset, content)
-
-
-def _padding_ranges(instructions: list[Instruction]) -> list[tuple[int, int]]:
-    """Byte ranges of alignment fill (nop forms, int3) and endbr64 inside a function."""
-    ranges: list[tuple[int, int]] = []
-    for offset, size, mnemonic, _ in instructions:
-        if mnemonic[0] in "ni" and is_padding(mnemonic) or mnemonic == "endbr64":
-            ranges.append((offset, offset + size))
-    return ranges
 
 
 def _canonical_offset(offset: int, padding_ends: list[int], removed_before: list[int]) -> int:
@@ -79,47 +71,50 @@ def _canonical_offset(offset: int, padding_ends: list[int], removed_before: list
     return offset - (removed_before[i - 1] if i else 0)
 
 
-def build_canonical(
-    fn: Function, instructions: list[Instruction], decoded_end: int, found: dict[int, list[Reference]]
-) -> CanonicalFunction:
+_ZEROS = {1: bytes(1), 4: bytes(4), 8: bytes(8)}
+
+
+def build_canonical(fn: Function, decoded: Scan, found: dict[int, list[Reference]]) -> CanonicalFunction:
     """Mask every reference field, drop padding, and renumber in-function targets."""
     buf = bytearray(fn.code)
-    references: list[Reference] = []
-    for index in sorted(found):
-        references.extend(found[index])
+    references = [ref for index in sorted(found) for ref in found[index]]
     for ref in references:
-        buf[ref.location : ref.location + ref.width] = bytes(ref.width)
-    padding = _padding_ranges(instructions)
+        buf[ref.location : ref.location + ref.width] = _ZEROS.get(ref.width) or bytes(ref.width)
+    padding = decoded.padding
     padding_ends: list[int] = []
     removed_before: list[int] = []
-    removed = 0
-    pieces: list[bytes] = []
-    cursor = 0
-    for start, end in padding:
-        pieces.append(bytes(buf[cursor:start]))
-        cursor = end
-        removed += end - start
-        padding_ends.append(end)
-        removed_before.append(removed)
-    pieces.append(bytes(buf[cursor:]))
-    masked = b"".join(pieces)
+    if padding:
+        removed = 0
+        pieces: list[bytes] = []
+        cursor = 0
+        for start, end in padding:
+            pieces.append(buf[cursor:start])
+            cursor = end
+            removed += end - start
+            padding_ends.append(end)
+            removed_before.append(removed)
+        pieces.append(buf[cursor:])
+        masked = b"".join(pieces)
+    else:
+        masked = bytes(buf)
 
     canonical_refs: list[Reference] = []
+    internal, table = TargetKind.INTERNAL, TargetKind.JUMP_TABLE
     for ref in references:
         target = ref.target
-        if target.kind is TargetKind.INTERNAL:
+        if target.kind is internal:
             offset = ref.internal_offset if ref.internal_offset is not None else target.offset
             canonical = _canonical_offset(offset, padding_ends, removed_before) if padding_ends else offset
-            target = Target(TargetKind.INTERNAL, fn.name, canonical, LinkAddress(fn.address + offset))
+            target = Target(internal, fn.name, canonical, LinkAddress(fn.address + offset))
             ref = Reference(ref.location, ref.width, ref.kind, target, ref.addend, offset)
-        elif target.kind is TargetKind.JUMP_TABLE:
+        elif target.kind is table:
             entries = tuple(_canonical_offset(o, padding_ends, removed_before) for o in target.entries)
             target = Target(target.kind, target.name, target.offset, target.address, None, entries)
             ref = Reference(ref.location, ref.width, ref.kind, target, ref.addend)
         canonical_refs.append(ref)
 
-    digest = "undecoded" if decoded_end < fn.size else ""
-    return CanonicalFunction(fn, tuple(canonical_refs), masked, digest, len(instructions))
+    digest = "undecoded" if decoded.end < fn.size else ""
+    return CanonicalFunction(fn, tuple(canonical_refs), masked, digest, decoded.count)
 
 
 def _digest(masked: bytes, references: tuple[tuple, ...], undecoded: bool) -> str:
@@ -157,13 +152,32 @@ def finish_canonical(
 def canonicalize_function(
     fn: Function, resolver: TargetResolver, relocations: list | None
 ) -> CanonicalFunction:
-    """Decode one function, find its references (relocations when given, else Capstone) and mask them."""
-    instructions, decoded_end = decode(fn)
+    """Decode one function, find its references (relocations when given, else decoding) and mask them."""
     if relocations is not None:
-        found = relocation_references(fn, instructions, resolver, relocations)
+        decoded = scan(fn, with_starts=True)
+        found = relocation_references(fn, decoded, resolver, relocations)
     else:
-        found = disassembly_references(fn, instructions, resolver)
-    return build_canonical(fn, instructions, decoded_end, found)
+        decoded = scan(fn, (resolver.low, resolver.high) if resolver.non_pic else None)
+        found = disassembly_references(fn, decoded, resolver)
+    return build_canonical(fn, decoded, found)
+
+
+@contextmanager
+def cycle_collector_paused() -> Iterator[None]:
+    """Pause Python's cycle collector: canonical forms are hundreds of thousands of small acyclic
+    tuples, and every full collection would walk all of them made so far (libcrypto: the stage
+    takes about half as long without it). Reference counting still frees everything."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        # What survived is long-lived: moved into the oldest generation without being walked
+        # (freeze + unfreeze), else the next young collections would walk all of it, several times.
+        gc.freeze()
+        gc.unfreeze()
+        if enabled:
+            gc.enable()
 
 
 def canonicalize_image(
@@ -174,6 +188,16 @@ def canonicalize_image(
 ) -> tuple[CanonicalFunction, ...]:
     """Canonical forms of all functions of one image, in the order given, then any function that
     only calls revealed (see `_uncovered_code`)."""
+    with cycle_collector_paused():
+        return _canonicalize_image(image, functions, use_relocations, progress)
+
+
+def _canonicalize_image(
+    image: Image,
+    functions: tuple[Function, ...],
+    use_relocations: bool,
+    progress: Callable[[int], None] | None,
+) -> tuple[CanonicalFunction, ...]:
     resolver = TargetResolver(image, functions)
     relocations = relocations_by_function(image, functions) if use_relocations else None
     out: list[CanonicalFunction] = []
@@ -265,14 +289,18 @@ def _canonicalize_in_child() -> tuple[list[tuple], tuple[Function, ...]]:
     """The baseline's canonical forms, packed; functions found by following calls go along whole."""
     assert _CHILD_WORK is not None
     image, functions, use_relocations = _CHILD_WORK
-    canonical = canonicalize_image(image, functions, use_relocations)
-    return _pack(canonical), tuple(c.function for c in canonical[len(functions) :])
+    with cycle_collector_paused():
+        canonical = canonicalize_image(image, functions, use_relocations)
+        return _pack(canonical), tuple(c.function for c in canonical[len(functions) :])
 
 
 def _spare_cpu() -> bool:
-    """Whether a second process can run beside this one (libcrypto pair, 2 cores: 3.7 s in two
-    processes against 4.7 s in one when the second core is free; no gain when it is busy)."""
-    return len(os.sched_getaffinity(0)) > 1
+    """Whether a second process can run beside this one: more than one CPU, and on average one left
+    idle over the last minute. Measured on the libcrypto pair with 2 CPUs (both images: ~2 s of
+    canonicalizing in one process; the child adds ~1 s of CPU in copy-on-write faults and shipping
+    the forms back): 2.0 s against 2.7 s at a load below 1, but 6.0 s against 3.8 s at a load of 6."""
+    cpus = len(os.sched_getaffinity(0))
+    return cpus > 1 and os.getloadavg()[0] < cpus - 0.5
 
 
 def canonicalize_images(
@@ -287,7 +315,7 @@ def canonicalize_images(
     """Canonical forms of both images; big pairs use both cores (baseline in a forked child).
 
     One child per image rather than a pool of chunks: results cross the pipe once, and on
-    libcrypto (11,000 functions) shipping them costs ~0.3 s against ~2 s of decoding saved.
+    libcrypto (11,000 functions) shipping them costs ~0.2 s of CPU against ~1 s of canonicalizing saved.
     """
     global _CHILD_WORK
     total = sum(f.size for f in old_functions) + sum(f.size for f in new_functions)
@@ -300,11 +328,13 @@ def canonicalize_images(
         )
     _CHILD_WORK = (old, old_functions, use_relocations)
     try:
-        context = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-            future = pool.submit(_canonicalize_in_child)
-            new_canonical = canonicalize_image(new, new_functions, use_relocations, progress)
-            old_canonical = _unpack(old_functions, future.result())
+        # Paused in both processes, also while the baseline's forms are packed, sent and unpacked.
+        with cycle_collector_paused():
+            context = multiprocessing.get_context("fork")
+            with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+                future = pool.submit(_canonicalize_in_child)
+                new_canonical = canonicalize_image(new, new_functions, use_relocations, progress)
+                old_canonical = _unpack(old_functions, future.result())
     finally:
         _CHILD_WORK = None
     if progress:

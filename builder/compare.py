@@ -24,6 +24,8 @@ def targets_correspond(old: tuple, new: tuple, function_map: dict[int, int]) -> 
     kind = old[0]
     if kind is not new[0]:
         return False
+    if kind is TargetKind.INTERNAL:  # most targets: branches inside the function
+        return old[2] == new[2]
     if kind is TargetKind.FUNCTION:
         return old[2] == new[2] and function_map.get(old[3] - old[2]) == new[3] - new[2]
     if kind is TargetKind.DATA:
@@ -37,8 +39,6 @@ def targets_correspond(old: tuple, new: tuple, function_map: dict[int, int]) -> 
             # Two named objects are one object by name alone, whatever markers share their address.
             return stable_name(old[1].partition("@")[0]) == stable_name(new[1].partition("@")[0])
         return bool(_names(old) & _names(new))
-    if kind is TargetKind.INTERNAL:
-        return old[2] == new[2]
     if kind is TargetKind.JUMP_TABLE:
         return old[5] == new[5]
     if kind is TargetKind.RODATA:

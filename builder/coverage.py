@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import bisect
 
-from hpkg.arch.x86_64 import BRANCH_MNEMONICS, relocation_recipe
-from hpkg.builder.decode import decode
+from hpkg.arch.x86_64 import relocation_recipe
+from hpkg.builder.decode import instruction_text, scan
 from hpkg.builder.fixups import FixRelocations, Fixups
+from hpkg.builder.jumptables import switch_dispatches
 from hpkg.builder.model import Function, Reference, TargetKind
 
 
@@ -36,22 +37,26 @@ class OperandCoverage:
     def _check_coverage(self, fn: Function, references: tuple[Reference, ...]) -> None:
         """Every rip-relative operand, direct branch and static relocation must have been resolved."""
         covered = sorted(r.location for r in references)
-        instructions, decoded = decode(fn)  # the decoding the references were found in
-        if decoded < fn.size and any(b not in (0x00, 0xCC, 0x90) for b in fn.code[decoded:]):
-            self._unresolved(fn, decoded, "bytes that do not decode as instructions")
+        decoded = scan(fn)  # the decoding the references were found in
+        if decoded.end < fn.size and any(b not in (0x00, 0xCC, 0x90) for b in fn.code[decoded.end :]):
+            self._unresolved(fn, decoded.end, "bytes that do not decode as instructions")
         has_table = any(r.target.kind is TargetKind.JUMP_TABLE for r in references)
-        for n, (offset, size, mnemonic, operands) in enumerate(instructions):
-            inside = bisect.bisect_left(covered, offset)
-            hit = inside < len(covered) and covered[inside] < offset + size
-            needs = "rip" in operands or (mnemonic in BRANCH_MNEMONICS and operands.startswith("0x"))
-            if needs and not hit:
-                self._unresolved(fn, offset, f"an operand no reference covers ({mnemonic} {operands})")
-            if mnemonic == "jmp" and not has_table and self._looks_like_switch(instructions, n):
+        # Instruction order: operands that need a reference (False), switch dispatches (True).
+        checks = [(i[1], i[2], False) for i in decoded.branches + decoded.rip]
+        if not has_table:
+            checks += [(offset, 0, True) for offset in switch_dispatches(fn, decoded)]
+        for offset, size, dispatch in sorted(checks):
+            if dispatch:
                 self._reason(
                     "jump-table-unrecovered", self._label,
                     f"function '{self._label}' at +{offset:#x}: an indirect jump through a switch table"
                     " that was not recovered",
                 )
+                continue
+            inside = bisect.bisect_left(covered, offset)
+            if not (inside < len(covered) and covered[inside] < offset + size):
+                text = instruction_text(fn, offset)
+                self._unresolved(fn, offset, f"an operand no reference covers ({text})")
         first = bisect.bisect_left(self._static_addresses, fn.address)
         last = bisect.bisect_left(self._static_addresses, fn.end)
         for reloc in self._static[first:last]:
@@ -59,13 +64,3 @@ class OperandCoverage:
                 offset = reloc.address - fn.address
                 if offset not in covered:
                     self._unresolved(fn, offset, f"static relocation {reloc.type} against '{reloc.symbol}'")
-
-    @staticmethod
-    def _looks_like_switch(instructions: list, n: int) -> bool:
-        """`movsxd r, [base + idx*4]; add r, base; jmp r` (PIC) or `jmp [table + idx*8]` (non-PIC)."""
-        operands = instructions[n][3]
-        if operands.startswith("qword ptr [") and "*8" in operands and "rip" not in operands:
-            return True
-        if operands.startswith("r") and " " not in operands:
-            return any(i[2] == "movsxd" and "*4]" in i[3] for i in instructions[max(0, n - 8) : n])
-        return False

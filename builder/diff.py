@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from hpkg.builder.canon import canonicalize_images
+from hpkg.builder.canon import canonicalize_images, cycle_collector_paused
 from hpkg.builder.compare import compare_pair
 from hpkg.builder.data import diff_data
 from hpkg.builder.data_twins import pair_data_objects
@@ -57,6 +57,7 @@ def pair_functions(
     return tuple(pairs)
 
 
+@cycle_collector_paused()
 def diff_images(
     old: Image, new: Image, parallel: bool | None = None, progress: Progress | None = None
 ) -> DiffResult:
