@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,11 @@ def test_build_id_from_file_debug_file_and_memory_agree_with_readelf(program, tm
         assert read_build_id(path.read_bytes()).hex() == _readelf_build_id(path) == expected
     process = subprocess.Popen([str(program)], stdin=subprocess.PIPE)
     try:
+        # Popen returns once the child is forked: wait for the exec to map the program.
+        deadline = time.monotonic() + 20
+        while str(program) not in Path(f"/proc/{process.pid}/maps").read_text():
+            assert time.monotonic() < deadline, "the program never started"
+            time.sleep(0.005)
         for from_memory in (False, True):
             images = procfs.list_images(process.pid, from_memory=from_memory)
             [image] = [i for i in images if i.path == str(program)]
