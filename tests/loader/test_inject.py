@@ -148,8 +148,12 @@ def test_injection_that_times_out_leaves_the_thread_to_the_gadget(start_target):
     target.assert_running_untraced()
     gadget = inject.assemble_gadget(scratch.address)
     assert process.read(scratch.address, len(gadget)) == gadget
-    # The injected read() is still pending (restarted by the kernel) and takes the next line; then
-    # the gadget restores the thread, whose own read() takes the line after.
+    assert_pending_read_then_restored(target, process, buffer)
+
+
+def assert_pending_read_then_restored(target, process: Process, buffer: int) -> None:
+    """The injected read() still pending (restarted by the kernel) takes the next line; then the
+    gadget restores the thread, whose own read() takes the line after: it came through intact."""
     target.send("swallowed\n")
     deadline = time.monotonic() + 20
     while process.read(buffer, 10) != b"swallowed\n" and time.monotonic() < deadline:

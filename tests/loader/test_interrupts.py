@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 
 import pytest
+from test_inject import assert_pending_read_then_restored
 
 from hpkg.errors import TargetError
 from hpkg.loader import inject
@@ -59,12 +59,4 @@ def test_a_thread_still_running_an_injection_is_never_injected_again(start_targe
         with pytest.raises(TargetError, match="still finishing an interrupted injected system call"):
             injector.close_fd(100)
     target.assert_running_untraced()
-    # The pending read() takes the next line; then the gadget restores the thread, whose own read()
-    # takes the line after: the thread came through intact.
-    target.send("swallowed\n")
-    deadline = time.monotonic() + 20
-    while process.read(buffer, 10) != b"swallowed\n" and time.monotonic() < deadline:
-        time.sleep(0.005)
-    assert process.read(buffer, 10) == b"swallowed\n"
-    target.send("echoed\n")
-    target.wait_for(lambda line: line == "got echoed")
+    assert_pending_read_then_restored(target, process, buffer)
