@@ -25,12 +25,16 @@ class Matching:
     pairs: dict[int, tuple[int, str]] = field(default_factory=dict)
     taken: set[int] = field(default_factory=set)
     _callees: dict[int, list[tuple[int, tuple]]] = field(default_factory=dict)
+    # id of a target → its (address, hash key): a target object is shared by every reference to it,
+    # so callee lists share these pairs instead of building one per call site (large images hold
+    # millions). The targets stay alive in the rows of `old` and `new`, so their ids stay unique.
+    _callee_entries: dict[int, tuple[int, tuple]] = field(default_factory=dict)
 
     def callees(self, c: CanonicalFunction) -> list[tuple[int, tuple]]:
         """The functions `c` refers to, in order, each once: (address, hash key); computed once."""
         found = self._callees.get(id(c))
         if found is None:
-            found = self._callees[id(c)] = _find_callees(c)
+            found = self._callees[id(c)] = _find_callees(c, self._callee_entries)
         return found
 
     def add(self, old: CanonicalFunction, new: CanonicalFunction, how: str) -> None:
@@ -71,7 +75,7 @@ def _pair_groups(matching: Matching, key, how: str, unique_only: bool = False) -
                 matching.add(o, n, how)
 
 
-def _find_callees(c: CanonicalFunction) -> list[tuple[int, tuple]]:
+def _find_callees(c: CanonicalFunction, entries: dict[int, tuple[int, tuple]]) -> list[tuple[int, tuple]]:
     seen: set[int] = set()
     out = []
     function = TargetKind.FUNCTION
@@ -79,7 +83,10 @@ def _find_callees(c: CanonicalFunction) -> list[tuple[int, tuple]]:
         t = row[3]
         if t[0] is function and t[2] == 0 and t[3] not in seen:
             seen.add(t[3])
-            out.append((t[3], hash_key(t)))
+            entry = entries.get(id(t))
+            if entry is None:
+                entry = entries[id(t)] = (t[3], hash_key(t))
+            out.append(entry)
     return out
 
 
