@@ -161,6 +161,9 @@ PAGE_SIZE = 4096  # the base page: ELF segments and the loader's areas are align
 # -- instruction bytes -------------------------------------------------------------------------
 ENDBR64 = b"\xf3\x0f\x1e\xfa"  # the IBT landing pad at an indirect-branch target
 INT3 = 0xCC  # the one-byte trap that fills gaps between functions
+NOP = 0x90
+# Bytes a linker or assembler leaves after a function's last instruction: never code to patch.
+FILL_BYTES = frozenset({0x00, INT3, NOP})
 BND_PREFIX = 0xF2  # MPX `bnd` prefix, still emitted by ld in IBT/BND PLT entries
 CALL_REL32_OPCODE = 0xE8
 JMP_REL32_OPCODE = 0xE9

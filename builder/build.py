@@ -18,6 +18,8 @@ from hpkg.builder.diff import Progress, diff_images
 from hpkg.builder.image import DEBUG_ROOTS, load_image
 from hpkg.builder.model import Image
 from hpkg.builder.plan import PatchPlan, PlanOptions, check_plan, plan_patch
+from hpkg.elf.constants import DT_SONAME
+from hpkg.elf.structs import DYN
 from hpkg.errors import ImageError
 from hpkg.formats import (
     AddedFunction,
@@ -30,7 +32,6 @@ from hpkg.formats import (
 )
 
 PAGE_SIZE = 4096
-DT_SONAME = 14
 PACKAGE_ID_BYTES = 16
 
 
@@ -47,7 +48,7 @@ def soname(image: Image) -> str | None:
     """DT_SONAME of a shared library, read from .dynamic and .dynstr."""
     dynamic = image.section_bytes.get(".dynamic", b"")
     strings = image.section_bytes.get(".dynstr", b"")
-    for tag, value in struct.iter_unpack("<qQ", dynamic[: len(dynamic) // 16 * 16]):
+    for tag, value in DYN.iter_unpack(dynamic[: len(dynamic) // DYN.size * DYN.size]):
         if tag == DT_SONAME and value < len(strings):
             return strings[value : strings.index(b"\0", value)].decode("ascii", "replace")
         if tag == 0:

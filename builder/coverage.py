@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import bisect
 
-from hpkg.arch.x86_64 import relocation_recipe
+from hpkg.arch.x86_64 import FILL_BYTES, relocation_recipe
 from hpkg.builder.decode import instruction_text, scan
 from hpkg.builder.fixups import FixRelocations, Fixups
 from hpkg.builder.jumptables import switch_dispatches
@@ -38,7 +38,7 @@ class OperandCoverage:
         """Every rip-relative operand, direct branch and static relocation must have been resolved."""
         covered = sorted(r.location for r in references)
         decoded = scan(fn)  # the decoding the references were found in
-        if decoded.end < fn.size and any(b not in (0x00, 0xCC, 0x90) for b in fn.code[decoded.end :]):
+        if decoded.end < fn.size and any(b not in FILL_BYTES for b in fn.code[decoded.end :]):
             self._unresolved(fn, decoded.end, "bytes that do not decode as instructions")
         has_table = any(r.target.kind is TargetKind.JUMP_TABLE for r in references)
         # Instruction order: operands that need a reference (False), switch dispatches (True).

@@ -22,9 +22,12 @@ from hpkg.builder.model import (
     SymbolKind,
 )
 from hpkg.elf.constants import (
+    EI_CLASS,
     ELF_MAGIC,
     ELFCLASS64,
     EM_X86_64,
+    ET_DYN,
+    ET_EXEC,
     SHF_ALLOC,
     SHF_EXECINSTR,
     SHF_TLS,
@@ -35,6 +38,7 @@ from hpkg.elf.constants import MACHINE_NAMES as _MACHINES
 from hpkg.elf.ehframe import parse_eh_frame_records
 from hpkg.elf.file import read_build_id
 from hpkg.elf.plt import PLT_SECTIONS, plt_entries
+from hpkg.elf.structs import ElfHeader
 from hpkg.errors import ImageError
 
 
@@ -71,19 +75,17 @@ def _check_header(path: Path) -> bytes:
         raise ImageError(f"{path}: not an ELF file")
     if len(data) < 64:
         raise ImageError(f"{path}: truncated ELF header")
-    elf_class = data[4]
-    machine = struct.unpack_from("<H", data, 18)[0]
+    header = ElfHeader.unpack_from(data)
+    elf_class, machine = header.ident[EI_CLASS], header.machine
     if machine != EM_X86_64 or elf_class != ELFCLASS64:
         name = _MACHINES.get(machine, f"machine {machine}")
         bits = "64" if elf_class == ELFCLASS64 else "32"
         raise ImageError(f"{path}: unsupported architecture {name} ({bits}-bit); hpkg handles x86-64 only")
-    elf_type = struct.unpack_from("<H", data, 16)[0]
-    if elf_type not in (2, 3):
+    elf_type = header.type
+    if elf_type not in (ET_EXEC, ET_DYN):
         raise ImageError(f"{path}: not a linked executable or shared library (ELF type {elf_type})")
-    # ELF64 header: e_phoff at 32, e_shoff at 40, then e_phentsize, e_phnum, e_shentsize, e_shnum.
-    phoff, shoff = struct.unpack_from("<QQ", data, 32)
-    phentsize, phnum, shentsize, shnum = struct.unpack_from("<HHHH", data, 54)
-    if phoff + phentsize * phnum > len(data) or shoff + shentsize * shnum > len(data):
+    h = header
+    if h.phoff + h.phentsize * h.phnum > len(data) or h.shoff + h.shentsize * h.shnum > len(data):
         raise ImageError(f"{path}: truncated ELF file ({len(data)} bytes)")
     return data
 

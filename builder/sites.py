@@ -11,12 +11,12 @@ import bisect
 import hashlib
 from dataclasses import dataclass
 
-from hpkg.arch.x86_64 import is_padding
+from hpkg.arch.x86_64 import JMP_REL32_SIZE, is_padding
 from hpkg.builder.decode import decode_bytes
 from hpkg.builder.model import DiffResult, Function, FunctionPair, Image
 from hpkg.builder.verdict import Reason
 
-JUMP_SIZE = 5  # E9 + rel32
+JUMP_SIZE = JMP_REL32_SIZE  # the patch site's `jmp rel32`: E9 + rel32
 
 
 @dataclass(frozen=True)
