@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hpkg import __version__
 from hpkg.builder.diff import Progress, diff_images
 from hpkg.builder.image import DEBUG_ROOTS, load_image
-from hpkg.builder.model import Image
+from hpkg.builder.model import Function, Image
 from hpkg.builder.plan import PatchPlan, PlanOptions, check_plan, plan_patch
 from hpkg.elf.constants import DT_SONAME
 from hpkg.elf.structs import DYN
@@ -138,13 +138,15 @@ def build_images(
     options: PlanOptions | None = None,
     signing_key: Ed25519PrivateKey | None = None,
     progress: Progress | None = None,
+    functions: tuple[tuple[Function, ...], tuple[Function, ...]] | None = None,
 ) -> BuildResult:
     """Diff two loaded builds, plan, judge (raising UnsupportedChange or NoChange) and encode the package.
 
-    `progress` is told of the functions decoded (as diff_images does), for a progress bar.
+    `progress` and `functions` are passed to diff_images (a progress bar, and the functions it sized).
     """
     target = baseline_record(old)
-    plan = check_plan(plan_patch(diff_images(old, new, progress=progress), options))
+    diff = diff_images(old, new, progress=progress, functions=functions)
+    plan = check_plan(plan_patch(diff, options))
     package = package_from_plan(plan, target)
     return BuildResult(plan, package, write_package(package, signing_key), signing_key is not None)
 

@@ -13,7 +13,7 @@ from hpkg.builder.datamap import anonymous_twins, correspond_section_data
 from hpkg.builder.functions import discover_functions
 from hpkg.builder.image import load_image
 from hpkg.builder.match import match_functions
-from hpkg.builder.model import CanonicalFunction, DiffResult, FunctionPair, Image, Status
+from hpkg.builder.model import CanonicalFunction, DiffResult, Function, FunctionPair, Image, Status
 from hpkg.errors import ImageError
 
 MODE_RELOCATIONS = "relocations"
@@ -59,11 +59,16 @@ def pair_functions(
 
 @cycle_collector_paused()
 def diff_images(
-    old: Image, new: Image, parallel: bool | None = None, progress: Progress | None = None
+    old: Image,
+    new: Image,
+    parallel: bool | None = None,
+    progress: Progress | None = None,
+    functions: tuple[tuple[Function, ...], tuple[Function, ...]] | None = None,
 ) -> DiffResult:
     """Compare baseline and fix function by function and object by object.
 
     `parallel`: decode the two images in two processes (None: when they are big enough to pay).
+    `functions`: both images' `discover_functions`, when the caller already has them (to size a bar).
     """
     if old.kind != new.kind:
         # A library and an executable (or a PIE and a fixed-address build) are not two builds of one
@@ -76,8 +81,7 @@ def diff_images(
     use_relocations = mode == MODE_RELOCATIONS
     # Functions: bounds from symbols and .eh_frame; the images' symbol tables are not used after this
     # except to resolve reference targets.
-    old_functions = discover_functions(old)
-    new_functions = discover_functions(new)
+    old_functions, new_functions = functions or (discover_functions(old), discover_functions(new))
     # Canonical forms: references found (relocations or Capstone) and masked.
     old_canonical, new_canonical = canonicalize_images(
         old, old_functions, new, new_functions, use_relocations, parallel, progress
@@ -107,7 +111,3 @@ def diff_files(
     """Load two binaries (and optional separate debug files) and diff them."""
     return diff_images(load_image(old_path, old_debug), load_image(new_path, new_debug), parallel, progress)
 
-
-def function_count(image: Image) -> int:
-    """How many functions an image has (for sizing a progress bar before the diff runs)."""
-    return len(discover_functions(image))

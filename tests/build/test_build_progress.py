@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from hpkg.cli.diff import PROGRESS_MIN_FUNCTIONS
+from hpkg.cli.progress import PROGRESS_MIN_FUNCTIONS
 
 # Enough functions on both sides together for the bar; each one kept by a table of pointers.
 FUNCTIONS = PROGRESS_MIN_FUNCTIONS // 2 + 100

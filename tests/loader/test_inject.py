@@ -132,13 +132,19 @@ def test_target_under_a_seccomp_filter_is_refused_unless_allowed(start_target):
     target.wait_for(lambda line: line == "got filtered")
 
 
-def test_injection_that_times_out_leaves_the_thread_to_the_gadget(start_target):
+def blocked_reader_with_buffer(start_target):
+    """A target blocked in read(0, …), and a page of its memory to inject a read() into."""
     target = start_target("single", "read")
     target.wait_blocked_in(0)
     process = Process(target.pid)
     with process.stop_thread() as stopped, Injector(stopped) as injector:
         rw, private = inject.PROT_READ | inject.PROT_WRITE, inject.MAP_PRIVATE | inject.MAP_ANONYMOUS
         buffer = injector.mmap(0, 4096, rw, private)
+    return target, process, buffer
+
+
+def test_injection_that_times_out_leaves_the_thread_to_the_gadget(start_target):
+    target, process, buffer = blocked_reader_with_buffer(start_target)
     with pytest.raises(TargetError, match="did not stop in time"), process.stop_thread() as stopped:
         injector = Injector(stopped, timeout=0.2)
         scratch = injector.scratch

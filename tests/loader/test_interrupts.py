@@ -6,12 +6,10 @@ import subprocess
 import sys
 
 import pytest
-from test_inject import assert_pending_read_then_restored
+from test_inject import assert_pending_read_then_restored, blocked_reader_with_buffer
 
 from hpkg.errors import TargetError
-from hpkg.loader import inject
 from hpkg.loader.inject import Injector
-from hpkg.loader.process import Process
 
 # Run in a fresh interpreter: SIGINT goes to that process's main thread, never to the test runner.
 _HOLD_AND_INTERRUPT = """
@@ -45,12 +43,7 @@ def test_ctrl_c_during_a_hold_is_raised_after_the_release(start_target):
 
 
 def test_a_thread_still_running_an_injection_is_never_injected_again(start_target):
-    target = start_target("single", "read")
-    target.wait_blocked_in(0)
-    process = Process(target.pid)
-    with process.stop_thread() as stopped, Injector(stopped) as injector:
-        rw, private = inject.PROT_READ | inject.PROT_WRITE, inject.MAP_PRIVATE | inject.MAP_ANONYMOUS
-        buffer = injector.mmap(0, 4096, rw, private)
+    target, process, buffer = blocked_reader_with_buffer(start_target)
     with process.stop_thread() as stopped, Injector(stopped, timeout=0.2) as injector:
         with pytest.raises(TargetError, match="did not stop in time"):
             injector.syscall(0, 0, buffer, 4096)  # read(0, buffer, 4096): blocks, no input yet

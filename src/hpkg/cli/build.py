@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -144,11 +143,11 @@ def command(
 ) -> None:
     """Build a hotpatch package that turns baseline OLD into fix NEW in running processes."""
     from hpkg.builder.build import build_images
-    from hpkg.builder.diff import function_count
+    from hpkg.builder.functions import discover_functions
     from hpkg.builder.image import DEBUG_ROOTS, load_image
     from hpkg.builder.plan import PlanOptions
     from hpkg.builder.verdict import check_allowed
-    from hpkg.cli.diff import PROGRESS_MIN_FUNCTIONS
+    from hpkg.cli.progress import progress_bar
     from hpkg.errors import EXIT_TARGET, NoChange, UnsupportedChange
     from hpkg.formats import load_private_key
 
@@ -179,14 +178,10 @@ def command(
     old_image = load_image(old, old_debug, DEBUG_ROOTS)
     new_image = load_image(new, new_debug, DEBUG_ROOTS)
     # The same bar as `hpkg diff` (decoding is most of the time), on a terminal only, never in --json.
-    show_progress = sys.stderr.isatty() and not app.quiet and not as_json
-    total = function_count(old_image) + function_count(new_image) if show_progress else 0
+    functions = (discover_functions(old_image), discover_functions(new_image))
     try:
-        if show_progress and total >= PROGRESS_MIN_FUNCTIONS:
-            with click.progressbar(length=total, label="building", file=sys.stderr) as bar:
-                result = build_images(old_image, new_image, options, signing_key, bar.update)
-        else:
-            result = build_images(old_image, new_image, options, signing_key)
+        with progress_bar("building", sum(map(len, functions)), not (app.quiet or as_json)) as progress:
+            result = build_images(old_image, new_image, options, signing_key, progress, functions)
     except (UnsupportedChange, NoChange) as exc:
         if as_json:
             verdict = "refused" if isinstance(exc, UnsupportedChange) else "no-change"

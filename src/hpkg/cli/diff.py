@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import difflib
-import sys
 from typing import Any
 
 import click
 
 from hpkg.cli.app import Application
 from hpkg.cli.paths import BINARY
-
-# Show a progress bar only when the diff has at least this many functions (and stderr is a terminal).
-PROGRESS_MIN_FUNCTIONS = 2000
 
 
 def _hex(value: int | None) -> str | None:
@@ -112,8 +108,10 @@ def command(
     new_debug: str | None,
 ) -> None:
     """Report the functions and data objects that differ between baseline OLD and fix NEW."""
-    from hpkg.builder.diff import diff_images, function_count
+    from hpkg.builder.diff import diff_images
+    from hpkg.builder.functions import discover_functions
     from hpkg.builder.image import load_image
+    from hpkg.cli.progress import progress_bar
 
     old_image = load_image(old, old_debug)
     new_image = load_image(new, new_debug)
@@ -123,13 +121,9 @@ def command(
             f"{side} has no symbol table but the other build has one: give {side} its debug file"
             f" (--{side.lower()}-debug), or references to named data will compare unequal"
         )
-    show_progress = sys.stderr.isatty() and not app.quiet
-    total = function_count(old_image) + function_count(new_image) if show_progress else 0
-    if show_progress and total >= PROGRESS_MIN_FUNCTIONS:
-        with click.progressbar(length=total, label="diffing", file=sys.stderr) as bar:
-            result = diff_images(old_image, new_image, progress=bar.update)
-    else:
-        result = diff_images(old_image, new_image)
+    functions = (discover_functions(old_image), discover_functions(new_image))
+    with progress_bar("diffing", sum(map(len, functions)), not app.quiet) as progress:
+        result = diff_images(old_image, new_image, progress=progress, functions=functions)
     if as_json:
         app.display_json(_document(result))
         return
