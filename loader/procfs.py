@@ -250,7 +250,7 @@ def _note_reader(
     return lambda p: memory(load_bias + p.vaddr, p.filesz)
 
 
-def _image_from(pid: int, mappings: list[Mapping], from_memory: bool) -> RuntimeImage | None:
+def image_from(pid: int, mappings: list[Mapping], from_memory: bool = False) -> RuntimeImage | None:
     """Build a RuntimeImage from the mappings of one file (the first at file offset 0), or None if not ELF."""
     first = mappings[0]
     memory = _mem_reader(pid)
@@ -274,7 +274,7 @@ def _image_from(pid: int, mappings: list[Mapping], from_memory: bool) -> Runtime
     return RuntimeImage(first.path, build_id, load_bias, headers.elf_type, segments, tuple(mappings))
 
 
-def _group_by_file(maps: tuple[Mapping, ...]) -> list[list[Mapping]]:
+def group_by_file(maps: tuple[Mapping, ...]) -> list[list[Mapping]]:
     """Group file-backed mappings into one list per loaded file, each starting at file offset 0."""
     groups: list[list[Mapping]] = []
     open_groups: dict[tuple[str, int, str], list[Mapping]] = {}
@@ -302,8 +302,8 @@ def list_images(
     in which case they are read from the image's first mapping in the target's memory.
     """
     images = []
-    for group in _group_by_file(maps if maps is not None else read_maps(pid)):
-        image = _image_from(pid, group, from_memory)
+    for group in group_by_file(maps if maps is not None else read_maps(pid)):
+        image = image_from(pid, group, from_memory)
         if image is not None:
             images.append(image)
     return tuple(images)

@@ -1,0 +1,100 @@
+"""Find every process of this machine that runs a given baseline, by the build-id of what it maps.
+
+The machine-wide verbs (`apply --all`, `status`, the agent) start here. A baseline is recognised by
+the GNU build-id of a mapped file, read once per file (device and inode) however many processes map
+it, through /proc/PID/map_files: that also reaches a library that `apt upgrade` deleted or replaced
+on disk while processes still run it (the `(deleted)` case `needrestart` reports). A process that
+exits during the scan is simply not listed; one whose maps cannot be read (another user's, without
+root) is listed apart, so that a caller can say why it was not looked at.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from hpkg.loader import procfs
+from hpkg.loader.procfs import Mapping, RuntimeImage
+
+
+@dataclass(frozen=True)
+class AffectedProcess:
+    """One process that maps a wanted baseline: its pid, command name and that image."""
+
+    pid: int
+    command: str
+    image: RuntimeImage
+
+
+@dataclass(frozen=True)
+class Scan:
+    """The outcome of one pass over /proc: the processes found, and those that could not be read."""
+
+    affected: tuple[AffectedProcess, ...]
+    unreadable: tuple[int, ...]  # pids whose maps we may not read (permission)
+
+
+def process_ids() -> Iterator[int]:
+    """The pids in /proc, in ascending order (threads are not listed there, only thread-group leaders)."""
+    pids = sorted(int(name) for name in os.listdir("/proc") if name.isdigit())
+    yield from pids
+
+
+def command_of(pid: int) -> str:
+    """The process's command name (/proc/PID/comm, at most 15 characters), or "" once it is gone."""
+    try:
+        with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as comm:
+            return comm.read().rstrip("\n")
+    except OSError:
+        return ""
+
+
+def _maps_of(pid: int, unreadable: list[int]) -> tuple[Mapping, ...]:
+    """The mappings of `pid`; none if it is gone or a kernel thread, and noted if we may not read them."""
+    try:
+        with open(f"/proc/{pid}/maps", encoding="utf-8", errors="surrogateescape") as maps:
+            return tuple(procfs.parse_maps_line(line) for line in maps if line.strip())
+    except PermissionError:
+        unreadable.append(pid)
+    except OSError:
+        pass  # exited since /proc was listed
+    return ()
+
+
+def _file_key(first: Mapping) -> tuple[str, int]:
+    # While a file is mapped its inode stays allocated, so (device, inode) names it uniquely even
+    # after it was deleted: a replaced library is a new inode, never confused with the old one.
+    return first.dev, first.inode
+
+
+def scan_for_baselines(build_ids: Iterable[str], pids: Iterable[int] | None = None) -> Scan:
+    """Every process (of `pids`, default all) with an image whose build-id is one of `build_ids`.
+
+    Our own process is skipped: hpkg never patches itself.
+    """
+    wanted = {b.lower() for b in build_ids}
+    known: dict[tuple[str, int], str] = {}  # file identity → build-id ("" when none or not ELF)
+    affected: list[AffectedProcess] = []
+    unreadable: list[int] = []
+    me = os.getpid()
+    for pid in process_ids() if pids is None else pids:
+        if pid == me:
+            continue
+        maps = _maps_of(pid, unreadable)
+        for group in procfs.group_by_file(maps):
+            first = group[0]
+            key = _file_key(first)
+            build_id = known.get(key) if first.inode else None
+            if build_id is not None and build_id not in wanted:
+                continue
+            image = procfs.image_from(pid, group)
+            if image is None:
+                if first.inode:
+                    known[key] = ""
+                continue
+            if first.inode:
+                known[key] = image.build_id or ""
+            if image.build_id in wanted:
+                affected.append(AffectedProcess(pid, command_of(pid), image))
+    return Scan(tuple(affected), tuple(unreadable))
