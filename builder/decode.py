@@ -108,7 +108,7 @@ class Scan(NamedTuple):
     branches: list[tuple[int, int, int, int]]  # (index, offset, size, target link address)
     # (index, offset, size, offset of the disp32 field, link address it names, bytes accessed there)
     rip: list[tuple[int, int, int, int, int, int]]
-    jumps: list[int]  # indices of indirect `jmp` without notrack/bnd prefix: switch dispatch candidates
+    jumps: list[int]  # indices of indirect `jmp` (notrack and bnd too): switch dispatch candidates
     # non-PIC: (index, offset, size, form, values that may be link addresses)
     absolutes: list[tuple[int, int, int, int, tuple[int, ...]]]
     starts: list[int] | None  # every instruction's offset, when asked for (relocation mode)
@@ -142,7 +142,6 @@ def scan(
     end = len(code)
     # Locals, not globals, in the loop that runs for every instruction of both builds.
     memory, jump, branch, fill, invalid = _MEMORY, _JUMP, _BRANCH, _PADDING, _INVALID
-    ds = Register.DS
     absolute = absolute_range is not None
     for count, ins in enumerate(decoder):  # noqa: B007  (count is the number decoded when the loop ends)
         kind = classes[ins.code]
@@ -154,9 +153,9 @@ def scan(
                 field = offset + decoder.get_constant_offsets(ins).displacement_offset
                 rip.append((count, offset, ins.len, field, ins.ip_rel_memory_address, sizes[ins.memory_size]))
                 continue  # a rip-relative operand is the instruction's one reference
-            # Capstone spells these prefixes into the mnemonic (`notrack jmp`, `bnd jmp`), and switch
-            # recovery has always looked for a plain `jmp`: kept, so that results stay the same.
-            if kind == jump and ins.segment_prefix != ds and not ins.has_repne_prefix:
+            # `notrack jmp` (a 0x3e DS prefix: CET builds dispatch switches with it so that case
+            # labels need no endbr64) and `bnd jmp` (MPX's 0xf2) are switch dispatches all the same.
+            if kind == jump:
                 jumps.append(count)
         elif kind == branch:
             branches.append((count, ins.ip - address, ins.len, ins.near_branch_target))

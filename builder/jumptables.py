@@ -110,10 +110,13 @@ def _pic_jump_table_base(
 
 
 def _is_table_jump(ins: Instruction) -> bool:
-    """`jmp qword ptr [table + idx*8]`: an indexed memory operand without segment override."""
+    """`jmp qword ptr [table + idx*8]`: an indexed memory operand without segment override.
+
+    A DS prefix is allowed: it is CET's `notrack` (DS is a no-op segment in 64-bit mode), while FS
+    or GS would make the table thread-local, which no switch is."""
     return (
         ins.op0_kind == OpKind.MEMORY
-        and ins.segment_prefix == Register.NONE
+        and ins.segment_prefix in (Register.NONE, Register.DS)
         and ins.memory_index != Register.NONE
         and ins.memory_index_scale == 8
     )
