@@ -150,7 +150,7 @@ class CodeFixups:
             return
         where = f"function '{placement.label}' at +{ref.location:#x}: '{library.name}' is a shared library's"
         if ref.kind is not ReferenceKind.PC32:
-            why = f"{where}, and a {ref.kind.value} field cannot hold its address"
+            why = f"{where}, and its address does not fit the {ref.kind.value} field that takes it"
             placement.reason(LIBRARY_DATA_UNREACHABLE, placement.label, why)
             return
         access = access_through_slot(fn, ref.location, ref.target.address, offset)
