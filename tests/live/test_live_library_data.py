@@ -39,13 +39,15 @@ def pairs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pair]:
         "pie": ((), ("-DFIX", "-DFIX_TAKES_ADDRESS")),
         "nopie": (NO_PIE, ("-DFIX",)),
         "nopie-address": (NO_PIE, ("-DFIX", "-DFIX_TAKES_ADDRESS")),
+        # libm needed before libc: the dynamic linker loads it first, and maps it above libc.
+        "libm": (("-Wl,--no-as-needed", "-lm"), ("-DFIX",)),
     }
     built = {}
     for variant, (flags, fix_defines) in variants.items():
         paths = []
         for build, defines in (("baseline", ()), ("fixed", fix_defines)):
             path = out / f"{variant}.{build}"
-            cmd = ["gcc", *READY_FLAGS, *flags, *defines, "-o", str(path), str(PROGRAM)]
+            cmd = ["gcc", *READY_FLAGS, *defines, "-o", str(path), str(PROGRAM), *flags]
             subprocess.run(cmd, check=True, capture_output=True)
             paths.append(path)
         built[variant] = Pair(*paths)
@@ -136,3 +138,30 @@ def test_an_address_no_32_bit_field_can_hold_is_refused(pairs, tmp_path) -> None
     assert run.returncode == 4, run.stderr
     assert "library-data-unreachable: function 'set'" in run.stderr
     assert "'optind' is a shared library's" in run.stderr
+
+
+def test_imports_are_looked_up_in_the_link_map_order(pairs) -> None:
+    """The live loader searches the objects in the order the dynamic linker loaded them (read from its
+    r_debug link map), which `ldd` prints too; libraries are mapped top-down, so address order differs."""
+    from hpkg.loader.live_imports import ProcessImports
+    from hpkg.loader.process import Process
+
+    baseline = pairs["libm"].baseline
+    traced = subprocess.run(["ldd", baseline], capture_output=True, text=True, check=True).stdout
+    loaded = [Path(line.split("=>")[-1].split("(")[0].strip()).name for line in traced.splitlines()]
+    loaded = [name for name in loaded if not name.startswith("linux-vdso")]
+    with subprocess.Popen([baseline], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as target:
+        try:
+            target.stdin.write("abc\n")
+            target.stdin.flush()
+            assert target.stdout.readline() == "ok abc (#1)\n"  # started: its libraries are loaded
+            with Process(target.pid) as process:
+                images = process.images()
+                executable = next(i for i in images if Path(i.path) == baseline)
+                order = ProcessImports(process, executable).lookup_order
+        finally:
+            target.kill()
+    assert Path(order[0].path) == baseline
+    assert [Path(i.path).name for i in order[1:]] == loaded
+    by_address = sorted(order[1:], key=lambda i: i.start)
+    assert by_address != order[1:]
