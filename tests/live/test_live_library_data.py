@@ -95,8 +95,10 @@ def test_fix_using_libc_data_runs_live(variant, pairs, keys, build_package) -> N
             assert run.returncode == 0, run.stderr
             assert ask("a;b") == "rejected a;b (#2)"
             assert ask("abc") == "ok abc (#3)"
+            assert ask("?err") == "errors on"  # libc's opterr starts at 1 (a package copy: 0)
             # libc's optind starts at 1 (a copy in the package would start at 0).
             assert ask("?env") == f"env {len(ENVIRONMENT)} optind 2"
+            assert ask("?err") == "errors off"
             assert ask("?env") == f"env {len(ENVIRONMENT)} optind 3"
             assert _libc_object(target.pid, "optind") == 3
             assert _libc_object(target.pid, "opterr") == 0  # libc's is 1 until the fix clears it
@@ -106,6 +108,7 @@ def test_fix_using_libc_data_runs_live(variant, pairs, keys, build_package) -> N
             assert hpkg("revert", "--pid", target.pid).returncode == 0
             assert ask("a;b") == "ok a;b (#4)"
             assert ask("?env") == "env"
+            assert ask("?err") == "errors"
             assert_running_untraced(target.pid)
             assert hpkg_mappings(target.pid) == []
             target.stdin.close()
@@ -121,13 +124,15 @@ def test_fix_using_libc_data_patches_a_file(pairs, keys, build_package, tmp_path
     patched = tmp_path / "patched"
     run = hpkg("apply", package, "--file", pair.baseline, "-o", patched, "--key", keys.public)
     assert run.returncode == 0, run.stderr
-    lines = "a;b\nabc\n?env\n?set 9\n?env\n"
+    lines = "a;b\nabc\n?err\n?env\n?err\n?set 9\n?env\n"
     ran = subprocess.run([patched], input=lines, env=ENVIRONMENT, capture_output=True, text=True, check=True)
-    expected = ["rejected a;b (#1)", "ok abc (#2)", "env 2 optind 2", "set", "env 2 optind 10"]
+    expected = ["rejected a;b (#1)", "ok abc (#2)", "errors on", "env 2 optind 2", "errors off", "set"]
+    expected.append("env 2 optind 10")
     assert ran.stdout.splitlines() == expected
     assert ran.stderr == LOGGED
     original = subprocess.run([pair.baseline], input=lines, env=ENVIRONMENT, capture_output=True, text=True)
-    assert original.stdout.splitlines() == ["ok a;b (#1)", "ok abc (#2)", "env", "set", "env"]
+    answers = ["ok a;b (#1)", "ok abc (#2)", "errors", "env", "errors", "set", "env"]
+    assert original.stdout.splitlines() == answers
     assert original.stderr == ""
 
 

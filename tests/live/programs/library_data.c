@@ -7,6 +7,8 @@
  *            baseline's own copy)
  *   ?env     "env"; the fix answers "env E optind I": E entries of environ, and optind after
  *            adding one to it (load and store), with opterr cleared (a store of an immediate)
+ *   ?err     "errors"; the fix answers "errors on" while opterr is 1 (libc's initial value) and
+ *            "errors off" after ?env cleared it: `cmp [rip+opterr], 1` then a conditional jump
  *   ?set N   "set"; with -DFIX_TAKES_ADDRESS the fix reads N into optind with sscanf(&optind):
  *            the object's address itself (lea in a PIE, a 32-bit absolute in a non-PIE executable)
  */
@@ -46,6 +48,19 @@ __attribute__((noinline)) void describe(char *out, size_t size)
 #endif
 }
 
+__attribute__((noinline)) void errors(char *out, size_t size)
+{
+#ifdef FIX
+    if (opterr == 1) {
+        snprintf(out, size, "errors on");
+        return;
+    }
+    snprintf(out, size, "errors off");
+#else
+    snprintf(out, size, "errors");
+#endif
+}
+
 __attribute__((noinline)) void set(const char *value, char *out, size_t size)
 {
 #ifdef FIX_TAKES_ADDRESS
@@ -65,6 +80,8 @@ int main(void)
             *end = '\0';
         if (strcmp(line, "?env") == 0)
             describe(out, sizeof out);
+        else if (strcmp(line, "?err") == 0)
+            errors(out, sizeof out);
         else if (strncmp(line, "?set ", 5) == 0)
             set(line + 5, out, sizeof out);
         else
