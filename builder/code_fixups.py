@@ -11,11 +11,13 @@ from __future__ import annotations
 from hpkg.arch.x86_64 import is_rel32_branch_field
 from hpkg.builder.copies import copy_jump_table
 from hpkg.builder.coverage import OperandCoverage
-from hpkg.builder.destinations import Destinations
+from hpkg.builder.destinations import Destinations, LibraryObject
 from hpkg.builder.fixups import Fixups, PackageCode, Place
-from hpkg.builder.model import Function, Reference, ReferenceKind, Symbol, TargetKind
+from hpkg.builder.library_objects import AccessThunk, SlotLoad, access_through_slot, site_bytes
+from hpkg.builder.model import Function, Reference, ReferenceKind, TargetKind
 from hpkg.formats.model import PackageSection, RelocationKind, TargetSpace
 
+LIBRARY_DATA_UNREACHABLE = "library-data-unreachable"
 ABSOLUTE_KINDS = {
     ReferenceKind.ABS32: RelocationKind.R_X86_64_32,
     ReferenceKind.ABS32S: RelocationKind.R_X86_64_32S,
@@ -79,10 +81,10 @@ class CodeFixups:
         if t.kind is TargetKind.IMPORT:
             self._import_reference(fn, ref)
             return
-        if t.kind is TargetKind.DATA and ref.kind is ReferenceKind.PC32:
-            sym = self.destinations.index.new_object(t.address - t.offset, t.name)
-            if sym is not None and self.destinations.is_copy_relocated(sym):
-                self._copied_import(fn, ref, sym)
+        if t.kind is TargetKind.DATA:
+            library = self.destinations.library_object(t.address - t.offset)
+            if library is not None:
+                self._library_object(fn, ref, library)
                 return
         destination = self.destinations.place_of(t, self.package, fn.address + ref.location)
         if isinstance(destination, str):
@@ -135,20 +137,42 @@ class CodeFixups:
             what = f"the address of '{imp.qualified_name}', which the baseline lacks"
             placement.unresolved(fn, ref.location, what)
 
-    def _copied_import(self, fn: Function, ref: Reference, sym: Symbol) -> None:
-        """An object the fix copy-relocates from a library and the baseline lacks (C++ typeinfo, say).
-
-        Its bytes exist only in the library at run time. `lea reg, [rip+obj]` is turned back into
-        `mov reg, [rip+slot]` (what the linker relaxed, undone) and the loader provides the slot.
+    def _library_object(self, fn: Function, ref: Reference, library: LibraryObject) -> None:
+        """A data object of a shared library that the fix copy-relocates and the baseline lacks (stderr,
+        optind, C++ typeinfo): the package reaches the library's own object through a slot the loader
+        fills with its address (library_objects rewrites the instruction).
         """
-        code = fn.code
-        location = ref.location
-        opcode = location - 2
-        if ref.addend != -4 or opcode < 1 or code[opcode] != 0x8D or not 0x48 <= code[opcode - 1] <= 0x4F:
-            self.placement.unresolved(fn, location, f"'{sym.name}' lives in a library and is read in place")
+        placement = self.placement
+        offset = ref.target.address - library.address
+        place = Place(TargetSpace.IMPORT, placement.import_index(library.name, library.version))
+        if ref.kind is ReferenceKind.ABS64:
+            self._add_code(fn, ref, RelocationKind.R_X86_64_64, place, offset + ref.addend)
             return
-        name = sym.name.split("@")[0]
-        self.placement.code_edits[fn.address + opcode] = 0x8B
-        index = self.placement.import_index(name, self.destinations.dynamic_version(name))
-        place = Place(TargetSpace.IMPORT, index)
-        self._add_code(fn, ref, RelocationKind.R_X86_64_REX_GOTPCRELX, place, -4)
+        where = f"function '{placement.label}' at +{ref.location:#x}: '{library.name}' is a shared library's"
+        if ref.kind is not ReferenceKind.PC32:
+            why = f"{where}, and its address does not fit the {ref.kind.value} field that takes it"
+            placement.reason(LIBRARY_DATA_UNREACHABLE, placement.label, why)
+            return
+        access = access_through_slot(fn, ref.location, ref.target.address, offset)
+        if isinstance(access, str):
+            placement.reason(LIBRARY_DATA_UNREACHABLE, placement.label, f"{where}, and {access}")
+            return
+        if isinstance(access, SlotLoad):
+            placement.code_edits[fn.address + access.opcode_offset] = access.opcode
+            self._add_code(fn, ref, RelocationKind.R_X86_64_REX_GOTPCRELX, place, ref.addend)
+            return
+        self._thunk(fn, access, place, library.name)
+
+    def _thunk(self, fn: Function, thunk: AccessThunk, slot: Place, name: str) -> None:
+        """The moved instruction's thunk carried after the functions, and `jmp thunk` where it was."""
+        placement = self.placement
+        address = placement.add_thunk(f"{placement.label}+{thunk.start:#x} ({name})", thunk.code)
+        site = fn.address + thunk.start
+        for i, byte in enumerate(site_bytes(thunk)):
+            placement.code_edits[site + i] = byte
+        jump = RelocationKind.R_X86_64_PLT32
+        placement.add(PackageSection.CODE, site + 1, jump, Place(TargetSpace.CODE, address), -4)
+        load = RelocationKind.R_X86_64_REX_GOTPCRELX
+        placement.add(PackageSection.CODE, address + thunk.slot_field, load, slot, -4)
+        back = Place(TargetSpace.CODE, site + thunk.length)
+        placement.add(PackageSection.CODE, address + thunk.return_field, jump, back, -4)

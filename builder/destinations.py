@@ -11,6 +11,7 @@ so the same rules also judge, without recording anything, whether a reference-on
 from __future__ import annotations
 
 import bisect
+from dataclasses import dataclass
 from functools import cached_property
 
 from hpkg.builder.baseline_index import BaselineIndex, is_read_only
@@ -35,6 +36,16 @@ STRING_LIMIT = 4096
 _PRINTABLE = frozenset(range(0x20, 0x7F)) | {0x09, 0x0A, 0x0D}
 
 
+@dataclass(frozen=True)
+class LibraryObject:
+    """A data object of a shared library that the fix copy-relocates and the baseline does not."""
+
+    name: str  # the symbol its copy relocation names
+    version: str | None
+    address: int  # NEW address of the fix's copy
+    size: int
+
+
 class Destinations:
     """Decides where each target of the fix goes; built once per plan over the diff and the baseline index."""
 
@@ -56,13 +67,27 @@ class Destinations:
         return next((s.version for s in self.symbols_named(name) if s.dynamic), None)
 
     @cached_property
-    def _copy_relocated(self) -> frozenset[int]:
-        return frozenset(r.address for r in self.diff.new.dynamic_relocations if r.type == "X86_64_COPY")
+    def _copy_relocated(self) -> dict[int, str]:
+        """NEW address of each copy the fix makes of a library's object → the symbol its R_X86_64_COPY
+        names (what the dynamic linker looked up: `__environ` where the code says `environ`)."""
+        copies = (r for r in self.diff.new.dynamic_relocations if r.type == "X86_64_COPY")
+        return {r.address: r.symbol.split("@")[0] for r in copies}
 
-    def is_copy_relocated(self, sym: Symbol) -> bool:
-        """Whether the fix reads a library's object through its own copy (R_X86_64_COPY) with no
-        baseline twin: the baseline never named it, so its one live instance is the library's."""
-        return sym.address in self._copy_relocated and self.index.twin(sym).old is None
+    def library_object(self, address: int) -> LibraryObject | None:
+        """The library object the fix copies to `address`, when no object there has a baseline twin.
+
+        The process's one live instance is then the library's own. When the baseline has a copy too,
+        that copy (in the baseline executable) is the instance everyone, the library included, uses:
+        its twin is the destination, as for any variable.
+        """
+        name = self._copy_relocated.get(address)
+        if name is None:
+            return None
+        symbols = self.index.objects_at(address)
+        if any(self.index.twin(s).old is not None or self.index.twin(s).ambiguous for s in symbols):
+            return None
+        size = max((s.size for s in symbols), default=0)
+        return LibraryObject(name, self.dynamic_version(name), address, size)
 
     @cached_property
     def _resolver(self) -> TargetResolver:
@@ -112,6 +137,13 @@ class Destinations:
         """A NEW object's destination: OLD's twin (live state), or a package copy if new or a changed
         constant."""
         image = self.diff.new
+        library = self.library_object(sym.address)
+        if library is not None:
+            # A pointer to it: the import's address (S + 0). An interior pointer would need an addend
+            # the destination cannot carry.
+            if address != sym.address:
+                return f"'{library.name}'+{address - sym.address:#x} lies inside a shared library's object"
+            return Destination(imported=ImportRecord(library.name, library.version))
         if sym.kind is SymbolKind.TLS:
             return f"thread-local '{sym.name}' cannot be reached from package code"
         lookup = self.index.twin(sym)

@@ -18,6 +18,8 @@ field's runtime address; every relocated field is zero in the package):
                                                                                  slot + A - P
   R_X86_64_REX_GOTPCRELX IMPORT            `lea` of a copy-relocated object OLD  as GOTPCREL (the builder
                                            lacks, rewritten to `mov` from a slot wrote the mov; may relax)
+                                           or the slot load of an access thunk
+                                           (library_objects)
   R_X86_64_64           BASELINE CODE      pointer word in package data/rodata;  S + A
                         RODATA IMPORT      non-PIC switch-table entry, movabs
   R_X86_64_32 / 32S     BASELINE CODE      non-PIC absolute operand              S + A, must fit (place
@@ -38,9 +40,15 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass, field
 
-from hpkg.builder.model import ElfRelocation, Function, Image
+from hpkg.builder.model import ElfRelocation, Function, Image, LinkAddress
 from hpkg.builder.verdict import Reason
 from hpkg.formats.model import DataSection, ImportRecord, PackageSection, RelocationKind, TargetSpace
+
+# Access thunks (library_objects) are package code that is no copy of the fix: they are named by
+# addresses from here on, above any link address of a user-space ELF file, so that the layout and the
+# relocation records treat them like the functions they follow.
+THUNK_ADDRESSES = 1 << 60
+THUNK_ALIGNMENT = 16
 
 # The package section a data space's bytes live in.
 SECTION_OF_SPACE = {
@@ -148,6 +156,7 @@ class Fixups:
     label: str = ""  # the package function being placed, as reasons name it
     fixed_fields: set[tuple[PackageSection, int]] = field(default_factory=set)
     jump_table_fields: set[int] = field(default_factory=set)  # NEW addresses of copied table entries
+    thunks: dict[int, Function] = field(default_factory=dict)  # access thunks by their made-up address
     _reported: set[tuple[str, str]] = field(default_factory=set)
 
     def reason(self, code: str, subject: str, message: str) -> None:
@@ -167,6 +176,14 @@ class Fixups:
         if record not in self.imports:
             self.imports.append(record)
         return self.imports.index(record)
+
+    def add_thunk(self, name: str, code: bytes) -> int:
+        """Carry builder-made code after the functions; returns the address that names it."""
+        last = max(self.thunks.values(), key=lambda t: t.address, default=None)
+        address = THUNK_ADDRESSES if last is None else last.end
+        address = -(-address // THUNK_ALIGNMENT) * THUNK_ALIGNMENT
+        self.thunks[address] = Function(name, LinkAddress(address), len(code), "", code)
+        return address
 
     def copy(self, space: TargetSpace, start: int, end: int) -> None:
         self.ranges.setdefault(space, []).append((start, end))

@@ -128,7 +128,8 @@ def plan_patch(diff: DiffResult, options: PlanOptions | None = None) -> PatchPla
     package, placement = _place(destinations, relocations, selection.pairs, tls_unchanged)
     reasons += placement.reasons
     # Layout: NEW addresses → section offsets; then the relocation records, every relocated field zeroed.
-    layouts = lay_out_package(package.functions, placement.ranges, diff.new.read)
+    # Access thunks (library data reached through a slot) are laid out after the functions.
+    layouts = lay_out_package(package.functions | placement.thunks, placement.ranges, diff.new.read)
     code = layouts[TargetSpace.CODE]
     relocation_list, sections, record_reasons = relocation_records(placement, layouts)
     reasons += record_reasons

@@ -33,6 +33,9 @@ REASON_CODES: dict[str, tuple[bool, str]] = {
     "reference-unresolved": (False, "changed code refers to something the package cannot locate"),
     "jump-table-unrecovered": (False, "changed code has a switch table that could not be recovered"),
     "unwind-info-missing": (True, "exceptions may pass through package code without unwind rules"),
+    "library-data-unreachable": (
+        False, "changed code reaches a shared library's data object in a way no slot can stand in for"
+    ),
 }
 OVERRIDABLE: frozenset[str] = frozenset(code for code, (allowed, _) in REASON_CODES.items() if allowed)
 

@@ -5,8 +5,11 @@ The order follows the dynamic linker's view as far as the loader can see it:
 1. the patched image's own imports: a symbol the baseline already uses is reached exactly as the
    fixed build would reach it, through the baseline's PLT entry and GOT slot (this also covers
    IFUNCs and lazy binding: the dynamic linker fills the slot as it always does);
-2. otherwise the first loaded image (main executable first, then libraries in address order) whose
-   .dynsym defines the symbol at the wanted version (or its default version when none is recorded);
+2. otherwise the first loaded image, in the order the dynamic linker searches them (its link map:
+   the executable, then the libraries in load order; loader/link_map), whose .dynsym defines the
+   symbol at the wanted version (or its default version when none is recorded). For a data object
+   (stderr, optind) this is what makes the answer the process's one live instance: the executable's
+   own copy when it has one (a copy relocation), else the library's definition;
 3. an IFUNC (e.g. glibc's strspn) has no fixed address: its resolver picks one per CPU. Calling
    the resolver in the target is what the loader never does, so the loader asks its own copy of
    the same library — the same file by build-id, on the same CPU — and moves the answer by the
@@ -26,6 +29,7 @@ from hpkg.elf.imports import ImportSlots, read_imports
 from hpkg.errors import ImageError, RefusedError
 from hpkg.formats.model import ImportRecord
 from hpkg.loader import procfs
+from hpkg.loader.link_map import search_order
 from hpkg.loader.placement import ResolvedImport
 from hpkg.loader.process import Process
 from hpkg.loader.procfs import RuntimeImage
@@ -115,11 +119,17 @@ class ProcessImports:
             return ResolvedImport(record.name, value or None, slot)
         return None
 
-    def _from_libraries(self, record: ImportRecord) -> ResolvedImport | None:
+    @functools.cached_property
+    def lookup_order(self) -> list[RuntimeImage]:
+        """The loaded images in the order the dynamic linker searches them (its link map)."""
         images = [i for i in self.process.images() if i.path != "[vdso]"]
-        executable = _executable_path(self.process.pid)
-        images.sort(key=lambda i: (i.path != executable, i.start))
-        for image in images:
+        path = _executable_path(self.process.pid)
+        executable = next((i for i in images if i.path == path), None)
+        exe_file = _image_file(self.process.pid, executable) if executable is not None else ""
+        return search_order(self.process, images, executable, exe_file)
+
+    def _from_libraries(self, record: ImportRecord) -> ResolvedImport | None:
+        for image in self.lookup_order:
             table = _dynamic_symbols(_image_file(self.process.pid, image), image.build_id)
             symbol = _match(table.get(record.name, []), record)
             if symbol is None:
