@@ -87,8 +87,20 @@ def check_allowed(codes: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(sorted(set(codes)))
 
 
+class NothingToPatch(NoChange):
+    """NoChange naming the functions left out as line-number-only (the CLI prints them, JSON too)."""
+
+    def __init__(self, message: str, left_out: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.left_out = left_out
+
+
 def require_patchable(verdict: Verdict, has_content: bool, left_out: tuple[str, ...] = ()) -> None:
-    """Raise UnsupportedChange with every blocking reason, or NoChange when there is nothing to patch."""
+    """Raise UnsupportedChange with every blocking reason, or NoChange when there is nothing to patch.
+
+    Exit 5 only means "no change": the functions left out are proven line-number-only (their
+    only difference is a `__LINE__` argument, builder/line_numbers.py), and the error names each one.
+    """
     blocking = verdict.blocking
     if blocking:
         count = len(blocking)
@@ -98,9 +110,10 @@ def require_patchable(verdict: Verdict, has_content: bool, left_out: tuple[str, 
         )
     if not has_content:
         if left_out:
-            raise NoChange(
+            raise NothingToPatch(
                 f"nothing to patch: only line-number changes ({', '.join(left_out)}); "
-                "use --include-line-only to patch them"
+                "use --include-line-only to patch them",
+                left_out,
             )
         if verdict.overridden:
             raise NoChange("nothing to patch: the only differences are the overridden data changes")

@@ -164,3 +164,20 @@ def test_debian_libcrypto_error_library_change_is_code():
     # Their neighbours that only moved ERR_set_debug's line argument stay line-number-only.
     assert kinds["BN_new"] is ChangeKind.LINE_NUMBER_ONLY
     assert kinds["ASN1_OBJECT_free"] is ChangeKind.LINE_NUMBER_ONLY
+
+
+def test_build_ships_the_code_change_and_lists_the_line_shift_it_left_out(compiler, tmp_path):
+    """A fix that shifts `checked`'s lines and shortens a copy limit: the package replaces set_name,
+    and both outputs name `checked` as left out, so a reviewer sees what was not shipped."""
+    both = LINE_SHIFT.replace("int main", "int unused_main") + COPY_LIMIT.replace("#include", "// #include")
+    old_src = both.format(inserted="", limit=32).replace("set_name(argc", "checked(argc); set_name(argc")
+    new_src = both.format(inserted=INSERTED, limit=16).replace("set_name(argc", "checked(argc); set_name(argc")
+    old = compiler.build("mixed-old", "#include <string.h>\n" + old_src, "relocs")
+    new = compiler.build("mixed-new", "#include <string.h>\n" + new_src, "relocs")
+    out = tmp_path / "mixed.hpkg"
+    human = hpkg("build", old.path, new.path, "-o", out)
+    assert human.returncode == 0, human.stderr
+    assert "left out 1 line-number-only change(s): checked" in human.stderr
+    doc = json.loads(hpkg("build", old.path, new.path, "-o", out, "--json").stdout)
+    assert [f["name"] for f in doc["functions"]] == ["set_name"]
+    assert doc["left_out_line_number_only"] == ["checked"]
