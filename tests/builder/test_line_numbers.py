@@ -170,8 +170,8 @@ def test_build_ships_the_code_change_and_lists_the_line_shift_it_left_out(compil
     """A fix that shifts `checked`'s lines and shortens a copy limit: the package replaces set_name,
     and both outputs name `checked` as left out, so a reviewer sees what was not shipped."""
     both = LINE_SHIFT.replace("int main", "int unused_main") + COPY_LIMIT.replace("#include", "// #include")
-    old_src = both.format(inserted="", limit=32).replace("set_name(argc", "checked(argc); set_name(argc")
-    new_src = both.format(inserted=INSERTED, limit=16).replace("set_name(argc", "checked(argc); set_name(argc")
+    both = both.replace("set_name(argc", "checked(argc); set_name(argc")
+    old_src, new_src = both.format(inserted="", limit=32), both.format(inserted=INSERTED, limit=16)
     old = compiler.build("mixed-old", "#include <string.h>\n" + old_src, "relocs")
     new = compiler.build("mixed-new", "#include <string.h>\n" + new_src, "relocs")
     out = tmp_path / "mixed.hpkg"
