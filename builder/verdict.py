@@ -12,6 +12,11 @@ all of them. Each reason has a stable code (the first word of its line) that scr
                        package's unwind section (no FDE in the fix, an encoding the builder does not
                        relocate), so an exception raised in or passing through it terminates the
                        process; knowing none does (or accepting that), the fix may ship.
+  data-offset-inferred overridable: a stripped build without debug files; a reference only changed
+                       code makes into .data/.bss resolves to the baseline's object at the same
+                       section offset, because both sections have the same size and every object
+                       unchanged code uses sits at the same offset in both. An inference, not a proof
+                       (a new variable may fill what was padding): only by explicit request.
   every other code     never: applying would corrupt live state or run code against the wrong layout.
 """
 
@@ -33,6 +38,11 @@ REASON_CODES: dict[str, tuple[bool, str]] = {
     "reference-unresolved": (False, "changed code refers to something the package cannot locate"),
     "jump-table-unrecovered": (False, "changed code has a switch table that could not be recovered"),
     "unwind-info-missing": (True, "exceptions may pass through package code without unwind rules"),
+    "data-offset-inferred": (
+        True,
+        "without symbols, changed code's data is taken to be the baseline's at the same section offset"
+        " (same section size, every object unchanged code uses at the same offset)",
+    ),
 }
 OVERRIDABLE: frozenset[str] = frozenset(code for code, (allowed, _) in REASON_CODES.items() if allowed)
 
