@@ -9,11 +9,14 @@ Built once per plan.
 
 from __future__ import annotations
 
+import bisect
 from collections import defaultdict
 from dataclasses import dataclass
+from functools import cached_property
 
 from hpkg.builder.data_twins import data_objects
-from hpkg.builder.model import DiffResult, GotSlot, Image, Import, Symbol, TargetKind
+from hpkg.builder.datamap import unchanged_layouts
+from hpkg.builder.model import DiffResult, FunctionPair, GotSlot, Image, Import, Symbol, TargetKind
 from hpkg.elf.plt import PLT_SECTIONS, plt_entries
 
 
@@ -99,6 +102,30 @@ class BaselineIndex:
         place in both builds (the diff's anonymous_data)."""
         return self.diff.anonymous_data.get(new_address)
 
+    @cached_property
+    def _unchanged_layouts(self) -> dict[str, tuple[int, int, int]]:
+        return unchanged_layouts(self.diff.pairs, self.diff.old, self.diff.new)
+
+    @cached_property
+    def _twins_by_new_start(self) -> tuple[list[int], list[FunctionPair]]:
+        pairs = sorted((p for p in self.diff.pairs if p.old and p.new), key=lambda p: p.new.function.address)
+        return [p.new.function.address for p in pairs], pairs
+
+    def old_address_by_layout(self, new_address: int, field: int | None) -> int | None:
+        """OLD address at the same offset of the same writable section, when that section's layout is
+        unchanged (datamap.unchanged_layouts) and the baseline twin of the function holding `field`
+        (the NEW address of the reference) refers to that OLD address too: an inference the verdict
+        asks `--allow` for. A variable only the fix uses (maybe in what was padding) is never one."""
+        if field is None:
+            return None  # a pointer word in data: no function of the baseline vouches for it
+        layouts = self._unchanged_layouts.values()
+        old = next((o + (new_address - n) for o, n, size in layouts if n <= new_address < n + size), None)
+        starts, pairs = self._twins_by_new_start
+        i = bisect.bisect_right(starts, field) - 1
+        if old is None or i < 0 or not pairs[i].new.function.address <= field < pairs[i].new.function.end:
+            return None
+        return old if any(row[3][3] == old for row in pairs[i].old.rows) else None
+
     # -- imports: OLD's PLT entry or GOT slot -----------------------------------------------------
     def new_import(self, address: int) -> Import | None:
         """The import whose PLT entry or GOT slot of the fix is at `address`."""
@@ -129,3 +156,12 @@ def plt_slots(image: Image) -> dict[int, int]:
             code = image.section_bytes.get(section.name, b"")
             entries.update((e.address, e.slot) for e in plt_entries(section.name, section.address, code))
     return entries
+
+
+def inferred_data_offset(where: str) -> str:
+    """The data-offset-inferred line for a fix address `where` (`.data+0x20`)."""
+    return (
+        f"{where} has no symbol and no unchanged code uses it; taken to be the baseline object at the same"
+        " offset, which the baseline's version of the function uses (both builds' section has the same"
+        " size, and every object unchanged code uses sits at the same offset)"
+    )

@@ -2,17 +2,10 @@
 
 from __future__ import annotations
 
-import re
-
 from hpkg.builder.canon import stable_name
-from hpkg.builder.decode import decode_instructions
+from hpkg.builder.line_numbers import line_number_only
 from hpkg.builder.model import CanonicalFunction, ChangeKind, Image, TargetKind
 from hpkg.builder.symbolize import ALIASES
-
-_IMMEDIATE = re.compile(r", (0x[0-9a-f]+|\d+)$")
-# __FILE__ strings end like this; an assert or logging call passes one next to __LINE__.
-_SOURCE_SUFFIXES = (b".c\0", b".h\0", b".cc\0", b".cpp\0", b".cxx\0", b".hpp\0")
-_LINE_MAX = 1_000_000
 
 
 def targets_correspond(old: tuple, new: tuple, function_map: dict[int, int]) -> bool:
@@ -71,49 +64,6 @@ def _names(target: tuple) -> set[str]:
     return {stable_name(target[1].partition("@")[0]), *_markers_of(target)}
 
 
-def _line_number_only(old: CanonicalFunction, new: CanonicalFunction, old_image: Image) -> bool:
-    """Whether the forms differ only in `mov …, imm` immediates that look like source line numbers."""
-    if len(old.masked) != len(new.masked):
-        return False
-    old_insns = decode_instructions(old.function)
-    new_insns = decode_instructions(new.function)
-    if len(old_insns) != len(new_insns):
-        return False
-    changed = 0
-    referenced = {r.location for r in old.references}
-    for a, b in zip(old_insns, new_insns, strict=True):
-        if a.mnemonic != b.mnemonic or a.size != b.size:
-            return False
-        if old.function.code[a.offset : a.offset + a.size] == new.function.code[b.offset : b.offset + b.size]:
-            continue
-        if any(a.offset <= loc < a.offset + a.size for loc in referenced):
-            continue  # a reference field: its targets were already found to correspond
-        ma, mb = _IMMEDIATE.search(a.operands), _IMMEDIATE.search(b.operands)
-        if a.mnemonic != "mov" or ma is None or mb is None:
-            return False
-        if a.operands[: ma.start()] != b.operands[: mb.start()]:
-            return False
-        va, vb = int(ma.group(1), 0), int(mb.group(1), 0)
-        if not (0 < va < _LINE_MAX and 0 < vb < _LINE_MAX):
-            return False
-        changed += 1
-    return changed > 0 and _reports_source_location(old, old_image)
-
-
-def _reports_source_location(canonical: CanonicalFunction, image: Image) -> bool:
-    """Whether the function passes a __FILE__ string or calls an assert/abort-style import."""
-    for ref in canonical.references:
-        target = ref.target
-        if target.kind is TargetKind.IMPORT and "assert" in target.name:
-            return True
-        if target.kind in (TargetKind.RODATA, TargetKind.DATA):
-            text = image.read(target.address, 4096)
-            nul = text.find(b"\0")
-            if nul > 0 and text[: nul + 1].endswith(_SOURCE_SUFFIXES):
-                return True
-    return False
-
-
 def compare_pair(
     old: CanonicalFunction, new: CanonicalFunction, function_map: dict[int, int], old_image: Image
 ) -> ChangeKind | None:
@@ -123,6 +73,6 @@ def compare_pair(
     )
     if old.masked == new.masked:
         return None if same_targets else ChangeKind.REFERENCES
-    if same_targets and _line_number_only(old, new, old_image):
+    if same_targets and line_number_only(old, new, old_image):
         return ChangeKind.LINE_NUMBER_ONLY
     return ChangeKind.CODE

@@ -124,3 +124,39 @@ def anonymous_twins(pairs: tuple[FunctionPair, ...]) -> dict[int, int]:
             if (kind is section or kind is data) and b[3][0] is kind:
                 seen[b[3][3]].add(a[3][3])
     return {new: next(iter(old)) for new, old in seen.items() if len(old) == 1}
+
+
+def unchanged_layouts(
+    pairs: tuple[FunctionPair, ...], old_image: Image, new_image: Image
+) -> dict[str, tuple[int, int, int]]:
+    """Writable sections whose layout unchanged code shows to be the same in both builds: name →
+    (OLD start, NEW start, size).
+
+    A section qualifies when both builds have it with the same size and every reference an unchanged
+    function makes into it names the same offset on both sides. Then the fix's offset is taken to be
+    the baseline's same object: a well-founded inference for stripped builds, not a proof (a new
+    variable may sit in what was padding), so the package builder asks `--allow` for it.
+    """
+    old_sections = {s.name: s for s in old_image.sections if s.name in _writable(old_image)}
+    new_sections = {s.name: s for s in new_image.sections if s.name in _writable(new_image)}
+    layouts = {
+        name: (old.address, new.address, old.size)
+        for name, old in old_sections.items()
+        if (new := new_sections.get(name)) is not None and new.size == old.size and old.size
+    }
+    section, data = TargetKind.SECTION, TargetKind.DATA
+    for pair in pairs:
+        if pair.status is not Status.SAME or pair.old is None or pair.new is None:
+            continue
+        if len(pair.old.rows) != len(pair.new.rows):
+            continue
+        for a, b in zip(pair.old.rows, pair.new.rows, strict=True):
+            if a[3][0] not in (section, data) or b[3][0] is not a[3][0]:
+                continue
+            old_address, new_address = a[3][3], b[3][3]
+            for name, (old_start, new_start, size) in list(layouts.items()):
+                inside = old_start <= old_address < old_start + size
+                inside = inside or new_start <= new_address < new_start + size
+                if inside and old_address - old_start != new_address - new_start:
+                    del layouts[name]
+    return layouts

@@ -14,7 +14,7 @@ import bisect
 from dataclasses import dataclass
 from functools import cached_property
 
-from hpkg.builder.baseline_index import BaselineIndex, is_read_only
+from hpkg.builder.baseline_index import BaselineIndex, inferred_data_offset, is_read_only
 from hpkg.builder.fixups import Destination, FixRelocations, NewObject, PackageCode, Place
 from hpkg.builder.model import (
     DiffResult,
@@ -226,6 +226,10 @@ class Destinations:
             old = self.index.old_address_by_use(target.address)
             if old is not None:
                 return Destination(Place(TargetSpace.BASELINE, old))
+            old = self.index.old_address_by_layout(target.address, field)
+            if old is not None:  # an inference, refused unless allowed (data-offset-inferred)
+                where = f"{section.name}+{target.address - section.address:#x}"
+                return Destination(Place(TargetSpace.BASELINE, old), inferred=inferred_data_offset(where))
             return (
                 f"{section.name}+{target.address - section.address:#x} is used by no unchanged code, so the"
                 " baseline object it is cannot be told from a new one without symbols"
@@ -277,6 +281,7 @@ class Destinations:
             and destination.place is not None
             and destination.place.space is TargetSpace.BASELINE
             and destination.place.value == old.target.address
+            and destination.inferred is None  # an inference never proves a change is none
         )
 
 

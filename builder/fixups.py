@@ -100,6 +100,7 @@ class Destination:
     copy: tuple[TargetSpace, int, int] | None = None
     new_object: NewObject | None = None
     shared_rodata: bool = False  # read-only data pointed at OLD's identical copy instead of a copy
+    inferred: str | None = None  # a baseline place inferred from an unchanged layout: what was assumed
 
 
 class PackageCode:
@@ -202,6 +203,10 @@ class Fixups:
             self.objects.setdefault(destination.new_object.address, destination.new_object)
         if destination.shared_rodata:
             self.rodata_shared += 1
+        if destination.inferred is not None and (self.label, destination.inferred) not in self._reported:
+            self._reported.add((self.label, destination.inferred))
+            message = f"function '{self.label}': {destination.inferred}"
+            self.reason("data-offset-inferred", self.label, message)
         imported = destination.imported
         if imported is not None:
             return Place(TargetSpace.IMPORT, self.import_index(imported.name, imported.version))

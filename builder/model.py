@@ -427,9 +427,21 @@ class DiffResult:
         return tuple(p for p in self.pairs if p.status is Status.SAME)
 
     def pair(self, name: str) -> FunctionPair | None:
-        """The pair whose old or new function (or an alias) is called `name`."""
-        for p in self.pairs:
-            for side in (p.old, p.new):
-                if side is not None and (side.function.name == name or name in side.function.aliases):
+        """The pair `name` selects: the changed, added or removed pair the diff reports under that
+        name (a stripped build's `sub_<hex>` is the baseline's address, the fix's for an added
+        function; baseline first where they coincide), else the pair whose baseline function, then
+        whose fix function, is called so (or has it as an alias). `old:NAME` and `new:NAME` look on
+        that side only: `new:sub_<hex>` selects by the fix's address."""
+        prefixed = name.startswith(("old:", "new:")) and not name.startswith(("old::", "new::"))
+        side, _, bare = name.partition(":") if prefixed else ("", "", name)
+        if not side:
+            reported = (p for p in self.pairs if p.status is not Status.SAME and p.name == bare)
+            found = next(reported, None)
+            if found is not None:
+                return found
+        for which in ("old", "new") if not side else (side,):
+            for p in self.pairs:
+                fn = p.old if which == "old" else p.new
+                if fn is not None and (fn.function.name == bare or bare in fn.function.aliases):
                     return p
         return None

@@ -12,6 +12,11 @@ all of them. Each reason has a stable code (the first word of its line) that scr
                        package's unwind section (no FDE in the fix, an encoding the builder does not
                        relocate), so an exception raised in or passing through it terminates the
                        process; knowing none does (or accepting that), the fix may ship.
+  data-offset-inferred overridable: a stripped build without debug files; a reference only changed
+                       code makes into .data/.bss resolves to the baseline's object at the same
+                       section offset, because both sections have the same size and every object
+                       unchanged code uses sits at the same offset in both. An inference, not a proof
+                       (a new variable may fill what was padding): only by explicit request.
   every other code     never: applying would corrupt live state or run code against the wrong layout.
 """
 
@@ -35,6 +40,11 @@ REASON_CODES: dict[str, tuple[bool, str]] = {
     "unwind-info-missing": (True, "exceptions may pass through package code without unwind rules"),
     "library-data-unreachable": (
         False, "changed code reaches a shared library's data object in a way no slot can stand in for"
+    ),
+    "data-offset-inferred": (
+        True,
+        "without symbols, changed code's data is taken to be the baseline's at the same section offset"
+        " (same section size, every object unchanged code uses at the same offset)",
     ),
 }
 OVERRIDABLE: frozenset[str] = frozenset(code for code, (allowed, _) in REASON_CODES.items() if allowed)
@@ -90,8 +100,20 @@ def check_allowed(codes: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(sorted(set(codes)))
 
 
+class NothingToPatch(NoChange):
+    """NoChange naming the functions left out as line-number-only (the CLI prints them, JSON too)."""
+
+    def __init__(self, message: str, left_out: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.left_out = left_out
+
+
 def require_patchable(verdict: Verdict, has_content: bool, left_out: tuple[str, ...] = ()) -> None:
-    """Raise UnsupportedChange with every blocking reason, or NoChange when there is nothing to patch."""
+    """Raise UnsupportedChange with every blocking reason, or NoChange when there is nothing to patch.
+
+    Exit 5 only means "no change": the functions left out are proven line-number-only (their
+    only difference is a `__LINE__` argument, builder/line_numbers.py), and the error names each one.
+    """
     blocking = verdict.blocking
     if blocking:
         count = len(blocking)
@@ -101,9 +123,10 @@ def require_patchable(verdict: Verdict, has_content: bool, left_out: tuple[str, 
         )
     if not has_content:
         if left_out:
-            raise NoChange(
+            raise NothingToPatch(
                 f"nothing to patch: only line-number changes ({', '.join(left_out)}); "
-                "use --include-line-only to patch them"
+                "use --include-line-only to patch them",
+                left_out,
             )
         if verdict.overridden:
             raise NoChange("nothing to patch: the only differences are the overridden data changes")

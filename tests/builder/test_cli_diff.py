@@ -121,3 +121,25 @@ def test_truncated_elf_file_is_one_error_line_exit_3(pair, tmp_path):
     truncated.write_bytes(pair[0].read_bytes()[:5000])
     assert "truncated ELF file" in _error_line(hpkg("diff", str(truncated), str(pair[1])))
 
+
+
+def test_stripped_names_the_table_shows_select_those_functions(compiler):
+    """Stripped: `sub_<hex>` is the baseline's address (the fix's for an added function), and `new:sub_<hex>`
+    selects by the fix's address. A function inserted ahead of all shifts every address, so the fix's
+    addresses name other functions of the baseline; each reported name still selects its own pair."""
+    from test_diff_cases import INSERT_ENTRIES, INSERT_NEW, INSERT_OLD
+
+    old = compiler.build("insert-old", program(INSERT_OLD, INSERT_ENTRIES), "stripped").path
+    new = compiler.build("insert-new", program(INSERT_NEW, INSERT_ENTRIES), "stripped").path
+    doc = json.loads(hpkg("diff", str(old), str(new), "--json").stdout)
+    reported = [(e, "changed") for e in doc["changed"]] + [(e, "new") for e in doc["added"]]
+    assert {status for _, status in reported} == {"changed", "new"}
+    for entry, status in reported:
+        shown = hpkg("diff", str(old), str(new), "--function", entry["name"])
+        assert shown.returncode == 0, shown.stderr
+        assert shown.stdout.splitlines()[0].startswith(f"{entry['name']}: {status}")
+        fix_name = f"new:sub_{int(entry['new_address'], 16):x}"
+        by_fix_address = hpkg("diff", str(old), str(new), "--function", fix_name)
+        assert by_fix_address.stdout.splitlines()[0] == shown.stdout.splitlines()[0]
+    baseline_only = hpkg("diff", str(old), str(new), "--function", f"old:{doc['added'][0]['name']}")
+    assert not baseline_only.stdout.startswith(f"{doc['added'][0]['name']}: new")

@@ -186,7 +186,12 @@ def command(
         if as_json:
             verdict = "refused" if isinstance(exc, UnsupportedChange) else "no-change"
             reasons = list(exc.reasons) if isinstance(exc, UnsupportedChange) else []
-            app.display_json({"verdict": verdict, "message": str(exc), "reasons": reasons, "output": None})
+            app.display_json(
+                {
+                    "verdict": verdict, "message": str(exc), "reasons": reasons, "output": None,
+                    "left_out_line_number_only": list(getattr(exc, "left_out", ())),
+                }
+            )
         raise
     try:
         _write_package(Path(output), result.blob)
