@@ -37,6 +37,7 @@ from hpkg.errors import IncompatibleTarget, RefusedError, TargetError
 from hpkg.formats.model import Package
 from hpkg.loader import alloc
 from hpkg.loader.alloc import Allocation
+from hpkg.loader.bounds import ImageCode, check_record_sites, check_writes, image_code_of_process
 from hpkg.loader.compat import AppliedLevel, CompatReport, check_compatibility
 from hpkg.loader.inject import PROT_EXEC, PROT_READ, PROT_WRITE, Injector
 from hpkg.loader.interrupts import deferred_interrupts, raise_if_interrupted
@@ -185,13 +186,20 @@ def check_process(package: Package, pid: int) -> list[ImageVerified]:
         for image in images:
             records = _records_of(found, image)
             reader = ProcessImageReader(process, image)
-            compat = check_compatibility(package, reader, _applied_levels(records))
+            code = image_code_of(process, image)
+            compat = check_compatibility(package, reader, _applied_levels(records), code)
             if package.unwind:  # the unwind rules must be registrable too (refused here as apply would)
                 registered = _registered(records, _superseded(records, compat), package)
                 current = (registered.map_end, registered.eh_frame) if registered is not None else None
                 find_unwind_target(process, image, current)
             verified.append(ImageVerified(image, compat))
         return verified
+
+
+def image_code_of(process: Process, image: RuntimeImage) -> ImageCode:
+    """What the file behind `image` says about its functions (never the target's own memory)."""
+    first = min(image.mappings, key=lambda m: m.start)
+    return image_code_of_process(process.pid, (first.start, first.end))
 
 
 def _applied_levels(records: list[FoundRecord]) -> list[AppliedLevel]:
@@ -221,8 +229,15 @@ def _apply_to_image(
             f"run `hpkg status --pid {process.pid}` and `hpkg revert --pid {process.pid}` first"
         )
     # STEP 2: prove the running image is the baseline (or carries the level this package supersedes).
-    compat = check_compatibility(package, ProcessImageReader(process, image), _applied_levels(records))
+    # Every site is a function entry of the image, as its file says (loader/bounds.py).
+    code = image_code_of(process, image)
+    compat = check_compatibility(package, ProcessImageReader(process, image), _applied_levels(records), code)
     old = _superseded(records, compat)
+    if old is not None:  # the superseded level's pre-images go back at its sites: entries of the image too
+        check_record_sites(
+            ((s.function, image.link_address(s.address), len(s.pre_image)) for s in old.sites), code,
+            f"the record of package {old.package_id}",
+        )
 
     # Unwind rules: proven registrable (or refused) before anything changes.
     registered = _registered(records, old, package)
@@ -425,14 +440,20 @@ def _prepare(
                     map_end=allocation.end, eh_frame=index[0],
                 )
             record = _record_for(package, image, allocation, relocated, record_pages, registration, index)
-            # The record first: from here on, whatever happens, the allocation says what it is.
-            process.write(allocation.start, encode(record, RecordState.PREPARED))
-            process.write(placement.code, relocated.code)
-            process.write(placement.rodata, relocated.rodata)
-            process.write(placement.unwind, relocated.unwind)
-            process.write(placement.data, relocated.data)
-            if index is not None:
-                process.write(index[0], table)
+            writes = [
+                (allocation.start, encode(record, RecordState.PREPARED)),
+                (placement.code, relocated.code),
+                (placement.rodata, relocated.rodata),
+                (placement.unwind, relocated.unwind),
+                (placement.data, relocated.data),
+                *([(index[0], table)] if index is not None else []),
+            ]
+            # Every byte goes inside the package's own allocation (proven before the first write), the
+            # record first: from here on, whatever happens, the allocation says what it is.
+            bounds = [(allocation.start, allocation.end)]
+            check_writes([(a, len(data)) for a, data in writes], bounds, "package memory")
+            for address, data in writes:
+                process.write(address, data)
             _protect(injector, allocation, record)
         except BaseException:
             with contextlib.suppress(TargetError):
