@@ -46,7 +46,7 @@ from hpkg.elf.ehframe import (
     read_eh_frame_hdr,
 )
 from hpkg.elf.file import ElfFile
-from hpkg.elf.structs import SYM
+from hpkg.elf.structs import SYM, ProgramHeader
 from hpkg.errors import ImageError, IncompatibleTarget, TargetError
 from hpkg.formats.model import Package, ReplacedFunction, TargetSpace
 
@@ -85,12 +85,12 @@ class ImageCode:
         return self.entries[bisect.bisect_left(self.entries, start) : bisect.bisect_left(self.entries, end)]
 
 
-def image_code(elf: ElfFile, below: int | None = None) -> ImageCode:
-    """Read segments, sections and function entries of `elf`. With `below`, only the PT_LOADs that start
-    below it count: a file hpkg already patched carries the segments it added from there on."""
-    loads = [p for p in elf.loads if below is None or p.vaddr < below]
+def image_code(elf: ElfFile, loads: Sequence[ProgramHeader] | None = None) -> ImageCode:
+    """Read segments, sections and function entries of `elf`. `loads` are the baseline's own PT_LOADs when
+    they are not all of them (a file hpkg already patched carries the segments it added)."""
+    loads = elf.loads if loads is None else loads
     if not loads:
-        raise ImageError(f"{elf.path}: no loadable segment below {below:#x}")
+        raise ImageError(f"{elf.path}: no loadable segment of the baseline")
     start = min(p.vaddr for p in loads) // PAGE_SIZE * PAGE_SIZE
     end = max(p.vaddr + p.memsz for p in loads)
     executable = tuple((p.vaddr, p.vaddr + p.filesz) for p in loads if p.flags & PF_X)

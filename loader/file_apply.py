@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from hpkg.arch.x86_64 import PAGE_SIZE
 from hpkg.elf.file import ElfFile
 from hpkg.errors import ImageError
 from hpkg.formats.model import Package
@@ -119,17 +120,25 @@ def _levels(entries: list[dict[str, object]]) -> tuple[AppliedLevel, ...]:
     )
 
 
-def baseline_code(elf: ElfFile, applied: list[dict[str, object]]) -> ImageCode:
-    """What the file says about its functions, below the segments earlier `apply --file` runs added."""
-    added = min((e["code"][0] for e in applied), default=None)
-    return image_code(elf, added)
+def baseline_code(elf: ElfFile, applied: list[dict[str, object]], package: Package) -> ImageCode:
+    """What the file says about its functions, without the segments earlier `apply --file` runs added.
+
+    Those (moved program headers, then package code and data) start above the baseline's span, so the
+    baseline's PT_LOADs are the ones that start within the package's image_size and below the first
+    recorded package code; `check_sites` then proves that they span exactly image_size.
+    """
+    if not applied:
+        return image_code(elf)
+    start = min(p.vaddr for p in elf.loads) // PAGE_SIZE * PAGE_SIZE
+    limit = min(start + package.target.image_size, *(e["code"][0] for e in applied))
+    return image_code(elf, [p for p in elf.loads if p.vaddr < limit])
 
 
 def check_file(package: Package, binary: str | os.PathLike[str]) -> CompatReport:
     """The compatibility check alone against a file (`hpkg verify --against`); changes nothing."""
     elf = ElfFile(binary)
     applied = applied_packages(elf)
-    return check_compatibility(package, elf, _levels(applied), baseline_code(elf, applied))
+    return check_compatibility(package, elf, _levels(applied), baseline_code(elf, applied, package))
 
 
 def apply_to_file(
@@ -140,7 +149,7 @@ def apply_to_file(
     # and every site is a function entry in its code (loader/bounds.py): proven before anything is written.
     elf = ElfFile(binary)
     applied = applied_packages(elf)
-    compat = check_compatibility(package, elf, _levels(applied), baseline_code(elf, applied))
+    compat = check_compatibility(package, elf, _levels(applied), baseline_code(elf, applied, package))
 
     # STEP 2: imports, placement after the image, relocation with link addresses (bias 0).
     resolved = file_import_resolver(elf.path, package.imports)
