@@ -49,6 +49,8 @@ from hpkg.elf.file import ElfFile
 from hpkg.elf.structs import SYM, ProgramHeader
 from hpkg.errors import ImageError, IncompatibleTarget, TargetError
 from hpkg.formats.model import Package, ReplacedFunction, TargetSpace
+from hpkg.loader.procfs import RuntimeImage
+from hpkg.loader.terminal import printable
 
 _FUNCTION_TYPES = (STT_FUNC, STT_GNU_IFUNC)
 
@@ -192,14 +194,15 @@ def _site_problem(f: ReplacedFunction, code: ImageCode) -> str | None:
     return None
 
 
-def image_code_of_process(pid: int, first_mapping: tuple[int, int]) -> ImageCode:
+def image_code_of_process(pid: int, image: RuntimeImage) -> ImageCode:
     """`image_code` of a process's image, from the file it mapped (/proc/PID/map_files), not its memory."""
-    path = f"/proc/{pid}/map_files/{first_mapping[0]:x}-{first_mapping[1]:x}"
+    first = min(image.mappings, key=lambda m: m.start)
+    path = f"/proc/{pid}/map_files/{first.start:x}-{first.end:x}"
     try:
         with ElfFile.mapped(path) as elf:
             return image_code(elf)
     except ImageError as exc:  # the file behind the mapping cannot be read
-        raise TargetError(f"cannot read the file mapped at {first_mapping[0]:#x}: {exc}") from None
+        raise TargetError(f"cannot read the file of {image.path} mapped at {first.start:#x}: {exc}") from None
 
 
 def check_record_sites(sites: Iterable[tuple[str, int, int]], code: ImageCode, what: str) -> None:
@@ -208,7 +211,7 @@ def check_record_sites(sites: Iterable[tuple[str, int, int]], code: ImageCode, w
     for name, site, size in sites:
         if not (code.is_entry(site) and code.in_executable(site, site + size)):
             raise IncompatibleTarget(
-                f"{what} names a patch site of {name} at {site:#x} that is not a function entry of"
+                f"{what} names a patch site of {printable(name)} at {site:#x} that is not a function entry of"
                 f" {code.path}; nothing written"
             )
 
