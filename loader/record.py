@@ -457,7 +457,7 @@ def usable_records(
     for f in found:
         if f.trust is RecordTrust.REFUSED:
             raise RefusedError(
-                f"process {pid} carries an hpkg record hpkg cannot trust at {f.allocation.start:#x}:"
+                f"process {pid}: hpkg cannot trust its record at {f.allocation.start:#x}:"
                 f" {printable(f.problem)}; nothing written (restart the process to get rid of it)"
             )
         if f.trust is RecordTrust.UNAUTHENTICATED and not allow_unauthenticated:
