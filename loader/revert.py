@@ -31,7 +31,7 @@ from hpkg.loader.bounds import check_record_sites, image_code_of_process
 from hpkg.loader.interrupts import deferred_interrupts
 from hpkg.loader.live import DEFAULT_TIMEOUT, free_allocations, open_process, target_lock, wait_until_safe
 from hpkg.loader.process import Process
-from hpkg.loader.procfs import list_images
+from hpkg.loader.procfs import RuntimeImage, list_images
 from hpkg.loader.record import (
     FoundRecord,
     PatchRecord,
@@ -123,7 +123,9 @@ def revert_process(
         absent = [f.allocation for f in found if f.trust is RecordTrust.ABSENT]
         if not stacks and not absent:
             raise RefusedError(f"process {pid} carries no hpkg package")
-        done = [_revert_stack(process, stack, timeout, unauthenticated) for stack in stacks.values()]
+        # STEP 2 (first half): every record of every image proven bounded before any image is reverted.
+        images = [(_check_stack(process, stack, unauthenticated), stack) for stack in stacks.values()]
+        done = [_revert_stack(process, stack, image, timeout) for image, stack in images]
         orphans: list[Allocation] = []
         if package_id is None:
             orphans = absent
@@ -156,8 +158,9 @@ def _sites_to_restore(process: Process, stack: list[PatchRecord]) -> list[SiteRe
                 restore.setdefault(site.address, site)
                 continue
             reasons.append(
-                f"function {site.function} at {site.address:#x}: holds {current.hex()}, neither the jump of "
-                f"package {record.package_id} nor its pre-image {site.pre_image.hex()} (changed by another)"
+                f"function {printable(site.function)} at {site.address:#x}: holds {current.hex()}, neither"
+                f" the jump of package {printable(record.package_id)} nor its pre-image"
+                f" {site.pre_image.hex()} (changed by another)"
             )
     if reasons:
         raise IncompatibleTarget("patch sites were changed after hpkg applied its package; nothing reverted",
@@ -187,15 +190,14 @@ def _unwind_restores(process: Process, stack: list[PatchRecord]) -> list[tuple[i
     return []
 
 
-def _revert_stack(
-    process: Process, stack: list[PatchRecord], timeout: float, unauthenticated: set[str]
-) -> ImageReverted:
+def _check_stack(process: Process, stack: list[PatchRecord], unauthenticated: set[str]) -> RuntimeImage:
+    """The image a stack of records patched, once every site they name is proven a function entry of the
+    image's file (revert writes nowhere else)."""
     top = stack[-1]
     key = (top.build_id, top.load_bias)
     image = next((i for i in list_images(process.pid) if (i.build_id, i.load_bias) == key), None)
     if image is None:
         raise TargetError(f"image {printable(top.image_path)} is no longer mapped in process {process.pid}")
-    # Every site a record names is a function entry of the image's file: revert writes nowhere else.
     code = image_code_of_process(process.pid, image)
     for record in stack:
         what = f"the record of package {printable(record.package_id)}"
@@ -203,6 +205,13 @@ def _revert_stack(
             raise RefusedError(f"{what} is unauthenticated and names ld.so's unwind record; nothing written")
         sites = [(s.function, image.link_address(s.address), len(s.pre_image)) for s in record.sites]
         check_record_sites(sites, code, what)
+    return image
+
+
+def _revert_stack(
+    process: Process, stack: list[PatchRecord], image: RuntimeImage, timeout: float
+) -> ImageReverted:
+    top = stack[-1]
     restore = _sites_to_restore(process, stack)
     # STEP 4: no thread inside the package's code, nor at a patch site.
     new_code = [CodeRange(f"{c.function} (package {r.package_id[:12]})", c.start, c.end)
