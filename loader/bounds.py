@@ -25,6 +25,7 @@ image. Every other write the loader makes stays inside the package's own allocat
 from __future__ import annotations
 
 import bisect
+import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -200,7 +201,7 @@ def image_code_of_process(pid: int, image: RuntimeImage) -> ImageCode:
     path = f"/proc/{pid}/map_files/{first.start:x}-{first.end:x}"
     try:
         with ElfFile.mapped(path) as elf:
-            return image_code(elf)
+            return dataclasses.replace(image_code(elf), path=image.path)
     except ImageError as exc:  # the file behind the mapping cannot be read
         raise TargetError(f"cannot read the file of {image.path} mapped at {first.start:#x}: {exc}") from None
 
