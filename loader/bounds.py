@@ -201,7 +201,7 @@ def image_code_of_process(pid: int, image: RuntimeImage) -> ImageCode:
     path = f"/proc/{pid}/map_files/{first.start:x}-{first.end:x}"
     try:
         with ElfFile.mapped(path) as elf:
-            return dataclasses.replace(image_code(elf), path=image.path)
+            return dataclasses.replace(image_code(elf), path=printable(image.path))
     except ImageError as exc:  # the file behind the mapping cannot be read
         raise TargetError(f"cannot read the file of {image.path} mapped at {first.start:#x}: {exc}") from None
 
