@@ -37,6 +37,7 @@ from hpkg.errors import IncompatibleTarget, RefusedError, TargetError
 from hpkg.formats.model import Package
 from hpkg.loader import alloc
 from hpkg.loader.alloc import Allocation
+from hpkg.loader.bounds import check_record_sites, check_writes, image_code_of_process
 from hpkg.loader.compat import AppliedLevel, CompatReport, check_compatibility
 from hpkg.loader.inject import PROT_EXEC, PROT_READ, PROT_WRITE, Injector
 from hpkg.loader.interrupts import deferred_interrupts, raise_if_interrupted
@@ -61,16 +62,19 @@ from hpkg.loader.record import (
     CodeRecord,
     FoundRecord,
     PatchRecord,
+    RecordSeal,
     RecordState,
     SiteRecord,
     UnwindRegistration,
     encode,
     encoded_size,
     find_records,
-    state_bytes,
+    sealed_state,
+    usable_records,
 )
 from hpkg.loader.safety import CodeRange
 from hpkg.loader.switch import SiteWrite, switch_table, write_sites
+from hpkg.loader.terminal import printable
 from hpkg.loader.unwind_table import merged_eh_frame_hdr, package_fdes
 
 
@@ -105,13 +109,15 @@ class LiveApplyResult:
         out = [f"applied {identity.package_id} (level {identity.patch_level}) to process {self.pid}"]
         for applied in self.images:
             r = applied.record
-            out.append(f"  image {applied.image.path} (build-id {r.build_id}, load bias {r.load_bias:#x})")
+            path = printable(applied.image.path)
+            out.append(f"  image {path} (build-id {r.build_id}, load bias {r.load_bias:#x})")
             memory = f"{r.allocation.start:#x}-{r.allocation.end:#x}"
-            out.append(f"  package memory {memory} (/memfd:{r.allocation.name})")
+            out.append(f"  package memory {memory} (/memfd:{printable(r.allocation.name)})")
             for site in r.sites:
-                out.append(f"    {site.function}: jmp at {site.address:#x} -> {site.replacement:#x}")
+                jump = f"jmp at {site.address:#x} -> {site.replacement:#x}"
+                out.append(f"    {printable(site.function)}: {jump}")
             if applied.superseded:
-                out.append(f"  superseded package {applied.superseded} (its memory freed)")
+                out.append(f"  superseded package {printable(applied.superseded)} (its memory freed)")
             out.append(f"  switch: {applied.switch}")
             out.append(f"  pause: {applied.pause_seconds * 1000:.3f} ms (all threads stopped)")
         return out
@@ -158,11 +164,13 @@ def apply_to_process(package: Package, pid: int, timeout: float = DEFAULT_TIMEOU
     """Apply `package` to every baseline image of process `pid`; refuse (nothing changed) when unsafe."""
     process = open_process(pid)
     with deferred_interrupts(), process, target_lock(pid, timeout):
-        # STEP 1: the baseline images, and what hpkg already applied to them.
+        # STEP 1: the baseline images, and what hpkg already applied to them (records it can authenticate).
         images = baseline_images(process, package)
-        found = find_records(process)
+        seal = RecordSeal.of(process)
+        found = usable_records(find_records(process, seal), pid)
         done = [
-            _apply_to_image(process, package, image, _records_of(found, image), timeout) for image in images
+            _apply_to_image(process, package, image, _records_of(found, image), timeout, seal)
+            for image in images
         ]
     return LiveApplyResult(package, pid, tuple(done))
 
@@ -180,12 +188,13 @@ def check_process(package: Package, pid: int) -> list[ImageVerified]:
     process = open_process(pid)
     with process:
         images = baseline_images(process, package)
-        found = find_records(process)
+        found = usable_records(find_records(process), pid)
         verified = []
         for image in images:
             records = _records_of(found, image)
             reader = ProcessImageReader(process, image)
-            compat = check_compatibility(package, reader, _applied_levels(records))
+            code = image_code_of_process(process.pid, image)
+            compat = check_compatibility(package, reader, _applied_levels(records), code)
             if package.unwind:  # the unwind rules must be registrable too (refused here as apply would)
                 registered = _registered(records, _superseded(records, compat), package)
                 current = (registered.map_end, registered.eh_frame) if registered is not None else None
@@ -212,7 +221,12 @@ def _records_of(found: list[FoundRecord], image: RuntimeImage) -> list[FoundReco
 
 
 def _apply_to_image(
-    process: Process, package: Package, image: RuntimeImage, records: list[FoundRecord], timeout: float
+    process: Process,
+    package: Package,
+    image: RuntimeImage,
+    records: list[FoundRecord],
+    timeout: float,
+    seal: RecordSeal,
 ) -> ImageApplied:
     interrupted = [f.record.package_id for f in records if f.state is not RecordState.APPLIED and f.record]
     if interrupted:
@@ -221,8 +235,15 @@ def _apply_to_image(
             f"run `hpkg status --pid {process.pid}` and `hpkg revert --pid {process.pid}` first"
         )
     # STEP 2: prove the running image is the baseline (or carries the level this package supersedes).
-    compat = check_compatibility(package, ProcessImageReader(process, image), _applied_levels(records))
+    # Every site is a function entry of the image, as its file says (loader/bounds.py).
+    code = image_code_of_process(process.pid, image)
+    compat = check_compatibility(package, ProcessImageReader(process, image), _applied_levels(records), code)
     old = _superseded(records, compat)
+    if old is not None:  # the superseded level's pre-images go back at its sites: entries of the image too
+        check_record_sites(
+            ((s.function, image.link_address(s.address), len(s.pre_image)) for s in old.sites), code,
+            f"the record of package {old.package_id}",
+        )
 
     # Unwind rules: proven registrable (or refused) before anything changes.
     registered = _registered(records, old, package)
@@ -234,7 +255,7 @@ def _apply_to_image(
     # STEP 3: place the package while the process runs. Ctrl-C is taken here or while waiting for a
     # safe moment (the allocation is then freed), never after the switch.
     raise_if_interrupted()
-    prepared = _prepare(process, package, image, target if package.unwind else None, old)
+    prepared = _prepare(process, package, image, seal, target if package.unwind else None, old)
     try:
         # STEP 4: a safe moment — no thread in a replaced function, nor in the superseded level's code.
         functions, windows = replaced_ranges(package, image)
@@ -263,7 +284,8 @@ def _apply_to_image(
                     stopped.write(address, word)
             writes = _site_writes(prepared.relocated, old)
             method = write_sites(stopped, writes, switch_table(prepared.record), image)
-            stopped.write(prepared.allocation.start + STATE_OFFSET, state_bytes(RecordState.APPLIED))
+            applied = sealed_state(prepared.record, RecordState.APPLIED, seal)
+            stopped.write(prepared.allocation.start + STATE_OFFSET, applied)
             for site in prepared.relocated.patch_sites:
                 if process.read(site.address, len(site.jump)) != site.jump:
                     raise TargetError(f"the jump at {site.name} ({site.address:#x}) did not stick")
@@ -382,6 +404,7 @@ def _prepare(
     process: Process,
     package: Package,
     image: RuntimeImage,
+    seal: RecordSeal,
     unwind: UnwindTarget | None = None,
     old: PatchRecord | None = None,
 ) -> Prepared:
@@ -425,14 +448,20 @@ def _prepare(
                     map_end=allocation.end, eh_frame=index[0],
                 )
             record = _record_for(package, image, allocation, relocated, record_pages, registration, index)
-            # The record first: from here on, whatever happens, the allocation says what it is.
-            process.write(allocation.start, encode(record, RecordState.PREPARED))
-            process.write(placement.code, relocated.code)
-            process.write(placement.rodata, relocated.rodata)
-            process.write(placement.unwind, relocated.unwind)
-            process.write(placement.data, relocated.data)
-            if index is not None:
-                process.write(index[0], table)
+            writes = [
+                (allocation.start, encode(record, RecordState.PREPARED, seal)),
+                (placement.code, relocated.code),
+                (placement.rodata, relocated.rodata),
+                (placement.unwind, relocated.unwind),
+                (placement.data, relocated.data),
+                *([(index[0], table)] if index is not None else []),
+            ]
+            # Every byte goes inside the package's own allocation (proven before the first write), the
+            # record first: from here on, whatever happens, the allocation says what it is.
+            bounds = [(allocation.start, allocation.end)]
+            check_writes([(a, len(data)) for a, data in writes], bounds, "package memory")
+            for address, data in writes:
+                process.write(address, data)
             _protect(injector, allocation, record)
         except BaseException:
             with contextlib.suppress(TargetError):

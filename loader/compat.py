@@ -5,6 +5,8 @@ the File target and the live loader run the same check. Every failure is gathere
 once, naming each function, before anything is written:
 
   1. the build-id equals the package's baseline build-id;
+  1b. every patch site is a function entry in an executable segment of the image, and the package's
+     image_size and baseline addresses fit it (`hpkg.loader.bounds`, read from the baseline file);
   2. each patch site holds the recorded pre-image, or the jump of an applied lower patch level that this
      package supersedes (its target inside that level's area);
   3. each replaced function's bytes hash to the recorded SHA-256 (at a site that carries a superseded
@@ -21,6 +23,7 @@ from typing import Protocol
 from hpkg.arch.x86_64 import JMP_REL32_SIZE, decode_jmp_rel32
 from hpkg.errors import IncompatibleTarget
 from hpkg.formats.model import Package, ReplacedFunction
+from hpkg.loader.bounds import ImageCode, check_sites
 
 
 class ImageReader(Protocol):
@@ -158,13 +161,14 @@ def _check_site(
 
 
 def check_compatibility(
-    package: Package, reader: ImageReader, applied: Sequence[AppliedLevel] = ()
+    package: Package, reader: ImageReader, applied: Sequence[AppliedLevel] = (), code: ImageCode | None = None
 ) -> CompatReport:
     """Prove `reader`'s image is the package's baseline; raise IncompatibleTarget listing every failure.
 
     `applied` lists the packages already applied to this image (empty for an unpatched file); a patch
     site may then carry the jump of the level this package supersedes. A package whose level is not
-    above every applied level is refused (no silent downgrade).
+    above every applied level is refused (no silent downgrade). `code` is what the baseline file says
+    about its functions: every site must be one of their entries (the loaders always pass it).
     """
     reasons: list[str] = []
     expected = package.target.build_id
@@ -173,6 +177,8 @@ def check_compatibility(
         shown = found.hex() if found else "none"
         wanted = expected.hex()
         raise IncompatibleTarget(f"target is another build: build-id {shown}, the package is for {wanted}")
+    if code is not None:
+        check_sites(package, code)
     level = package.identity.patch_level
     for old in applied:
         if old.patch_level >= level:

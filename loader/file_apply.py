@@ -13,9 +13,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from hpkg.arch.x86_64 import PAGE_SIZE
 from hpkg.elf.file import ElfFile
 from hpkg.errors import ImageError
 from hpkg.formats.model import Package
+from hpkg.loader.bounds import ImageCode, image_code
 from hpkg.loader.compat import AppliedLevel, CompatReport, check_compatibility
 from hpkg.loader.file_dynamic import DynamicLinking
 from hpkg.loader.file_imports import file_import_resolver
@@ -97,10 +99,11 @@ def applied_packages(elf: ElfFile) -> list[dict[str, object]]:
         entries = document["applied"]
         if document["format"] != RECORD_FORMAT or not all(
             isinstance(e["package_id"], str) and isinstance(e["patch_level"], int) and len(e["code"]) == 2
+            and all(isinstance(a, int) and a >= 0 for a in e["code"])
             for e in entries
         ):
             raise ValueError("unexpected record")
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         what = f"unreadable {RECORD_SECTION} section (written by another hpkg?)"
         raise ImageError(f"{elf.path}: {what}") from None
     return entries
@@ -117,20 +120,36 @@ def _levels(entries: list[dict[str, object]]) -> tuple[AppliedLevel, ...]:
     )
 
 
+def baseline_code(elf: ElfFile, applied: list[dict[str, object]], package: Package) -> ImageCode:
+    """What the file says about its functions, without the segments earlier `apply --file` runs added.
+
+    Those (moved program headers, then package code and data) start above the baseline's span, so the
+    baseline's PT_LOADs are the ones that start within the package's image_size and below the first
+    recorded package code; `check_sites` then proves that they span exactly image_size.
+    """
+    if not applied:
+        return image_code(elf)
+    start = min(p.vaddr for p in elf.loads) // PAGE_SIZE * PAGE_SIZE
+    limit = min(start + package.target.image_size, *(e["code"][0] for e in applied))
+    return image_code(elf, [p for p in elf.loads if p.vaddr < limit])
+
+
 def check_file(package: Package, binary: str | os.PathLike[str]) -> CompatReport:
     """The compatibility check alone against a file (`hpkg verify --against`); changes nothing."""
     elf = ElfFile(binary)
-    return check_compatibility(package, elf, applied_levels(elf))
+    applied = applied_packages(elf)
+    return check_compatibility(package, elf, _levels(applied), baseline_code(elf, applied, package))
 
 
 def apply_to_file(
     package: Package, binary: str | os.PathLike[str], output: str | os.PathLike[str]
 ) -> FileApplyResult:
     """Write `output`: `binary` with `package` added and jumps at its patch sites; `binary` is not changed."""
-    # STEP 1: the file is the package's baseline, site by site (or carries the level this one supersedes).
+    # STEP 1: the file is the package's baseline, site by site (or carries the level this one supersedes),
+    # and every site is a function entry in its code (loader/bounds.py): proven before anything is written.
     elf = ElfFile(binary)
     applied = applied_packages(elf)
-    compat = check_compatibility(package, elf, _levels(applied))
+    compat = check_compatibility(package, elf, _levels(applied), baseline_code(elf, applied, package))
 
     # STEP 2: imports, placement after the image, relocation with link addresses (bias 0).
     resolved = file_import_resolver(elf.path, package.imports)

@@ -11,14 +11,25 @@ Layout (little-endian), at the start of the allocation:
 | offset | size | field |
 |---|---|---|
 | 0 | 8 | magic `HPKGREC\\x01` |
-| 8 | 4 | format version (1) |
+| 8 | 4 | format version: 2 (1 was written by hpkg before records were authenticated) |
 | 12 | 4 | state: 1 prepared (written, no site switched yet), 2 applied |
 | 16 | 4 | body size in bytes |
 | 20 | 4 | reserved, 0 |
-| 24 | 32 | SHA-256 of the body |
+| 24 | 32 | version 2: the seal, HMAC-SHA256 (below); version 1: SHA-256 of the body |
 | 56 | body size | body: canonical JSON (below) |
 
-The state is outside the digest so that the switch flips it with one 4-byte write. The body holds
+The target can rewrite this memory, so nothing in a record is believed before its seal is: an
+HMAC-SHA256, under this host's record key (loader/record_key.py, which the target cannot read), of
+"hpkg-record-2", the process (pid and start time), the allocation's address, header bytes 8..24
+(version, state, size) and the body. A record copied from another process or allocation, or with any
+bit changed, fails. The switch rewrites bytes 12..56 (state and seal) in one write. Then the body is
+validated against limits (nesting depth, sizes, types, counts; `_validate`) and against the
+allocation it was found in. Authenticating what revert reads was chosen over re-deriving it from the
+package and the image because revert has no package: it must work from what the process carries.
+A version 1 record (no seal) is "unauthenticated": shown by `status`, refused by apply and verify, and
+reverted only with `revert --allow-unauthenticated`, its sites still checked against the image.
+
+The body holds
 the package id, patch level and the id it supersedes, the baseline build-id, the image path and
 load bias, the allocation and its areas, every patch site (runtime address, pre-image, jump,
 replacement), the runtime range of every function of the package's code (the new code that
@@ -31,21 +42,29 @@ so the body's size is known before the allocation's address is.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
+import re
 import struct
 from dataclasses import dataclass
-from enum import IntEnum
+from enum import IntEnum, StrEnum
+from typing import Any
 
-from hpkg.errors import TargetError
+from hpkg.errors import RefusedError, TargetError
+from hpkg.formats.limits import MAX_NAME_LENGTH, MAX_PRE_IMAGE, MAX_RECORDS
 from hpkg.loader.alloc import Allocation, find_allocations
 from hpkg.loader.process import Process
+from hpkg.loader.record_key import record_key
+from hpkg.loader.terminal import printable
 
 MAGIC = b"HPKGREC\x01"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+UNSEALED_VERSION = 1  # records of an hpkg before the seal: an unkeyed SHA-256 the target can recompute
 _HEADER = struct.Struct("<8sIII4x32s")
 HEADER_SIZE = _HEADER.size  # 56
 STATE_OFFSET = 12
 MAX_BODY = 1 << 20
+_SEAL_DOMAIN = b"hpkg-record-2"
 
 
 class RecordState(IntEnum):
@@ -153,8 +172,8 @@ class PatchRecord:
 
     @classmethod
     def from_body(cls, body: bytes) -> PatchRecord:
-        """Parse a body written by `to_body`; ValueError/KeyError/TypeError on anything else."""
-        d = json.loads(body)
+        """Parse a body written by `to_body`; RecordInvalid on anything else (limits checked first)."""
+        d = _validate(_parse(body))
         a = d["allocation"]
         return cls(
             package_id=str(d["package_id"]),
@@ -187,10 +206,168 @@ def _hex(value: int) -> str:
     return f"{value:#018x}"
 
 
-def encode(record: PatchRecord, state: RecordState) -> bytes:
-    """Header and body, ready to be written at the start of the allocation."""
+class RecordInvalid(ValueError):
+    """A record body that is not what `to_body` writes, or is beyond the limits."""
+
+
+# Limits of a body `to_body` writes: its deepest nesting (object > list > object or list) and its sizes.
+MAX_DEPTH = 3
+MAX_AREAS = 8
+AREA_NAMES = frozenset({"record", "code", "rodata", "data", "unwind-index"})
+_HEX_WORD = re.compile(r"0x[0-9a-f]{16}")
+_HEX_BYTES = re.compile(r"(?:[0-9a-f]{2})*")
+_KEYS = frozenset({
+    "package_id", "patch_level", "supersedes", "build_id", "image_path", "load_bias", "allocation", "areas",
+    "sites", "code", "objects", "unwind",
+})
+_SITE_KEYS = frozenset({"function", "address", "pre_image", "jump", "replacement"})
+
+
+def _parse(body: bytes) -> Any:
+    """JSON, after proving its nesting is shallow (the parser recurses once per level)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in body:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in b"[{":
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > MAX_DEPTH:
+                raise RecordInvalid(f"nested deeper than {MAX_DEPTH} levels")
+        elif byte in b"]}":
+            depth -= 1
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise RecordInvalid(f"not JSON ({type(exc).__name__})") from None
+
+
+def _text(value: Any, where: str, limit: int = MAX_NAME_LENGTH, empty: bool = False) -> str:
+    if not isinstance(value, str) or len(value) > limit or (not value and not empty):
+        raise RecordInvalid(f"{where}: expected text of at most {limit} characters")
+    return value
+
+
+def _word(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not _HEX_WORD.fullmatch(value):
+        raise RecordInvalid(f"{where}: expected a 64-bit hex word")
+    return value
+
+
+def _bytes(value: Any, where: str, low: int, high: int) -> str:
+    if not isinstance(value, str) or not _HEX_BYTES.fullmatch(value) or not low <= len(value) // 2 <= high:
+        raise RecordInvalid(f"{where}: expected {low}..{high} bytes in hex")
+    return value
+
+
+def _list(value: Any, where: str, limit: int) -> list[Any]:
+    if not isinstance(value, list) or len(value) > limit:
+        raise RecordInvalid(f"{where}: expected a list of at most {limit} entries")
+    return value
+
+
+def _range(value: Any, where: str, names: frozenset[str] | None = None) -> None:
+    """[name, start, end] with start <= end."""
+    if not isinstance(value, list) or len(value) != 3:
+        raise RecordInvalid(f"{where}: expected [name, start, end]")
+    name = _text(value[0], f"{where} name")
+    if names is not None and name not in names:
+        raise RecordInvalid(f"{where}: unknown area")
+    if int(_word(value[1], f"{where} start"), 16) > int(_word(value[2], f"{where} end"), 16):
+        raise RecordInvalid(f"{where}: ends before it starts")
+
+
+def _validate(d: Any) -> dict[str, Any]:
+    """Every field of a parsed body has the type, size and count `to_body` gives it; RecordInvalid if not."""
+    if not isinstance(d, dict) or not {k for k in _KEYS if k != "unwind"} <= d.keys() <= _KEYS:
+        raise RecordInvalid("not a record body (fields missing or unknown)")
+    _text(d["package_id"], "package_id", 256)
+    level = d["patch_level"]
+    if not isinstance(level, int) or isinstance(level, bool) or not 1 <= level < 1 << 32:
+        raise RecordInvalid("patch_level: expected a positive 32-bit number")
+    if d["supersedes"] is not None:
+        _text(d["supersedes"], "supersedes", 256)
+    _bytes(d["build_id"], "build_id", 1, 64)
+    _text(d["image_path"], "image_path", 4096)
+    _word(d["load_bias"], "load_bias")
+    a = d["allocation"]
+    if not isinstance(a, dict) or a.keys() != {"name", "start", "size"}:
+        raise RecordInvalid("allocation: expected name, start and size")
+    _text(a["name"], "allocation name", 256)
+    _word(a["start"], "allocation start")
+    _word(a["size"], "allocation size")
+    for n, area in enumerate(_list(d["areas"], "areas", MAX_AREAS)):
+        _range(area, f"areas[{n}]", AREA_NAMES)
+    for n, site in enumerate(_list(d["sites"], "sites", MAX_RECORDS)):
+        if not isinstance(site, dict) or site.keys() != _SITE_KEYS:
+            raise RecordInvalid(f"sites[{n}]: expected function, address, pre_image, jump, replacement")
+        _text(site["function"], f"sites[{n}] function")
+        _word(site["address"], f"sites[{n}] address")
+        _bytes(site["pre_image"], f"sites[{n}] pre_image", 1, MAX_PRE_IMAGE)
+        _bytes(site["jump"], f"sites[{n}] jump", 1, len(site["pre_image"]) // 2)
+        _word(site["replacement"], f"sites[{n}] replacement")
+    for name in ("code", "objects"):
+        for n, entry in enumerate(_list(d[name], name, MAX_RECORDS)):
+            _range(entry, f"{name}[{n}]")
+    if "unwind" in d:
+        words = _list(d["unwind"], "unwind", 5)
+        if len(words) != 5:
+            raise RecordInvalid("unwind: expected 5 words")
+        for n, word in enumerate(words):
+            _word(word, f"unwind[{n}]")
+    return d
+
+
+def _inside(record: PatchRecord, allocation: Allocation) -> str:
+    """Why a well-formed record does not describe the allocation it was found in ("" when it does)."""
+    own = record.allocation
+    if (own.start, own.size, own.name) != (allocation.start, allocation.size, allocation.name):
+        return f"it describes memory at {own.start:#x}, not the allocation it is in"
+    code = ((f"code of {c.function}", c.start, c.end) for c in record.code)
+    for name, start, end in (*record.areas, *code):
+        if not allocation.start <= start <= end <= allocation.end:
+            return f"its {name} area lies outside its allocation"
+    return ""
+
+
+@dataclass(frozen=True)
+class RecordSeal:
+    """What a record's seal binds: this host's key, and the one process (pid and start time) it is in."""
+
+    key: bytes
+    pid: int
+    start_time: int
+
+    @classmethod
+    def of(cls, process: Process) -> RecordSeal:
+        return cls(record_key(), process.pid, process.start_time)
+
+    def mac(self, allocation_start: int, header: bytes, body: bytes) -> bytes:
+        """HMAC-SHA256 of the domain, the process, the allocation, header bytes 8..24 and the body."""
+        binding = struct.pack("<QQQ", self.pid, self.start_time, allocation_start)
+        return hmac.new(self.key, _SEAL_DOMAIN + binding + header[8:24] + body, hashlib.sha256).digest()
+
+
+def encode(record: PatchRecord, state: RecordState, seal: RecordSeal) -> bytes:
+    """Header and body, sealed, ready to be written at the start of the allocation."""
     body = record.to_body()
-    return _HEADER.pack(MAGIC, FORMAT_VERSION, state, len(body), hashlib.sha256(body).digest()) + body
+    unsealed = _HEADER.pack(MAGIC, FORMAT_VERSION, state, len(body), bytes(32))
+    return _HEADER.pack(
+        MAGIC, FORMAT_VERSION, state, len(body), seal.mac(record.allocation.start, unsealed, body)
+    ) + body
+
+
+def sealed_state(record: PatchRecord, state: RecordState, seal: RecordSeal) -> bytes:
+    """Header bytes STATE_OFFSET..HEADER_SIZE (state, size and the new seal) for `state`: one write."""
+    return encode(record, state, seal)[STATE_OFFSET:HEADER_SIZE]
 
 
 def encoded_size(record: PatchRecord) -> int:
@@ -198,50 +375,95 @@ def encoded_size(record: PatchRecord) -> int:
     return HEADER_SIZE + len(record.to_body())
 
 
-def state_bytes(state: RecordState) -> bytes:
-    """The 4 bytes at STATE_OFFSET for `state`."""
-    return struct.pack("<I", state)
+class RecordTrust(StrEnum):
+    """How far hpkg believes what an allocation's record says."""
+
+    AUTHENTICATED = "authenticated"  # sealed under this host's key for this process, and well-formed
+    UNAUTHENTICATED = "unauthenticated"  # written by an older hpkg (no seal), well-formed
+    REFUSED = "refused"  # a record that fails its seal, digest or validation: changed by someone else
+    ABSENT = "absent"  # no record: a loader stopped before writing one
 
 
 @dataclass(frozen=True)
 class FoundRecord:
-    """An hpkg allocation of a process and what its record says (None when unreadable or damaged)."""
+    """An hpkg allocation of a process and what its record says (None unless authenticated or legacy)."""
 
     allocation: Allocation
     record: PatchRecord | None
     state: RecordState | None
     problem: str  # why `record` is None, else ""
+    trust: RecordTrust = RecordTrust.AUTHENTICATED
 
 
-def read_record(process: Process, allocation: Allocation) -> FoundRecord:
-    """Read and check the record at the start of one allocation."""
+def _absent(allocation: Allocation, problem: str) -> FoundRecord:
+    return FoundRecord(allocation, None, None, problem, RecordTrust.ABSENT)
+
+
+def _refused(allocation: Allocation, problem: str) -> FoundRecord:
+    return FoundRecord(allocation, None, None, problem, RecordTrust.REFUSED)
+
+
+def read_record(process: Process, allocation: Allocation, seal: RecordSeal) -> FoundRecord:
+    """Read a record, authenticate it before believing any field, then validate it."""
     try:
         head = process.read(allocation.start, HEADER_SIZE)
     except TargetError as exc:
-        return FoundRecord(allocation, None, None, str(exc))
+        return _absent(allocation, str(exc))
     magic, version, state, size, digest = _HEADER.unpack(head)
     if magic != MAGIC:
-        return FoundRecord(allocation, None, None, "no record (a loader stopped before writing it?)")
-    if version != FORMAT_VERSION:
-        problem = f"record format {version}, this hpkg reads {FORMAT_VERSION}"
-        return FoundRecord(allocation, None, None, problem)
+        return _absent(allocation, "no record (a loader stopped before writing it?)")
+    if version not in (FORMAT_VERSION, UNSEALED_VERSION):
+        return _refused(allocation, f"record format {version}, this hpkg reads {FORMAT_VERSION}")
     if not 0 < size <= MAX_BODY or allocation.start + HEADER_SIZE + size > allocation.end:
-        return FoundRecord(allocation, None, None, f"record body size {size} out of bounds")
+        return _refused(allocation, f"record body size {size} out of bounds")
     try:
         body = process.read(allocation.start + HEADER_SIZE, size)
     except TargetError as exc:
-        return FoundRecord(allocation, None, None, str(exc))
-    if hashlib.sha256(body).digest() != digest:
-        return FoundRecord(allocation, None, None, "record damaged: SHA-256 of its body does not match")
+        return _refused(allocation, str(exc))
+    if version == FORMAT_VERSION:
+        if not hmac.compare_digest(seal.mac(allocation.start, head, body), digest):
+            why = "record fails authentication (changed inside the process, or sealed under another key)"
+            return _refused(allocation, why)
+        trust = RecordTrust.AUTHENTICATED
+    else:
+        if hashlib.sha256(body).digest() != digest:
+            return _refused(allocation, "record damaged: SHA-256 of its body does not match")
+        trust = RecordTrust.UNAUTHENTICATED
     try:
         record = PatchRecord.from_body(body)
         record_state = RecordState(state)
-    except (ValueError, KeyError, TypeError) as exc:
-        return FoundRecord(allocation, None, None, f"record unreadable: {exc}")
-    return FoundRecord(allocation, record, record_state, "")
+    except RecordInvalid as exc:
+        return _refused(allocation, f"record malformed: {exc}")
+    except ValueError:
+        return _refused(allocation, f"record state {state} is unknown")
+    problem = _inside(record, allocation)
+    if problem:
+        return _refused(allocation, f"record malformed: {problem}")
+    return FoundRecord(allocation, record, record_state, "", trust)
 
 
-def find_records(process: Process) -> list[FoundRecord]:
+def find_records(process: Process, seal: RecordSeal | None = None) -> list[FoundRecord]:
     """Every hpkg allocation of a process with its record, in address order."""
+    seal = seal if seal is not None else RecordSeal.of(process)
     allocations = sorted(find_allocations(process.maps()), key=lambda a: a.start)
-    return [read_record(process, allocation) for allocation in allocations]
+    return [read_record(process, allocation, seal) for allocation in allocations]
+
+
+def usable_records(
+    found: list[FoundRecord], pid: int, allow_unauthenticated: bool = False
+) -> list[FoundRecord]:
+    """The records an apply, verify or revert may act on; RefusedError (exit 4) when any is refused, or
+    unauthenticated without `allow_unauthenticated`. Allocations without a record pass through."""
+    for f in found:
+        if f.trust is RecordTrust.REFUSED:
+            raise RefusedError(
+                f"process {pid}: hpkg cannot trust its record at {f.allocation.start:#x}:"
+                f" {printable(f.problem)}; nothing written (restart the process to get rid of it)"
+            )
+        if f.trust is RecordTrust.UNAUTHENTICATED and not allow_unauthenticated:
+            raise RefusedError(
+                f"process {pid} carries an unauthenticated hpkg record at {f.allocation.start:#x} (written by"
+                " an older hpkg, without a seal); nothing written. `hpkg revert --allow-unauthenticated`"
+                " takes it out after checking its sites against the image"
+            )
+    return found

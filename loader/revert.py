@@ -13,6 +13,12 @@ and any superseded one whose memory a killed loader left behind) is reverted and
 lower level is not re-instated — apply it again if that is what is wanted. An interrupted apply
 (record "prepared", maybe some sites switched) is reverted the same way. Allocations that carry no
 record (a loader killed before writing one; nothing can reach them) are freed by a revert of all.
+
+Rule for records: revert writes only what an authenticated record says (loader/record.py), and only at
+sites that are function entries of the image's file (loader/bounds.py). A record that fails its seal or
+validation refuses the whole revert before anything is written (exit 4); a record of an older hpkg
+(unsealed) is reverted only with `allow_unauthenticated`, and not when it registered unwind rules
+(the address of ld.so's record it names cannot be checked).
 """
 
 from __future__ import annotations
@@ -21,13 +27,22 @@ from dataclasses import dataclass
 
 from hpkg.errors import IncompatibleTarget, RefusedError, TargetError
 from hpkg.loader.alloc import Allocation
+from hpkg.loader.bounds import check_record_sites, image_code_of_process
 from hpkg.loader.interrupts import deferred_interrupts
 from hpkg.loader.live import DEFAULT_TIMEOUT, free_allocations, open_process, target_lock, wait_until_safe
 from hpkg.loader.process import Process
-from hpkg.loader.procfs import list_images
-from hpkg.loader.record import FoundRecord, PatchRecord, SiteRecord, find_records
+from hpkg.loader.procfs import RuntimeImage, list_images
+from hpkg.loader.record import (
+    FoundRecord,
+    PatchRecord,
+    RecordTrust,
+    SiteRecord,
+    find_records,
+    usable_records,
+)
 from hpkg.loader.safety import CodeRange
 from hpkg.loader.switch import SiteWrite, switch_table, write_sites
+from hpkg.loader.terminal import printable
 
 
 @dataclass(frozen=True)
@@ -57,15 +72,16 @@ class LiveRevertResult:
     def lines(self) -> list[str]:
         out = []
         for image in self.images:
-            ids = ", ".join(f"{pid} (level {level})" for pid, level in image.packages)
+            ids = ", ".join(f"{printable(pid)} (level {level})" for pid, level in image.packages)
             out.append(f"reverted {ids} in process {self.pid}")
-            out.append(f"  image {image.image_path} (build-id {image.build_id})")
+            out.append(f"  image {printable(image.image_path)} (build-id {image.build_id})")
             for site in image.restored:
-                out.append(f"    {site.function}: pre-image restored at {site.address:#x}")
+                out.append(f"    {printable(site.function)}: pre-image restored at {site.address:#x}")
             out.append(f"  switch: {image.switch}")
             out.append(f"  pause: {image.pause_seconds * 1000:.3f} ms (all threads stopped)")
         for orphan in self.freed_orphans:
-            out.append(f"freed /memfd:{orphan.name} at {orphan.start:#x} (no record: an interrupted apply)")
+            name = printable(orphan.name)
+            out.append(f"freed /memfd:{name} at {orphan.start:#x} (no record: an interrupted apply)")
         return out
 
     def to_json(self) -> dict[str, object]:
@@ -88,24 +104,31 @@ class LiveRevertResult:
 
 
 def revert_process(
-    pid: int, package_id: str | None = None, timeout: float = DEFAULT_TIMEOUT
+    pid: int,
+    package_id: str | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    allow_unauthenticated: bool = False,
 ) -> LiveRevertResult:
     """Revert every package in process `pid`, or the image stack holding `package_id`, to the baseline."""
     process = open_process(pid)
     with deferred_interrupts(), process, target_lock(pid, timeout):
-        # STEP 1: the records, grouped per image (build-id and load bias).
-        found = find_records(process)
+        # STEP 1: the records (refused before anything is written unless each can be trusted), per image.
+        found = usable_records(find_records(process), pid, allow_unauthenticated)
+        unauthenticated = {f.record.package_id for f in found if f.trust is RecordTrust.UNAUTHENTICATED}
         stacks = _stacks(found)
         if package_id is not None:
             stacks = {k: s for k, s in stacks.items() if any(r.package_id == package_id for r in s)}
             if not stacks:
                 raise RefusedError(f"package {package_id} is not applied in process {pid}")
-        if not stacks and not any(f.record is None for f in found):
+        absent = [f.allocation for f in found if f.trust is RecordTrust.ABSENT]
+        if not stacks and not absent:
             raise RefusedError(f"process {pid} carries no hpkg package")
-        done = [_revert_stack(process, stack, timeout) for stack in stacks.values()]
+        # STEP 2 (first half): every record of every image proven bounded before any image is reverted.
+        images = [(_check_stack(process, stack, unauthenticated), stack) for stack in stacks.values()]
+        done = [_revert_stack(process, stack, image, timeout) for image, stack in images]
         orphans: list[Allocation] = []
         if package_id is None:
-            orphans = [f.allocation for f in found if f.record is None]
+            orphans = absent
             free_allocations(process, orphans)
     return LiveRevertResult(pid, tuple(done), tuple(orphans))
 
@@ -135,8 +158,9 @@ def _sites_to_restore(process: Process, stack: list[PatchRecord]) -> list[SiteRe
                 restore.setdefault(site.address, site)
                 continue
             reasons.append(
-                f"function {site.function} at {site.address:#x}: holds {current.hex()}, neither the jump of "
-                f"package {record.package_id} nor its pre-image {site.pre_image.hex()} (changed by another)"
+                f"function {printable(site.function)} at {site.address:#x}: holds {current.hex()}, neither"
+                f" the jump of package {printable(record.package_id)} nor its pre-image"
+                f" {site.pre_image.hex()} (changed by another)"
             )
     if reasons:
         raise IncompatibleTarget("patch sites were changed after hpkg applied its package; nothing reverted",
@@ -166,7 +190,27 @@ def _unwind_restores(process: Process, stack: list[PatchRecord]) -> list[tuple[i
     return []
 
 
-def _revert_stack(process: Process, stack: list[PatchRecord], timeout: float) -> ImageReverted:
+def _check_stack(process: Process, stack: list[PatchRecord], unauthenticated: set[str]) -> RuntimeImage:
+    """The image a stack of records patched, once every site they name is proven a function entry of the
+    image's file (revert writes nowhere else)."""
+    top = stack[-1]
+    key = (top.build_id, top.load_bias)
+    image = next((i for i in list_images(process.pid) if (i.build_id, i.load_bias) == key), None)
+    if image is None:
+        raise TargetError(f"image {printable(top.image_path)} is no longer mapped in process {process.pid}")
+    code = image_code_of_process(process.pid, image)
+    for record in stack:
+        what = f"the record of package {printable(record.package_id)}"
+        if record.package_id in unauthenticated and record.unwind is not None:
+            raise RefusedError(f"{what} is unauthenticated and names ld.so's unwind record; nothing written")
+        sites = [(s.function, image.link_address(s.address), len(s.pre_image)) for s in record.sites]
+        check_record_sites(sites, code, what)
+    return image
+
+
+def _revert_stack(
+    process: Process, stack: list[PatchRecord], image: RuntimeImage, timeout: float
+) -> ImageReverted:
     top = stack[-1]
     restore = _sites_to_restore(process, stack)
     # STEP 4: no thread inside the package's code, nor at a patch site.
@@ -177,10 +221,6 @@ def _revert_stack(process: Process, stack: list[PatchRecord], timeout: float) ->
     freed = [CodeRange(f"memory of package {r.package_id[:12]}", r.allocation.start, r.allocation.end)
              for r in stack]
     windows = [CodeRange(s.function, s.address, s.address + len(s.pre_image)) for s in restore]
-    key = (top.build_id, top.load_bias)
-    image = next((i for i in list_images(process.pid) if (i.build_id, i.load_bias) == key), None)
-    if image is None:
-        raise TargetError(f"image {top.image_path} is no longer mapped in process {process.pid}")
     with wait_until_safe(process, new_code, windows, image, timeout, freed) as stopped:
         # STEP 5: the sites still hold what STEP 2 found, then the pre-images back, checked while still
         # stopped (an exception undoes it).

@@ -2,6 +2,9 @@
 
 Nothing is stopped or written: the records are read through /proc/PID/maps and memory reads, and
 every patch site is compared with the record, so a site someone else changed shows up as such.
+Records are authenticated first (loader/record.py): one written by an older hpkg is shown marked
+"unauthenticated"; one that fails its seal or validation is listed as refused, with why, and not
+interpreted (`hpkg status` then exits 4). Every name is escaped before it is printed.
 """
 
 from __future__ import annotations
@@ -10,7 +13,8 @@ from dataclasses import dataclass
 
 from hpkg.loader.live import open_process
 from hpkg.loader.process import Process
-from hpkg.loader.record import FoundRecord, PatchRecord, RecordState, SiteRecord, find_records
+from hpkg.loader.record import FoundRecord, PatchRecord, RecordState, RecordTrust, SiteRecord, find_records
+from hpkg.loader.terminal import printable
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,7 @@ class PackageState:
     record: PatchRecord
     state: str  # "applied", "prepared (interrupted apply)", "superseded by <id>"
     sites: tuple[SiteState, ...]
+    trust: RecordTrust = RecordTrust.AUTHENTICATED
 
     @property
     def intact(self) -> bool:
@@ -55,21 +60,32 @@ class ProcessStatus:
     images: tuple[ImageState, ...]
     unreadable: tuple[FoundRecord, ...]
     writable_code: tuple[str, ...] = ()  # maps lines of patched images left rwx by an interrupted switch
+    refused: tuple[FoundRecord, ...] = ()  # records that fail their seal or validation: not interpreted
 
     def lines(self) -> list[str]:
-        if not self.images and not self.unreadable:
+        if not self.images and not self.unreadable and not self.refused:
             return [f"process {self.pid}: no hpkg packages"]
         out = []
         for image in self.images:
-            out.append(f"{image.path} (build-id {image.build_id}, load bias {image.load_bias:#x})")
+            path = printable(image.path)
+            out.append(f"{path} (build-id {image.build_id}, load bias {image.load_bias:#x})")
             for package in image.packages:
                 r = package.record
-                out.append(f"  package {r.package_id} level {r.patch_level}: {package.state}")
+                trust = ""
+                if package.trust is RecordTrust.UNAUTHENTICATED:
+                    trust = " [unauthenticated record: written by an older hpkg, without a seal]"
+                package_id = printable(r.package_id)
+                out.append(f"  package {package_id} level {r.patch_level}: {package.state}{trust}")
                 for site in package.sites:
-                    out.append(f"    {site.function} at {site.address:#x}: {site.state}")
+                    out.append(f"    {printable(site.function)} at {site.address:#x}: {site.state}")
         for f in self.unreadable:
-            out.append(f"/memfd:{f.allocation.name} at {f.allocation.start:#x}: {f.problem}")
+            where = f"/memfd:{printable(f.allocation.name)} at {f.allocation.start:#x}"
+            out.append(f"{where}: {printable(f.problem)}")
+        for f in self.refused:
+            where = f"/memfd:{printable(f.allocation.name)} at {f.allocation.start:#x}"
+            out.append(f"{where}: refused: {printable(f.problem)}")
         for line in self.writable_code:
+            line = printable(line)
             out.append(f"warning: code left writable and executable by an interrupted switch: {line}")
         return out
 
@@ -87,6 +103,7 @@ class ProcessStatus:
                             "patch_level": p.record.patch_level,
                             "supersedes": p.record.supersedes,
                             "state": p.state,
+                            "record": p.trust.value,
                             "intact": p.intact,
                             "allocation": _allocation_json(p.record),
                             "functions": [
@@ -101,6 +118,10 @@ class ProcessStatus:
             "unreadable_allocations": [
                 {"name": f.allocation.name, "start": f.allocation.start, "problem": f.problem}
                 for f in self.unreadable
+            ],
+            "refused_records": [
+                {"name": f.allocation.name, "start": f.allocation.start, "problem": f.problem}
+                for f in self.refused
             ],
             "writable_code": list(self.writable_code),
         }
@@ -133,14 +154,14 @@ def process_status(pid: int) -> ProcessStatus:
         for f in sorted(records, key=lambda f: f.record.patch_level):
             r = f.record
             if r.package_id in superseded_by:
-                state = f"superseded by {superseded_by[r.package_id]} (memory not yet freed)"
+                state = f"superseded by {printable(superseded_by[r.package_id])} (memory not yet freed)"
             elif f.state is RecordState.APPLIED:
                 state = "applied"
             else:
                 state = "prepared: an interrupted apply (hpkg revert undoes it)"
             sites = tuple(_site_state(process, s) for s in r.sites)
             key = (r.build_id, r.load_bias)
-            images.setdefault(key, []).append(PackageState(r, state, sites))
+            images.setdefault(key, []).append(PackageState(r, state, sites, f.trust))
             paths[key] = r.image_path
         patched_paths = set(paths.values())
         writable_code = tuple(
@@ -151,6 +172,7 @@ def process_status(pid: int) -> ProcessStatus:
         return ProcessStatus(
             pid,
             tuple(ImageState(paths[k], k[0], k[1], tuple(v)) for k, v in images.items()),
-            tuple(f for f in found if f.record is None),
+            tuple(f for f in found if f.trust is RecordTrust.ABSENT),
             writable_code,
+            tuple(f for f in found if f.trust is RecordTrust.REFUSED),
         )
