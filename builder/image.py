@@ -298,9 +298,9 @@ def _read_init_functions(binary, sections, contents, dynamic: list[ElfRelocation
 
 # Where distributions install separate debug files, named by build-id (the -dbgsym/-debuginfo layout).
 DEBUG_ROOTS: tuple[str, ...] = ("/usr/lib/debug",)
-# GNU build-ids are 8 (xxhash), 16 (md5, uuid) or 20 (sha1) bytes; ld accepts up to 64 bytes of
-# --build-id=0xHEX. Anything else names no debug file: it is not looked up, so a crafted note can
-# neither make a path longer than NAME_MAX nor a request line of kilobytes.
+# GNU build-ids are 8 (xxhash), 16 (md5, uuid) or 20 (sha1) bytes; only ld's --build-id=0xHEX makes
+# other lengths, and it takes any. A lookup takes 2..64 bytes: a longer note (a crafted one can hold
+# kilobytes) names no debug file, so it never becomes a path over NAME_MAX or a huge request line.
 _BUILD_ID_HEX = re.compile(r"[0-9a-f]{4,128}")
 
 # Finds the debug file of a build-id when no local root has it (a debuginfod client's `fetch`):
