@@ -193,6 +193,11 @@ def _short(text: object) -> str:
     return line if len(line) <= _REASON_CHARS else line[: _REASON_CHARS - 1] + "…"
 
 
+def _no_answer(timeout: float | None) -> str:
+    # Without DEBUGINFOD_TIMEOUT the kernel's connect timeout (ETIMEDOUT) is the one that struck.
+    return f"no answer within {timeout:g} s (DEBUGINFOD_TIMEOUT)" if timeout else "no answer (timed out)"
+
+
 def _open_response(request: urllib.request.Request, timeout: float | None):
     """urlopen, with every way a server can fail turned into one short _Refused line."""
     try:
@@ -205,19 +210,20 @@ def _open_response(request: urllib.request.Request, timeout: float | None):
     except urllib.error.URLError as exc:
         reason = exc.reason
         if isinstance(reason, TimeoutError):
-            raise _Refused(f"no answer within {timeout:g} s (DEBUGINFOD_TIMEOUT)") from None
+            raise _Refused(_no_answer(timeout)) from None
         text = reason.strerror if isinstance(reason, OSError) and reason.strerror else reason
         raise _Refused(f"cannot be reached ({_short(text)})") from None
     except TimeoutError:
-        raise _Refused(f"no answer within {timeout:g} s (DEBUGINFOD_TIMEOUT)") from None
+        raise _Refused(_no_answer(timeout)) from None
     except (OSError, ValueError, http.client.HTTPException) as exc:
         raise _Refused(f"cannot be reached ({_short(exc)})") from None
 
 
 def _read(response, size: int) -> bytes:
-    """One chunk of the body; a stalled or dropped connection becomes a _Refused line."""
+    """What has arrived of the body, up to `size` bytes (read1 does not wait for all of them, so the
+    time bound is checked as data comes); a stalled or dropped connection becomes a _Refused line."""
     try:
-        return response.read(size)
+        return response.read1(size)
     except TimeoutError:
         raise _Refused("stopped sending (DEBUGINFOD_TIMEOUT)") from None
     except (OSError, ValueError, http.client.HTTPException) as exc:
