@@ -13,10 +13,12 @@ deps:
 	@scripts/ensure-debian-packages.sh gcc g++ make binutils
 
 # The tests also compare hpkg with the delta tools a user would ship instead, map source
-# patches to functions with ctags, host a real Debian libxml2 update (headers), and feed hpkg
-# hostile inputs (a core file made by gdb's gcore, an aarch64 ELF).
+# patches to functions with ctags, host a real Debian libxml2 update (headers), feed hpkg
+# hostile inputs (a core file made by gdb's gcore, an aarch64 ELF) and fetch debug files from a
+# real elfutils debuginfod server.
 test-deps: deps
-	@scripts/ensure-debian-packages.sh bsdiff xdelta3 zstd universal-ctags libxml2-dev gdb gcc-aarch64-linux-gnu
+	@scripts/ensure-debian-packages.sh bsdiff xdelta3 zstd universal-ctags libxml2-dev gdb gcc-aarch64-linux-gnu \
+		debuginfod
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from hpkg import __version__
 from hpkg.builder.diff import Progress, diff_images
-from hpkg.builder.image import DEBUG_ROOTS, load_image
+from hpkg.builder.image import DEBUG_ROOTS, DebugLookup, load_image
 from hpkg.builder.model import Function, Image
 from hpkg.builder.plan import PatchPlan, PlanOptions, check_plan, plan_patch
 from hpkg.elf.constants import DT_SONAME
@@ -159,12 +159,14 @@ def build_package(
     old_debug: str | os.PathLike[str] | None = None,
     new_debug: str | os.PathLike[str] | None = None,
     debug_roots: tuple[str, ...] = DEBUG_ROOTS,
+    fetch_debug: DebugLookup | None = None,
 ) -> BuildResult:
     """Load two builds (each file read once) and build the package: see `build_images`.
 
     Stripped builds without `--old-debug/--new-debug` use the debug files installed under
-    `debug_roots` by build-id, when there are any: symbols tell variables apart.
+    `debug_roots` by build-id, else what `fetch_debug` finds (hpkg.builder.debuginfod), when there
+    are any: symbols tell variables apart.
     """
-    old = load_image(old_path, old_debug, debug_roots)
-    new = load_image(new_path, new_debug, debug_roots)
+    old = load_image(old_path, old_debug, debug_roots, fetch_debug)
+    new = load_image(new_path, new_debug, debug_roots, fetch_debug)
     return build_images(old, new, options, signing_key)

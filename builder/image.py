@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import stat
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 from hpkg.arch.x86_64 import GOT_RELOCATIONS
@@ -296,17 +298,48 @@ def _read_init_functions(binary, sections, contents, dynamic: list[ElfRelocation
 
 # Where distributions install separate debug files, named by build-id (the -dbgsym/-debuginfo layout).
 DEBUG_ROOTS: tuple[str, ...] = ("/usr/lib/debug",)
+# GNU build-ids are 8 (xxhash), 16 (md5, uuid) or 20 (sha1) bytes; only ld's --build-id=0xHEX makes
+# other lengths, and it takes any. A lookup takes 2..64 bytes: a longer note (a crafted one can hold
+# kilobytes) names no debug file, so it never becomes a path over NAME_MAX or a huge request line.
+_BUILD_ID_HEX = re.compile(r"[0-9a-f]{4,128}")
+
+# Finds the debug file of a build-id when no local root has it (a debuginfod client's `fetch`):
+# a path, None for "none here", or an ImageError naming the build-id when the lookup itself failed.
+DebugLookup = Callable[[str], "Path | None"]
+
+
+def lookup_build_id(build_id: str | None) -> str | None:
+    """`build_id` (lowercase hex) when it can name a debug file (2..64 bytes), else None."""
+    if build_id and len(build_id) <= 128 and _BUILD_ID_HEX.fullmatch(build_id):
+        return build_id
+    return None
+
+
+def debug_file_path(root: str | os.PathLike[str], build_id: str) -> Path:
+    """ROOT/.build-id/ab/cdef….debug: where gdb, elfutils and dh_strip put the debug file of a build."""
+    return Path(root) / ".build-id" / build_id[:2] / f"{build_id[2:]}.debug"
 
 
 def find_debug_file(build_id: str | None, roots: tuple[str, ...] = DEBUG_ROOTS) -> Path | None:
-    """The installed debug file of a build: ROOT/.build-id/ab/cdef….debug, as gdb and debuginfod look."""
-    if not build_id or len(build_id) < 3:
+    """The installed debug file of a build under one of `roots`, or None (also for a malformed build-id)."""
+    key = lookup_build_id(build_id)
+    if key is None:
         return None
     for root in roots:
-        candidate = Path(root) / ".build-id" / build_id[:2] / f"{build_id[2:]}.debug"
-        if candidate.is_file():
-            return candidate
+        candidate = debug_file_path(root, key)
+        try:
+            if stat.S_ISREG(candidate.stat().st_mode):
+                return candidate
+        except OSError:
+            continue
     return None
+
+
+def _shown(build_id: str | None) -> str:
+    """A build-id for an error line: a crafted one can be kilobytes long."""
+    if build_id and len(build_id) > 128:
+        return f"{build_id[:40]}… ({len(build_id) // 2} bytes)"
+    return str(build_id)
 
 
 def _debug_symbols(debug: Path, build_id: str | None, sections: tuple[Section, ...]) -> list[Symbol]:
@@ -315,21 +348,39 @@ def _debug_symbols(debug: Path, build_id: str | None, sections: tuple[Section, .
     binary = _parse(debug)
     debug_build_id = _read_build_id(debug_data)
     if build_id and debug_build_id and build_id != debug_build_id:
-        raise ImageError(f"{debug}: debug file is for build-id {debug_build_id}, not {build_id}")
+        raise ImageError(
+            f"{debug}: debug file is for build-id {_shown(debug_build_id)}, not {_shown(build_id)}"
+        )
     debug_sections, _ = _read_sections(binary, b"")
     # Debug files keep the section headers (as NOBITS), so symbol section names still line up.
     return _read_symbols(binary.symtab_symbols, debug_sections or sections, dynamic=False)
+
+
+def _look_up_debug_file(
+    path: Path, build_id: str | None, roots: tuple[str, ...], fetch_debug: DebugLookup | None
+) -> Path | None:
+    """The debug file of a binary without symbols: the local roots first, then `fetch_debug`."""
+    found = find_debug_file(build_id, roots)
+    key = lookup_build_id(build_id)
+    if found is not None or fetch_debug is None or key is None:
+        return found
+    try:
+        return fetch_debug(key)
+    except ImageError as exc:
+        raise ImageError(f"{path}: {exc}") from None
 
 
 def load_image(
     path: str | os.PathLike[str],
     debug: str | os.PathLike[str] | None = None,
     debug_roots: tuple[str, ...] = (),
+    fetch_debug: DebugLookup | None = None,
 ) -> Image:
     """Load a linked ELF x86-64 binary; each file is read and parsed once.
 
     `debug` is a separate debug file that supplies the symbols; without one, a binary that has no
-    symbol table of its own takes them from its debug file installed under `debug_roots`, if any.
+    symbol table of its own takes them from its debug file by build-id: installed under one of
+    `debug_roots`, else from `fetch_debug` (hpkg.builder.debuginfod), if given.
     """
     path = Path(path)
     data = _check_header(path)
@@ -342,7 +393,7 @@ def load_image(
     dynamic_symbols = _read_symbols(binary.dynamic_symbols, sections, dynamic=True)
     static_symbols = _read_symbols(binary.symtab_symbols, sections, dynamic=False)
     if debug is None and not static_symbols:
-        debug = find_debug_file(build_id, debug_roots)
+        debug = _look_up_debug_file(path, build_id, debug_roots, fetch_debug)
     if debug is not None:
         static_symbols = _debug_symbols(Path(debug), build_id, sections)
     dynamic_relocations, static_relocations, got_slots = _read_relocations(binary, sections)

@@ -139,6 +139,7 @@ def test_the_build_is_the_same_wherever_the_tree_is(corpus, tmp_path: Path):
     sample = BY_NAME["01-bounds-check"]
     shutil.copytree(SAMPLES_DIR / "common", tmp_path / "common")
     shutil.copy(SAMPLES_DIR / "Makefile", tmp_path / "Makefile")
+    shutil.copy(SAMPLES_DIR / "dh-strip.sh", tmp_path / "dh-strip.sh")
     shutil.copytree(sample.directory, tmp_path / sample.name, ignore=shutil.ignore_patterns("out"))
     subprocess.run(["make", "-s", "-C", str(tmp_path), sample.name], check=True, capture_output=True)
     for flavour in sample.flavours:

@@ -17,6 +17,7 @@ import click
 
 from hpkg.builder.verdict import OVERRIDABLE
 from hpkg.cli.app import Application
+from hpkg.cli.debug_files import debuginfod_fetch, no_debuginfod_option
 from hpkg.cli.paths import BINARY, KEY, OutputFile, refuse_output_onto_input
 
 # A package id is the hex of 16 bytes (hpkg.builder.build.package_id).
@@ -123,6 +124,7 @@ def _write_package(path: Path, blob: bytes) -> None:
 @click.option("--supersedes", metavar="ID", help="Package id of the lower level this one replaces.")
 @click.option("--old-debug", type=BINARY, help="Separate debug file for OLD (symbols).")
 @click.option("--new-debug", type=BINARY, help="Separate debug file for NEW (symbols).")
+@no_debuginfod_option
 @click.option("--allow", "allow", multiple=True, metavar="REASON", help=_ALLOW_HELP)
 @click.option("--include-line-only", is_flag=True, help="Also patch functions changed in line numbers only.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
@@ -137,6 +139,7 @@ def command(
     supersedes: str | None,
     old_debug: str | None,
     new_debug: str | None,
+    no_debuginfod: bool,
     allow: tuple[str, ...],
     include_line_only: bool,
     as_json: bool,
@@ -175,8 +178,9 @@ def command(
     options = PlanOptions(
         level=level, supersedes=supersedes, allow=allowed, include_line_only=include_line_only
     )
-    old_image = load_image(old, old_debug, DEBUG_ROOTS)
-    new_image = load_image(new, new_debug, DEBUG_ROOTS)
+    fetch_debug = debuginfod_fetch(no_debuginfod)
+    old_image = load_image(old, old_debug, DEBUG_ROOTS, fetch_debug)
+    new_image = load_image(new, new_debug, DEBUG_ROOTS, fetch_debug)
     # The same bar as `hpkg diff` (decoding is most of the time), on a terminal only, never in --json.
     functions = (discover_functions(old_image), discover_functions(new_image))
     try:

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from hpkg.cli.app import Application
+from hpkg.cli.debug_files import debuginfod_fetch, no_debuginfod_option
 from hpkg.cli.paths import BINARY
 
 
@@ -97,6 +98,7 @@ def _function_diff(app: Application, result, name: str) -> None:
 @click.option("--function", "function_name", metavar="NAME", help="Show this function's disassembly diff.")
 @click.option("--old-debug", type=BINARY, help="Separate debug file for OLD (symbols).")
 @click.option("--new-debug", type=BINARY, help="Separate debug file for NEW (symbols).")
+@no_debuginfod_option
 @click.pass_obj
 def command(
     app: Application,
@@ -106,15 +108,18 @@ def command(
     function_name: str | None,
     old_debug: str | None,
     new_debug: str | None,
+    no_debuginfod: bool,
 ) -> None:
     """Report the functions and data objects that differ between baseline OLD and fix NEW."""
     from hpkg.builder.diff import diff_images
     from hpkg.builder.functions import discover_functions
-    from hpkg.builder.image import load_image
+    from hpkg.builder.image import DEBUG_ROOTS, load_image
     from hpkg.cli.progress import progress_bar
 
-    old_image = load_image(old, old_debug)
-    new_image = load_image(new, new_debug)
+    # Debug files as `build` finds them: given, installed by build-id, then from debuginfod.
+    fetch_debug = debuginfod_fetch(no_debuginfod)
+    old_image = load_image(old, old_debug, DEBUG_ROOTS, fetch_debug)
+    new_image = load_image(new, new_debug, DEBUG_ROOTS, fetch_debug)
     if old_image.stripped != new_image.stripped:
         side = "OLD" if old_image.stripped else "NEW"
         app.warning(
