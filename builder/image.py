@@ -103,7 +103,10 @@ def _check_header(path: Path) -> bytes:
 
 
 def _parse(path: Path):
-    binary = _lief().ELF.parse(str(path))
+    try:
+        binary = _lief().ELF.parse(str(path))
+    except MemoryError:  # a size field asks LIEF for more than the process may have (std::bad_alloc)
+        raise ImageError(f"{path}: malformed ELF file: its headers ask for more memory than exists") from None
     if binary is None:
         raise ImageError(f"{path}: malformed ELF file")
     return binary

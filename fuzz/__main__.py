@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -18,6 +19,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--inputs", type=int, default=10**6, help="inputs to run in this session")
     parser.add_argument("--seconds", type=float, default=float("inf"), help="stop after this wall time")
     parser.add_argument("--state", type=Path, default=DEFAULT_STATE, help="resumable state file")
+    parser.add_argument("--cases", type=Path, help="regression cases file (default: tests/fuzz/cases.json)")
     parser.add_argument(
         "--memory-mib", type=int, default=2048, help="address space per input beyond the parent's"
     )
@@ -39,10 +41,12 @@ def main(argv: list[str] | None = None) -> int:
 
         print(markdown(State.load(arguments.state, arguments.seed)))
         return 0
-    from fuzz.campaign import Campaign
+    from fuzz.campaign import CASES_FILE, Campaign
 
+    # `kill PID` stops a campaign as Ctrl-C does: the state is saved and the scratch directory removed.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     limits = Limits(arguments.memory_mib << 20, arguments.cpu_seconds, arguments.wall_seconds)
-    campaign = Campaign(arguments.seed, arguments.state, limits, _log)
+    campaign = Campaign(arguments.seed, arguments.state, limits, _log, arguments.cases or CASES_FILE)
     try:
         campaign.fuzz(arguments.inputs, arguments.seconds)
     except KeyboardInterrupt:

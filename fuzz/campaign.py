@@ -45,8 +45,10 @@ class Input:
 class Campaign:
     """The seeds, the scratch directory and the state of one run of `python -m fuzz`."""
 
-    def __init__(self, seed: int, state_path: Path, limits: Limits, log: Callable[[str], None]) -> None:
+    def __init__(self, seed: int, state_path: Path, limits: Limits, log: Callable[[str], None],
+                 cases_path: Path = CASES_FILE) -> None:  # fmt: skip
         self.state_path = state_path
+        self.cases_path = cases_path
         self.state = State.load(state_path, seed)
         self.limits = limits
         self.log = log
@@ -143,12 +145,15 @@ class Campaign:
         found = CrashClass(1, item.index, item.target, item.seed.name, outcome.detail)
         self.state.classes[outcome.crash] = found
         found.reproducer = self.minimise(item, outcome.crash)
-        write_case(outcome.crash, found)
+        write_case(self.cases_path, outcome.crash, found)
         self.state.save(self.state_path)
 
     def minimise(self, item: Input, crash: str) -> dict[str, Any]:
         """The smallest recipe that still shows `crash`, as a regression case records it."""
-        case: dict[str, Any] = {"target": item.target, "sample": item.seed.sample}
+        import lief
+
+        version = lief.__version__.split("-")[0]
+        case: dict[str, Any] = {"target": item.target, "sample": item.seed.sample, "lief": version}
         if item.target in corpus.ELF_TARGETS:
             side = 1 if item.target == "diff-new" else 0
             original = self.elf_bytes[item.seed.name][side]
@@ -186,14 +191,24 @@ def argv_for(target: str, seed: corpus.ElfSeed, mutant: Path, out: str, public_k
     }[target]
 
 
-def write_case(crash: str, found: CrashClass) -> None:
-    """Add (or replace) the regression case of one crash class in tests/fuzz/cases.json."""
-    cases = json.loads(CASES_FILE.read_text()) if CASES_FILE.exists() else {"cases": []}
-    cases["cases"] = [c for c in cases["cases"] if c["class"] != crash]
-    cases["cases"].append({"class": crash, "detail": found.detail, **(found.reproducer or {})})
-    cases["cases"].sort(key=lambda c: c["class"])
-    CASES_FILE.parent.mkdir(parents=True, exist_ok=True)
-    CASES_FILE.write_text(json.dumps(cases, indent=1) + "\n")
+def write_case(path: Path, crash: str, found: CrashClass) -> None:
+    """Add the regression case of a new crash class to the cases file (tests/fuzz/cases.json)."""
+    cases = read_cases(path)
+    if any(c["class"] == crash for c in cases):
+        return  # known from an earlier campaign: its case stays as it was written
+    cases.append({"class": crash, "detail": found.detail, **(found.reproducer or {})})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(format_cases(cases))
+
+
+def read_cases(path: Path) -> list[dict[str, Any]]:
+    return json.loads(path.read_text())["cases"] if path.exists() else []
+
+
+def format_cases(cases: list[dict[str, Any]]) -> str:
+    """One case per line, sorted by class: short diffs when a campaign adds one."""
+    lines = ",\n".join("  " + json.dumps(c, sort_keys=True) for c in sorted(cases, key=lambda c: c["class"]))
+    return '{"cases": [\n' + lines + "\n]}\n"
 
 
 def progress_line(state: State) -> str:

@@ -87,6 +87,15 @@ def write_keys(directory: Path) -> tuple[Path, Path]:
     return private, public
 
 
+def seed_for(sample: str, file: str) -> ElfSeed:
+    """The seed pair one of whose files is samples/SAMPLE/FILE (a regression case names the file)."""
+    wanted = SAMPLES_DIR / sample / file
+    for seed in elf_seeds():
+        if wanted in (seed.baseline, seed.fixed):
+            return seed
+    raise KeyError(f"no seed pair holds {wanted}")
+
+
 def package_seed(sample: str) -> ElfSeed:
     directory = SAMPLES_DIR / sample / "out"
     if sample == "16-shared-library":
