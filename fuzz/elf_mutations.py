@@ -186,11 +186,10 @@ MUTATORS: tuple[tuple[Mutator, int], ...] = (
 def mutate_elf(seed: bytes, layout: Layout, rng: random.Random) -> tuple[bytes, str]:
     """One mutant of `seed`: one to three mutations; the bytes and the mutators' names."""
     data = bytearray(seed)
-    names = []
-    for _ in range(rng.choice((1, 1, 1, 2, 3))):
-        mutator = rng.choices([m for m, _ in MUTATORS], weights=[w for _, w in MUTATORS])[0]
-        if not data:
-            break
+    count = rng.choice((1, 1, 1, 2, 3))
+    chosen = rng.choices([m for m, _ in MUTATORS], weights=[w for _, w in MUTATORS], k=count)
+    # Truncation last: the structure-aware mutators find their records where the seed has them.
+    chosen.sort(key=lambda m: m is truncation)
+    for mutator in chosen:
         mutator(data, layout, rng)
-        names.append(mutator.__name__)
-    return bytes(data), "+".join(names)
+    return bytes(data), "+".join(m.__name__ for m in chosen)
