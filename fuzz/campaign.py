@@ -83,6 +83,10 @@ class Campaign:
         rng = random.Random(f"{self.state.seed}:{index}")
         targets = list(corpus.TARGET_WEIGHTS)
         target = rng.choices(targets, weights=[corpus.TARGET_WEIGHTS[t] for t in targets])[0]
+        if target == "apply-elf":  # a real package, applied to a mutant of its own baseline file
+            seed = rng.choice(self.packages)[0]
+            mutant, how = mutate_elf(self.elf_bytes[seed.name][0], self.layouts[seed.name][0], rng)
+            return Input(index, target, seed, mutant, how)
         if target in corpus.ELF_TARGETS:
             seed = rng.choice(self.elf_seeds)
             side = 1 if target == "diff-new" else 0
@@ -95,7 +99,7 @@ class Campaign:
 
     def argv(self, target: str, seed: corpus.ElfSeed, mutant: Path) -> list[str]:
         out = str(self.workdir / "out")
-        return argv_for(target, seed, mutant, out, self.public_key)
+        return argv_for(target, seed, mutant, out, self.public_key, self.workdir / f"{seed.sample}.hpkg")
 
     def run(self, target: str, seed: corpus.ElfSeed, mutant: bytes) -> tuple[RawOutcome, Outcome]:
         path = self.workdir / ("mutant.hpkg" if target in corpus.PACKAGE_TARGETS else "mutant")
@@ -177,8 +181,9 @@ class Campaign:
         return case
 
 
-def argv_for(target: str, seed: corpus.ElfSeed, mutant: Path, out: str, public_key: Path) -> list[str]:
-    """The command line of `target` with the mutant in its mutated place."""
+def argv_for(target: str, seed: corpus.ElfSeed, mutant: Path, out: str, public_key: Path,
+             package: Path) -> list[str]:  # fmt: skip
+    """The command line of `target` with the mutant in its mutated place (`package`: the seed's own)."""
     baseline, fixed, key = str(seed.baseline), str(seed.fixed), str(public_key)
     return {
         "diff-old": ["diff", str(mutant), fixed],
@@ -188,6 +193,7 @@ def argv_for(target: str, seed: corpus.ElfSeed, mutant: Path, out: str, public_k
         "verify": ["verify", str(mutant), "--key", key],
         "verify-file": ["verify", str(mutant), "--key", key, "--against", baseline],
         "apply-file": ["apply", str(mutant), "--file", baseline, "-o", out, "--key", key],
+        "apply-elf": ["apply", str(package), "--file", str(mutant), "-o", out, "--key", key],
     }[target]
 
 

@@ -6,6 +6,7 @@ Targets say which command an input goes to and which side of it is mutated:
   build         hpkg build MUTANT FIXED -o OUT      inspect       hpkg inspect MUTANT
   verify        hpkg verify MUTANT --key PUB        verify-file   … --against BASELINE
   apply-file    hpkg apply MUTANT --file BASELINE -o OUT --key PUB
+  apply-elf     hpkg apply PACKAGE --file MUTANT -o OUT --key PUB   (the ELF readers of the loader side)
 """
 
 from __future__ import annotations
@@ -35,11 +36,11 @@ ELF_SEEDS: tuple[tuple[str, str, str], ...] = (
 )
 # Packages are built from these (ready flavour), signed by the test key.
 PACKAGE_SEEDS: tuple[str, ...] = ("01-bounds-check", "08-jump-table", "16-shared-library", "17-cpp-virtual")
-ELF_TARGETS = ("diff-old", "diff-new", "build")
+ELF_TARGETS = ("diff-old", "diff-new", "build", "apply-elf")
 PACKAGE_TARGETS = ("inspect", "verify", "verify-file", "apply-file")
 # How often each target is drawn: diff is the cheapest way into the ELF readers, build goes further.
-TARGET_WEIGHTS = {"diff-old": 5, "diff-new": 2, "build": 2, "inspect": 2, "verify": 2, "verify-file": 2,
-                  "apply-file": 4}  # fmt: skip
+TARGET_WEIGHTS = {"diff-old": 5, "diff-new": 2, "build": 2, "apply-elf": 3, "inspect": 2, "verify": 2,
+                  "verify-file": 2, "apply-file": 4}  # fmt: skip
 # The test key: a fixed seed, so a reproducer's package is the same bytes wherever it is rebuilt.
 TEST_KEY_SEED = hashlib.sha256(b"hpkg fuzz test key").digest()
 

@@ -41,6 +41,15 @@ def _hpkg(argv: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
                           cwd=cwd, stdin=subprocess.DEVNULL)  # fmt: skip
 
 
+def _seed_package(seed: corpus.ElfSeed, keys: tuple[Path, Path], workdir: Path) -> Path:
+    """The package the harness builds from a sample, signed by the test key."""
+    package = workdir / f"{seed.sample}.hpkg"
+    argv = ["build", str(seed.baseline), str(seed.fixed), "-o", str(package), "--key", str(keys[0])]
+    built = _hpkg(argv, workdir)
+    assert built.returncode == 0, built.stderr
+    return package
+
+
 def _mutant(case: dict, keys: tuple[Path, Path], workdir: Path) -> tuple[corpus.ElfSeed, Path]:
     """The case's input, made from the sample it names."""
     if "changes" in case:
@@ -50,10 +59,7 @@ def _mutant(case: dict, keys: tuple[Path, Path], workdir: Path) -> tuple[corpus.
         path.write_bytes(apply_elf_changes(original.read_bytes(), [tuple(c) for c in case["changes"]]))
         return seed, path
     seed = corpus.package_seed(case["sample"])
-    package = workdir / "seed.hpkg"
-    argv = ["build", str(seed.baseline), str(seed.fixed), "-o", str(package), "--key", str(keys[0])]
-    built = _hpkg(argv, workdir)
-    assert built.returncode == 0, built.stderr
+    package = _seed_package(seed, keys, workdir)
     path = workdir / "mutant.hpkg"
     path.write_bytes(repack(Unpacked.of(package.read_bytes()), case["edits"], corpus.test_key()))
     return seed, path
@@ -62,7 +68,10 @@ def _mutant(case: dict, keys: tuple[Path, Path], workdir: Path) -> tuple[corpus.
 @pytest.mark.parametrize("case", CASES, ids=[c["class"] for c in CASES])
 def test_the_crash_class_ends_in_one_error_line(case: dict, keys: tuple[Path, Path], tmp_path: Path) -> None:
     seed, mutant = _mutant(case, keys, tmp_path)
-    done = _hpkg(argv_for(case["target"], seed, mutant, str(tmp_path / "out"), keys[1]), tmp_path)
+    package = tmp_path / f"{seed.sample}.hpkg"
+    if case["target"] == "apply-elf":
+        _seed_package(seed, keys, tmp_path)
+    done = _hpkg(argv_for(case["target"], seed, mutant, str(tmp_path / "out"), keys[1], package), tmp_path)
     assert done.returncode in EXPECTED_EXITS, done.stderr
     assert "Traceback" not in done.stderr and "internal error" not in done.stderr, done.stderr
     assert "Warning:" not in done.stderr, done.stderr
