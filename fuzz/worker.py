@@ -79,7 +79,8 @@ def _child(argv: list[str], workdir: Path, limits: Limits) -> None:
         os.dup2(null, 0)
         os.environ["HPKG_DEBUG"] = "1"
         os.chdir(workdir)
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        for number in (signal.SIGINT, signal.SIGTERM):  # the parent's handlers are not the CLI's
+            signal.signal(number, signal.SIG_DFL)
         from hpkg.cli import main
 
         main(argv)
