@@ -9,6 +9,7 @@ the harness's test key. The command must end as the contract says: a documented 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -37,8 +38,11 @@ def keys(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def _hpkg(argv: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """The real command line; HPKG_DEBUG=1 as in the harness: a library warning would show, and an
+    escaping exception would be a traceback instead of the "internal error" line."""
+    environment = {**os.environ, "HPKG_DEBUG": "1"}
     return subprocess.run([*HPKG, *argv], capture_output=True, text=True, errors="replace", timeout=TIMEOUT,
-                          cwd=cwd, stdin=subprocess.DEVNULL)  # fmt: skip
+                          cwd=cwd, stdin=subprocess.DEVNULL, env=environment)  # fmt: skip
 
 
 def _seed_package(seed: corpus.ElfSeed, keys: tuple[Path, Path], workdir: Path) -> Path:
