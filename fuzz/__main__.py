@@ -43,16 +43,22 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from fuzz.campaign import CASES_FILE, Campaign
 
-    # `kill PID` stops a campaign as Ctrl-C does: the state is saved and the scratch directory removed.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
     limits = Limits(arguments.memory_mib << 20, arguments.cpu_seconds, arguments.wall_seconds)
     campaign = Campaign(arguments.seed, arguments.state, limits, _log, arguments.cases or CASES_FILE)
+
+    def stop(number: int, frame: object) -> None:
+        # A flag, not an exception: an exception raised inside fork()'s own handlers would be lost.
+        campaign.stop_requested = True
+
+    # Ctrl-C and `kill PID` end the campaign after the current input: state saved, scratch removed.
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
     try:
         campaign.fuzz(arguments.inputs, arguments.seconds)
-    except KeyboardInterrupt:
-        print("interrupted; the state is saved, run again to continue", file=sys.stderr)
     finally:
         campaign.close()
+    if campaign.stop_requested:
+        print("stopped; the state is saved, run again to continue", file=sys.stderr)
     return 0
 
 

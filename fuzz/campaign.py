@@ -28,6 +28,8 @@ from fuzz.worker import Limits, RawOutcome, preload, run_cli
 CASES_FILE = corpus.REPO_ROOT / "tests" / "fuzz" / "cases.json"
 SAVE_EVERY_SECONDS = 10.0
 MINIMISE_BUDGET = 200
+# Inputs that run into the wall-clock or CPU limit cost a minute each: a few tries only.
+SLOW_CLASSES, SLOW_BUDGET = ("timeout", "cpu-limit"), 6
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,7 @@ class Campaign:
         self.elf_bytes = {s.name: (s.baseline.read_bytes(), s.fixed.read_bytes()) for s in self.elf_seeds}
         self.layouts = {name: (Layout.of(b), Layout.of(f)) for name, (b, f) in self.elf_bytes.items()}
         self.packages = self._build_packages()
+        self.stop_requested = False  # set by a signal handler: the loop ends after the current input
 
     def close(self) -> None:
         shutil.rmtree(self.workdir, ignore_errors=True)
@@ -121,6 +124,8 @@ class Campaign:
         stop_at = state.next_input + inputs
         try:
             while state.next_input < stop_at and time.monotonic() - started < seconds:
+                if self.stop_requested:
+                    break
                 item = self.make_input(state.next_input)
                 raw, outcome = self.run(item.target, item.seed, item.mutant)
                 state.count(item.index, item.target, outcome.ended, raw.seconds, raw.max_rss_kib)
@@ -157,6 +162,7 @@ class Campaign:
         import lief
 
         version = lief.__version__.split("-")[0]
+        budget = SLOW_BUDGET if crash in SLOW_CLASSES else MINIMISE_BUDGET
         case: dict[str, Any] = {"target": item.target, "sample": item.seed.sample, "lief": version}
         if item.target in corpus.ELF_TARGETS:
             side = 1 if item.target == "diff-new" else 0
@@ -166,7 +172,7 @@ class Campaign:
             def still_elf(changes: list) -> bool:
                 return self.crash_of(item.target, item.seed, apply_elf_changes(original, changes)) == crash
 
-            changes = ddmin(elf_changes(original, item.mutant), still_elf, MINIMISE_BUDGET)
+            changes = ddmin(elf_changes(original, item.mutant), still_elf, budget)
             file = path.relative_to(corpus.SAMPLES_DIR / item.seed.sample)
             case.update(file=str(file), changes=[list(c) for c in changes])
         else:
@@ -176,7 +182,7 @@ class Campaign:
             def still_package(edits: list[Edit]) -> bool:
                 return self.crash_of(item.target, item.seed, repack(unpacked, edits, key)) == crash
 
-            case.update(edits=ddmin(list(item.edits), still_package, MINIMISE_BUDGET))
+            case.update(edits=ddmin(list(item.edits), still_package, budget))
         self.log(f"  minimised to {len(case.get('changes', case.get('edits', [])))} change(s)")
         return case
 

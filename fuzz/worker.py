@@ -115,13 +115,14 @@ def run_cli(argv: list[str], workdir: Path, limits: Limits) -> RawOutcome:
     if pid == 0:
         _child(argv, workdir, limits)
     pidfd = os.pidfd_open(pid)
+    timed_out = True
     try:
         ready, _, _ = select.select([pidfd], [], [], limits.wall_seconds)
         timed_out = not ready
-        if timed_out:
+    finally:
+        if timed_out:  # past the deadline, or the parent itself is being stopped: no orphan is left
             os.kill(pid, signal.SIGKILL)
         _, status, usage = os.wait4(pid, 0)
-    finally:
         os.close(pidfd)
     seconds = time.monotonic() - started
     return RawOutcome(
