@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench deps test-deps clean
+.PHONY: demo test lint bench fuzz deps test-deps clean
 
 # What the samples and the demo need: compilers and binutils.
 deps:
@@ -42,6 +42,11 @@ lint: $(STAMP)
 # make bench BENCH_ARGS="--quick --json": options of `python -m bench --help`.
 bench: test-deps $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# make fuzz FUZZ_ARGS="--seconds 3600": options of `python -m fuzz --help`. Resumable (.fuzz/state.json);
+# not part of `make test`. One worker at the lowest priority: the machine stays usable.
+fuzz: deps $(STAMP)
+	nice -n 19 $(BIN)/python -m fuzz $(FUZZ_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -34,8 +34,12 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="SELECTOR",
-        help="a role (small, large, security, sample, scale), the start of a pair or sample name, or "
-        "`pause` (live apply pause vs restart); repeatable; default: all but the scale pair",
+        help="a role (small, large, security, sample, scale), the start of a pair or sample name, "
+        "`pause` (live apply pause vs restart) or `load` (apply/revert cycles under requests); "
+        "repeatable; default: all but the scale pair and the load",
+    )
+    parser.add_argument(
+        "--cycles", type=int, default=1000, metavar="N", help="apply/revert cycles of `--pair load` (1000)"
     )
     parser.add_argument("--runs", type=int, metavar="N", help="timing rounds for every pair (beats --quick)")
     parser.add_argument("--workdir", type=Path, help="keep binaries and deltas here (default: a temp dir)")
@@ -48,6 +52,8 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         "--fetch-only", action="store_true", help="download and unpack the Debian pairs, print their paths"
     )
     arguments = parser.parse_args(argv)
+    if arguments.cycles < 1:
+        parser.error("--cycles must be at least 1")
     if arguments.runs is not None and arguments.runs < 1:
         parser.error("--runs must be at least 1")
     return arguments
@@ -75,10 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     every = corpus.load_specs() + corpus.sample_specs()
     specs = select_specs(every, arguments.pair)
     pause = not arguments.pair or "pause" in arguments.pair
-    if arguments.list or not (specs or pause):
+    load = "load" in arguments.pair
+    if arguments.list or not (specs or pause or load):
         for spec in every:
             print(f"{spec.role:9} {spec.name}")
         print(f"{'pause':9} live apply pause vs restart (14-threaded-server, stream_server)")
+        print(f"{'load':9} apply/revert cycles under a request stream (14-threaded-server)")
         return 0 if arguments.list else 2
     if arguments.fetch_only:
         return fetch_only(specs, arguments.cache or corpus.default_cache_dir())
@@ -92,11 +100,11 @@ def main(argv: list[str] | None = None) -> int:
             cache=arguments.cache or corpus.default_cache_dir(),
             download=not arguments.no_download,
         )
-        result = run_bench(specs, settings, pause)
+        result = run_bench(specs, settings, pause, arguments.cycles if load else 0)
     if arguments.save_json is not None:
         arguments.save_json.write_text(to_json(result) + "\n")
     print(to_json(result) if arguments.json else to_table(result, markdown=arguments.markdown))
-    return 1 if any(p.error for p in (*result.pairs, *result.pause)) else 0
+    return 1 if any(p.error for p in (*result.pairs, *result.pause, *result.load)) else 0
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import statistics
 from pathlib import Path
 
 from bench.deltas import DeltaResult
+from bench.load import LoadResult
 from bench.pause import PauseResult, Summary
 from bench.run import (
     BUILD_CLI,
@@ -257,6 +258,35 @@ def _pause_row(result: PauseResult) -> list[str]:
     ]
 
 
+def _load_row(r: LoadResult) -> list[str]:
+    counts = (r.threads, r.clients, r.cycles, r.failed_cycles, r.requests, r.failed_requests, r.wrong_answers,
+              r.fixed_answers)  # fmt: skip
+    return [r.name, *map(str, counts), _ms(r.apply_pause_ms), _ms(r.revert_pause_ms), f"{r.seconds:g}"]
+
+
+def _load_parts(result: BenchResult, markdown: bool) -> list[str]:
+    """The load table (apply/revert cycles under a request stream) and any failure kinds."""
+    parts = []
+    measured = [r for r in result.load if r.error is None]
+    if measured:
+        parts.append(
+            _table(
+                "\nLoad: live apply + revert cycles under a continuous request stream; wrong answers must"
+                "\nbe 0; pauses in ms (median / max) of the cycles that worked",
+                ["server", "threads", "clients", "cycles", "failed cycles", "requests", "failed requests",
+                 "wrong answers", "answered by the fix", "apply pause", "revert pause", "seconds"],
+                [_load_row(r) for r in measured],
+                markdown=markdown,
+            )
+        )  # fmt: skip
+    for loaded in result.load:
+        if loaded.error is not None:
+            parts.append(f"\n{loaded.name}: load not measured: {loaded.error}")
+        for line, count in loaded.failures.items():
+            parts.append(f"\n{loaded.name}: {count} failed cycle(s): {line}")
+    return parts
+
+
 def to_table(result: BenchResult, markdown: bool = False) -> str:
     """Seven tables (speed, build vs diff, peak memory, changes, sizes, build times, pause vs restart),
     then notes and errors; as GitHub markdown tables with `markdown`."""
@@ -340,6 +370,7 @@ def to_table(result: BenchResult, markdown: bool = False) -> str:
         for paused in result.pause:
             if paused.error is not None:
                 parts.append(f"\n{paused.name}: pause not measured: {paused.error}")
+    parts.extend(_load_parts(result, markdown))
     for pair in result.pairs:
         if pair.touched and pair.touched.missed_by_hpkg:
             missed = ", ".join(pair.touched.missed_by_hpkg)

@@ -15,6 +15,7 @@ from pathlib import Path
 from bench import corpus, engine
 from bench.bytecompare import ByteCompare, compare_bytes, load_code
 from bench.deltas import DeltaResult, make_deltas
+from bench.load import LoadResult
 from bench.memory import MemoryUse, measure
 from bench.objdiff import changed_functions
 from bench.pause import PauseResult
@@ -138,6 +139,7 @@ class BenchResult:
     engine: engine.EngineStatus
     pairs: tuple[PairResult, ...] = field(default_factory=tuple)
     pause: tuple[PauseResult, ...] = field(default_factory=tuple)
+    load: tuple[LoadResult, ...] = field(default_factory=tuple)
 
 
 def machine_facts() -> dict[str, str]:
@@ -471,9 +473,11 @@ def select_specs(specs: list[corpus.PairSpec], selectors: list[str]) -> list[cor
     ]
 
 
-def run_bench(specs: list[corpus.PairSpec], settings: Settings, pause: bool = False) -> BenchResult:
-    """Run every selected pair, then (with `pause`) the pause-vs-restart section; of the "large"
-    pairs only the first that can be fetched is kept."""
+def run_bench(
+    specs: list[corpus.PairSpec], settings: Settings, pause: bool = False, load_cycles: int = 0
+) -> BenchResult:
+    """Run every selected pair, then (with `pause`) the pause-vs-restart section and (with `load_cycles`)
+    the apply/revert load; of the "large" pairs only the first that can be fetched is kept."""
     status = engine.probe()
     results: list[PairResult] = []
     large_done = False
@@ -495,5 +499,10 @@ def run_bench(specs: list[corpus.PairSpec], settings: Settings, pause: bool = Fa
         from bench.pause import run_pause
 
         paused = run_pause(settings.workdir, settings.runs["pause"])
+    loaded: tuple[LoadResult, ...] = ()
+    if load_cycles:
+        from bench.load import run_load
+
+        loaded = run_load(settings.workdir, load_cycles)
     date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    return BenchResult(date, machine_facts(), status, tuple(results), paused)
+    return BenchResult(date, machine_facts(), status, tuple(results), paused, loaded)

@@ -50,7 +50,12 @@ def soname(image: Image) -> str | None:
     strings = image.section_bytes.get(".dynstr", b"")
     for tag, value in DYN.iter_unpack(dynamic[: len(dynamic) // DYN.size * DYN.size]):
         if tag == DT_SONAME and value < len(strings):
-            return strings[value : strings.index(b"\0", value)].decode("ascii", "replace")
+            end = strings.find(b"\0", value)
+            name = strings[value:end]
+            if end < 0 or not name.isascii() or not name.decode().isprintable():
+                # The name ends up in the package and on terminals: a damaged one is refused, not mangled.
+                raise ImageError(f"{image.path}: malformed ELF file: DT_SONAME is no terminated ASCII name")
+            return name.decode()
         if tag == 0:
             break
     return None

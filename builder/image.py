@@ -7,10 +7,11 @@ import os
 import re
 import stat
 import struct
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from hpkg.arch.x86_64 import GOT_RELOCATIONS
+from hpkg.arch.x86_64 import GOT_RELOCATIONS, RELOCATION_TYPES_BY_NUMBER
 from hpkg.builder.model import (
     ElfRelocation,
     FileOffset,
@@ -35,6 +36,14 @@ from hpkg.elf.constants import (
     SHF_TLS,
     SHF_WRITE,
     SHT_NOBITS,
+    STB_LOCAL,
+    STT_FUNC,
+    STT_GNU_IFUNC,
+    STT_NOTYPE,
+    STT_OBJECT,
+    STT_TLS,
+    st_bind,
+    st_type,
 )
 from hpkg.elf.constants import MACHINE_NAMES as _MACHINES
 from hpkg.elf.ehframe import parse_eh_frame_records
@@ -48,6 +57,9 @@ def _lief():
     import lief
 
     lief.logging.disable()
+    # LIEF 1.0 warns (RuntimeWarning "N is not a valid TYPE.") and hands back the bare number for an
+    # enum value it does not know; 0.16 raises ValueError instead (`_member_name` catches that).
+    warnings.filterwarnings("ignore", message=r".* is not a valid ", category=RuntimeWarning)
     return lief
 
 
@@ -93,22 +105,40 @@ def _check_header(path: Path) -> bytes:
 
 
 def _parse(path: Path):
-    binary = _lief().ELF.parse(str(path))
+    try:
+        binary = _lief().ELF.parse(str(path))
+    except MemoryError:  # a size field asks LIEF for more than the process may have (std::bad_alloc)
+        raise ImageError(f"{path}: malformed ELF file: its headers ask for more memory than exists") from None
     if binary is None:
         raise ImageError(f"{path}: malformed ELF file")
     return binary
 
 
-def _read_sections(binary, data: bytes) -> tuple[tuple[Section, ...], dict[str, bytes]]:
+def _text(name: str | bytes) -> str:
+    """A symbol, section or version name as text: LIEF hands back `bytes` for a name that is not UTF-8;
+    its bytes are kept, escaped (`\\xff`), so that such a name still pairs with itself."""
+    return name if isinstance(name, str) else name.decode("utf-8", "backslashreplace")
+
+
+def _relocation_type(relocation) -> str:
+    """The psABI name of a relocation's type without "R_" ("X86_64_PC32"), read from r_info: LIEF's
+    enum raises (0.16) or warns and returns an int (1.0) for a type number it does not know."""
+    number = relocation.r_info(_lief().ELF.Header.CLASS.ELF64) & 0xFFFFFFFF
+    known = RELOCATION_TYPES_BY_NUMBER.get(number)
+    return known.short_name if known is not None else f"X86_64_UNKNOWN_{number}"
+
+
+def _read_sections(binary, data: bytes, path: Path) -> tuple[tuple[Section, ...], dict[str, bytes]]:
     sections: list[Section] = []
     contents: dict[str, bytes] = {}
     for s in binary.sections:
-        if not s.name:
+        name = _text(s.name)
+        if not name:
             continue
-        flags = int(s.flags)
-        nobits = int(s.type) == SHT_NOBITS
+        flags = _member_number(s, "flags")
+        nobits = _member_number(s, "type") == SHT_NOBITS
         section = Section(
-            name=s.name,
+            name=name,
             address=LinkAddress(s.virtual_address),
             offset=FileOffset(s.file_offset),
             size=s.size,
@@ -119,26 +149,39 @@ def _read_sections(binary, data: bytes) -> tuple[tuple[Section, ...], dict[str, 
             tls=bool(flags & SHF_TLS),
         )
         if not nobits and section.size and s.file_offset + s.size > len(data) and data:
-            raise ImageError(f"{binary_path(binary)}: truncated ELF file: section {s.name} ends past its end")
+            raise ImageError(f"{path}: truncated ELF file: section {name} ends past its end")
         sections.append(section)
         if not nobits and section.name not in contents:
             contents[section.name] = data[s.file_offset : s.file_offset + s.size]
     return tuple(sections), contents
 
 
-def binary_path(binary) -> str:
-    return binary.name or "image"
+def _member_name(value: object, attribute: str) -> str:
+    """The name of a LIEF enum attribute ("LOAD", "X|R"); "UNKNOWN" for a value LIEF has no member for
+    (0.16 raises ValueError when it converts one, 1.0 gives the number, named by its digits)."""
+    try:
+        return str(getattr(value, attribute)).rsplit(".", 1)[-1]
+    except ValueError:
+        return "UNKNOWN"
+
+
+def _member_number(value: object, attribute: str) -> int:
+    """The number of a LIEF enum attribute (sh_type, sh_flags); 0 where LIEF 0.16 has no member for it."""
+    try:
+        return int(getattr(value, attribute))
+    except ValueError:
+        return 0
 
 
 def _read_segments(binary) -> tuple[Segment, ...]:
     return tuple(
         Segment(
-            kind=str(seg.type).rsplit(".", 1)[-1],
+            kind=_member_name(seg, "type"),
             address=LinkAddress(seg.virtual_address),
             offset=FileOffset(seg.file_offset),
             file_size=seg.physical_size,
             memory_size=seg.virtual_size,
-            flags=str(seg.flags).rsplit(".", 1)[-1],
+            flags=_member_name(seg, "flags"),
         )
         for seg in binary.segments
     )
@@ -149,18 +192,18 @@ def _symbol_version(sym) -> str | None:
         return None
     version = sym.symbol_version
     if version.has_auxiliary_version:
-        return version.symbol_version_auxiliary.name
+        return _text(version.symbol_version_auxiliary.name)
     return None
 
 
-def _symbol_kind(type_name: str) -> SymbolKind | None:
-    return {
-        "FUNC": SymbolKind.FUNCTION,
-        "GNU_IFUNC": SymbolKind.FUNCTION,
-        "OBJECT": SymbolKind.OBJECT,
-        "TLS": SymbolKind.TLS,
-        "NOTYPE": SymbolKind.OTHER,
-    }.get(type_name)
+# st_type → what hpkg makes of the symbol (section, file and common symbols are dropped).
+_SYMBOL_KINDS: dict[int, SymbolKind] = {
+    STT_FUNC: SymbolKind.FUNCTION,
+    STT_GNU_IFUNC: SymbolKind.FUNCTION,
+    STT_OBJECT: SymbolKind.OBJECT,
+    STT_TLS: SymbolKind.TLS,
+    STT_NOTYPE: SymbolKind.OTHER,
+}
 
 
 def _read_symbols(symbols, sections: tuple[Section, ...], dynamic: bool) -> list[Symbol]:
@@ -168,21 +211,24 @@ def _read_symbols(symbols, sections: tuple[Section, ...], dynamic: bool) -> list
     by_index = {i: s.name for i, s in enumerate(sections, start=1)}
     out: list[Symbol] = []
     for sym in symbols:
-        kind = _symbol_kind(_enum_name(sym.type))
-        if kind is None or not sym.name:
+        # st_info read raw: LIEF's type and binding enums fail on values they have no member for.
+        info = sym.information
+        kind = _SYMBOL_KINDS.get(st_type(info))
+        name = _text(sym.name)
+        if kind is None or not name:
             continue
         shndx = sym.shndx
         defined = shndx != 0
-        if kind is SymbolKind.OTHER and (not defined or sym.name.startswith((".L", "$"))):
+        if kind is SymbolKind.OTHER and (not defined or name.startswith((".L", "$"))):
             continue
         section = by_index.get(shndx, "") if 0 < shndx < 0xFF00 else ""
         out.append(
             Symbol(
-                name=sym.name,
+                name=name,
                 address=LinkAddress(sym.value),
                 size=sym.size,
                 kind=kind,
-                local=_enum_name(sym.binding) == "LOCAL",
+                local=st_bind(info) == STB_LOCAL,
                 section=section,
                 version=_symbol_version(sym) if dynamic else None,
                 dynamic=dynamic,
@@ -214,14 +260,14 @@ def _read_relocations(
     alloc = {s.name for s in sections if s.alloc}
     for r in binary.relocations:
         purpose = _enum_name(r.purpose)
-        type_name = _enum_name(r.type)
-        symbol = r.symbol.name if r.has_symbol else ""
+        type_name = _relocation_type(r)
+        symbol = _text(r.symbol.name) if r.has_symbol else ""
         if purpose in ("DYNAMIC", "PLTGOT"):
             dynamic.append(ElfRelocation(LinkAddress(r.address), type_name, symbol, r.addend, ""))
             if type_name in GOT_RELOCATIONS and symbol:
                 slots.append(GotSlot(LinkAddress(r.address), symbol, _symbol_version(r.symbol), type_name))
             continue
-        section = r.section.name if r.has_section else ""
+        section = _text(r.section.name) if r.has_section else ""
         if section in alloc:
             static.append(ElfRelocation(LinkAddress(r.address), type_name, symbol, r.addend, section))
     return dynamic, static, slots
@@ -232,8 +278,9 @@ def _read_plt_entries(binary, contents: dict[str, bytes]) -> dict[int, int]:
     .plt, .plt.sec and .plt.got, each by its sh_entsize)."""
     entries: dict[int, int] = {}
     for s in binary.sections:
-        if s.name in PLT_SECTIONS:
-            found = plt_entries(s.name, s.virtual_address, contents.get(s.name, b""), s.entry_size)
+        name = _text(s.name)
+        if name in PLT_SECTIONS:
+            found = plt_entries(name, s.virtual_address, contents.get(name, b""), s.entry_size)
             entries.update((e.address, e.slot) for e in found)
     return entries
 
@@ -351,7 +398,7 @@ def _debug_symbols(debug: Path, build_id: str | None, sections: tuple[Section, .
         raise ImageError(
             f"{debug}: debug file is for build-id {_shown(debug_build_id)}, not {_shown(build_id)}"
         )
-    debug_sections, _ = _read_sections(binary, b"")
+    debug_sections, _ = _read_sections(binary, b"", debug)
     # Debug files keep the section headers (as NOBITS), so symbol section names still line up.
     return _read_symbols(binary.symtab_symbols, debug_sections or sections, dynamic=False)
 
@@ -385,7 +432,7 @@ def load_image(
     path = Path(path)
     data = _check_header(path)
     binary = _parse(path)
-    sections, contents = _read_sections(binary, data)
+    sections, contents = _read_sections(binary, data, path)
     if not any(s.executable and not s.nobits and s.size for s in sections):
         raise ImageError(f"{path}: no code: the file has no executable section with contents")
     segments = _read_segments(binary)
@@ -401,9 +448,8 @@ def load_image(
     imports = _read_imports(dynamic_symbols, got_slots, plt)
     eh = next((s for s in sections if s.name == ".eh_frame"), None)
     frames = parse_eh_frame_records(contents.get(".eh_frame", b""), eh.address)[1] if eh is not None else []
-    file_type = str(binary.header.file_type).rsplit(".", 1)[-1]
     has_interp = any(s.name == ".interp" for s in sections)
-    if file_type == "EXEC":
+    if ElfHeader.unpack_from(data).type == ET_EXEC:
         kind = "executable"
     elif has_interp:
         kind = "pie-executable"

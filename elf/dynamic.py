@@ -54,6 +54,7 @@ from hpkg.elf.structs import (
     VernauxEntry,
     VerneedEntry,
 )
+from hpkg.errors import ImageError
 
 
 @dataclass(frozen=True)
@@ -169,17 +170,33 @@ def _gnu_hash_count(elf: ElfFile, address: int) -> int | None:
         last += 1
 
 
+def _version_record(elf: ElfFile, address: int, size: int) -> bytes:
+    """One Verneed/Vernaux record; ImageError when it is not in the file (a damaged count or link)."""
+    record = elf.read(address, size)
+    if len(record) < size:
+        raise ImageError(f"{elf.path}: malformed ELF file: DT_VERNEED chain leaves the file at {address:#x}")
+    return record
+
+
 def read_version_needs(elf: ElfFile, address: int, count: int) -> list[VersionNeed]:
-    """The Elf64_Verneed chain at link address `address` (DT_VERNEED, DT_VERNEEDNUM entries)."""
+    """The Elf64_Verneed chain at link address `address` (DT_VERNEED, DT_VERNEEDNUM entries).
+
+    The chain ends at DT_VERNEEDNUM entries or at the first `vn_next` of 0, whichever comes first (and
+    each entry's Vernaux list at `vn_cnt` or a `vna_next` of 0): a damaged count cannot make it run on.
+    """
     needs = []
     for _ in range(count):
-        need = VerneedEntry.unpack_from(elf.read(address, VERNEED.size).ljust(VERNEED.size, b"\0"))
+        need = VerneedEntry.unpack_from(_version_record(elf, address, VERNEED.size))
         versions, position = [], address + need.aux
         for _ in range(need.cnt):
-            aux = VernauxEntry.unpack_from(elf.read(position, VERNAUX.size).ljust(VERNAUX.size, b"\0"))
+            aux = VernauxEntry.unpack_from(_version_record(elf, position, VERNAUX.size))
             versions.append(aux)
+            if not aux.next:
+                break
             position += aux.next
         needs.append(VersionNeed(need.file, need.version, tuple(versions)))
+        if not need.next:
+            break
         address += need.next
     return needs
 

@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from hpkg.errors import TargetError
+from hpkg.errors import RefusedError, TargetError
 from hpkg.loader import procfs
 from hpkg.loader import ptrace as pt
 from hpkg.loader.interrupts import deferred_interrupts
@@ -125,8 +125,15 @@ class Process:
     def __enter__(self) -> Process:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, exc: BaseException | None, traceback: object) -> None:
+        """Close the descriptor; a refusal made while the process died is reported as its death.
+
+        A target killed mid-apply leaves /proc/PID/maps empty and its memory unreadable, so the
+        build-id lookup or the pre-image check finds "another build" (exit 4); the truth is exit 6.
+        """
         self.close()
+        if isinstance(exc, RefusedError) and not self.alive():
+            raise TargetError(f"process {self.pid} exited while hpkg was working on it") from exc
 
     def alive(self) -> bool:
         """Whether the process still exists and is not a zombie."""

@@ -14,7 +14,7 @@ try:  # Ctrl-C during start-up (imports take most of it) is one line, not an imp
     import click
 
     from hpkg import __version__
-    from hpkg.cli.app import Application
+    from hpkg.cli.app import Application, hide_library_warnings
     from hpkg.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, HpkgError
 except KeyboardInterrupt:
     sys.stderr.write("error: interrupted\n")
@@ -54,6 +54,7 @@ def cli(ctx: click.Context, quiet: bool) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; expected failures become one `error: …` line and their exit code."""
+    hide_library_warnings()
     try:
         cli.main(args=argv, prog_name="hpkg", standalone_mode=False)
     except HpkgError as exc:

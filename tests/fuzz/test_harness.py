@@ -1,0 +1,33 @@
+"""`python -m fuzz` really runs: forked inputs against the built samples, counted, saved and resumed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from fuzz.corpus import REPO_ROOT
+
+TIMEOUT = 600  # seconds: a safety net, not a timing assertion
+
+
+def _fuzz(*argv: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "fuzz", *argv]
+    return subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, timeout=TIMEOUT)
+
+
+def test_a_campaign_counts_every_input_and_resumes_where_it_stopped(tmp_path: Path) -> None:
+    state, cases = tmp_path / "state.json", tmp_path / "cases.json"
+    common = ("--seed", "7", "--state", str(state), "--cases", str(cases))
+    first = _fuzz(*common, "--inputs", "30")
+    assert first.returncode == 0, first.stderr
+    assert json.loads(state.read_text())["next_input"] == 30
+    second = _fuzz(*common, "--inputs", "10")
+    assert second.returncode == 0, second.stderr
+    saved = json.loads(state.read_text())
+    assert saved["next_input"] == 40 and saved["sessions"] == 2
+    assert sum(saved["by_ending"].values()) == 40 == sum(saved["by_target"].values())
+    assert saved["peak_rss_kib"] > 0 and len(saved["slowest"]) == 5
+    report = _fuzz(*common, "--report")
+    assert report.returncode == 0 and "40 inputs" in report.stdout, report.stderr
