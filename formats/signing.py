@@ -73,7 +73,10 @@ def _read_key_file(path: str | os.PathLike[str], what: str, error: type[HpkgErro
     try:
         # O_NONBLOCK: a FIFO named as a key must not hang the open; the mode check then refuses it.
         with open(os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK), "rb") as f:
-            _check_key_file_mode(os.fstat(f.fileno()), name, what, error, private)
+            info = os.fstat(f.fileno())
+            if info.st_size > MAX_KEY_FILE:  # not a key, whoever may write it
+                raise error(f"{name} is too large to be an Ed25519 {what}")
+            _check_key_file_mode(info, name, what, error, private)
             blob = f.read(MAX_KEY_FILE + 1)
     except OSError as exc:
         raise error(f"cannot read {what} {name}: {exc.strerror or exc}") from None
