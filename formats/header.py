@@ -14,11 +14,15 @@ from hpkg.formats import limits
 
 MAGIC = b"\x89HPKG\r\n\x1a"  # PNG-style: a high byte and CR LF catch text-mode and 7-bit mangling
 FORMAT_MAJOR = 1
-FORMAT_MINOR = 1  # the newest minor this hpkg reads and writes
+FORMAT_MINOR = 3  # the newest minor this hpkg reads and writes
 # 1.1 added the optional unwind section; a package without one is written as 1.0, byte for byte as before.
 UNWIND_MINOR = 1
+# 1.3: an unsigned package carries a digest of its header and manifest in the key id field, which it
+# does not otherwise use (a signed package is written as before: its signature covers both).
+DIGEST_MINOR = 3
 FLAG_SIGNED = 0x1
 KNOWN_FLAGS = FLAG_SIGNED
+KEY_ID_OFFSET = 16
 KEY_ID_SIZE = 8
 SIGNATURE_SIZE = 64  # an Ed25519 signature
 
@@ -45,9 +49,24 @@ class Header:
         return bool(self.flags & FLAG_SIGNED)
 
     @property
+    def has_digest(self) -> bool:
+        """An unsigned package of minor 3 or later: its key id field holds the package digest."""
+        return not self.signed and self.minor >= DIGEST_MINOR
+
+    @property
     def total_size(self) -> int:
         trailer = SIGNATURE_SIZE if self.signed else 0
         return HEADER_SIZE + self.manifest_size + self.compressed_size + trailer
+
+
+def without_key_id(header: bytes) -> bytes:
+    """The header bytes with the key id field zeroed: what the package digest of an unsigned 1.3 covers."""
+    return header[:KEY_ID_OFFSET] + bytes(KEY_ID_SIZE) + header[KEY_ID_OFFSET + KEY_ID_SIZE : HEADER_SIZE]
+
+
+def with_key_id(header: bytes, key_id: bytes) -> bytes:
+    """The header bytes with `key_id` in the key id field."""
+    return header[:KEY_ID_OFFSET] + key_id + header[KEY_ID_OFFSET + KEY_ID_SIZE : HEADER_SIZE]
 
 
 def encode_header(header: Header) -> bytes:
@@ -84,7 +103,7 @@ def decode_header(blob: bytes) -> Header:
     flags, key_id, manifest_size, json_size, compressed_size, payload_size = fields[3:]
     if flags & ~KNOWN_FLAGS:
         raise PackageError(f"corrupt header: unknown flag bits 0x{flags & ~KNOWN_FLAGS:x}")
-    if not flags & FLAG_SIGNED and key_id != bytes(KEY_ID_SIZE):
+    if not flags & FLAG_SIGNED and minor < DIGEST_MINOR and key_id != bytes(KEY_ID_SIZE):
         raise PackageError("corrupt header: an unsigned package carries a key id")
     if manifest_size == 0 or manifest_size > limits.MAX_MANIFEST_FRAME_SIZE:
         raise PackageError(

@@ -1,6 +1,7 @@
 """Package ⇄ .hpkg bytes: the writer and the strict reader (layout in formats/SPEC.md).
 
 File = header (48 bytes) | manifest (one zstd frame) | payload (one zstd frame) | signature (64, if signed).
+An unsigned package (1.3 on) keeps a digest of its header and manifest in the header's key id field.
 The manifest decompresses, with the format's fixed dictionary, to canonical JSON; the payload to
 code | rodata | data | relocation table, sizes and digests in the manifest.
 """
@@ -22,6 +23,7 @@ from hpkg.formats.compression import (
     decompress_payload,
 )
 from hpkg.formats.header import (
+    DIGEST_MINOR,
     FLAG_SIGNED,
     FORMAT_MAJOR,
     FORMAT_MINOR,
@@ -32,6 +34,8 @@ from hpkg.formats.header import (
     Header,
     decode_header,
     encode_header,
+    with_key_id,
+    without_key_id,
 )
 from hpkg.formats.manifest import SectionEntry, decode_manifest, encode_manifest, section_names
 from hpkg.formats.model import LoadedPackage, Package
@@ -39,17 +43,29 @@ from hpkg.formats.reloctable import decode_relocations, encode_relocations
 from hpkg.formats.signing import PublicKeyLike, as_public_key, check_signature, key_id, sign, signed_message
 from hpkg.formats.validate import validate_package
 
+# Domain separation, as for the signature: this digest is of an .hpkg header and manifest and nothing else.
+DIGEST_CONTEXT = b"hpkg package digest v1\x00"
 # The largest well-formed file: the reader refuses anything bigger before reading it all.
 MAX_FILE_SIZE = HEADER_SIZE + limits.MAX_MANIFEST_FRAME_SIZE + limits.MAX_COMPRESSED_SIZE + SIGNATURE_SIZE
 
 
-def _minor(pkg: Package) -> int:
+def _minor(pkg: Package, signed: bool) -> int:
     """The minor version `pkg` is written as: 1.1 only when it carries unwind rules, so a 1.0 reader
-    still reads every package without them and refuses one with them (its sections add up wrong)."""
-    return UNWIND_MINOR if pkg.unwind else 0
+    still reads every package without them and refuses one with them (its sections add up wrong);
+    1.3 for every unsigned package, which ends with a digest (a signed package is written as before)."""
+    minor = UNWIND_MINOR if pkg.unwind else 0
+    return minor if signed else max(minor, DIGEST_MINOR)
+
+
+def package_digest(header: bytes, manifest: bytes) -> bytes:
+    """The digest an unsigned package (1.3) keeps in its key id field: the first 8 bytes of SHA-256 of a
+    context string, the header with that field zeroed, and the manifest, as stored. The manifest pins
+    the payload by its digests, so this pins every byte of the file. Against damage, not an attacker."""
+    return hashlib.sha256(DIGEST_CONTEXT + without_key_id(header) + manifest).digest()[:KEY_ID_SIZE]
 
 
 def _section_bytes(pkg: Package) -> dict[str, bytes]:
+    """The payload's sections; `unwind` only when there are unwind rules (an absent entry reads as empty)."""
     sections = {
         "code": pkg.code,
         "rodata": pkg.rodata,
@@ -57,12 +73,13 @@ def _section_bytes(pkg: Package) -> dict[str, bytes]:
         "relocations": encode_relocations(pkg.relocations),
         "unwind": pkg.unwind,
     }
-    return {name: sections[name] for name in section_names(_minor(pkg))}
+    return {name: sections[name] for name in section_names(UNWIND_MINOR if pkg.unwind else 0)}
 
 
 def write_package(pkg: Package, signing_key: Ed25519PrivateKey | None = None) -> bytes:
     """The .hpkg bytes for `pkg`, signed when a key is given; same inputs and key give the same bytes."""
     validate_package(pkg)
+    minor = _minor(pkg, signing_key is not None)
     sections = _section_bytes(pkg)
     payload = b"".join(sections.values())
     if len(payload) > limits.MAX_PAYLOAD_SIZE:
@@ -84,7 +101,7 @@ def write_package(pkg: Package, signing_key: Ed25519PrivateKey | None = None) ->
     header = encode_header(
         Header(
             major=FORMAT_MAJOR,
-            minor=_minor(pkg),
+            minor=minor,
             flags=FLAG_SIGNED if signing_key else 0,
             key_id=key_id(signing_key.public_key()) if signing_key else bytes(KEY_ID_SIZE),
             manifest_size=len(manifest),
@@ -93,8 +110,9 @@ def write_package(pkg: Package, signing_key: Ed25519PrivateKey | None = None) ->
             payload_size=len(payload),
         )
     )
-    signature = sign(signing_key, signed_message(header, manifest)) if signing_key else b""
-    return header + manifest + frame + signature
+    if signing_key:
+        return header + manifest + frame + sign(signing_key, signed_message(header, manifest))
+    return with_key_id(header, package_digest(header, manifest)) + manifest + frame
 
 
 def read_package(blob: bytes, public_key: PublicKeyLike | None = None) -> LoadedPackage:
@@ -111,9 +129,12 @@ def read_package(blob: bytes, public_key: PublicKeyLike | None = None) -> Loaded
     signature = blob[payload_end:] if header.signed else None
     message = signed_message(header_bytes, manifest_bytes)
 
-    # STEP 2: authenticate before parsing anything more, when the caller has a key.
+    # STEP 2: authenticate before parsing anything more, when the caller has a key; an unsigned package's
+    # digest (1.3 on) is checked either way, so that a damaged manifest is never read as another package.
     if public_key is not None:
         check_signature(as_public_key(public_key), header.key_id, signature, message)
+    if header.has_digest and header.key_id != package_digest(header_bytes, manifest_bytes):
+        raise VerifyError("package digest does not match its header and manifest: the package was damaged")
 
     # STEP 3: the manifest (bounded decompression, then strict canonical JSON), then the compressed
     # payload against its digest, still before decompressing the payload.

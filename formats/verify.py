@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from hpkg.formats.header import DIGEST_MINOR
 from hpkg.formats.model import LoadedPackage
 from hpkg.formats.package import read_package, read_package_file
 from hpkg.formats.signing import load_public_key
@@ -24,9 +25,11 @@ class PackageCheck:
         """One human line per thing checked, for `hpkg verify`."""
         loaded = self.loaded
         major, minor = loaded.format_version
+        # An unsigned 1.3 package's own digest (header and manifest) held too; a signed one has none.
+        package_digest = "header and manifest, " if minor >= DIGEST_MINOR and not loaded.signed else ""
         result = [
             f"structure: ok (.hpkg {major}.{minor}, {loaded.file_size} bytes)",
-            f"digests: ok (payload and {len(loaded.section_digests)} sections)",
+            f"digests: ok ({package_digest}payload and {len(loaded.section_digests)} sections)",
         ]
         if self.signature_checked:
             result.append(f"signature: ok (Ed25519, key id {loaded.key_id.hex() if loaded.key_id else '?'})")

@@ -26,11 +26,11 @@ from __future__ import annotations
 import os
 import stat
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from hpkg.arch.x86_64 import PAGE_SIZE
+from hpkg.atomic_output import write_output
 from hpkg.elf.constants import (
     PF_R,
     PF_W,
@@ -58,7 +58,7 @@ from hpkg.elf.structs import (
     ProgramHeader,
     SectionHeader,
 )
-from hpkg.errors import RefusedError, TargetError
+from hpkg.errors import RefusedError
 from hpkg.loader.file_dynamic import DynamicLinking, dynamic_linking
 from hpkg.loader.link import RelocatedImage
 from hpkg.loader.placement import Placement
@@ -100,7 +100,9 @@ def write_patched(
     """Write a copy of `elf` with the package in new PT_LOADs and the jumps at its patch sites.
 
     `record` (what was applied, for a later apply or verify) goes in a non-loaded `.hpkg.record`
-    section. Returns what the dynamic linker was asked to do (relocations and symbols added, if any).
+    section. `out` is replaced only after the new file, read back, holds every jump and the build-id;
+    a failure leaves a previous `out` as it was. Returns what the dynamic linker was asked to do
+    (relocations and symbols added, if any).
     """
     placement: Placement = relocated.placement
     layout = placement.layout
@@ -202,7 +204,9 @@ def write_patched(
     if eh_frame is not None:
         moved[eh_frame.vaddr] = (hdr_address, hdr_address - delta, len(hdr))  # .eh_frame_hdr
     _add_section_headers(elf, image, new, moved)
-    _write_atomically(Path(out), bytes(image), stat.S_IMODE(os.stat(elf.path).st_mode))
+    # Whole or not at all, read back and checked before it replaces a previous output (hpkg.atomic_output).
+    mode = stat.S_IMODE(os.stat(elf.path).st_mode)
+    write_output(out, bytes(image), mode, lambda written: _check_written(elf, relocated, Path(out), written))
     return linking
 
 
@@ -262,18 +266,12 @@ def _add_section_headers(
     image += b"".join(s.pack() for s in (*table, *entries))
 
 
-def _write_atomically(out: Path, data: bytes, mode: int) -> None:
-    """Write `out` through a temporary file in the same directory, with the input's mode."""
-    directory = out.parent if str(out.parent) else Path(".")
-    try:
-        fd, temporary = tempfile.mkstemp(prefix=f".{out.name}.", dir=directory)
-    except OSError as exc:
-        raise TargetError(f"cannot write {out}: {exc.strerror or exc}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(temporary, mode)
-        os.replace(temporary, out)
-    except OSError as exc:
-        os.unlink(temporary)
-        raise TargetError(f"cannot write {out}: {exc.strerror or exc}") from None
+def _check_written(elf: ElfFile, relocated: RelocatedImage, out: Path, written: bytes) -> None:
+    """The new file as read back, before it replaces anything: every jump where it belongs, the
+    build-id kept. A failure is a bug in hpkg (exit 1), not a property of the input."""
+    copy = ElfFile(out, written)
+    for site in relocated.patch_sites:
+        if copy.read(site.link_address, len(site.jump)) != site.jump:
+            raise RuntimeError(f"check after writing failed: no jump at {site.name} in {out}")
+    if copy.build_id != elf.build_id:
+        raise RuntimeError(f"check after writing failed: {out} lost the build-id")

@@ -1,6 +1,6 @@
 """What live apply, revert, verify and status share: the target lock, the image reader, the switch wait.
 
-- `target_lock(pid)`: one loader at a time per process (flock on /run/lock/hpkg-<pid>.lock).
+- `target_lock(pid)`: one loader at a time per process (flock on `run_dir()/pid-<pid>.lock`, removed after).
 - `ProcessImageReader`: the compatibility check's image-reader interface over a running image.
 - `baseline_images()`: the images of a process that are the package's baseline, by build-id.
 - `wait_until_safe()`: stop every thread at a moment no thread is inside (or returns into) the
@@ -18,55 +18,86 @@ import struct
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from hpkg.errors import IncompatibleTarget, RefusedError, TargetError, UnsafeNow
 from hpkg.formats.model import Package
 from hpkg.loader import alloc
 from hpkg.loader.alloc import Allocation
+from hpkg.loader.hostdirs import run_dir
 from hpkg.loader.inject import Injector
 from hpkg.loader.process import Process, StoppedThreads
 from hpkg.loader.procfs import RuntimeImage
 from hpkg.loader.safety import CodeRange, ThreadsBusy, stop_when_safe
 
 DEFAULT_TIMEOUT = 5.0
-_LOCK_DIRS = ("/run/lock", "/tmp")
 # `_start`, the ELF entry, calls __libc_start_main and never returns either; its return address sits
 # above main's frames. It is not code a package replaces, so the outermost-frame test skips it.
 _ENTRY_STUB_SIZE = 64
 
 
-def lock_path(pid: int) -> str:
-    """The lock file of one target process: /run/lock/hpkg-PID.lock (/tmp when /run/lock is read-only)."""
-    directory = next((d for d in _LOCK_DIRS if os.access(d, os.W_OK)), None)
-    if directory is None:
-        raise TargetError(f"no writable lock directory among {', '.join(_LOCK_DIRS)}")
-    return os.path.join(directory, f"hpkg-{pid}.lock")
+def lock_path(pid: int) -> Path:
+    """The lock file of one target process, in hpkg's private run directory (/run/hpkg for root).
+
+    Never in a world-writable place such as /run/lock: there any user could pre-create the lock of
+    any pid, present or future, and block every apply and revert of it.
+    """
+    return run_dir() / f"pid-{pid}.lock"
+
+
+def _open_locked(path: Path, pid: int, deadline: float) -> int:
+    """A descriptor holding the flock on `path` while `path` still names that very file.
+
+    The holder unlinks the file before it lets go, so a loader that opened the old file and then got
+    its lock holds a lock on a name nobody sees any more: it checks the name still leads to the inode
+    it locked, and starts over when not (the usual removal pattern for lock files).
+    """
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise TargetError(f"cannot open the lock {path}: {exc.strerror}") from None
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError as exc:
+                    if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                        raise TargetError(f"cannot lock {path}: {exc.strerror}") from None
+                    if time.monotonic() > deadline:
+                        busy = f"another hpkg is working on process {pid} (lock {path} held)"
+                        raise RefusedError(busy) from None
+                    time.sleep(0.05)
+            locked = os.fstat(fd)
+            try:
+                named = os.stat(path, follow_symlinks=False)
+            except FileNotFoundError:
+                named = None
+            if named is not None and (named.st_dev, named.st_ino) == (locked.st_dev, locked.st_ino):
+                return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)  # the previous holder removed it: lock the file that is there now
 
 
 @contextlib.contextmanager
 def target_lock(pid: int, wait: float) -> Iterator[None]:
     """Hold the per-process loader lock, so two hpkg invocations never patch one process at once.
 
-    Another loader working on the process is waited for up to `wait` seconds (the --timeout).
+    Another loader working on the process is waited for up to `wait` seconds (the --timeout). The
+    lock file is removed on the way out, while still locked; the kernel releases the flock if we die
+    (the file then stays, and the next loader locks and removes it).
     """
     path = lock_path(pid)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fd = _open_locked(path, pid, time.monotonic() + wait)
     try:
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                    raise TargetError(f"cannot lock {path}: {exc.strerror}") from None
-                if time.monotonic() > deadline:
-                    busy = f"another hpkg is working on process {pid} (lock {path} held)"
-                    raise RefusedError(busy) from None
-                time.sleep(0.05)
         yield
     finally:
-        os.close(fd)  # releases the flock; the kernel releases it too if we die
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        os.close(fd)
 
 
 @dataclass(frozen=True)

@@ -171,7 +171,8 @@ def test_cxx_package_carries_the_unwind_rules_of_its_functions(samples, tmp_path
     assert built.code == 0, built.err
     loaded = read_package((tmp_path / "p.hpkg").read_bytes())
     package = loaded.package
-    assert loaded.format_version == (1, 1)
+    assert loaded.format_version == (1, 3)  # unwind rules (1.1 on) and, unsigned, the package digest (1.3)
+    assert loaded.section_digests["unwind"] == hashlib.sha256(package.unwind).digest()
     assert package.allowed_overrides == ()
     unwind = [r for r in package.relocations if r.section is PackageSection.UNWIND]
     code = {r.target for r in unwind if r.space is TargetSpace.CODE}

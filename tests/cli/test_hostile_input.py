@@ -144,6 +144,7 @@ def world() -> Iterator[World]:
     (root / "empty").write_bytes(b"")
     (root / "text").write_text("not a binary\n")
     (root / "garbage.key").write_bytes(bytes(range(7, 71)))
+    (root / "garbage.key").chmod(0o600)  # private-key permissions, so that its content is what fails
     (root / "dir").mkdir()
     os.mkfifo(root / "fifo")
     # A private /dev/null: an output case that regressed would replace or chmod this node, not the system's.
@@ -254,11 +255,11 @@ FILE_CASES = [
     P("verify {pkg} --key {root}/garbage.key", EXIT_INVALID, "public key"),
     P("verify {pkg} --key {root}/fifo", EXIT_INVALID, "FIFO"),
     P("verify {unsigned} --key {pub}", EXIT_INVALID, "not signed"),
-    P("verify {pkg} --against {new}", EXIT_REFUSED, "another build"),
-    P("verify {pkg} --against {pkg}", EXIT_INVALID, "not an ELF"),
-    P("verify {pkg} --against {root}/fifo", EXIT_INVALID, "FIFO"),
-    P("verify {pkg} --against {root}/sparse", EXIT_INVALID, "larger than any binary"),
-    P("verify {pkg} --against {root}/arm64", EXIT_INVALID, "x86-64"),
+    P("verify {pkg} --against {new} --key {pub}", EXIT_REFUSED, "another build"),
+    P("verify {pkg} --against {pkg} --key {pub}", EXIT_INVALID, "not an ELF"),
+    P("verify {pkg} --against {root}/fifo --key {pub}", EXIT_INVALID, "FIFO"),
+    P("verify {pkg} --against {root}/sparse --key {pub}", EXIT_INVALID, "larger than any binary"),
+    P("verify {pkg} --against {root}/arm64 --key {pub}", EXIT_INVALID, "x86-64"),
     # apply --file
     P("apply {pkg} --file {old} -o {old} --key {pub}", EXIT_USAGE, "refusing to overwrite an input"),
     P("apply {pkg} --file {old} -o {pkg} --key {pub}", EXIT_USAGE, "refusing to overwrite an input"),
@@ -320,9 +321,9 @@ PID_CASES = [
     P("apply {pkg} --pid {server} --file {old} --key {pub}", EXIT_USAGE, "one target", id="apply-two"),
     P("apply {root}/truncated.hpkg --pid {server} --allow-unsigned", EXIT_INVALID, "truncated", id="trunc"),
     P("apply {old} --pid {server} --allow-unsigned", EXIT_INVALID, "not an .hpkg", id="apply-binary-as-pkg"),
-    P("verify {pkg} --pid {kthread}", EXIT_TARGET, "kernel thread", id="verify-kernel-thread"),
-    P("verify {pkg} --pid {zombie}", EXIT_TARGET, "zombie", id="verify-zombie"),
-    P("verify {pkg} --pid 999999999", EXIT_TARGET, "no such process"),
+    P("verify {pkg} --pid {kthread} --key {pub}", EXIT_TARGET, "kernel thread", id="verify-kernel-thread"),
+    P("verify {pkg} --pid {zombie} --key {pub}", EXIT_TARGET, "zombie", id="verify-zombie"),
+    P("verify {pkg} --pid 999999999 --key {pub}", EXIT_TARGET, "no such process"),
     P("verify {pkg} --pid abc", EXIT_USAGE, "--pid"),
     P("status --pid 0", EXIT_USAGE, "--pid"),
     P("status --pid 999999999", EXIT_TARGET, "no such process"),
@@ -350,7 +351,7 @@ def test_pid_1_is_only_read(world: World) -> None:
     status = hpkg("status", "--pid", 1)
     if status.code != 0:
         assert_one_error(status, EXIT_TARGET)
-    verify = hpkg("verify", world.names["pkg"], "--pid", 1)
+    verify = hpkg("verify", world.names["pkg"], "--key", world.names["pub"], "--pid", 1)
     assert verify.code in (EXIT_REFUSED, EXIT_TARGET), verify.stderr
     assert_one_error(verify, verify.code)
     assert all(tracer == "0" for _, tracer in _thread_states(1))

@@ -11,8 +11,9 @@ import struct
 from typing import Any
 
 from hpkg.formats.compression import compress_manifest, decompress_manifest
-from hpkg.formats.header import HEADER_SIZE, decode_header
+from hpkg.formats.header import DIGEST_MINOR, FLAG_SIGNED, HEADER_SIZE, decode_header, with_key_id
 from hpkg.formats.manifest import canonical_json
+from hpkg.formats.package import package_digest
 
 HEADER_FORMAT = struct.Struct("<8sHHI8sIIQQ")
 
@@ -41,12 +42,16 @@ def assemble(
     *,
     fix_sizes: bool = True,
     fix_payload_digest: bool = True,
+    fix_package_digest: bool = True,
     stored_manifest: bytes | None = None,
 ) -> bytes:
     """Rebuild a package; by default the header sizes and the payload digest are made consistent.
 
     A dict manifest is encoded canonically, bytes are taken as the manifest's JSON text; either is then
     compressed as the writer does. `stored_manifest` puts those bytes in the file as they are instead.
+    An unsigned package of format 1.3 or later gets the digest of its new header and manifest in its key
+    id field (anyone can compute it: it protects against damage, the structural checks against hostile
+    content), unless `fix_package_digest` is false.
     """
     fields = list(fields)
     if isinstance(manifest, dict):
@@ -59,7 +64,10 @@ def assemble(
         fields[5] = len(stored)  # manifest_size, as stored
         fields[6] = len(manifest)  # manifest_json_size
         fields[7] = len(frame)  # compressed_size
-    return HEADER_FORMAT.pack(*fields) + stored + frame + signature
+    header = HEADER_FORMAT.pack(*fields)
+    if fix_package_digest and not fields[3] & FLAG_SIGNED and fields[2] >= DIGEST_MINOR:
+        header = with_key_id(header, package_digest(header, stored))
+    return header + stored + frame + signature
 
 
 def flip(blob: bytes, index: int, mask: int = 0xFF) -> bytes:

@@ -148,7 +148,7 @@ def test_tampered_and_truncated_packages_fail_inspect_and_verify(package_files, 
             code, out, err = run_cli(capsys, command, str(path))
             assert code == EXIT_INVALID, (name, command)
             assert_one_error_line(err)
-    assert "unsupported .hpkg format version 2.0" in err
+    assert "unsupported .hpkg format version 2." in err
 
 
 def test_installed_entry_point_runs_inspect_and_verify(package_files) -> None:

@@ -17,7 +17,7 @@ from package_crafting import assemble, flip, manifest_json, split, with_sections
 from hpkg.errors import PackageError, VerifyError
 from hpkg.formats import Package, limits, read_package, read_package_file, verify_signature, write_package
 from hpkg.formats.dictionary import MANIFEST_DICTIONARY, manifest_dictionary
-from hpkg.formats.header import FORMAT_MINOR, HEADER_SIZE
+from hpkg.formats.header import DIGEST_MINOR, FORMAT_MINOR, HEADER_SIZE
 from hpkg.formats.manifest import SECTION_NAMES
 from hpkg.formats.package import MAX_FILE_SIZE
 
@@ -42,7 +42,7 @@ def test_unknown_major_version_is_refused_clearly(unsigned: bytes, major: int) -
     fields, document, frame, _ = split(unsigned)
     fields[1] = major
     blob = assemble(fields, document, frame)
-    expected = rf"unsupported \.hpkg format version {major}\.0.*reads version 1\.x"
+    expected = rf"unsupported \.hpkg format version {major}\.{fields[2]}.*reads version 1\.x"
     with pytest.raises(PackageError, match=expected):
         read_package(blob)
     # A future major may change everything after the version: even its first 12 bytes get the message.
@@ -79,6 +79,8 @@ def test_trailing_garbage_is_refused(unsigned: bytes, signed: bytes) -> None:
 def test_header_fields_are_checked(unsigned: bytes, index: int, value: int, message: str) -> None:
     fields, document, frame, _ = split(unsigned)
     fields[index] = value if index != 4 else b"\1" * 8
+    if index == 4:
+        fields[2] = DIGEST_MINOR - 1  # before 1.3 an unsigned package's key id is all zero
     with pytest.raises(PackageError, match=message):
         read_package(assemble(fields, document, frame))
 

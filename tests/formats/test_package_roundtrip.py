@@ -28,7 +28,7 @@ from hpkg.formats import (
     read_package,
     write_package,
 )
-from hpkg.formats.header import HEADER_SIZE
+from hpkg.formats.header import DIGEST_MINOR, HEADER_SIZE
 from hpkg.formats.reloctable import RECORD_SIZE, decode_relocations
 
 
@@ -47,7 +47,8 @@ def test_round_trip_gives_back_the_same_package(real_package: Package, signing_k
     blob = write_package(real_package, key)
     loaded = read_package(blob, signing_key.public_key() if signed else None)
     assert loaded.package == real_package
-    assert loaded.format_version == (1, 0)
+    # A signed package is 1.0 as before; an unsigned one is 1.3, the first with a package digest.
+    assert loaded.format_version == ((1, 0) if signed else (1, DIGEST_MINOR))
     assert loaded.signed is signed
     assert loaded.key_id == (key_id(signing_key.public_key()) if signed else None)
     assert loaded.file_size == len(blob)
@@ -180,6 +181,8 @@ def test_raw_seed_and_pem_keys_give_the_same_signature(real_package: Package, tm
     seed = bytes(range(100, 132))
     key = Ed25519PrivateKey.from_private_bytes(seed)
     (tmp_path / "raw").write_bytes(seed)
+    (tmp_path / "raw").chmod(0o600)  # a private key readable by others is refused
+    (tmp_path / "pem").touch(0o600)
     (tmp_path / "pem").write_bytes(
         key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                           serialization.NoEncryption())

@@ -22,6 +22,7 @@ from hpkg.formats import (
     read_package,
     write_package,
 )
+from hpkg.formats.header import DIGEST_MINOR
 
 SOURCE = """
 #include <stdexcept>
@@ -55,39 +56,43 @@ def cxx_package(tmp_path_factory: pytest.TempPathFactory) -> Package:
     return build_package(Path(out / "baseline"), Path(out / "fixed")).package
 
 
-def test_a_package_with_unwind_rules_is_1_1_and_reads_back_equal(cxx_package: Package) -> None:
+def test_a_package_with_unwind_rules_is_1_1_and_reads_back_equal(cxx_package: Package, signing_key) -> None:
     assert cxx_package.unwind
-    blob = write_package(cxx_package)
-    loaded = read_package(blob)
+    blob = write_package(cxx_package, signing_key)
+    loaded = read_package(blob, signing_key.public_key())
     assert loaded.package == cxx_package
     assert loaded.format_version == (1, 1)
+    # Unsigned, it is 1.3 (the package digest), with the same unwind section.
+    assert read_package(write_package(cxx_package)).format_version == (1, DIGEST_MINOR)
     assert loaded.section_digests["unwind"] == hashlib.sha256(cxx_package.unwind).digest()
     kinds = {(r.kind, r.space) for r in cxx_package.relocations if r.section is PackageSection.UNWIND}
     assert (RelocationKind.R_X86_64_PC32, TargetSpace.CODE) in kinds  # pc_begin of each FDE
 
 
-def test_a_package_without_unwind_rules_stays_1_0(cxx_package: Package) -> None:
+def test_a_package_without_unwind_rules_stays_1_0(cxx_package: Package, signing_key) -> None:
     bare = dataclasses.replace(
         cxx_package,
         unwind=b"",
         relocations=tuple(r for r in cxx_package.relocations if r.section is not PackageSection.UNWIND),
     )
-    loaded = read_package(write_package(bare))
+    loaded = read_package(write_package(bare, signing_key))
     assert loaded.format_version == (1, 0)
     assert "unwind" not in loaded.section_digests
+    unsigned = read_package(write_package(bare))
+    assert unsigned.format_version == (1, DIGEST_MINOR) and unsigned.package == bare
 
 
 def test_a_1_0_reader_refuses_a_package_with_unwind_rules(cxx_package: Package) -> None:
     """What a 1.0 reader does: it ignores `sections.unwind` of a newer minor, and then the sections it
     knows do not add up to the payload — refused, never applied without the rules."""
     fields, document, frame, _ = split(write_package(cxx_package))
-    fields[2] = 0
+    fields[2], fields[4] = 0, bytes(8)  # 1.0: no package digest in the key id field
     del document["sections"]["unwind"]
     with pytest.raises(PackageError, match="sections add up to"):
         read_package(assemble(fields, document, frame))
     # And a 1.0 manifest naming an unwind section is refused by this reader (an unknown key for 1.0).
     fields, document, frame, _ = split(write_package(cxx_package))
-    fields[2] = 0
+    fields[2], fields[4] = 0, bytes(8)
     with pytest.raises(PackageError, match="unknown field 'unwind'"):
         read_package(assemble(fields, document, frame))
 

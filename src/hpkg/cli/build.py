@@ -8,10 +8,8 @@ Overridable reasons (`--allow`): see hpkg.builder.verdict.
 
 from __future__ import annotations
 
-import os
 import re
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -19,6 +17,9 @@ from hpkg.builder.verdict import OVERRIDABLE
 from hpkg.cli.app import Application
 from hpkg.cli.debug_files import debuginfod_fetch, no_debuginfod_option
 from hpkg.cli.paths import BINARY, KEY, OutputFile, refuse_output_onto_input
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 # A package id is the hex of 16 bytes (hpkg.builder.build.package_id).
 _PACKAGE_ID = re.compile(r"[0-9a-fA-F]{32}")
@@ -99,20 +100,21 @@ def _table(app: Application, result, output: str) -> None:
     app.display(f"wrote {output}: package {identity.package_id}, level {identity.patch_level}, {signed}")
 
 
-def _write_package(path: Path, blob: bytes) -> None:
-    """Write `blob` to `path` whole or not at all: a temporary file beside it, then rename over it.
+def _write_package(path: str, blob: bytes, signing_key: Ed25519PrivateKey | None) -> None:
+    """Write `blob` to `path` whole or not at all (hpkg.atomic_output), once the bytes read back from
+    the new file read as a package again (and verify, when signed): a full disk or a bad write never
+    replaces a previous good package. A symlink at `path` is refused, never followed."""
+    from hpkg.atomic_output import write_output
+    from hpkg.errors import HpkgError
+    from hpkg.formats import read_package
 
-    A symlink is followed, so the file it names is replaced rather than the link; the temporary file
-    is removed when the write fails (a full disk, a vanished directory).
-    """
-    target = Path(os.path.realpath(path))
-    tmp = target.with_name(f".{target.name}.tmp")
-    try:
-        tmp.write_bytes(blob)
-        os.replace(tmp, target)
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        raise
+    def check(written: bytes) -> None:
+        try:
+            read_package(written, signing_key.public_key() if signing_key else None)
+        except HpkgError as exc:  # the bytes were just built and checked: a bug in hpkg (exit 1)
+            raise RuntimeError(f"check after writing failed: {path} does not read back: {exc}") from None
+
+    write_output(path, blob, check=check)
 
 
 @click.command("build")
@@ -151,7 +153,7 @@ def command(
     from hpkg.builder.plan import PlanOptions
     from hpkg.builder.verdict import check_allowed
     from hpkg.cli.progress import progress_bar
-    from hpkg.errors import EXIT_TARGET, NoChange, UnsupportedChange
+    from hpkg.errors import NoChange, UnsupportedChange
     from hpkg.formats import load_private_key
 
     try:
@@ -197,10 +199,7 @@ def command(
                 }
             )
         raise
-    try:
-        _write_package(Path(output), result.blob)
-    except OSError as exc:
-        app.abort(f"cannot write {output}: {exc.strerror or exc}", EXIT_TARGET)
+    _write_package(output, result.blob, signing_key)
     for reason in result.plan.verdict.overridden:
         app.warning(f"overridden: {reason.line()}")
     for warning in result.plan.warnings:

@@ -62,7 +62,7 @@ class InputFile(click.Path):
 
 
 class OutputFile(click.Path):
-    """A path to write: a new file or an existing regular one, never a device, FIFO or directory."""
+    """A path to write: a new file or an existing regular one, never a device, FIFO, directory or symlink."""
 
     def __init__(self) -> None:
         super().__init__(dir_okay=False)
@@ -72,9 +72,13 @@ class OutputFile(click.Path):
             self.fail("an empty path names no file", param, ctx)
         path = super().convert(value, param, ctx)
         try:
-            info = os.stat(path)
+            info = os.lstat(path)
         except (OSError, ValueError):
             return path  # does not exist (yet), or cannot be reached: the writer reports it
+        if stat.S_ISLNK(info.st_mode):
+            # hpkg.atomic_output never follows nor replaces one; say so before any work is done.
+            self.fail(f"{os.fsdecode(path)} is a symbolic link; refusing to write through it or replace it"
+                      " (name the file it points to)", param, ctx)
         if not stat.S_ISREG(info.st_mode):
             self.fail(f"{os.fsdecode(path)} is {file_kind(info.st_mode)}; refusing to replace it", param, ctx)
         return path
