@@ -79,8 +79,7 @@ class BaselineIndex:
         for pair in self.diff.pairs:
             if pair.old is None:
                 continue
-            for row in pair.old.rows:
-                t = row[3]
+            for t in pair.old.targets():
                 content = t[4]
                 if t[0] is rodata and content and content[0] != "?":
                     address = t[3]
