@@ -131,7 +131,7 @@ def build_canonical(
                 target = Target(target.kind, target.name, target.offset, target.address, None, entries)
             tid = table.id_of(target)
             plain = -1 if ref.internal_offset is None else ref.internal_offset
-        columns.extend((ref.location, ref.width | kind_index[ref.kind] << 8, tid, ref.addend, plain))
+        columns.extend((ref.location, ref.width | kind_index[id(ref.kind)] << 8, tid, ref.addend, plain))
 
     pending = hashlib.blake2b(masked, digest_size=16).digest()
     if decoded.end < fn.size:

@@ -107,16 +107,20 @@ def _find_callees(c: CanonicalFunction, entries: list[CalleeEntry | None]) -> tu
 
 def _match_call_graph(matching: Matching) -> None:
     """Pair the unmatched callees of matched pairs at corresponding positions, until nothing moves."""
+    if not matching.unmatched_old() or not matching.unmatched_new():
+        return  # nothing left to pair (a rebuild, or a fix that only changed code)
     old_by_address = {c.function.address: c for c in matching.old}
     new_by_address = {c.function.address: c for c in matching.new}
-    callers_old: dict[int, set[int]] = defaultdict(set)
-    callers_new: dict[int, set[int]] = defaultdict(set)
+    # Each caller once per callee (callee lists hold each function once): lists, not sets, which cost
+    # twice as much for the hundreds of thousands of functions of a large image.
+    callers_old: dict[int, list[int]] = defaultdict(list)
+    callers_new: dict[int, list[int]] = defaultdict(list)
     for c in matching.old:
         for address, _ in matching.callees(c):
-            callers_old[address].add(c.function.address)
+            callers_old[address].append(c.function.address)
     for c in matching.new:
         for address, _ in matching.callees(c):
-            callers_new[address].add(c.function.address)
+            callers_new[address].append(c.function.address)
     pending = list(matching.pairs.items())
     while pending:
         next_round: list = []

@@ -23,7 +23,7 @@ from functools import cached_property
 from typing import NamedTuple, NewType
 
 from hpkg.arch.x86_64 import FieldKind
-from hpkg.elf.ehframe import Fde
+from hpkg.elf.ehframe import Fde, parse_eh_frame_records
 
 LinkAddress = NewType("LinkAddress", int)
 FileOffset = NewType("FileOffset", int)
@@ -137,7 +137,9 @@ class Image:
     static_relocations: tuple[ElfRelocation, ...]
     section_bytes: dict[str, bytes] = field(repr=False)
     init_functions: tuple[LinkAddress, ...] = ()
-    frames: tuple[Fde, ...] = ()  # .eh_frame's FDEs, parsed once when the file is loaded
+    # (start, size) of every function an FDE of .eh_frame describes, in section order, read at load;
+    # the FDEs themselves (`frames`) only when the build asks for them.
+    eh_frame: tuple[tuple[LinkAddress, int], ...] = ()
     stripped: bool = False
     file_sha256: bytes = b""  # of the whole file, taken from the bytes read when it was loaded
 
@@ -146,9 +148,13 @@ class Image:
         return bool(self.static_relocations)
 
     @cached_property
-    def eh_frame(self) -> tuple[tuple[LinkAddress, int], ...]:
-        """(start, size) of every function an FDE describes, in section order."""
-        return tuple((LinkAddress(f.start), f.length) for f in self.frames if f.start and f.length)
+    def frames(self) -> tuple[Fde, ...]:
+        """.eh_frame's FDEs, parsed once, on first use: a large library has hundreds of thousands, which
+        only the build's unwind tables read (the diff needs `eh_frame`'s ranges)."""
+        eh = self.section(".eh_frame")
+        if eh is None:
+            return ()
+        return tuple(parse_eh_frame_records(self.section_bytes.get(".eh_frame", b""), eh.address)[1])
 
     def section(self, name: str) -> Section | None:
         for section in self.sections:
@@ -301,7 +307,8 @@ class Instruction(NamedTuple):
 # (-1 when none). Tuples cost ~220 bytes a reference, these 20; a large library has millions.
 REFERENCE_COLUMNS = 5
 REFERENCE_KINDS: tuple[ReferenceKind, ...] = tuple(ReferenceKind)
-KIND_INDEX: dict[ReferenceKind, int] = {kind: i for i, kind in enumerate(REFERENCE_KINDS)}
+# By id(kind): Enum.__hash__ is Python code, and this lookup runs for every reference of both images.
+KIND_INDEX: dict[int, int] = {id(kind): i for i, kind in enumerate(REFERENCE_KINDS)}
 # Stands for every in-function target where only target kinds matter (`CanonicalFunction.targets`).
 IN_FUNCTION = Target(TargetKind.INTERNAL, "", -1, LinkAddress(0))
 
@@ -395,6 +402,21 @@ class CanonicalFunction:
     @property
     def references(self) -> tuple[Reference, ...]:
         return self.rows
+
+    def with_references(self, references: Iterable[Reference]) -> CanonicalFunction:
+        """The same form with other references (encoded over the same table, which gains any new target)."""
+        columns = array("i")
+        internal = TargetKind.INTERNAL
+        for r in references:
+            if r.target.kind is internal:
+                tid, plain = -1 - r.target.offset, r.internal_offset
+            else:
+                tid = self.table.id_of(r.target)
+                plain = -1 if r.internal_offset is None else r.internal_offset
+            columns.extend((r.location, r.width | KIND_INDEX[id(r.kind)] << 8, tid, r.addend, plain))
+        return CanonicalFunction(
+            self.function, columns, self.table, self.digest, self.instruction_count, self.masked_size
+        )
 
     @property
     def masked(self) -> bytes:
