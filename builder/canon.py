@@ -23,7 +23,6 @@ from hpkg.arch.x86_64 import is_padding
 from hpkg.builder.decode import Scan, decode_instructions, scan
 from hpkg.builder.functions import functions_at, unnamed_function
 from hpkg.builder.model import (
-    KIND_INDEX,
     REFERENCE_COLUMNS,
     CanonicalFunction,
     Function,
@@ -105,14 +104,13 @@ def build_canonical(
     then b"u" when the function's tail did not decode; the masked bytes themselves are dropped.
     """
     buf = bytearray(fn.code)
-    references = [ref for index in sorted(found) for ref in found[index]]
+    references = _found_in_order(found)
     for ref in references:
         buf[ref.location : ref.location + ref.width] = _ZEROS.get(ref.width) or bytes(ref.width)
     masked, padding_ends, removed_before = _without_padding(buf, decoded.padding)
 
-    columns = array("i")
+    target_column = array("i")
     internal, jump_table = TargetKind.INTERNAL, TargetKind.JUMP_TABLE
-    kind_index = KIND_INDEX
     canonical_offsets: dict[int, int] = {}
     for ref in references:
         target = ref.target
@@ -124,19 +122,18 @@ def build_canonical(
                 if padding_ends:
                     canonical = _canonical_offset(offset, padding_ends, removed_before)
                 canonical_offsets[offset] = canonical
-            tid, plain = -1 - canonical, offset
+            tid = -1 - canonical
         else:
             if target.kind is jump_table:
                 entries = tuple(_canonical_offset(o, padding_ends, removed_before) for o in target.entries)
                 target = Target(target.kind, target.name, target.offset, target.address, None, entries)
             tid = table.id_of(target)
-            plain = -1 if ref.internal_offset is None else ref.internal_offset
-        columns.extend((ref.location, ref.width | kind_index[id(ref.kind)] << 8, tid, ref.addend, plain))
+        target_column.append(tid)
 
     pending = hashlib.blake2b(masked, digest_size=16).digest()
     if decoded.end < fn.size:
         pending += b"u"
-    return CanonicalFunction(fn, columns, table, pending, decoded.count, len(masked))
+    return CanonicalFunction(fn, target_column, table, pending, decoded.count, len(masked))
 
 
 def masked_form(canonical: CanonicalFunction) -> bytes:
@@ -183,9 +180,14 @@ def finish_canonical(
         h.update(f"[{', '.join(parts)}]".encode())  # the repr of the list of keys
         if len(c.digest) > 16:
             h.update(b"undecoded")
-        fn, columns, count, size = c.function, c.columns, c.instruction_count, c.masked_size
-        out.append(CanonicalFunction(fn, columns, table, h.digest(), count, size))
+        fn, column, count, size = c.function, c.target_column, c.instruction_count, c.masked_size
+        out.append(CanonicalFunction(fn, column, table, h.digest(), count, size))
     return tuple(out)
+
+
+def _found_in_order(found: dict[int, list[Reference]]) -> list[Reference]:
+    """References by instruction, in the order canonical forms list them."""
+    return [ref for index in sorted(found) for ref in found[index]]
 
 
 def canonicalize_function(
@@ -253,7 +255,34 @@ def _canonicalize_image(
         if not found:
             break
         resolver, out = _add_functions(image, resolver, out, found, use_relocations, table)
-    return finish_canonical(resolver, out, table)
+    canonical = finish_canonical(resolver, out, table)
+    table.finder = reference_finder(image, tuple(c.function for c in canonical), use_relocations)
+    return canonical
+
+
+def reference_finder(
+    image: Image, functions: tuple[Function, ...], use_relocations: bool
+) -> Callable[[Function], list[Reference]]:
+    """Finds a function's references again, as `canonicalize_function` did (same order and fields:
+    which instructions hold references depends on the bytes and the image's layout only); the
+    resolver is made on first use, by the build or a listing, for the few functions they need."""
+    made: list = []
+
+    def find(fn: Function) -> list[Reference]:
+        if not made:
+            everything = tuple(sorted(functions, key=lambda f: f.address))
+            resolver = TargetResolver(image, everything)
+            made.extend((resolver, relocations_by_function(image, everything) if use_relocations else None))
+        resolver, relocations = made
+        if relocations is not None:
+            decoded = scan(fn, with_starts=True)
+            found = relocation_references(fn, decoded, resolver, relocations.get(fn.address, []))
+        else:
+            decoded = scan(fn, (resolver.low, resolver.high) if resolver.non_pic else None)
+            found = disassembly_references(fn, decoded, resolver)
+        return _found_in_order(found)
+
+    return find
 
 
 # How many times calls into code that no symbol or FDE covers are followed (each round can reveal more).
@@ -307,7 +336,7 @@ def _pack(functions: tuple[CanonicalFunction, ...], known: int) -> tuple:
     several times more), each form's columns and figures, and the functions found by following calls
     by their bounds (a Function holds its section's bytes, which the parent has already)."""
     table = functions[0].table if functions else TargetTable()
-    forms = [(c.columns, c.digest, c.instruction_count, c.masked_size) for c in functions]
+    forms = [(c.target_column, c.digest, c.instruction_count, c.masked_size) for c in functions]
     extra = [(f.name, f.address, f.size, f.section) for f in (c.function for c in functions[known:])]
     return [tuple(t) for t in table.targets], forms, extra
 
@@ -317,8 +346,8 @@ def _unpack(image: Image, functions: tuple[Function, ...], packed: tuple) -> tup
     table = TargetTable(Target._make(t) for t in plain)
     found = tuple(unnamed_function(image, *bounds) for bounds in extra)
     return tuple(
-        CanonicalFunction(fn, columns, table, digest, count, size)
-        for fn, (columns, digest, count, size) in zip(functions + found, forms, strict=True)
+        CanonicalFunction(fn, column, table, digest, count, size)
+        for fn, (column, digest, count, size) in zip(functions + found, forms, strict=True)
     )
 
 
@@ -371,6 +400,9 @@ def canonicalize_images(
                 future = pool.submit(_canonicalize_in_child)
                 new_canonical = canonicalize_image(new, new_functions, use_relocations, progress)
                 old_canonical = _unpack(old, old_functions, future.result())
+                if old_canonical:
+                    everything = tuple(c.function for c in old_canonical)
+                    old_canonical[0].table.finder = reference_finder(old, everything, use_relocations)
     finally:
         _CHILD_WORK = None
     if progress:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import bisect
 import enum
 from array import array
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import NamedTuple, NewType
@@ -301,10 +301,11 @@ class Instruction(NamedTuple):
     operands: str
 
 
-# The references of a canonical form, five ints each (`CanonicalFunction.columns`): the field's location
-# and `width | kind << 8`, then the target: an index into the image's TargetTable, or for an
+# The references of a canonical form as five ints each (`CanonicalFunction.columns`): the field's
+# location and `width | kind << 8`, then the target: an index into the image's TargetTable, or for an
 # in-function target -1 - its padding-free offset, then the addend and the plain in-function offset
-# (-1 when none). Tuples cost ~220 bytes a reference, these 20; a large library has millions.
+# (-1 when none). Tuples cost ~220 bytes a reference, these 20; a large library has millions, and
+# a form keeps only the target column (4 bytes each): the rest is found again when asked for.
 REFERENCE_COLUMNS = 5
 REFERENCE_KINDS: tuple[ReferenceKind, ...] = tuple(ReferenceKind)
 # By id(kind): Enum.__hash__ is Python code, and this lookup runs for every reference of both images.
@@ -317,15 +318,18 @@ class TargetTable:
     """The distinct targets other than in-function ones that one image's references name, each once.
 
     References hold an index into this table; equal targets share one entry and one object.
+    `finder` finds a function's references again, in the order canon found them (set by canon once
+    the image is canonical): the forms keep only their targets.
     """
 
-    __slots__ = ("targets", "_ids")
+    __slots__ = ("targets", "_ids", "finder")
 
     def __init__(self, targets: Iterable[Target] = ()) -> None:
         self.targets: list[Target] = list(targets)
         self._ids: dict[Target, int] = {}
         for i, target in enumerate(self.targets):
             self._ids.setdefault(target, i)
+        self.finder: Callable[[Function], list[Reference]] | None = None
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -347,38 +351,67 @@ class TargetTable:
         self.targets[index] = target
 
 
+def reference_columns(references: Iterable[Reference], target_ids: Iterable[int]) -> array:
+    """The five columns of references whose targets are `target_ids` (their own targets are not read
+    except for in-function offsets)."""
+    columns = array("i")
+    internal = TargetKind.INTERNAL
+    kind_index = KIND_INDEX
+    for r, tid in zip(references, target_ids, strict=True):
+        if r.internal_offset is not None:
+            plain = r.internal_offset
+        else:
+            plain = r.target.offset if r.target.kind is internal else -1
+        columns.extend((r.location, r.width | kind_index[id(r.kind)] << 8, tid, r.addend, plain))
+    return columns
+
+
 @dataclass(frozen=True, eq=False, slots=True)
 class CanonicalFunction:
     """A function with its references and its canonical form (digest of the masked bytes and targets).
 
-    The references are ints in `columns` (see REFERENCE_COLUMNS) over the image's `table`; `rows`
-    decodes them into Reference records and `targets` gives only what each one names. The masked
-    bytes are not kept: `digest` stands for them (with the targets' keys), `masked` rebuilds them.
+    A form keeps what each reference names (`target_column`: indices into the image's `table`, or
+    -1 - padding-free offset for an in-function target); `rows` gives the references as records,
+    found again by the table's finder. The masked bytes are not kept either: `digest` stands for
+    them (with the targets' keys), `masked` rebuilds them. Only changed functions need either.
     """
 
     function: Function
-    columns: array = field(repr=False)
+    target_column: array = field(repr=False)
     table: TargetTable = field(repr=False)
     digest: bytes
     instruction_count: int
     masked_size: int  # bytes of the masked form (without padding)
+    given: array | None = field(default=None, repr=False)  # columns given outright (with_references)
 
     @property
     def reference_count(self) -> int:
-        return len(self.columns) // REFERENCE_COLUMNS
+        return len(self.target_column)
 
     def target_ids(self) -> array:
-        """Each reference's target column: a table index, or -1 - padding-free offset in this function."""
-        return self.columns[2::REFERENCE_COLUMNS]
+        """Each reference's target: a table index, or -1 - padding-free offset in this function."""
+        return self.target_column
 
     def targets(self) -> list[Target]:
         """What each reference names, in order; every in-function target is IN_FUNCTION (no offset)."""
         table = self.table.targets
-        return [table[t] if t >= 0 else IN_FUNCTION for t in self.columns[2::REFERENCE_COLUMNS]]
+        return [table[t] if t >= 0 else IN_FUNCTION for t in self.target_column]
+
+    @property
+    def columns(self) -> array:
+        """All five columns of the references (see REFERENCE_COLUMNS), found again."""
+        if self.given is not None:
+            return self.given
+        finder = self.table.finder
+        assert finder is not None, "references are found again only once the image is canonical"
+        found = finder(self.function)
+        if len(found) != len(self.target_column):
+            raise AssertionError(f"{self.function.name}: references found again differ in number")
+        return reference_columns(found, self.target_column)
 
     @property
     def rows(self) -> tuple[Reference, ...]:
-        """The references as records, decoded on each call (hot loops read `columns`)."""
+        """The references as records (found again on each call: hot loops read `target_column`)."""
         fn = self.function
         table = self.table.targets
         kinds = REFERENCE_KINDS
@@ -404,19 +437,14 @@ class CanonicalFunction:
         return self.rows
 
     def with_references(self, references: Iterable[Reference]) -> CanonicalFunction:
-        """The same form with other references (encoded over the same table, which gains any new target)."""
-        columns = array("i")
-        internal = TargetKind.INTERNAL
-        for r in references:
-            if r.target.kind is internal:
-                tid, plain = -1 - r.target.offset, r.internal_offset
-            else:
-                tid = self.table.id_of(r.target)
-                plain = -1 if r.internal_offset is None else r.internal_offset
-            columns.extend((r.location, r.width | KIND_INDEX[id(r.kind)] << 8, tid, r.addend, plain))
-        return CanonicalFunction(
-            self.function, columns, self.table, self.digest, self.instruction_count, self.masked_size
-        )
+        """The same form with other references (over the same table, which gains any new target)."""
+        references = tuple(references)
+        internal, table = TargetKind.INTERNAL, self.table
+        ids = array("i", (-1 - r.target.offset if r.target.kind is internal else table.id_of(r.target)
+                          for r in references))
+        given = reference_columns(references, ids)
+        fn, count, size = self.function, self.instruction_count, self.masked_size
+        return CanonicalFunction(fn, ids, self.table, self.digest, count, size, given)
 
     @property
     def masked(self) -> bytes:
