@@ -82,8 +82,7 @@ class BaselineIndex:
         for pair in self.diff.pairs:
             if pair.old is None:
                 continue
-            for row in pair.old.rows:
-                t = row[3]
+            for t in pair.old.targets():
                 content = t[4]
                 if t[0] is rodata and content and content[0] != "?":
                     address = t[3]
@@ -124,7 +123,7 @@ class BaselineIndex:
         i = bisect.bisect_right(starts, field) - 1
         if old is None or i < 0 or not pairs[i].new.function.address <= field < pairs[i].new.function.end:
             return None
-        return old if any(row[3][3] == old for row in pairs[i].old.rows) else None
+        return old if any(t[3] == old for t in pairs[i].old.targets()) else None
 
     # -- imports: OLD's PLT entry or GOT slot -----------------------------------------------------
     def new_import(self, address: int) -> Import | None:

@@ -14,22 +14,24 @@ import hashlib
 import multiprocessing
 import os
 import re
+from array import array
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 
 from hpkg.arch.x86_64 import is_padding
 from hpkg.builder.decode import Scan, decode_instructions, scan
-from hpkg.builder.functions import functions_at
+from hpkg.builder.functions import functions_at, unnamed_function
 from hpkg.builder.model import (
+    REFERENCE_COLUMNS,
     CanonicalFunction,
     Function,
     Image,
     Instruction,
-    LinkAddress,
     Reference,
     Target,
     TargetKind,
+    TargetTable,
 )
 from hpkg.builder.references import disassembly_references, relocation_references, relocations_by_function
 from hpkg.builder.symbolize import ALIASES, CODE_SUFFIX, TargetResolver
@@ -74,95 +76,122 @@ def _canonical_offset(offset: int, padding_ends: list[int], removed_before: list
 _ZEROS = {1: bytes(1), 4: bytes(4), 8: bytes(8)}
 
 
-def build_canonical(fn: Function, decoded: Scan, found: dict[int, list[Reference]]) -> CanonicalFunction:
-    """Mask every reference field, drop padding, and renumber in-function targets."""
-    buf = bytearray(fn.code)
-    references = [ref for index in sorted(found) for ref in found[index]]
-    for ref in references:
-        buf[ref.location : ref.location + ref.width] = _ZEROS.get(ref.width) or bytes(ref.width)
-    padding = decoded.padding
+def _without_padding(buf: bytearray, padding: list[tuple[int, int]]) -> tuple[bytes, list[int], list[int]]:
+    """The bytes with the padding ranges cut out, and where each range ended / bytes removed up to it."""
     padding_ends: list[int] = []
     removed_before: list[int] = []
-    if padding:
-        removed = 0
-        pieces: list[bytes] = []
-        cursor = 0
-        for start, end in padding:
-            pieces.append(buf[cursor:start])
-            cursor = end
-            removed += end - start
-            padding_ends.append(end)
-            removed_before.append(removed)
-        pieces.append(buf[cursor:])
-        masked = b"".join(pieces)
-    else:
-        masked = bytes(buf)
+    if not padding:
+        return bytes(buf), padding_ends, removed_before
+    removed = 0
+    pieces: list[bytes] = []
+    cursor = 0
+    for start, end in padding:
+        pieces.append(buf[cursor:start])
+        cursor = end
+        removed += end - start
+        padding_ends.append(end)
+        removed_before.append(removed)
+    pieces.append(buf[cursor:])
+    return b"".join(pieces), padding_ends, removed_before
 
-    canonical_refs: list[Reference] = []
-    internal, table = TargetKind.INTERNAL, TargetKind.JUMP_TABLE
-    # One Target per distinct in-function destination: branches to one label share it, which
-    # saves ~100 bytes per reference on large images (most references are such branches).
-    internal_targets: dict[int, Target] = {}
+
+def build_canonical(
+    fn: Function, decoded: Scan, found: dict[int, list[Reference]], table: TargetTable
+) -> CanonicalFunction:
+    """Mask every reference field, drop padding, and renumber in-function targets.
+
+    The result's `digest` is still pending (see `finish_canonical`): the masked bytes' digest,
+    then b"u" when the function's tail did not decode; the masked bytes themselves are dropped.
+    """
+    buf = bytearray(fn.code)
+    references = _found_in_order(found)
+    for ref in references:
+        buf[ref.location : ref.location + ref.width] = _ZEROS.get(ref.width) or bytes(ref.width)
+    masked, padding_ends, removed_before = _without_padding(buf, decoded.padding)
+
+    target_column = array("i")
+    internal, jump_table = TargetKind.INTERNAL, TargetKind.JUMP_TABLE
+    canonical_offsets: dict[int, int] = {}
     for ref in references:
         target = ref.target
         if target.kind is internal:
             offset = ref.internal_offset if ref.internal_offset is not None else target.offset
-            target = internal_targets.get(offset)
-            if target is None:
+            canonical = canonical_offsets.get(offset)
+            if canonical is None:
                 canonical = offset
                 if padding_ends:
                     canonical = _canonical_offset(offset, padding_ends, removed_before)
-                target = Target(internal, fn.name, canonical, LinkAddress(fn.address + offset))
-                internal_targets[offset] = target
-            ref = Reference(ref.location, ref.width, ref.kind, target, ref.addend, offset)
-        elif target.kind is table:
-            entries = tuple(_canonical_offset(o, padding_ends, removed_before) for o in target.entries)
-            target = Target(target.kind, target.name, target.offset, target.address, None, entries)
-            ref = Reference(ref.location, ref.width, ref.kind, target, ref.addend)
-        canonical_refs.append(ref)
+                canonical_offsets[offset] = canonical
+            tid = -1 - canonical
+        else:
+            if target.kind is jump_table:
+                entries = tuple(_canonical_offset(o, padding_ends, removed_before) for o in target.entries)
+                target = Target(target.kind, target.name, target.offset, target.address, None, entries)
+            tid = table.id_of(target)
+        target_column.append(tid)
 
-    digest = "undecoded" if decoded.end < fn.size else ""
-    return CanonicalFunction(fn, tuple(canonical_refs), masked, digest, decoded.count)
+    pending = hashlib.blake2b(masked, digest_size=16).digest()
+    if decoded.end < fn.size:
+        pending += b"u"
+    return CanonicalFunction(fn, target_column, table, pending, decoded.count, len(masked))
 
 
-def _digest(masked: bytes, references: tuple[tuple, ...], undecoded: bool) -> str:
-    h = hashlib.blake2b(masked, digest_size=16)
-    h.update(repr([hash_key(r[3]) for r in references]).encode())
-    if undecoded:
-        h.update(b"undecoded")
-    return h.hexdigest()
+def masked_form(canonical: CanonicalFunction) -> bytes:
+    """The masked bytes of a canonical form, rebuilt by decoding its function again (the form keeps
+    only their digest: they matter for the few pairs whose digests differ)."""
+    fn = canonical.function
+    buf = bytearray(fn.code)
+    columns = canonical.columns
+    for i in range(0, len(columns), REFERENCE_COLUMNS):
+        location, width = columns[i], columns[i + 1] & 0xFF
+        buf[location : location + width] = bytes(width)
+    return _without_padding(buf, scan(fn).padding)[0]
 
 
 def finish_canonical(
-    resolver: TargetResolver, functions: list[CanonicalFunction]
+    resolver: TargetResolver, functions: list[CanonicalFunction], table: TargetTable
 ) -> tuple[CanonicalFunction, ...]:
-    """Digest anonymous read-only data (bounded by every address the image references) and each form."""
+    """Digest anonymous read-only data (bounded by every address the image references) and each form.
+
+    A form's digest covers its masked bytes and its targets' hash keys, in order: equal digests mean
+    equal masked bytes and equal keys."""
     rodata = TargetKind.RODATA
-    table = TargetKind.JUMP_TABLE
-    boundaries = sorted({r[3][3] for c in functions for r in c.rows if r[3][0] is rodata or r[3][0] is table})
+    jump_table = TargetKind.JUMP_TABLE
+    targets = table.targets
+    boundaries = sorted({t[3] for t in targets if t[0] is rodata or t[0] is jump_table})
+    for i, t in enumerate(targets):
+        if t[0] is rodata and t[4] and t[4].startswith("?"):
+            content = resolver.rodata_content(t[3], int(t[4][1:]), boundaries)
+            table.replace(i, Target(t[0], t[1], t[2], t[3], content))
+    key_reprs = [repr(hash_key(t)) for t in targets]
+    internal_reprs: dict[int, str] = {}
     out = []
-    digested: dict[tuple, Target] = {}  # one digested Target per pending one, shared like the pending one
     for c in functions:
-        refs = c.rows
-        if any(r[3][0] is rodata for r in refs):
-            fixed = []
-            for r in refs:
-                t = r[3]
-                if t[0] is rodata and t[4] and t[4].startswith("?"):
-                    target = digested.get(t)
-                    if target is None:
-                        content = resolver.rodata_content(t[3], int(t[4][1:]), boundaries)
-                        target = digested[t] = Target(t[0], t[1], t[2], t[3], content)
-                    r = Reference(r[0], r[1], r[2], target, r[4], r[5])
-                fixed.append(r)
-            refs = tuple(fixed)
-        digest = _digest(c.masked, refs, c.digest == "undecoded")
-        out.append(CanonicalFunction(c.function, refs, c.masked, digest, c.instruction_count))
+        parts = []
+        for tid in c.target_ids():
+            if tid >= 0:
+                parts.append(key_reprs[tid])
+            else:
+                text = internal_reprs.get(tid)
+                if text is None:
+                    text = internal_reprs[tid] = repr(("i", -1 - tid))
+                parts.append(text)
+        h = hashlib.blake2b(c.digest[:16], digest_size=16)
+        h.update(f"[{', '.join(parts)}]".encode())  # the repr of the list of keys
+        if len(c.digest) > 16:
+            h.update(b"undecoded")
+        fn, column, count, size = c.function, c.target_column, c.instruction_count, c.masked_size
+        out.append(CanonicalFunction(fn, column, table, h.digest(), count, size))
     return tuple(out)
 
 
+def _found_in_order(found: dict[int, list[Reference]]) -> list[Reference]:
+    """References by instruction, in the order canonical forms list them."""
+    return [ref for index in sorted(found) for ref in found[index]]
+
+
 def canonicalize_function(
-    fn: Function, resolver: TargetResolver, relocations: list | None
+    fn: Function, resolver: TargetResolver, relocations: list | None, table: TargetTable
 ) -> CanonicalFunction:
     """Decode one function, find its references (relocations when given, else decoding) and mask them."""
     if relocations is not None:
@@ -171,7 +200,7 @@ def canonicalize_function(
     else:
         decoded = scan(fn, (resolver.low, resolver.high) if resolver.non_pic else None)
         found = disassembly_references(fn, decoded, resolver)
-    return build_canonical(fn, decoded, found)
+    return build_canonical(fn, decoded, found, table)
 
 
 @contextmanager
@@ -212,34 +241,61 @@ def _canonicalize_image(
 ) -> tuple[CanonicalFunction, ...]:
     resolver = TargetResolver(image, functions)
     relocations = relocations_by_function(image, functions) if use_relocations else None
+    table = TargetTable()
     out: list[CanonicalFunction] = []
     for i, fn in enumerate(functions):
         relocs = relocations.get(fn.address, []) if relocations is not None else None
-        out.append(canonicalize_function(fn, resolver, relocs))
+        out.append(canonicalize_function(fn, resolver, relocs, table))
         if progress and i % 256 == 255:
             progress(256)
     if progress:
         progress(len(functions) % 256)
     for _ in range(_DISCOVERY_ROUNDS):
-        found = _uncovered_code(out)
+        found = _uncovered_code(table)
         if not found:
             break
-        resolver, out = _add_functions(image, resolver, out, found, use_relocations)
-    return finish_canonical(resolver, out)
+        resolver, out = _add_functions(image, resolver, out, found, use_relocations, table)
+    canonical = finish_canonical(resolver, out, table)
+    table.finder = reference_finder(image, tuple(c.function for c in canonical), use_relocations)
+    return canonical
+
+
+def reference_finder(
+    image: Image, functions: tuple[Function, ...], use_relocations: bool
+) -> Callable[[Function], list[Reference]]:
+    """Finds a function's references again, as `canonicalize_function` did (same order and fields:
+    which instructions hold references depends on the bytes and the image's layout only); the
+    resolver is made on first use, by the build or a listing, for the few functions they need."""
+    made: list = []
+
+    def find(fn: Function) -> list[Reference]:
+        if not made:
+            everything = tuple(sorted(functions, key=lambda f: f.address))
+            resolver = TargetResolver(image, everything)
+            made.extend((resolver, relocations_by_function(image, everything) if use_relocations else None))
+        resolver, relocations = made
+        if relocations is not None:
+            decoded = scan(fn, with_starts=True)
+            found = relocation_references(fn, decoded, resolver, relocations.get(fn.address, []))
+        else:
+            decoded = scan(fn, (resolver.low, resolver.high) if resolver.non_pic else None)
+            found = disassembly_references(fn, decoded, resolver)
+        return _found_in_order(found)
+
+    return find
 
 
 # How many times calls into code that no symbol or FDE covers are followed (each round can reveal more).
 _DISCOVERY_ROUNDS = 4
 
 
-def _uncovered_code(functions: list[CanonicalFunction]) -> set[int]:
+def _is_uncovered_code(target: Target) -> bool:
+    return target[0] is TargetKind.SECTION and target[1].endswith(CODE_SUFFIX)
+
+
+def _uncovered_code(table: TargetTable) -> set[int]:
     """Addresses that direct branches reach in code no known function covers."""
-    return {
-        r[3][3]
-        for c in functions
-        for r in c.rows
-        if r[3][0] is TargetKind.SECTION and r[3][1].endswith(CODE_SUFFIX)
-    }
+    return {t[3] for t in table.targets if _is_uncovered_code(t)}
 
 
 def _add_functions(
@@ -248,6 +304,7 @@ def _add_functions(
     canonical: list[CanonicalFunction],
     addresses: set[int],
     use_relocations: bool,
+    table: TargetTable,
 ) -> tuple[TargetResolver, list[CanonicalFunction]]:
     """Make functions of branch targets in uncovered code, and point the branches at them."""
     known = tuple(c.function for c in canonical)
@@ -255,25 +312,18 @@ def _add_functions(
     everything = tuple(sorted(known + extra, key=lambda f: f.address))
     resolver = TargetResolver(image, everything)
     relocations = relocations_by_function(image, everything) if use_relocations else None
+    # The branches of the functions known so far now go to the new ones (before those are decoded,
+    # so that their own references to code still uncovered stay apart).
+    for i, t in enumerate(table.targets):
+        if _is_uncovered_code(t):
+            fn = resolver.function_at(t[3])
+            if fn is not None:
+                table.replace(i, Target(TargetKind.FUNCTION, fn.name, t[3] - fn.address, t[3]))
     added = [
-        canonicalize_function(fn, resolver, relocations.get(fn.address, []) if relocations else None)
+        canonicalize_function(fn, resolver, relocations.get(fn.address, []) if relocations else None, table)
         for fn in extra
     ]
-    patched: list[CanonicalFunction] = []
-    for c in canonical:
-        if any(r[3][0] is TargetKind.SECTION and r[3][1].endswith(CODE_SUFFIX) for r in c.rows):
-            rows = []
-            for r in c.rows:
-                t = r[3]
-                if t[0] is TargetKind.SECTION and t[1].endswith(CODE_SUFFIX):
-                    fn = resolver.function_at(t[3])
-                    if fn is not None:
-                        target = Target(TargetKind.FUNCTION, fn.name, t[3] - fn.address, t[3])
-                        r = Reference(r[0], r[1], r[2], target, r[4], r[5])
-                rows.append(r)
-            c = CanonicalFunction(c.function, tuple(rows), c.masked, c.digest, c.instruction_count)
-        patched.append(c)
-    return resolver, patched + added
+    return resolver, canonical + added
 
 
 # The baseline's share of the work in a forked child: set before the fork, so the images are
@@ -281,42 +331,32 @@ def _add_functions(
 _CHILD_WORK: tuple[Image, tuple[Function, ...], bool] | None = None
 
 
-def _pack(functions: tuple[CanonicalFunction, ...]) -> list[tuple]:
-    """Plain tuples for the pipe: pickling NamedTuples and dataclasses costs several times more.
-
-    Each distinct Target object becomes one plain tuple object, so that pickle's memo sends it once
-    and the parent shares it between references as the child did."""
-    plain: dict[int, tuple] = {}
-    held: list[tuple] = []  # keeps the targets alive so that their ids stay unique while packing
-
-    def flat(t: tuple) -> tuple:
-        p = plain.get(id(t))
-        if p is None:
-            p = plain[id(t)] = tuple(t)
-            held.append(t)
-        return p
-
-    return [
-        (c.masked, c.digest, c.instruction_count, [(*r[:3], flat(r[3]), *r[4:]) for r in c.rows])
-        for c in functions
-    ]
+def _pack(functions: tuple[CanonicalFunction, ...], known: int) -> tuple:
+    """Plain values for the pipe: the table's targets as plain tuples (pickling NamedTuples costs
+    several times more), each form's columns and figures, and the functions found by following calls
+    by their bounds (a Function holds its section's bytes, which the parent has already)."""
+    table = functions[0].table if functions else TargetTable()
+    forms = [(c.target_column, c.digest, c.instruction_count, c.masked_size) for c in functions]
+    extra = [(f.name, f.address, f.size, f.section) for f in (c.function for c in functions[known:])]
+    return [tuple(t) for t in table.targets], forms, extra
 
 
-def _unpack(functions: tuple[Function, ...], packed: tuple[list[tuple], tuple[Function, ...]]):
-    rows, extra = packed
+def _unpack(image: Image, functions: tuple[Function, ...], packed: tuple) -> tuple[CanonicalFunction, ...]:
+    plain, forms, extra = packed
+    table = TargetTable(Target._make(t) for t in plain)
+    found = tuple(unnamed_function(image, *bounds) for bounds in extra)
     return tuple(
-        CanonicalFunction(fn, tuple(refs), masked, digest, count)
-        for fn, (masked, digest, count, refs) in zip(functions + extra, rows, strict=True)
+        CanonicalFunction(fn, column, table, digest, count, size)
+        for fn, (column, digest, count, size) in zip(functions + found, forms, strict=True)
     )
 
 
-def _canonicalize_in_child() -> tuple[list[tuple], tuple[Function, ...]]:
-    """The baseline's canonical forms, packed; functions found by following calls go along whole."""
+def _canonicalize_in_child() -> tuple:
+    """The baseline's canonical forms, packed."""
     assert _CHILD_WORK is not None
     image, functions, use_relocations = _CHILD_WORK
     with cycle_collector_paused():
-        canonical = canonicalize_image(image, functions, use_relocations)
-        return _pack(canonical), tuple(c.function for c in canonical[len(functions) :])
+        return _pack(canonicalize_image(image, functions, use_relocations), len(functions))
 
 
 def _spare_cpu() -> bool:
@@ -359,7 +399,10 @@ def canonicalize_images(
             with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
                 future = pool.submit(_canonicalize_in_child)
                 new_canonical = canonicalize_image(new, new_functions, use_relocations, progress)
-                old_canonical = _unpack(old_functions, future.result())
+                old_canonical = _unpack(old, old_functions, future.result())
+                if old_canonical:
+                    everything = tuple(c.function for c in old_canonical)
+                    old_canonical[0].table.finder = reference_finder(old, everything, use_relocations)
     finally:
         _CHILD_WORK = None
     if progress:

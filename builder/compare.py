@@ -64,14 +64,47 @@ def _names(target: tuple) -> set[str]:
     return {stable_name(target[1].partition("@")[0]), *_markers_of(target)}
 
 
+def references_correspond(
+    old: CanonicalFunction, new: CanonicalFunction, function_map: dict[int, int], memo: dict[int, bool]
+) -> bool:
+    """Whether the two forms' targets correspond one by one (`targets_correspond`), read from their
+    target columns; `memo` keeps each pair of table entries' answer for one function map."""
+    a, b = old.target_ids(), new.target_ids()
+    if len(a) != len(b):
+        return False
+    old_targets, new_targets = old.table.targets, new.table.targets
+    width = len(new_targets)
+    for x, y in zip(a, b, strict=True):
+        if x < 0 or y < 0:  # in-function targets: equal padding-free offsets
+            if x != y:
+                return False
+            continue
+        key = x * width + y
+        same = memo.get(key)
+        if same is None:
+            same = memo[key] = targets_correspond(old_targets[x], new_targets[y], function_map)
+        if not same:
+            return False
+    return True
+
+
+def same_masked(old: CanonicalFunction, new: CanonicalFunction) -> bool:
+    """Whether the masked bytes are equal: equal digests cover them, else they are rebuilt."""
+    if old.masked_size != new.masked_size:
+        return False
+    return old.digest == new.digest or old.masked == new.masked
+
+
 def compare_pair(
-    old: CanonicalFunction, new: CanonicalFunction, function_map: dict[int, int], old_image: Image
+    old: CanonicalFunction,
+    new: CanonicalFunction,
+    function_map: dict[int, int],
+    old_image: Image,
+    memo: dict[int, bool] | None = None,
 ) -> ChangeKind | None:
-    """None if the pair behaves the same, else how it changed."""
-    same_targets = len(old.rows) == len(new.rows) and all(
-        targets_correspond(a[3], b[3], function_map) for a, b in zip(old.rows, new.rows, strict=True)
-    )
-    if old.masked == new.masked:
+    """None if the pair behaves the same, else how it changed (`memo`: see references_correspond)."""
+    same_targets = references_correspond(old, new, function_map, {} if memo is None else memo)
+    if same_masked(old, new):
         return None if same_targets else ChangeKind.REFERENCES
     if same_targets and line_number_only(old, new, old_image):
         return ChangeKind.LINE_NUMBER_ONLY

@@ -69,8 +69,7 @@ def _owners(functions: tuple[CanonicalFunction, ...], rename: dict[int, str]) ->
     owners: dict[int, set[str]] = defaultdict(set)
     for c in functions:
         name = rename.get(c.function.address, c.function.name)
-        for row in c.rows:
-            t = row[3]
+        for t in c.targets():
             if t[0] is TargetKind.DATA:
                 owners[t[3] - t[2]].add(name)
     return owners

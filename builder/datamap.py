@@ -33,8 +33,7 @@ def _section_users(
     section_kind = TargetKind.SECTION
     for c in functions:
         who = identity.get(c.function.address, -c.function.address - 1)
-        for row in c.rows:
-            t = row[3]
+        for t in c.targets():
             if t[0] is section_kind and t[1] in writable:
                 users[t[3]].add(who)
                 sections[t[3]] = t[1]
@@ -116,13 +115,13 @@ def anonymous_twins(pairs: tuple[FunctionPair, ...]) -> dict[int, int]:
     for pair in pairs:
         if pair.status is not Status.SAME or pair.old is None or pair.new is None:
             continue
-        old_rows, new_rows = pair.old.rows, pair.new.rows
-        if len(old_rows) != len(new_rows):
+        old_targets, new_targets = pair.old.targets(), pair.new.targets()
+        if len(old_targets) != len(new_targets):
             continue
-        for a, b in zip(old_rows, new_rows, strict=True):
-            kind = a[3][0]
-            if (kind is section or kind is data) and b[3][0] is kind:
-                seen[b[3][3]].add(a[3][3])
+        for a, b in zip(old_targets, new_targets, strict=True):
+            kind = a[0]
+            if (kind is section or kind is data) and b[0] is kind:
+                seen[b[3]].add(a[3])
     return {new: next(iter(old)) for new, old in seen.items() if len(old) == 1}
 
 
@@ -148,12 +147,12 @@ def unchanged_layouts(
     for pair in pairs:
         if pair.status is not Status.SAME or pair.old is None or pair.new is None:
             continue
-        if len(pair.old.rows) != len(pair.new.rows):
+        if pair.old.reference_count != pair.new.reference_count:
             continue
-        for a, b in zip(pair.old.rows, pair.new.rows, strict=True):
-            if a[3][0] not in (section, data) or b[3][0] is not a[3][0]:
+        for a, b in zip(pair.old.targets(), pair.new.targets(), strict=True):
+            if a[0] not in (section, data) or b[0] is not a[0]:
                 continue
-            old_address, new_address = a[3][3], b[3][3]
+            old_address, new_address = a[3], b[3]
             for name, (old_start, new_start, size) in list(layouts.items()):
                 inside = old_start <= old_address < old_start + size
                 inside = inside or new_start <= new_address < new_start + size

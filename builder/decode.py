@@ -218,8 +218,9 @@ def instructions_of(fn: Function, count: int) -> list:
 
 def memory_access(fn: Function, offset: int) -> int:
     """Bytes the instruction at `offset` reads or writes through its memory operand (0 for lea)."""
-    decoder = Decoder(64, fn.code, ip=fn.address + offset)
-    decoder.position = offset
+    # At most one instruction's 15 bytes, cut at the function's end as a decode of its code would be.
+    start = fn.start + offset
+    decoder = Decoder(64, fn.contents[start : fn.start + min(fn.size, offset + 15)], ip=fn.address + offset)
     return _forms().sizes[decoder.decode().memory_size]
 
 

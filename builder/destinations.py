@@ -102,7 +102,7 @@ class Destinations:
         rodata = TargetKind.RODATA
         for p in self.diff.pairs:
             if p.new is not None:
-                found.update(r[3][3] for r in p.new.rows if r[3][0] is rodata)
+                found.update(t[3] for t in p.new.targets() if t[0] is rodata)
         found.update(s.end for s in self.diff.new.sections if s.alloc)
         return sorted(found)
 

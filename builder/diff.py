@@ -43,13 +43,14 @@ def pair_functions(
     function_map = {**data_map, **function_twins} if data_map else function_twins
     new_by_address = {c.function.address: c for c in new}
     pairs: list[FunctionPair] = []
+    memo: dict[int, bool] = {}
     for c in old:
         match = matches.get(c.function.address)
         if match is None:
             pairs.append(FunctionPair(c, None, Status.REMOVED))
             continue
         twin = new_by_address[match[0]]
-        kind = compare_pair(c, twin, function_map, old_image)
+        kind = compare_pair(c, twin, function_map, old_image, memo)
         status = Status.SAME if kind is None else Status.CHANGED
         pairs.append(FunctionPair(c, twin, status, kind, match[1]))
     taken = set(function_map.values())

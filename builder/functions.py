@@ -81,8 +81,6 @@ def discover_functions(image: Image) -> tuple[Function, ...]:
         limit = min(limit, section.end)
         if size == 0 or address + size > limit:
             size = limit - address  # a symbol without size (hand-written asm): up to the next function
-        start = address - section.address
-        code = image.section_bytes[section.name][start : start + size]
         syms = named.get(address, [])
         if syms:
             syms = sorted(
@@ -100,12 +98,13 @@ def discover_functions(image: Image) -> tuple[Function, ...]:
                 address=LinkAddress(address),
                 size=size,
                 section=section.name,
-                code=code,
+                contents=image.section_bytes[section.name],
                 named=bool(syms),
                 parent=parent if origin is not FunctionOrigin.SOURCE else None,
                 origin=origin,
                 aliases=aliases,
                 local=local,
+                start=address - section.address,
             )
         )
     return tuple(functions)
@@ -125,9 +124,14 @@ def functions_at(
             continue
         i = starts.index(address)
         limit = min(starts[i + 1] if i + 1 < len(starts) else section.end, section.end)
-        start = address - section.address
-        size = limit - address
-        code = image.section_bytes[section.name][start : start + size]
-        name = unnamed(address)
-        out.append(Function(name, LinkAddress(address), size, section.name, code, named=False, local=True))
+        out.append(unnamed_function(image, unnamed(address), address, limit - address, section.name))
     return tuple(out)
+
+
+def unnamed_function(image: Image, name: str, address: int, size: int, section: str) -> Function:
+    """A function no symbol names, found by following calls, with its bytes in its section's."""
+    header = image.section(section)
+    assert header is not None
+    contents = image.section_bytes[section]
+    start = address - header.address
+    return Function(name, LinkAddress(address), size, section, contents, named=False, local=True, start=start)

@@ -470,7 +470,7 @@ def load_image(
         static_relocations=tuple(static_relocations),
         section_bytes=contents,
         init_functions=_read_init_functions(binary, sections, contents, dynamic_relocations),
-        frames=tuple(frames),
+        eh_frame=tuple((LinkAddress(f.start), f.length) for f in frames if f.start and f.length),
         stripped=not static_symbols,
         file_sha256=hashlib.sha256(data).digest(),
     )

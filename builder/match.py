@@ -13,7 +13,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from hpkg.builder.canon import hash_key, stable_name
-from hpkg.builder.model import CanonicalFunction, Image, TargetKind
+from hpkg.builder.model import CanonicalFunction, Image, TargetKind, TargetTable
+
+CalleeEntry = tuple[int, tuple]  # a called function: (address, hash key)
 
 
 @dataclass
@@ -24,17 +26,28 @@ class Matching:
     new: tuple[CanonicalFunction, ...]
     pairs: dict[int, tuple[int, str]] = field(default_factory=dict)
     taken: set[int] = field(default_factory=set)
-    _callees: dict[int, list[tuple[int, tuple]]] = field(default_factory=dict)
-    # id of a target → its (address, hash key): a target object is shared by every reference to it,
-    # so callee lists share these pairs instead of building one per call site (large images hold
-    # millions). The targets stay alive in the rows of `old` and `new`, so their ids stay unique.
-    _callee_entries: dict[int, tuple[int, tuple]] = field(default_factory=dict)
+    _callees: dict[int, tuple[CalleeEntry, ...]] = field(default_factory=dict)
+    # Per target table (by id; both stay alive in `old` and `new`): each entry's callee entry, or
+    # None when it is no function start. Callee lists share these instead of building one per call
+    # site (large images hold millions).
+    _callee_entries: dict[int, list[CalleeEntry | None]] = field(default_factory=dict)
+    _hash_keys: dict[int, list[tuple]] = field(default_factory=dict)
 
-    def callees(self, c: CanonicalFunction) -> list[tuple[int, tuple]]:
+    def callees(self, c: CanonicalFunction) -> tuple[CalleeEntry, ...]:
         """The functions `c` refers to, in order, each once: (address, hash key); computed once."""
         found = self._callees.get(id(c))
         if found is None:
-            found = self._callees[id(c)] = _find_callees(c, self._callee_entries)
+            entries = self._callee_entries.get(id(c.table))
+            if entries is None:
+                entries = self._callee_entries[id(c.table)] = _callee_entries(c.table)
+            found = self._callees[id(c)] = _find_callees(c, entries)
+        return found
+
+    def hash_keys(self, table: TargetTable) -> list[tuple]:
+        """Every table entry's `hash_key`, computed once per table."""
+        found = self._hash_keys.get(id(table))
+        if found is None:
+            found = self._hash_keys[id(table)] = [hash_key(t) for t in table.targets]
         return found
 
     def add(self, old: CanonicalFunction, new: CanonicalFunction, how: str) -> None:
@@ -75,33 +88,39 @@ def _pair_groups(matching: Matching, key, how: str, unique_only: bool = False) -
                 matching.add(o, n, how)
 
 
-def _find_callees(c: CanonicalFunction, entries: dict[int, tuple[int, tuple]]) -> list[tuple[int, tuple]]:
+def _callee_entries(table: TargetTable) -> list[CalleeEntry | None]:
+    function = TargetKind.FUNCTION
+    return [(t[3], hash_key(t)) if t[0] is function and t[2] == 0 else None for t in table.targets]
+
+
+def _find_callees(c: CanonicalFunction, entries: list[CalleeEntry | None]) -> tuple[CalleeEntry, ...]:
     seen: set[int] = set()
     out = []
-    function = TargetKind.FUNCTION
-    for row in c.rows:
-        t = row[3]
-        if t[0] is function and t[2] == 0 and t[3] not in seen:
-            seen.add(t[3])
-            entry = entries.get(id(t))
-            if entry is None:
-                entry = entries[id(t)] = (t[3], hash_key(t))
-            out.append(entry)
-    return out
+    for tid in c.target_ids():
+        if tid >= 0:
+            entry = entries[tid]
+            if entry is not None and entry[0] not in seen:
+                seen.add(entry[0])
+                out.append(entry)
+    return tuple(out)
 
 
 def _match_call_graph(matching: Matching) -> None:
     """Pair the unmatched callees of matched pairs at corresponding positions, until nothing moves."""
+    if not matching.unmatched_old() or not matching.unmatched_new():
+        return  # nothing left to pair (a rebuild, or a fix that only changed code)
     old_by_address = {c.function.address: c for c in matching.old}
     new_by_address = {c.function.address: c for c in matching.new}
-    callers_old: dict[int, set[int]] = defaultdict(set)
-    callers_new: dict[int, set[int]] = defaultdict(set)
+    # Each caller once per callee (callee lists hold each function once): lists, not sets, which cost
+    # twice as much for the hundreds of thousands of functions of a large image.
+    callers_old: dict[int, list[int]] = defaultdict(list)
+    callers_new: dict[int, list[int]] = defaultdict(list)
     for c in matching.old:
         for address, _ in matching.callees(c):
-            callers_old[address].add(c.function.address)
+            callers_old[address].append(c.function.address)
     for c in matching.new:
         for address, _ in matching.callees(c):
-            callers_new[address].add(c.function.address)
+            callers_new[address].append(c.function.address)
     pending = list(matching.pairs.items())
     while pending:
         next_round: list = []
@@ -140,7 +159,7 @@ def _match_call_graph(matching: Matching) -> None:
         pending = next_round
 
 
-def _aligned(a: list[tuple[int, tuple]], b: list[tuple[int, tuple]]) -> list[tuple[int, int]]:
+def _aligned(a: tuple[CalleeEntry, ...], b: tuple[CalleeEntry, ...]) -> list[tuple[int, int]]:
     """Pair two aligned runs of callees; callees that look alike (unnamed ones all do) pair in address
     order, since a compiler emits a unit's functions in source order while a fix may reorder calls."""
     if len(a) < 2 or len({k for _, k in a}) == len(a):
@@ -285,13 +304,14 @@ def match_functions(
     # same shape (length, instruction count, targets) with other bytes: a changed constant, such
     # as a __LINE__ passed to an error routine.
     _pair_groups(matching, lambda c: c.digest, "hash", unique_only=True)
-    _pair_groups(matching, _shape, "similar", unique_only=True)
+    _pair_groups(matching, lambda c: _shape(c, matching.hash_keys(c.table)), "similar", unique_only=True)
     _match_call_graph(matching)
     _match_by_order(matching)
     return matching.pairs
 
 
-def _shape(c: CanonicalFunction) -> tuple:
-    """What stays when only immediates change: section, sizes, and the targets in order."""
-    targets = tuple(hash_key(r[3]) for r in c.rows)
-    return (c.function.section, len(c.masked), c.instruction_count, targets)
+def _shape(c: CanonicalFunction, keys: list[tuple]) -> tuple:
+    """What stays when only immediates change: section, sizes, and the targets in order (`keys`:
+    the hash key of each entry of the form's target table)."""
+    targets = tuple(keys[t] if t >= 0 else ("i", -1 - t) for t in c.target_ids())
+    return (c.function.section, c.masked_size, c.instruction_count, targets)

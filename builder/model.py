@@ -16,19 +16,21 @@ from __future__ import annotations
 
 import bisect
 import enum
+from array import array
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import NamedTuple, NewType
 
 from hpkg.arch.x86_64 import FieldKind
-from hpkg.elf.ehframe import Fde
+from hpkg.elf.ehframe import Fde, parse_eh_frame_records
 
 LinkAddress = NewType("LinkAddress", int)
 FileOffset = NewType("FileOffset", int)
 RuntimeAddress = NewType("RuntimeAddress", int)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Section:
     """One ELF section header; its bytes live in Image.section_bytes (read once)."""
 
@@ -66,7 +68,7 @@ class SymbolKind(enum.Enum):
     OTHER = "other"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Symbol:
     """A .symtab or .dynsym entry that names code or data (section and file symbols are dropped)."""
 
@@ -105,7 +107,7 @@ class GotSlot:
     relocation_type: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ElfRelocation:
     """A relocation entry of an input ELF file (dynamic, or static as kept by -Wl,--emit-relocs), by link
     address; not to be confused with a package's relocation record (hpkg.formats.model.Relocation)."""
@@ -135,7 +137,9 @@ class Image:
     static_relocations: tuple[ElfRelocation, ...]
     section_bytes: dict[str, bytes] = field(repr=False)
     init_functions: tuple[LinkAddress, ...] = ()
-    frames: tuple[Fde, ...] = ()  # .eh_frame's FDEs, parsed once when the file is loaded
+    # (start, size) of every function an FDE of .eh_frame describes, in section order, read at load;
+    # the FDEs themselves (`frames`) only when the build asks for them.
+    eh_frame: tuple[tuple[LinkAddress, int], ...] = ()
     stripped: bool = False
     file_sha256: bytes = b""  # of the whole file, taken from the bytes read when it was loaded
 
@@ -144,9 +148,13 @@ class Image:
         return bool(self.static_relocations)
 
     @cached_property
-    def eh_frame(self) -> tuple[tuple[LinkAddress, int], ...]:
-        """(start, size) of every function an FDE describes, in section order."""
-        return tuple((LinkAddress(f.start), f.length) for f in self.frames if f.start and f.length)
+    def frames(self) -> tuple[Fde, ...]:
+        """.eh_frame's FDEs, parsed once, on first use: a large library has hundreds of thousands, which
+        only the build's unwind tables read (the diff needs `eh_frame`'s ranges)."""
+        eh = self.section(".eh_frame")
+        if eh is None:
+            return ()
+        return tuple(parse_eh_frame_records(self.section_bytes.get(".eh_frame", b""), eh.address)[1])
 
     def section(self, name: str) -> Section | None:
         for section in self.sections:
@@ -193,20 +201,31 @@ class FunctionOrigin(enum.Enum):
     CLONE = "clone"  # foo.constprop.0, foo.isra.0, foo.lto_priv.0: a specialised copy
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Function:
-    """A function's bounds and bytes; unnamed ones (stripped binaries) are called sub_<hex>."""
+    """A function's bounds and bytes; unnamed ones (stripped binaries) are called sub_<hex>.
+
+    The bytes are not copied: `contents` is its section's bytes (shared by every function of the
+    section, so not compared) and `code` slices them when asked; a large image's functions would
+    otherwise hold a second copy of its code.
+    """
 
     name: str
     address: LinkAddress
     size: int
     section: str
-    code: bytes = field(repr=False)
+    contents: bytes = field(repr=False, compare=False)
     named: bool = True
     parent: str | None = None  # the origin of a split part or clone (foo for foo.cold)
     origin: FunctionOrigin = FunctionOrigin.SOURCE
     aliases: tuple[str, ...] = ()
     local: bool = False
+    start: int = 0  # where the function's bytes begin in `contents`
+
+    @property
+    def code(self) -> bytes:
+        """The function's bytes (a fresh copy of `size` bytes: take it once per use)."""
+        return self.contents[self.start : self.start + self.size]
 
     @property
     def end(self) -> LinkAddress:
@@ -282,27 +301,157 @@ class Instruction(NamedTuple):
     operands: str
 
 
-@dataclass(frozen=True, eq=False)
-class CanonicalFunction:
-    """A function with its references and its canonical form (masked bytes + ordered target keys).
+# The references of a canonical form as five ints each (`CanonicalFunction.columns`): the field's
+# location and `width | kind << 8`, then the target: an index into the image's TargetTable, or for an
+# in-function target -1 - its padding-free offset, then the addend and the plain in-function offset
+# (-1 when none). Tuples cost ~220 bytes a reference, these 20; a large library has millions, and
+# a form keeps only the target column (4 bytes each): the rest is found again when asked for.
+REFERENCE_COLUMNS = 5
+REFERENCE_KINDS: tuple[ReferenceKind, ...] = tuple(ReferenceKind)
+# By id(kind): Enum.__hash__ is Python code, and this lookup runs for every reference of both images.
+KIND_INDEX: dict[int, int] = {id(kind): i for i, kind in enumerate(REFERENCE_KINDS)}
+# Stands for every in-function target where only target kinds matter (`CanonicalFunction.targets`).
+IN_FUNCTION = Target(TargetKind.INTERNAL, "", -1, LinkAddress(0))
 
-    `rows` holds the references as Reference tuples or as plain tuples of the same fields (what
-    crosses a process boundary); the diff's hot loops index rows, `references` gives Reference
-    records built on first use.
+
+class TargetTable:
+    """The distinct targets other than in-function ones that one image's references name, each once.
+
+    References hold an index into this table; equal targets share one entry and one object.
+    `finder` finds a function's references again, in the order canon found them (set by canon once
+    the image is canonical): the forms keep only their targets.
+    """
+
+    __slots__ = ("targets", "_ids", "finder")
+
+    def __init__(self, targets: Iterable[Target] = ()) -> None:
+        self.targets: list[Target] = list(targets)
+        self._ids: dict[Target, int] = {}
+        for i, target in enumerate(self.targets):
+            self._ids.setdefault(target, i)
+        self.finder: Callable[[Function], list[Reference]] | None = None
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def id_of(self, target: Target) -> int:
+        """The index of a target, added if new."""
+        found = self._ids.get(target)
+        if found is None:
+            found = self._ids[target] = len(self.targets)
+            self.targets.append(target)
+        return found
+
+    def replace(self, index: int, target: Target) -> None:
+        """Make every reference to entry `index` name `target` instead (once more is known of it)."""
+        old = self.targets[index]
+        if self._ids.get(old) == index:
+            del self._ids[old]
+        self._ids.setdefault(target, index)
+        self.targets[index] = target
+
+
+def reference_columns(references: Iterable[Reference], target_ids: Iterable[int]) -> array:
+    """The five columns of references whose targets are `target_ids` (their own targets are not read
+    except for in-function offsets)."""
+    columns = array("i")
+    internal = TargetKind.INTERNAL
+    kind_index = KIND_INDEX
+    for r, tid in zip(references, target_ids, strict=True):
+        if r.internal_offset is not None:
+            plain = r.internal_offset
+        else:
+            plain = r.target.offset if r.target.kind is internal else -1
+        columns.extend((r.location, r.width | kind_index[id(r.kind)] << 8, tid, r.addend, plain))
+    return columns
+
+
+@dataclass(frozen=True, eq=False, slots=True)
+class CanonicalFunction:
+    """A function with its references and its canonical form (digest of the masked bytes and targets).
+
+    A form keeps what each reference names (`target_column`: indices into the image's `table`, or
+    -1 - padding-free offset for an in-function target); `rows` gives the references as records,
+    found again by the table's finder. The masked bytes are not kept either: `digest` stands for
+    them (with the targets' keys), `masked` rebuilds them. Only changed functions need either.
     """
 
     function: Function
-    rows: tuple[tuple, ...] = field(repr=False)
-    masked: bytes = field(repr=False)
-    digest: str
+    target_column: array = field(repr=False)
+    table: TargetTable = field(repr=False)
+    digest: bytes
     instruction_count: int
+    masked_size: int  # bytes of the masked form (without padding)
+    given: array | None = field(default=None, repr=False)  # columns given outright (with_references)
 
-    @cached_property
+    @property
+    def reference_count(self) -> int:
+        return len(self.target_column)
+
+    def target_ids(self) -> array:
+        """Each reference's target: a table index, or -1 - padding-free offset in this function."""
+        return self.target_column
+
+    def targets(self) -> list[Target]:
+        """What each reference names, in order; every in-function target is IN_FUNCTION (no offset)."""
+        table = self.table.targets
+        return [table[t] if t >= 0 else IN_FUNCTION for t in self.target_column]
+
+    @property
+    def columns(self) -> array:
+        """All five columns of the references (see REFERENCE_COLUMNS), found again."""
+        if self.given is not None:
+            return self.given
+        finder = self.table.finder
+        assert finder is not None, "references are found again only once the image is canonical"
+        found = finder(self.function)
+        if len(found) != len(self.target_column):
+            raise AssertionError(f"{self.function.name}: references found again differ in number")
+        return reference_columns(found, self.target_column)
+
+    @property
+    def rows(self) -> tuple[Reference, ...]:
+        """The references as records (found again on each call: hot loops read `target_column`)."""
+        fn = self.function
+        table = self.table.targets
+        kinds = REFERENCE_KINDS
+        internal = TargetKind.INTERNAL
+        in_function: dict[int, Target] = {}  # by plain offset, one Target each as canon made them
+        out = []
+        columns = self.columns
+        for i in range(0, len(columns), REFERENCE_COLUMNS):
+            location, width_kind, tid, addend, plain = columns[i : i + REFERENCE_COLUMNS]
+            if tid >= 0:
+                target = table[tid]
+            else:
+                target = in_function.get(plain)
+                if target is None:
+                    address = LinkAddress(fn.address + plain)
+                    target = in_function[plain] = Target(internal, fn.name, -1 - tid, address)
+            kind, width = kinds[width_kind >> 8], width_kind & 0xFF
+            out.append(Reference(location, width, kind, target, addend, None if plain < 0 else plain))
+        return tuple(out)
+
+    @property
     def references(self) -> tuple[Reference, ...]:
-        return tuple(
-            r if type(r) is Reference else Reference(r[0], r[1], r[2], Target._make(r[3]), r[4], r[5])
-            for r in self.rows
-        )
+        return self.rows
+
+    def with_references(self, references: Iterable[Reference]) -> CanonicalFunction:
+        """The same form with other references (over the same table, which gains any new target)."""
+        references = tuple(references)
+        internal, table = TargetKind.INTERNAL, self.table
+        ids = array("i", (-1 - r.target.offset if r.target.kind is internal else table.id_of(r.target)
+                          for r in references))
+        given = reference_columns(references, ids)
+        fn, count, size = self.function, self.instruction_count, self.masked_size
+        return CanonicalFunction(fn, ids, self.table, self.digest, count, size, given)
+
+    @property
+    def masked(self) -> bytes:
+        """The bytes with every reference field zeroed and padding dropped, rebuilt by decoding again."""
+        from hpkg.builder.canon import masked_form  # canon builds on this module
+
+        return masked_form(self)
 
 
 class Status(enum.Enum):

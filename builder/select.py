@@ -61,8 +61,7 @@ def _middles_entered(
     for side, index in ((pair.new, by_new_start), (pair.old, by_old_start)):
         if side is None:
             continue
-        for row in side.rows:
-            t = row[3]
+        for t in side.targets():
             if t[0] is function and t[2]:
                 entered = index.get(t[3] - t[2])
                 if entered is not None:

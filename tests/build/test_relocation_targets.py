@@ -147,7 +147,7 @@ def test_an_operand_the_reference_finder_missed_refuses_the_build(compiler):
     pair = diff.pair("choose")
     kept = tuple(r for r in pair.new.references if not r.target.name.startswith("handle_"))
     assert len(kept) < len(pair.new.references)
-    blind = dataclasses.replace(pair, new=dataclasses.replace(pair.new, rows=kept))
+    blind = dataclasses.replace(pair, new=pair.new.with_references(kept))
     diff = dataclasses.replace(diff, pairs=tuple(blind if p is pair else p for p in diff.pairs))
     messages = [r.message for r in plan_patch(diff).verdict.reasons if r.code == "reference-unresolved"]
     assert len(messages) == 3, messages
