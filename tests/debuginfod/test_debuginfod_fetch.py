@@ -159,8 +159,8 @@ def test_no_debuginfod_or_an_empty_list_asks_no_server(off, samples, debuginfod_
     urls = debuginfod_server.url if option else " "
     run = hpkg("build", sample.binary("baseline", "stripped"), sample.binary("fixed", "stripped"),
                "-o", tmp_path / "p.hpkg", *option, urls=urls, cache=tmp_path)  # fmt: skip
-    assert run.code == 4  # as without any server: the changed code's data cannot be named
-    assert "reference-unresolved" in run.err
+    assert run.code == 4  # as without any server: the changed code's data is only inferred, not named
+    assert "data-offset-inferred" in run.err
     assert cached_files(tmp_path) == []
 
 
