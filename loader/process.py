@@ -347,6 +347,10 @@ class StoppedThreads:
             if progressed:
                 idle = 0
                 continue
+            if idle % 64 == 63:
+                self._forget_dead(pending)
+                if not pending:
+                    break
             if time.monotonic() > deadline:
                 states = ", ".join(f"{tid} ({procfs.thread_state(self.process.pid, tid)})" for tid in pending)
                 raise TargetError(
@@ -357,6 +361,15 @@ class StoppedThreads:
                 os.sched_yield()
             else:
                 time.sleep(min(0.001, 0.00002 * idle))
+
+    def _forget_dead(self, pending: set[int]) -> None:
+        """Drop threads that are zombies or gone: they never stop again. A SIGKILLed process's leader
+        stays a zombie until its other threads are reaped, and its exit may be reported to its parent
+        only, so waiting for it (as a release after the kill did, for a whole minute) cannot end."""
+        for tid in list(pending):
+            if procfs.thread_state(self.process.pid, tid) in ("Z", "X", ""):
+                pending.discard(tid)
+                self.mark_gone(tid)
 
     def _resume_quietly(self, tid: int, sig: int) -> None:
         # Any ptrace stop consumes a pending PTRACE_INTERRUPT (the kernel clears JOBCTL_TRAP_STOP on

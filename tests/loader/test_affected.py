@@ -6,11 +6,13 @@ import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-
-from conftest import Binary, Target
+from typing import TYPE_CHECKING
 
 from hpkg.elf.file import read_build_id
 from hpkg.loader.affected import scan_for_baselines
+
+if TYPE_CHECKING:  # the fixtures' types; importing conftest at run time may find another directory's
+    from conftest import Binary, Target
 
 
 def _build_id(path: Path) -> str:
