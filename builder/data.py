@@ -9,6 +9,7 @@ from __future__ import annotations
 import bisect
 import struct
 
+from hpkg.builder.anonymous_data import diff_anonymous_data
 from hpkg.builder.canon import stable_name
 from hpkg.builder.data_twins import RUNTIME_OBJECTS, twin_names
 from hpkg.builder.model import (
@@ -59,7 +60,12 @@ def _pointer_words(
         if value in objects:
             return f"obj:{objects[value]}"
         section = image.section_at(value)
-        return f"{section.name if section else '?'}"
+        if section is None:
+            return "?"
+        if not (section.writable or section.executable or section.nobits):
+            # A string literal has no symbol: say what it holds, so pointing at another string is a change.
+            return f"{section.name}:{image.read(value, 256).partition(bytes(1))[0].hex()}"
+        return section.name
 
     for r in image.dynamic_relocations + image.static_relocations:
         if r.type == "X86_64_RELATIVE":
@@ -104,4 +110,4 @@ def diff_data(
             changes.append(DataChange(sym.name, DataChangeKind.SIZE, sym, twin))
         elif _value(old, sym, old_words, old_sorted) != _value(new, twin, new_words, new_sorted):
             changes.append(DataChange(sym.name, DataChangeKind.VALUE, sym, twin))
-    return tuple(changes)
+    return (*changes, *diff_anonymous_data(old, new, old_words, new_words))

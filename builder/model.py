@@ -493,12 +493,17 @@ class DataChangeKind(enum.Enum):
 
 @dataclass(frozen=True)
 class DataChange:
-    """A global or static data object that differs between baseline and fix."""
+    """A global or static data object that differs between baseline and fix.
+
+    `anonymous`: no symbol names it (a stripped build); `old`/`new` then stand for the bytes of a
+    section that differ (`.data+0x10`), see anonymous_data.py.
+    """
 
     name: str
     change: DataChangeKind
     old: Symbol | None
     new: Symbol | None
+    anonymous: bool = False
 
 
 DataKey = tuple[int, str]  # a data object: (link address, name without @VERSION)
