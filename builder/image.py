@@ -473,4 +473,5 @@ def load_image(
         eh_frame=tuple((LinkAddress(f.start), f.length) for f in frames if f.start and f.length),
         stripped=not static_symbols,
         file_sha256=hashlib.sha256(data).digest(),
+        debug_path=str(debug) if debug is not None else None,
     )

@@ -20,10 +20,13 @@ from array import array
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import NamedTuple, NewType
+from typing import TYPE_CHECKING, NamedTuple, NewType
 
 from hpkg.arch.x86_64 import FieldKind
 from hpkg.elf.ehframe import Fde, parse_eh_frame_records
+
+if TYPE_CHECKING:
+    from hpkg.builder.line_table import LineTable
 
 LinkAddress = NewType("LinkAddress", int)
 FileOffset = NewType("FileOffset", int)
@@ -142,6 +145,14 @@ class Image:
     eh_frame: tuple[tuple[LinkAddress, int], ...] = ()
     stripped: bool = False
     file_sha256: bytes = b""  # of the whole file, taken from the bytes read when it was loaded
+    debug_path: str | None = None  # the separate debug file the symbols came from, if any
+
+    @cached_property
+    def line_table(self) -> LineTable:
+        """The DWARF line table of the build (its debug file's, if it has one), decoded on first use."""
+        from hpkg.builder.line_table import LineTable
+
+        return LineTable(self.debug_path or self.path)
 
     @property
     def has_static_relocations(self) -> bool:
