@@ -1,11 +1,13 @@
-"""Compare the initial bytes of writable data that no symbol names (a stripped build, no debug file).
+"""Compare the initial bytes of writable data that no symbol names (stripped builds, no debug file).
 
 Without symbols the per-object comparison (data.py) has nothing to compare, so a fix that only
 changes a global's initializer looked like no change at all and `hpkg build` said "nothing to patch".
 A running process owns its writable data, so such a change cannot be hot-patched: it must be seen
-and refused. Without symbols the objects cannot be told apart, so the unit compared is the section:
-the same size, the bytes compared at the same offsets (relocated pointer words said as what they
-point to); another size, the layout moved and nothing can be paired.
+and refused. The bytes compared are those no data symbol names on either side: a whole section in
+a stripped executable, the static variables between the exported ones in a library that has only
+.dynsym, nothing but zero padding in a full build. Sections of the same size are compared at the
+same offsets (relocated pointer words said as what they point to); a section of another size whose
+unnamed bytes are not all zeros is a layout change, as nothing can pair them.
 
 Only sections that hold program variables are compared: those past the PT_GNU_RELRO range (which is
 read-only once the process runs, and whose pointers the function comparison follows) and not the
@@ -14,7 +16,6 @@ linker's own tables.
 
 from __future__ import annotations
 
-from hpkg.builder.data_twins import RUNTIME_OBJECTS
 from hpkg.builder.model import DataChange, DataChangeKind, Image, Section, Symbol, SymbolKind
 
 # Writable sections the linker and the C runtime fill: their bytes say nothing about the fix.
@@ -40,22 +41,36 @@ def _variable_sections(image: Image) -> dict[str, Section]:
     return found
 
 
-def _named_sections(image: Image) -> set[str]:
-    """Sections in which a symbol names some program variable: data.py compares those by object."""
-    return {
-        s.section
-        for s in image.symbols
-        if s.kind in (SymbolKind.OBJECT, SymbolKind.TLS) and s.defined and s.name not in RUNTIME_OBJECTS
-    }
+def _covered(image: Image, section: Section) -> bytearray:
+    """One flag per byte of the section: 1 where a data symbol (the runtime's own included) names it.
+
+    In a full build that is every variable; in a library with only .dynsym, the exported ones, and
+    its static variables lie in the bytes left uncovered."""
+    flags = bytearray(section.size)
+    for s in image.symbols:
+        if s.kind not in (SymbolKind.OBJECT, SymbolKind.TLS) or not s.defined or s.section != section.name:
+            continue
+        low = max(s.address - section.address, 0)
+        # A zero-size runtime marker such as __dso_handle stands for the pointer word at its address.
+        high = min(s.address - section.address + (s.size or 8), section.size)
+        if low < high:
+            flags[low:high] = b"\x01" * (high - low)
+    return flags
+
+
+def _uncovered_content(image: Image, section: Section, covered: bytearray) -> bool:
+    """Whether any byte no symbol names is non-zero (padding between variables is zeros)."""
+    raw = image.read(section.address, section.size)
+    return any(b and not c for b, c in zip(raw, covered, strict=False))
 
 
 def _differing_runs(
     old: Image, new: Image, before: Section, after: Section,
-    old_words: dict[int, str], new_words: dict[int, str],
+    old_words: dict[int, str], new_words: dict[int, str], covered: bytearray,
 ) -> list[tuple[int, int]]:
-    """(offset, length) of each run of bytes that differ between two sections of the same size, a
-    relocated pointer word (on either side) compared as what it points to; runs closer than a word
-    are joined."""
+    """(offset, length) of each run of bytes no symbol names (`covered`, both sides) that differ
+    between two sections of the same size, a relocated pointer word (on either side) compared as
+    what it points to; runs closer than a word are joined."""
     old_raw, new_raw = old.read(before.address, before.size), new.read(after.address, after.size)
     runs: list[tuple[int, int]] = []
     offset = 0
@@ -63,12 +78,12 @@ def _differing_runs(
         old_word, new_word = old_words.get(before.address + offset), new_words.get(after.address + offset)
         if (old_word is not None or new_word is not None) and offset + 8 <= len(old_raw):
             width = 8
-            same = old_word == new_word and (
+            same = any(covered[offset : offset + 8]) or old_word == new_word and (
                 old_word is not None or old_raw[offset : offset + 8] == new_raw[offset : offset + 8]
             )
         else:
             width = 1
-            same = old_raw[offset] == new_raw[offset]
+            same = old_raw[offset] == new_raw[offset] or bool(covered[offset])
         if not same:
             if runs and offset - (runs[-1][0] + runs[-1][1]) < _JOIN:
                 runs[-1] = (runs[-1][0], offset + width - runs[-1][0])
@@ -92,24 +107,26 @@ def diff_anonymous_data(
     `old_words`/`new_words` describe each relocated pointer word (data.py), fix functions named as
     their baseline twins, so a pointer that only moved with its target compares equal.
     """
-    named = _named_sections(old) | _named_sections(new)
     old_sections, new_sections = _variable_sections(old), _variable_sections(new)
     changes: list[DataChange] = []
     for name in sorted(old_sections.keys() | new_sections.keys()):
-        if name in named:
-            continue
         before, after = old_sections.get(name), new_sections.get(name)
+        old_covered = _covered(old, before) if before else bytearray()
+        new_covered = _covered(new, after) if after else bytearray()
         if before is None or after is None or before.size != after.size:
-            # A variable section appeared, went away or changed size: its variables moved.
-            kind = DataChangeKind.SIZE
-            changes.append(DataChange(
-                name, kind,
-                _region(before, 0, before.size) if before else None,
-                _region(after, 0, after.size) if after else None,
-                anonymous=True,
-            ))
+            # The section appeared, went away or changed size: what no symbol names cannot be paired.
+            if (before and _uncovered_content(old, before, old_covered)) or (
+                after and _uncovered_content(new, after, new_covered)
+            ):
+                changes.append(DataChange(
+                    name, DataChangeKind.SIZE,
+                    _region(before, 0, before.size) if before else None,
+                    _region(after, 0, after.size) if after else None,
+                    anonymous=True,
+                ))
             continue
-        for offset, size in _differing_runs(old, new, before, after, old_words, new_words):
+        covered = bytearray(a | b for a, b in zip(old_covered, new_covered, strict=True))
+        for offset, size in _differing_runs(old, new, before, after, old_words, new_words, covered):
             region = _region(before, offset, size)
             changes.append(DataChange(
                 region.name, DataChangeKind.VALUE, region, _region(after, offset, size), anonymous=True

@@ -206,6 +206,14 @@ _SYMBOL_KINDS: dict[int, SymbolKind] = {
 }
 
 
+def _section_holding(sections: tuple[Section, ...], address: int) -> str | None:
+    """The allocated section whose addresses include `address`."""
+    for section in sections:
+        if section.alloc and section.size and section.address <= address < section.address + section.size:
+            return section.name
+    return None
+
+
 def _read_symbols(symbols, sections: tuple[Section, ...], dynamic: bool) -> list[Symbol]:
     """Function, object and TLS symbols (section, file and unnamed entries dropped)."""
     by_index = {i: s.name for i, s in enumerate(sections, start=1)}
@@ -222,6 +230,10 @@ def _read_symbols(symbols, sections: tuple[Section, ...], dynamic: bool) -> list
         if kind is SymbolKind.OTHER and (not defined or name.startswith((".L", "$"))):
             continue
         section = by_index.get(shndx, "") if 0 < shndx < 0xFF00 else ""
+        if dynamic and kind is not SymbolKind.TLS and defined and 0 < shndx < 0xFF00:
+            # strip renumbers the section headers but cannot rewrite the loaded .dynsym: its st_shndx
+            # may name another section of the stripped file. The address says which one it is.
+            section = _section_holding(sections, sym.value) or section
         out.append(
             Symbol(
                 name=name,

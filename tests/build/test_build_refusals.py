@@ -290,7 +290,8 @@ def test_stripped_pointers_that_only_moved_with_their_functions_are_no_change(co
         "#ifdef FIX\nint (*handlers[2])(int) = {deny, allow};\n#else\n", "#if 1\n"
     ).replace(
         "static int allow(int x) { return x + 1; }",
-        "static int allow(int x) {\n#ifdef FIX\n    if (x > 1000) { printf(\"big %d\\n\", x); return 0; }\n#endif\n"
+        "static int allow(int x) {\n#ifdef FIX\n"
+        "    if (x > 1000) { printf(\"big %d\\n\", x); return 0; }\n#endif\n"
         "    return x + 1;\n}",
     )
     old, new = compiler.pair("handler_table_moved", source, strip=True)
@@ -310,3 +311,25 @@ def _data_bytes(path) -> bytes:
         ["objcopy", "-O", "binary", "--only-section=.data", str(path), "/dev/stdout"],
         capture_output=True, check=True,
     ).stdout
+
+
+def test_changed_static_between_a_stripped_librarys_exported_variables_is_refused(compiler, tmp_path):
+    """.dynsym names `exported_count` in .data; `limit` beside it only its bytes name."""
+    old, new = compiler.pair(
+        "library_static", (PROGRAMS / "library_static.c").read_text(), ("-shared", "-fPIC"), strip=True
+    )
+    result = run_hpkg("build", old, new, "-o", tmp_path / "p.hpkg", "--no-debuginfod")
+    assert result.code == 4, result.err
+    reasons = _reasons(result.err)
+    assert list(reasons.values()) == ["data-value-changed"]
+    assert next(iter(reasons)).startswith(".data+0x")
+
+
+def test_changed_exported_variable_of_a_stripped_library_is_named_once(compiler, tmp_path):
+    """The symbol's bytes are its own: reported by name, not again as unnamed bytes of .data."""
+    source = (PROGRAMS / "library_static.c").read_text().replace("#ifdef FIX\n", "#ifdef NEVER\n")
+    source = source.replace("#ifdef FIX_EXPORTED", "#ifdef FIX")
+    old, new = compiler.pair("library_exported", source, ("-shared", "-fPIC"), strip=True)
+    diff = run_hpkg("diff", old, new, "--json", "--no-debuginfod")
+    assert diff.code == 0, diff.err
+    assert diff.json()["data"] == [{"name": "exported_count", "change": "value-changed"}]
