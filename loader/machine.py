@@ -112,7 +112,10 @@ class MachineResult:
         """One line: how many processes, how many of each outcome, and what was not looked at."""
         what = f"{self.verb} {printable(self.package_id)}" if self.package_id else self.verb
         if not self.outcomes:
-            text = f"{what}: no process affected"
+            none = "no process maps its baseline" if self.verb == "apply" else "no process carries it"
+            if self.verb != "apply" and self.package_id is None:
+                none = "no process carries an hpkg package"
+            text = f"{what}: {none}"
         else:
             parts = ", ".join(f"{n} {kind}" for kind, n in self.counts.items() if n)
             total = len(self.outcomes)
@@ -145,21 +148,6 @@ def _one_line(exc: HpkgError) -> str:
     return text
 
 
-def _gone(pid: int, started: int) -> bool:
-    """Whether the process that was `pid` at `started` has exited (or is exiting) since.
-
-    A process being torn down has released its memory map before it turns zombie: /proc/PID/maps is
-    then empty, which no running user process shows. A later start time means the pid was reused.
-    """
-    if procfs.start_time(pid) != started or procfs.thread_state(pid, pid) in ("", "Z", "X"):
-        return True
-    try:
-        with open(f"/proc/{pid}/maps", "rb") as maps:
-            return not maps.read(1)
-    except OSError:
-        return True
-
-
 def _baseline_path(pid: int, build_id: str) -> str:
     """The path of the baseline image in `pid`, for a line about a process apply did not return from."""
     try:
@@ -178,7 +166,7 @@ def _apply_one(package: Package, pid: int, timeout: float, found: AffectedProces
         result = apply_to_process(package, pid, timeout)
     except HpkgError as exc:
         image = found.image.path if found is not None else _baseline_path(pid, package.target.build_id.hex())
-        if not started or _gone(pid, started):
+        if not started or procfs.has_exited(pid, started):
             return ProcessOutcome(pid, command, image, package_id, Outcome.GONE, "the process exited")
         return ProcessOutcome(pid, command, image, package_id, Outcome.REFUSED, _one_line(exc))
     paths = [a.image.path for a in result.images] + [c.image.path for c in result.carrying]
@@ -201,7 +189,7 @@ def _revert_one(package_id: str | None, pid: int, command: str, timeout: float) 
     try:
         result = revert_process(pid, package_id, timeout)
     except HpkgError as exc:
-        if not started or _gone(pid, started):
+        if not started or procfs.has_exited(pid, started):
             return ProcessOutcome(pid, command, "", package_id or "", Outcome.GONE, "the process exited")
         return ProcessOutcome(pid, command, "", package_id or "", Outcome.REFUSED, _one_line(exc))
     if not result.changed:
