@@ -19,6 +19,7 @@ from hpkg.elf.structs import ProgramHeader
 from hpkg.errors import ImageError, TargetError
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+_SIGKILL_BIT = 1 << (9 - 1)  # SIGKILL (9) in the pending-signal masks of /proc/PID/status
 _DELETED = " (deleted)"
 
 
@@ -175,6 +176,27 @@ def thread_status(pid: int, tid: int) -> dict[str, str]:
 def thread_state(pid: int, tid: int) -> str:
     """The one-letter scheduler state of a thread (R, S, D, T, t, Z, X), or "" when gone."""
     return thread_status(pid, tid).get("State", " ")[:1].strip()
+
+
+def has_exited(pid: int, started: int) -> bool:
+    """Whether the process that was `pid` when it had start time `started` has exited, or is exiting.
+
+    A process being killed has SIGKILL pending while its threads exit, and releases its memory map
+    before it turns zombie: /proc/PID/maps is then empty, which no running user process shows (its
+    refusals then read as "runs another build"). A different start time means the pid now names
+    another process.
+    """
+    status = thread_status(pid, pid)
+    if start_time(pid) != started or status.get("State", " ")[:1] in (" ", "Z", "X"):
+        return True
+    pending = int(status.get("ShdPnd", "0"), 16) | int(status.get("SigPnd", "0"), 16)
+    if pending & _SIGKILL_BIT:
+        return True
+    try:
+        with open(f"/proc/{pid}/maps", "rb") as maps:
+            return not maps.read(1)
+    except OSError:
+        return True
 
 
 def _read_headers(read: Reader, what: str) -> ElfHeaders | None:

@@ -105,6 +105,8 @@ KEY = InputFile(PackageError)  # the key readers cap the size they read
 
 # A pid names one process: 0 and negative numbers mean process groups to kill(2), never a target.
 PID = click.IntRange(min=1)
+# How many processes `--all` works on at once (each in its own thread, stopped only for its switch).
+JOBS = click.IntRange(min=1, max=64)
 
 
 class Seconds(click.FloatRange):
