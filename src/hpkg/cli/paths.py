@@ -122,3 +122,18 @@ class Seconds(click.FloatRange):
 
 
 TIMEOUT = Seconds(0.0, 3600.0)
+
+
+class StoreDirectory(click.Path):
+    """`--store DIR`: a directory path (created, made private and checked by the store itself)."""
+
+    def __init__(self) -> None:
+        super().__init__(file_okay=False)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if value == "":
+            self.fail("an empty path names no directory", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+STORE = StoreDirectory()
