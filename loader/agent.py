@@ -105,6 +105,7 @@ class JobResult:
     outcomes: tuple[tuple[StoredPackage, ProcessOutcome | None], ...]
     finished_ns: int
     batch: Pass | None
+    generation: int  # the process's generation when the job started (another one: it exec'd meanwhile)
 
 
 class Agent:
@@ -125,6 +126,7 @@ class Agent:
         self.dirty: set[int] = set()  # checked while a job ran: look again when it ends
         self.timers: list[tuple[float, int, str, int, int]] = []  # (due, seq, kind, pid, generation)
         self._seq = itertools.count()
+        self._generations = itertools.count(1)
         self._finished: queue.SimpleQueue[Future[JobResult]] = queue.SimpleQueue()
         self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.stopping = False
@@ -259,15 +261,22 @@ class Agent:
             self.exec_ns[pid] = event.timestamp_ns or time.monotonic_ns()
             self._poll_ready(pid, self.generation[pid], 0)
         elif event.kind is EventKind.FORK:
-            if event.parent_tgid in self.known:
-                self._check(pid)
+            parent = event.parent_tgid
+            if parent in self.known and parent not in self.in_flight:
+                # A child starts as a copy of its parent, patches included: it knows what the parent knows.
+                # (Its copy of the record is sealed for the parent's pid, so asking the child would only
+                # be refused; see the README.)
+                self.known[pid] = dict(self.known[parent])
+            elif parent in self.in_flight:
+                self._check(pid)  # forked while its parent was being patched: it may have either state
         elif event.kind is EventKind.EXIT:
             self._forget(pid)
+            self.generation.pop(pid, None)  # its timers stay void (generations are never reused)
 
     def _forget(self, pid: int) -> None:
         self.known.pop(pid, None)
         self.exec_ns.pop(pid, None)
-        self.generation[pid] = self.generation.get(pid, 0) + 1
+        self.generation[pid] = next(self._generations)
 
     def _schedule(self, delay: float, kind: str, pid: int) -> None:
         generation = self.generation.get(pid, 0)
@@ -346,7 +355,8 @@ class Agent:
             return
         if batch is not None:
             batch.outstanding += 1
-        future = self.pool.submit(self._job, pid, found, tuple(todo), batch)
+        generation = self.generation.get(pid, 0)
+        future = self.pool.submit(self._job, pid, found, tuple(todo), batch, generation)
         self.in_flight[pid] = future
         future.add_done_callback(self._job_finished)
 
@@ -356,7 +366,7 @@ class Agent:
         self._wake()
 
     def _job(self, pid: int, found: tuple[MappedBaseline, ...], packages: tuple[StoredPackage, ...],
-             batch: Pass | None) -> JobResult:
+             batch: Pass | None, generation: int) -> JobResult:
         """In a pool thread: apply the packages to `pid`, highest level of each baseline first."""
         outcomes: list[tuple[StoredPackage, ProcessOutcome | None]] = []
         done: set[str] = set()
@@ -373,7 +383,7 @@ class Agent:
                 break
             if outcome.outcome in (Outcome.APPLIED, Outcome.ALREADY_APPLIED):
                 done.add(stored.build_id)
-        return JobResult(pid, found, tuple(outcomes), time.monotonic_ns(), batch)
+        return JobResult(pid, found, tuple(outcomes), time.monotonic_ns(), batch, generation)
 
     def _collect_finished(self) -> None:
         while True:
@@ -390,6 +400,9 @@ class Agent:
                 continue
             self.in_flight.pop(result.pid, None)
             self._record(result)
+            if self.generation.get(result.pid, 0) != result.generation:
+                self.known.pop(result.pid, None)  # it exec'd (or ended) meanwhile: what was learnt is void
+                self.dirty.add(result.pid)
             if result.batch is not None:
                 result.batch.outstanding -= 1
                 if result.batch.outstanding == 0:

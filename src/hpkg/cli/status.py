@@ -6,13 +6,13 @@ from __future__ import annotations
 import click
 
 from hpkg.cli.app import Application
-from hpkg.cli.paths import PID, STORE
+from hpkg.cli.paths import PID, STORE_OR_DEFAULT
 
 
 @click.command("status")
 @click.option("--pid", type=PID, help="The running process to inspect (default: every process).")
 @click.option(
-    "--store", type=STORE, is_flag=False, flag_value="", default=None,
+    "--store", type=STORE_OR_DEFAULT, is_flag=False, flag_value="", default=None,
     help="Also list the processes exposed: running a baseline for which this store (default: $HPKG_STORE,"
     " else /var/lib/hpkg) has a package, without it applied.",
 )
