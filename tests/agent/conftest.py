@@ -33,6 +33,7 @@ public_key = _machine.public_key
 packages = _machine.packages
 start = _machine.start
 unrelated = _machine.unrelated
+lingering = _machine.lingering
 READY_FLAGS = _machine.READY_FLAGS
 
 from live_helpers import hpkg  # noqa: E402
