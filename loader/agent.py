@@ -150,7 +150,7 @@ class Agent:
                 self.full_pass("start")
                 self._loop(events, watch)
         finally:
-            self._shut_down()
+            self.shut_down()
             self._restore_signal_handlers(previous)
 
     def _loop(self, events: ExecEvents, watch: DirectoryWatch) -> None:
@@ -160,7 +160,7 @@ class Agent:
                 with contextlib.suppress(BlockingIOError):
                     while os.read(self._wake_read, 4096):
                         pass
-            self._collect_finished()
+            self.collect_finished()
             if self.stopping:
                 break
             if watch in readable and watch.drain():
@@ -172,7 +172,7 @@ class Agent:
                 self.reload_store()
             if events in readable:
                 for event in events.drain():
-                    self._on_event(event)
+                    self.handle_event(event)
             self._run_due_timers()
 
     def _wait(self) -> float:
@@ -207,13 +207,13 @@ class Agent:
         with contextlib.suppress(BlockingIOError, OSError):
             os.write(self._wake_write, b"\0")
 
-    def _shut_down(self) -> None:
+    def shut_down(self) -> None:
         """Start no job, let the running ones finish (each leaves its target running), log what they did."""
         running = len(self.in_flight)
         if running:
             self.log.notice("stopping", jobs_running=running)
         self.pool.shutdown(wait=True, cancel_futures=True)
-        self._collect_finished()
+        self.collect_finished()
         for fd in (self._wake_read, self._wake_write):
             os.close(fd)
         self.log.notice("stopped")
@@ -247,7 +247,8 @@ class Agent:
 
     # -- events ---------------------------------------------------------------------------------------
 
-    def _on_event(self, event: ProcessEvent | Overrun) -> None:
+    def handle_event(self, event: ProcessEvent | Overrun) -> None:
+        """Act on one event of the process connector (called by the loop for each one)."""
         if isinstance(event, Overrun):
             self.log.warning("overrun", action="rescanning every process")
             self.known.clear()
@@ -385,7 +386,8 @@ class Agent:
                 done.add(stored.build_id)
         return JobResult(pid, found, tuple(outcomes), time.monotonic_ns(), batch, generation)
 
-    def _collect_finished(self) -> None:
+    def collect_finished(self) -> None:
+        """Log and remember what the jobs that ended did (the loop calls it whenever one ends)."""
         while True:
             try:
                 future = self._finished.get_nowait()

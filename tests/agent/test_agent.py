@@ -5,6 +5,7 @@ target stopped or traced, whether the target exits mid-apply or the agent is sto
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
@@ -15,6 +16,11 @@ from pathlib import Path
 from conftest import WAIT, AgentProcess, install
 from live_helpers import assert_running_untraced, hpkg, hpkg_mappings
 from sample_corpus import Conversation, Sample
+
+from hpkg.loader.agent import Agent, AgentSettings
+from hpkg.loader.agent_log import EventLog, parse_line
+from hpkg.loader.exec_events import Overrun
+from hpkg.loader.store import Store
 
 
 def _wait_for_package_memory(pid: int) -> None:
@@ -278,3 +284,47 @@ def test_sigterm_while_an_apply_waits_stops_the_agent_and_leaves_the_target_runn
     finally:
         target.kill()
         target.wait()
+
+
+def test_an_overrun_makes_the_agent_look_at_every_process_again(
+    own_samples: dict[str, Sample],
+    packages: dict[str, tuple[Path, str]],
+    public_key: Path,
+    store: Path,
+    start: Callable[..., Conversation],
+) -> None:
+    """In process, without the kernel's connector (an overrun cannot be provoked on demand): the agent
+    knows the server patched; someone reverts it; only a pass that forgets what it knew (an overrun:
+    events were lost) finds it again."""
+    path, package_id = packages["server"]
+    install(path, "--key", public_key)
+    talk = start(own_samples["server"])
+    log = io.StringIO()
+    agent = Agent(Store.open(), AgentSettings(jobs=1), EventLog(log))
+    try:
+        agent.reload_store(initial=True)
+        agent.full_pass("start")
+        _wait_for_jobs(agent)
+        assert hpkg("revert", "--pid", talk.pid).returncode == 0
+        agent.full_pass(None)  # a periodic pass trusts what the agent knows: nothing to do
+        assert not agent.in_flight and hpkg_mappings(talk.pid) == []
+        agent.handle_event(Overrun())
+        _wait_for_jobs(agent)
+    finally:
+        agent.shut_down()
+    lines = [parse_line(line) for line in log.getvalue().splitlines()]
+    assert [(event, fields.get("reason")) for _, event, fields in lines if event == "pass-done"] == [
+        ("pass-done", "start"), ("pass-done", "overrun")]
+    assert "overrun" in [event for _, event, _ in lines]
+    applied = [fields for _, event, fields in lines if event == "applied"]
+    assert [(int(f["pid"]), f["package"]) for f in applied] == [(talk.pid, package_id)] * 2
+    assert talk.ask(own_samples["server"].steps[1].request) == own_samples["server"].steps[1].fixed.replace(
+        "#2", "#1")
+
+
+def _wait_for_jobs(agent: Agent) -> None:
+    deadline = time.monotonic() + WAIT
+    while agent.in_flight:
+        assert time.monotonic() < deadline, "the agent's jobs never finished"
+        time.sleep(0.01)
+        agent.collect_finished()
