@@ -5,7 +5,8 @@ that maps its baseline. Then it sleeps until something happens:
 
 - **exec** (the kernel's process connector, loader/exec_events.py): a new program. Its libraries
   are not mapped yet, so the agent asks where its dynamic linker is (loader/startup.py) and looks
-  when it is done, polling at 1, 2, 4 … 64 ms (never spinning; at most `startup_wait` seconds), then
+  when it is done, asking 1 ms after the exec, then 1, 2, 4 … 64 ms later (never spinning; at most
+  `startup_wait` seconds), then
   again at `young_checks` seconds after the exec for libraries `dlopen`ed during start-up;
 - **fork** of a process that maps a served baseline: the child is checked (it may have forked while
   its parent was being patched);
@@ -260,7 +261,11 @@ class Agent:
         if event.kind is EventKind.EXEC:
             self._forget(pid)
             self.exec_ns[pid] = event.timestamp_ns or time.monotonic_ns()
-            self._poll_ready(pid, self.generation[pid], 0)
+            # The event comes while the dynamic linker is still at work (it takes a millisecond or so):
+            # the first look is a millisecond after the exec, by when a short-lived command has often
+            # exited already (its exit voids the timer, and it costs nothing more).
+            since = (time.monotonic_ns() - self.exec_ns[pid]) / 1e9
+            self._schedule(max(0.0, READY_POLL_FIRST - since), "ready:0", pid)
         elif event.kind is EventKind.FORK:
             parent = event.parent_tgid
             if parent in self.known and parent not in self.in_flight:
