@@ -124,3 +124,32 @@ def test_a_process_that_died_before_its_turn_is_gone_not_refused(lingering: tupl
     finally:
         process.kill()
         process.wait()
+
+
+def test_ctrl_c_during_apply_all_stops_the_run_and_leaves_every_target_as_it_was(
+    lingering: tuple[Path, Path], public_key: Path
+) -> None:
+    """SIGINT while the first process is waited for: the wait stops at its safe point, the package memory
+    is freed, the processes not yet started are not touched, exit 130 with one error line."""
+    baseline, package = lingering
+    targets = [_start_lingering(baseline) for _ in range(3)]
+    try:
+        argv = [sys.executable, "-m", "hpkg", "apply", str(package), "--all", "--key", str(public_key),
+                "--timeout", "20", "--jobs", "1"]  # fmt: skip
+        loader = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + WAIT
+        while not any(hpkg_mappings(t.pid) for t in targets):
+            assert time.monotonic() < deadline, "hpkg never placed its package"
+            time.sleep(0.002)
+        loader.send_signal(signal.SIGINT)
+        out, err = loader.communicate(timeout=WAIT)  # long before the 20 s --timeout
+        assert loader.returncode == 130, err
+        assert [line for line in err.splitlines() if line.startswith("error:")] == ["error: interrupted"]
+        assert "Traceback" not in err and out == ""
+        for target in targets:
+            assert_running_untraced(target.pid)
+            assert hpkg_mappings(target.pid) == []
+    finally:
+        for target in targets:
+            target.kill()
+            target.wait()
