@@ -10,9 +10,10 @@ that maps its baseline. Then it sleeps until something happens:
   again at `young_checks` seconds after the exec for libraries `dlopen`ed during start-up;
 - **fork** of a process that maps a served baseline: the child is checked (it may have forked while
   its parent was being patched);
-- **a full pass** every `rescan_interval` seconds over /proc/*/maps, for a library `dlopen`ed late in
-  a process's life; the build-id of each mapped file is remembered (loader/mapped_files.py), so a
-  pass costs the reading of the maps files (figures in bench/RESULTS.md);
+- **a full pass** every `rescan_interval` seconds, for a library `dlopen`ed late in a process's life:
+  the maps of each process whose size (/proc/PID/statm) changed since they were last read, and every
+  process's maps on each sixth pass. The build-id of each mapped file is remembered
+  (loader/mapped_files.py), so a pass costs the reading of those files (figures in bench/RESULTS.md);
 - **the store changed** (inotify on its directories, loader/dir_watch.py, or SIGHUP): it is read again;
   a new package gets a pass of its own, a removed one is no longer served;
 - **overrun** (the kernel dropped events): everything is looked at again.
@@ -58,6 +59,16 @@ READY_POLL_LONGEST = 0.064
 RETRY_FIRST = 30.0  # seconds before a refused process is tried again, doubled each time
 RETRY_LONGEST = 3600.0
 STORE_SETTLE = 0.02  # seconds to let a burst of store changes (record, package, key) finish
+FULL_MAPS_EVERY = 6  # every sixth periodic pass reads every process's maps, changed size or not
+
+
+def _vm_size(pid: int) -> int | None:
+    """The process's total mapped size in pages (/proc/PID/statm); None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as statm:
+            return int(statm.read().split(maxsplit=1)[0])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 @dataclass(frozen=True)
@@ -121,6 +132,8 @@ class Agent:
         self._served_ids: dict[str, str] = {}  # package id → sha256 of what is served
         self._refused_logged: dict[str, str] = {}  # path → reason already logged
         self.known: dict[int, dict[str, Knowledge]] = {}  # pid → build-id → knowledge
+        self.sizes: dict[int, int] = {}  # pid → its size in pages when its maps were last read
+        self._periodic = 0  # periodic passes so far
         self.exec_ns: dict[int, int] = {}  # pid → when it exec'd (CLOCK_MONOTONIC ns), while young
         self.generation: dict[int, int] = {}  # pid → bumped at each exec/exit: older timers are void
         self.in_flight: dict[int, Future[JobResult]] = {}
@@ -281,6 +294,7 @@ class Agent:
 
     def _forget(self, pid: int) -> None:
         self.known.pop(pid, None)
+        self.sizes.pop(pid, None)
         self.exec_ns.pop(pid, None)
         self.generation[pid] = next(self._generations)
 
@@ -295,7 +309,7 @@ class Agent:
             if self.generation.get(pid, 0) != generation:
                 continue  # the process exec'd again or exited since
             if kind == "check":
-                self._check(pid)
+                self._check(pid, if_changed=True)
             elif kind.startswith("ready:"):
                 self._poll_ready(pid, generation, int(kind.partition(":")[2]))
         if now >= self.next_rescan and not self.stopping:
@@ -320,28 +334,47 @@ class Agent:
     # -- looking at processes -------------------------------------------------------------------------
 
     def full_pass(self, reason: str | None) -> None:
-        """Look at every process of the machine; `reason` names a pass whose summary is logged."""
+        """Look at every process of the machine; `reason` names a pass whose summary is logged.
+
+        A periodic pass (no reason) skips a process whose size has not changed since its maps were
+        last read (`dlopen` maps new segments: the size grows), except every FULL_MAPS_EVERY-th one,
+        which reads every process's maps whatever its size says.
+        """
         self.next_rescan = time.monotonic() + self.settings.rescan_interval
+        self._periodic += reason is None
+        thorough = reason is not None or self._periodic % FULL_MAPS_EVERY == 0
         batch = Pass(reason) if reason else None
-        self.index.begin_full_pass()
+        if thorough:
+            self.index.begin_full_pass()
         alive = set()
         for pid in process_ids():
             alive.add(pid)
-            self._check(pid, batch)
-        self.index.forget_unseen()
-        for pid in list(self.known):
-            if pid not in alive:
-                self._forget(pid)
+            self._check(pid, batch, if_changed=not thorough)
+        if thorough:
+            self.index.forget_unseen()
+        for pid in [p for p in {*self.sizes, *self.known} if p not in alive]:
+            self._forget(pid)
         if batch is not None and batch.outstanding == 0:
             self._log_pass(batch)
 
-    def _check(self, pid: int, batch: Pass | None = None) -> None:
-        """Start a job for `pid` if it maps a served baseline the agent has not seen patched there."""
+    def _check(self, pid: int, batch: Pass | None = None, if_changed: bool = False) -> None:
+        """Start a job for `pid` if it maps a served baseline the agent has not seen patched there.
+
+        With `if_changed`, a process whose size (/proc/PID/statm, a tenth of the cost of its maps) is
+        what it was when its maps were last read is left alone.
+        """
         if pid == self.me or self.stopping or not self.served:
             return
         if pid in self.in_flight:
             self.dirty.add(pid)
             return
+        size = _vm_size(pid)  # before the maps: a change after this read is seen next time
+        if size is None:
+            self._forget(pid)
+            return
+        if if_changed and self.sizes.get(pid) == size:
+            return
+        self.sizes[pid] = size
         found = self.index.baselines(pid, self.served)
         if not found:
             if found is None:

@@ -12,7 +12,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 def test_a_short_agent_bench_measures_every_figure(tmp_path: Path) -> None:
     argv = [sys.executable, "-m", "bench.agent", "--starts", "4", "--peer-starts", "2", "--idle", "1",
-            "--unrelated", "20", "--json", "--workdir", str(tmp_path / "work")]  # fmt: skip
+            "--json", "--workdir", str(tmp_path / "work")]  # fmt: skip
     done = subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     figures = json.loads(done.stdout)
@@ -24,5 +24,6 @@ def test_a_short_agent_bench_measures_every_figure(tmp_path: Path) -> None:
     assert len(figures["fork_to_log_ms"]["all"]["samples"]) == 4
     assert sum(len(s["samples"]) for k, s in figures["peer_fork_to_patched_ms"].items() if k != "all") == 2
     assert figures["idle_seconds"] == 1 and figures["idle_cpu_percent"] >= 0
-    assert figures["unrelated_execs"] == 20 and figures["processes"] > 0
+    assert figures["machine_execs_per_second"] >= 0 and figures["cpu_us_per_exec"] >= 0
+    assert figures["processes"] > 0
     assert figures["full_pass_ms"]["median"] > 0
