@@ -185,26 +185,28 @@ class Target:
 class AgentProcess:
     """`hpkg agent` in a subprocess; its `applied` lines, each with the moment the bench read it."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], stderr: Path) -> None:
         from hpkg.loader.agent_log import parse_line
 
         self._parse = parse_line
+        self.stderr = stderr
         argv = [sys.executable, "-m", "hpkg", "agent"]
-        self.process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                        env=env)
+        with open(stderr, "w") as errors:
+            self.process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=errors, text=True, env=env)
         self.applied: dict[int, tuple[float, int]] = {}  # pid → (exec_to_patched_ms, read at, ns)
+        self.lines: list[str] = []
         self.started = threading.Event()
         self._changed = threading.Condition()
         threading.Thread(target=self._read, daemon=True).start()
         if not self.started.wait(DEADLINE):
             self.process.kill()
-            stderr = self.process.stderr.read() if self.process.stderr else ""
-            raise BenchError(f"the agent did not start: {stderr.strip()}")
+            raise BenchError(f"the agent did not start: {stderr.read_text().strip()}")
 
     def _read(self) -> None:
         assert self.process.stdout is not None
         for line in self.process.stdout:
             read_at = time.monotonic_ns()
+            self.lines.append(line.rstrip("\n"))
             _priority, event, fields = self._parse(line)
             if event == "started":
                 self.started.set()
@@ -218,7 +220,9 @@ class AgentProcess:
         with self._changed:
             while pid not in self.applied:
                 if time.monotonic() > deadline or self.process.poll() is not None:
-                    raise BenchError(f"the agent never reported process {pid} patched")
+                    about = [line for line in self.lines if f"pid={pid} " in line or "pass-done" in line]
+                    raise BenchError(f"the agent never reported process {pid} patched; its lines about it:"
+                                     f" {about[-10:]}; its stderr: {self.stderr.read_text()[-2000:]}")
                 self._changed.wait(0.5)
             return self.applied[pid]
 
@@ -269,7 +273,7 @@ def measure(starts: int, peer_starts: int, idle: float, workdir: Path) -> AgentF
         if done.returncode != 0:
             raise BenchError(f"hpkg install: {done.stderr.strip()}")
 
-    agent = AgentProcess(env)
+    agent = AgentProcess(env, workdir / "agent.stderr")
     try:
         by_kind: dict[str, list[float]] = {"server": [], "library": []}
         fork_to_log: dict[str, list[float]] = {"server": [], "library": []}

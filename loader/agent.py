@@ -40,6 +40,8 @@ import queue
 import select
 import signal
 import time
+import traceback
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import Enum
@@ -183,11 +185,23 @@ class Agent:
                 self.reload_requested = True
             if self.reload_requested:
                 self.reload_requested = False
-                self.reload_store()
+                self._guarded("store", self.reload_store)
             if events in readable:
                 for event in events.drain():
-                    self.handle_event(event)
+                    self._guarded("event", self.handle_event, event)
             self._run_due_timers()
+
+    def _guarded(self, where: str, action: Callable[..., None], *args: object) -> None:
+        """Run one step of the loop; what it raises is logged and the agent goes on serving the others
+        (a process or a file on the machine must not stop it). HPKG_DEBUG=1 adds the traceback."""
+        try:
+            action(*args)
+        except HpkgError as exc:
+            self.log.error(f"{where}-failed", reason=str(exc))
+        except Exception as exc:  # noqa: BLE001 - a bug, logged as one: the machine stays served
+            self.log.error("internal-error", where=where, error=f"{type(exc).__name__}: {exc}")
+            if os.environ.get("HPKG_DEBUG"):
+                traceback.print_exc()
 
     def _wait(self) -> float:
         """Seconds until the next timer or full pass."""
@@ -309,11 +323,11 @@ class Agent:
             if self.generation.get(pid, 0) != generation:
                 continue  # the process exec'd again or exited since
             if kind == "check":
-                self._check(pid, if_changed=True)
+                self._guarded("check", self._check, pid, None, True)
             elif kind.startswith("ready:"):
-                self._poll_ready(pid, generation, int(kind.partition(":")[2]))
+                self._guarded("check", self._poll_ready, pid, generation, int(kind.partition(":")[2]))
         if now >= self.next_rescan and not self.stopping:
-            self.full_pass(None)
+            self._guarded("pass", self.full_pass, None)
 
     def _poll_ready(self, pid: int, generation: int, attempt: int) -> None:
         """Look at a young process once its dynamic linker is done (or has had `startup_wait` seconds)."""
@@ -349,7 +363,7 @@ class Agent:
         alive = set()
         for pid in process_ids():
             alive.add(pid)
-            self._check(pid, batch, if_changed=not thorough)
+            self._guarded("check", self._check, pid, batch, not thorough)
         if thorough:
             self.index.forget_unseen()
         for pid in [p for p in {*self.sizes, *self.known} if p not in alive]:
@@ -435,8 +449,10 @@ class Agent:
                 continue
             try:
                 result = future.result()
-            except HpkgError as exc:  # the store's lock could not be taken: try again at the next pass
-                self.log.error("job-failed", reason=str(exc))
+            except Exception as exc:  # noqa: BLE001 - the store's lock, or a bug: logged, tried again later
+                pid = next((p for p, f in self.in_flight.items() if f is future), 0)
+                self.in_flight.pop(pid, None)
+                self.log.error("job-failed", pid=pid, error=f"{type(exc).__name__}: {exc}")
                 continue
             self.in_flight.pop(result.pid, None)
             self._record(result)

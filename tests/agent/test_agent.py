@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import os
 import signal
+import struct
 import subprocess
 import time
 from collections.abc import Callable
@@ -328,3 +329,48 @@ def _wait_for_jobs(agent: Agent) -> None:
         assert time.monotonic() < deadline, "the agent's jobs never finished"
         time.sleep(0.01)
         agent.collect_finished()
+
+
+def _with_huge_note_segment(source: Path, out: Path) -> Path:
+    """A copy of `source` whose PT_NOTE claims 2^62 bytes: the kernel runs it (it does not read notes),
+    and every scan of the machine meets it."""
+    blob = bytearray(source.read_bytes())
+    phoff, = struct.unpack_from("<Q", blob, 0x20)
+    phnum, = struct.unpack_from("<H", blob, 0x38)
+    for index in range(phnum):
+        entry = phoff + index * 56
+        if struct.unpack_from("<I", blob, entry)[0] == 4:  # PT_NOTE: p_filesz is at +32
+            struct.pack_into("<Q", blob, entry + 32, 1 << 62)
+            break
+    else:
+        raise AssertionError(f"{source} has no PT_NOTE")
+    out.write_bytes(bytes(blob))
+    out.chmod(0o755)
+    return out
+
+
+def test_a_process_running_a_file_with_a_huge_note_segment_stops_neither_the_agent_nor_apply_all(
+    own_samples: dict[str, Sample],
+    packages: dict[str, tuple[Path, str]],
+    public_key: Path,
+    start: Callable[..., Conversation],
+    run_agent: Callable[..., AgentProcess],
+    tmp_path: Path,
+) -> None:
+    """Any user can run such a file, and every machine-wide scan reads its build-id note: read whole, it
+    raised MemoryError (`apply --all`, `status --store` and the agent all stopped there)."""
+    hostile = subprocess.Popen([str(_with_huge_note_segment(Path("/bin/sleep"), tmp_path / "sleep")), "600"])
+    try:
+        path, package_id = packages["server"]
+        install(path, "--key", public_key)
+        agent = run_agent()
+        talk = start(own_samples["server"])
+        agent.wait_for("applied", pid=talk.pid, package=package_id)
+        assert agent.events("internal-error") == []
+        everywhere = hpkg("apply", path, "--all", "--key", public_key, "--json")
+        assert everywhere.returncode == 0, everywhere.stderr
+        assert [p["outcome"] for p in everywhere.json()["processes"]] == ["already applied"]
+        assert hpkg("status", "--pid", hostile.pid, "--store").returncode == 0
+    finally:
+        hostile.kill()
+        hostile.wait()
