@@ -145,6 +145,7 @@ class Agent:
         self._generations = itertools.count(1)
         self._finished: queue.SimpleQueue[Future[JobResult]] = queue.SimpleQueue()
         self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.started = False
         self.stopping = False
         self.reload_requested = False
         self.next_rescan = 0.0
@@ -161,6 +162,7 @@ class Agent:
             directories = [self.store.packages_dir, self.store.keys_dir]
             with ExecEvents() as events, DirectoryWatch(directories) as watch:
                 self.reload_store(initial=True)
+                self.started = True
                 self.log.notice("started", store=str(self.store.root), packages=len(self._served_ids),
                                 pid=self.me, jobs=self.settings.jobs, rescan_s=self.settings.rescan_interval)
                 self.full_pass("start")
@@ -244,7 +246,8 @@ class Agent:
         self.collect_finished()
         for fd in (self._wake_read, self._wake_write):
             os.close(fd)
-        self.log.notice("stopped")
+        if self.started:
+            self.log.notice("stopped")
 
     # -- the store ------------------------------------------------------------------------------------
 
