@@ -91,6 +91,7 @@ class AgentFigures:
     idle_cpu_percent: float = 0.0
     poller_cpu_percent: float = 0.0
     machine_execs_per_second: float = 0.0
+    machine_events_per_second: float = 0.0  # every fork, exec and exit, threads' included
     cpu_us_per_exec: float = 0.0  # the agent's CPU over the idle window per exec the machine made
     full_pass_ms: Summary | None = None
     processes: int = 0
@@ -305,11 +306,12 @@ def measure(starts: int, peer_starts: int, idle: float, workdir: Path) -> AgentF
             assert poller.stdout is not None and poller.stdout.readline() == "ready\n"
             figures.idle_seconds = idle
             agent_before, poller_before = agent.cpu_seconds(), cpu_seconds(poller.pid)
-            execs = _count_execs(idle)
+            execs, events = _count_execs(idle)
             spent = agent.cpu_seconds() - agent_before
             figures.idle_cpu_percent = round(spent / idle * 100, 3)
             figures.poller_cpu_percent = round((cpu_seconds(poller.pid) - poller_before) / idle * 100, 3)
             figures.machine_execs_per_second = round(execs / idle, 2)
+            figures.machine_events_per_second = round(events / idle, 2)
             figures.cpu_us_per_exec = round(spent / execs * 1e6, 1) if execs else 0.0
         finally:
             poller.kill()
@@ -356,19 +358,21 @@ def _summaries(samples: dict[str, list[float]]) -> dict[str, Summary]:
     return out
 
 
-def _count_execs(seconds: float) -> int:
-    """The machine's exec events over `seconds` (the process connector, as the agent sees them)."""
+def _count_execs(seconds: float) -> tuple[int, int]:
+    """The machine's execs, and all its process events, over `seconds` (the process connector, as the
+    agent sees them)."""
     from hpkg.loader.exec_events import EventKind, ExecEvents, ProcessEvent
 
-    count, deadline = 0, time.monotonic() + seconds
+    execs, every, deadline = 0, 0, time.monotonic() + seconds
     with ExecEvents() as events:
         while (left := deadline - time.monotonic()) > 0:
             for event in events.events(timeout=left):
+                every += 1
                 if isinstance(event, ProcessEvent) and event.kind is EventKind.EXEC:
-                    count += 1
+                    execs += 1
                 if time.monotonic() >= deadline:
                     break
-    return count
+    return execs, every
 
 
 def to_markdown(figures: AgentFigures) -> str:
@@ -387,12 +391,13 @@ def to_markdown(figures: AgentFigures) -> str:
                      f" {seen.median:.1f} ms | {peer_text} | {ratio} |")
     lines += [
         "",
-        "| idle window | agent CPU | poller (all maps once a second) CPU | ratio | machine execs/s |",
-        "|---:|---:|---:|---:|---:|",
+        "| idle window | agent CPU | poller (all maps once a second) CPU | ratio | machine execs/s |"
+        " process events/s |",
+        "|---:|---:|---:|---:|---:|---:|",
         f"| {figures.idle_seconds:.0f} s | {figures.idle_cpu_percent:.3f} % of a core |"
         f" {figures.poller_cpu_percent:.3f} % | "
         f"{(figures.poller_cpu_percent / figures.idle_cpu_percent) if figures.idle_cpu_percent else 0:.1f}x |"
-        f" {figures.machine_execs_per_second:.1f} |",
+        f" {figures.machine_execs_per_second:.1f} | {figures.machine_events_per_second:.1f} |",
         "",
         f"- agent CPU per exec the machine made in the window (periodic passes included):"
         f" {figures.cpu_us_per_exec:.0f} µs",
