@@ -14,8 +14,9 @@ Everything is measured in one run, each figure beside a peer:
   core, beside a poller that scans every process's maps for the same baselines once a second (what
   an agent without exec events would need for a one-second latency), run over the same window. The
   machine's own exec rate over the window is counted too: the agent looks at every exec.
-- **per exec**: the agent's CPU time over the quiet window divided by the execs the machine made in it
-  (an upper bound: it includes the periodic passes).
+- **per process event**: the agent's CPU time over the quiet window divided by the process events
+  (forks, execs, exits, threads' included) the machine made in it: each wakes the agent (an upper
+  bound: it includes the periodic passes).
 - **a full pass**: the time of one pass over every process's maps with warm build-id memory, the
   periodic work behind late `dlopen` (every 5 s by default).
 
@@ -92,7 +93,7 @@ class AgentFigures:
     poller_cpu_percent: float = 0.0
     machine_execs_per_second: float = 0.0
     machine_events_per_second: float = 0.0  # every fork, exec and exit, threads' included
-    cpu_us_per_exec: float = 0.0  # the agent's CPU over the idle window per exec the machine made
+    cpu_us_per_event: float = 0.0  # the agent's CPU over the idle window per process event
     full_pass_ms: Summary | None = None
     processes: int = 0
     load_before: tuple[float, ...] = ()
@@ -312,7 +313,7 @@ def measure(starts: int, peer_starts: int, idle: float, workdir: Path) -> AgentF
             figures.poller_cpu_percent = round((cpu_seconds(poller.pid) - poller_before) / idle * 100, 3)
             figures.machine_execs_per_second = round(execs / idle, 2)
             figures.machine_events_per_second = round(events / idle, 2)
-            figures.cpu_us_per_exec = round(spent / execs * 1e6, 1) if execs else 0.0
+            figures.cpu_us_per_event = round(spent / events * 1e6, 1) if events else 0.0
         finally:
             poller.kill()
             poller.wait()
@@ -399,8 +400,8 @@ def to_markdown(figures: AgentFigures) -> str:
         f"{(figures.poller_cpu_percent / figures.idle_cpu_percent) if figures.idle_cpu_percent else 0:.1f}x |"
         f" {figures.machine_execs_per_second:.1f} | {figures.machine_events_per_second:.1f} |",
         "",
-        f"- agent CPU per exec the machine made in the window (periodic passes included):"
-        f" {figures.cpu_us_per_exec:.0f} µs",
+        f"- agent CPU per process event of the machine in the window (periodic passes included):"
+        f" {figures.cpu_us_per_event:.0f} µs",
     ]
     if figures.full_pass_ms is not None:
         full = figures.full_pass_ms

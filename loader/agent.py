@@ -178,7 +178,8 @@ class Agent:
                 with contextlib.suppress(BlockingIOError):
                     while os.read(self._wake_read, 4096):
                         pass
-            self.collect_finished()
+            if self.in_flight:
+                self.collect_finished()
             if self.stopping:
                 break
             if watch in readable and watch.drain():

@@ -24,6 +24,6 @@ def test_a_short_agent_bench_measures_every_figure(tmp_path: Path) -> None:
     assert len(figures["fork_to_log_ms"]["all"]["samples"]) == 4
     assert sum(len(s["samples"]) for k, s in figures["peer_fork_to_patched_ms"].items() if k != "all") == 2
     assert figures["idle_seconds"] == 1 and figures["idle_cpu_percent"] >= 0
-    assert figures["machine_execs_per_second"] >= 0 and figures["cpu_us_per_exec"] >= 0
+    assert figures["machine_execs_per_second"] >= 0 and figures["cpu_us_per_event"] >= 0
     assert figures["processes"] > 0
     assert figures["full_pass_ms"]["median"] > 0
