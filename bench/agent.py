@@ -267,9 +267,11 @@ def measure(starts: int, peer_starts: int, idle: float, workdir: Path) -> AgentF
     key = workdir / "key"
     if hpkg("keygen", key, env=env).returncode != 0:
         raise BenchError("hpkg keygen failed")
-    served, peer = compile_programs(workdir / "served"), compile_programs(workdir / "peer")
+    served = compile_programs(workdir / "served")
     served_packages = build_packages(served, workdir / "served", key, env)
-    peer_packages = build_packages(peer, workdir / "peer", key, env)
+    if peer_starts:  # a second copy, which the agent does not serve
+        peer = compile_programs(workdir / "peer")
+        peer_packages = build_packages(peer, workdir / "peer", key, env)
     for path in served_packages.values():
         done = hpkg("install", path, "--key", f"{key}.pub", env=env)
         if done.returncode != 0:

@@ -14,10 +14,6 @@ from live_helpers import hpkg
     "args",
     [
         ("agent", "--rescan", "0"),
-        ("agent", "--jobs", "0"),
-        ("install",),
-        ("uninstall",),
-        ("uninstall", "-x"),
         ("uninstall", ".hidden"),
         ("install", "x.hpkg", "--key", "k.pub", "--allow-unsigned"),
         ("install", "x.hpkg", "--store", ""),
