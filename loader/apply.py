@@ -244,10 +244,19 @@ def _carrying(
 
 @dataclass(frozen=True)
 class ImageVerified:
-    """One baseline image of a process proven compatible with a package (apply's STEPS 1-2 alone)."""
+    """One baseline image of a process proven compatible with a package (apply's STEPS 1-2 alone), or
+    found already carrying it (apply would change nothing there: `carrying` set, `compat` None)."""
 
     image: RuntimeImage
-    compat: CompatReport
+    compat: CompatReport | None
+    carrying: ImageCarrying | None = None
+
+    def lines(self, package: Package) -> list[str]:
+        """The compatibility lines, or why there is nothing to apply."""
+        if self.carrying is not None:
+            detail = self.carrying.detail(package)
+            return [f"already applied{f': {printable(detail)}' if detail else ''} (apply changes nothing)"]
+        return self.compat.lines() if self.compat is not None else []
 
 
 def check_process(package: Package, pid: int) -> list[ImageVerified]:
@@ -259,6 +268,10 @@ def check_process(package: Package, pid: int) -> list[ImageVerified]:
         verified = []
         for image in images:
             records = _records_of(found, image)
+            carried = _carrying(process, package, image, records)
+            if carried is not None:
+                verified.append(ImageVerified(image, None, carried))
+                continue
             reader = ProcessImageReader(process, image)
             code = image_code_of_process(process.pid, image)
             compat = check_compatibility(package, reader, _applied_levels(records), code)

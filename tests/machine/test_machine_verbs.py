@@ -124,6 +124,9 @@ def test_apply_and_revert_of_one_pid_are_idempotent(
     assert hpkg_mappings(talk.pid) == memory  # nothing placed, nothing freed
     text = hpkg("apply", path, "--pid", talk.pid, "--key", public_key)
     assert text.stdout.startswith(f"already applied: {package_id} in process {talk.pid}"), text.stdout
+    verify = hpkg("verify", path, "--pid", talk.pid, "--key", public_key)  # "would apply accept it here?"
+    assert verify.returncode == 0, verify.stderr
+    assert "already applied (apply changes nothing)" in verify.stdout
 
     reverted = hpkg("revert", "--pid", talk.pid, "--json")
     assert reverted.returncode == 0 and reverted.json()["changed"] is True, reverted.stderr
