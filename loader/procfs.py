@@ -21,6 +21,7 @@ from hpkg.errors import ImageError, TargetError
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 _SIGKILL_BIT = 1 << (9 - 1)  # SIGKILL (9) in the pending-signal masks of /proc/PID/status
 _DELETED = " (deleted)"
+MAX_NOTE_SEGMENT = 1 << 16  # bytes of one PT_NOTE read to find a build-id
 
 
 @dataclass(frozen=True)
@@ -266,10 +267,14 @@ def _open_image_file(pid: int, first: Mapping) -> _FileReader | None:
 def _note_reader(
     file: _FileReader | None, memory: Callable[[int, int], bytes], load_bias: int
 ) -> Callable[[ProgramHeader], bytes]:
-    """Notes come from where the headers came from: the file by offset, or memory by address."""
+    """Notes come from where the headers came from: the file by offset, or memory by address.
+
+    A note segment is read up to MAX_NOTE_SEGMENT bytes: the file (any file a process maps) chooses
+    p_filesz, and a huge one must not become a huge read (a build-id note is 36 bytes).
+    """
     if file is not None:
-        return lambda p: file.read(p.offset, p.filesz)
-    return lambda p: memory(load_bias + p.vaddr, p.filesz)
+        return lambda p: file.read(p.offset, min(p.filesz, MAX_NOTE_SEGMENT))
+    return lambda p: memory(load_bias + p.vaddr, min(p.filesz, MAX_NOTE_SEGMENT))
 
 
 def image_from(pid: int, mappings: list[Mapping], from_memory: bool = False) -> RuntimeImage | None:
