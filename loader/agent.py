@@ -300,9 +300,8 @@ class Agent:
         elif event.kind is EventKind.FORK:
             parent = event.parent_tgid
             if parent in self.known and parent not in self.in_flight:
-                # A child starts as a copy of its parent, patches included: it knows what the parent knows.
-                # (Its copy of the record is sealed for the parent's pid, so asking the child would only
-                # be refused; see the README.)
+                # A child starts as a copy of its parent, patches and records included: it knows what the
+                # parent knows (asking it would only answer "already applied").
                 self.known[pid] = dict(self.known[parent])
             elif parent in self.in_flight:
                 self._check(pid)  # forked while its parent was being patched: it may have either state
