@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+from hpkg.elf.ehframe import read_sleb128 as _sleb
+from hpkg.elf.ehframe import read_uleb128 as _uleb
 from hpkg.elf.file import ElfFile
 
 SHF_COMPRESSED = 0x800
@@ -46,34 +48,6 @@ class Sequence:
     @property
     def start(self) -> int:
         return self.addresses[0]
-
-
-def _uleb(data: bytes, i: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if i >= len(data):
-            raise LineTableError("truncated LEB128")
-        byte = data[i]
-        i += 1
-        value |= (byte & 0x7F) << shift
-        shift += 7
-        if byte < 0x80:
-            return value, i
-
-
-def _sleb(data: bytes, i: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if i >= len(data):
-            raise LineTableError("truncated LEB128")
-        byte = data[i]
-        i += 1
-        value |= (byte & 0x7F) << shift
-        shift += 7
-        if byte < 0x80:
-            if byte & 0x40:
-                value -= 1 << shift
-            return value, i
 
 
 def _unit_sequences(data: bytes, start: int) -> tuple[list[Sequence], int]:
