@@ -6,17 +6,18 @@ from __future__ import annotations
 import click
 
 from hpkg.cli.app import Application
+from hpkg.cli.command import HpkgCommand, json_option
 from hpkg.cli.paths import PID, STORE_OR_DEFAULT
 
 
-@click.command("status")
+@click.command("status", cls=HpkgCommand)
 @click.option("--pid", type=PID, help="The running process to inspect (default: every process).")
 @click.option(
     "--store", type=STORE_OR_DEFAULT, is_flag=False, flag_value="", default=None,
     help="Also list the processes exposed: running a baseline for which this store (default: $HPKG_STORE,"
     " else /var/lib/hpkg) has a package, without it applied.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@json_option
 @click.pass_obj
 def command(app: Application, pid: int | None, store: str | None, as_json: bool) -> None:
     """Show each image of a process that carries hpkg packages: package id, level, and every patched
