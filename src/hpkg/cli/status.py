@@ -63,13 +63,14 @@ def command(app: Application, pid: int | None, store: str | None, as_json: bool)
         lines.append(f"store {opened.root}: {installed} package{'s' * (installed != 1)} installed,"
                      f" {count} process image{'s' * (count != 1)} exposed")
         lines += [f"store: refused {r.path}: {r.reason}" for r in contents.refused]
-    if as_json:
-        app.display_json(document)
-    else:
+    if not as_json:
         for line in lines:
             app.display(line)
     if status.refused:
         count = len(status.refused)
         records = f"{count} hpkg record{'s' * (count > 1)}"
         where = f"process {pid} carries" if pid is not None else "processes carry"
-        raise RefusedError(f"{where} {records} that hpkg cannot trust (listed above)")
+        # Under --json the one document is the status with the error beside it.
+        app.abort_with(RefusedError(f"{where} {records} that hpkg cannot trust (listed above)"), document)
+    if as_json:
+        app.display_json(document)

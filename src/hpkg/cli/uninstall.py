@@ -44,21 +44,22 @@ def command(
     removed = Store.open(store).remove(package_id)
     report = None if as_json else lambda outcome: app.display(outcome.line())
     result = revert_everywhere(package_id, timeout, jobs or DEFAULT_JOBS, report=report)
-    if as_json:
-        app.display_json({
-            "package_id": package_id,
-            "changed": removed or result.changed,
-            "removed_from_store": removed,
-            "revert": result.to_json(),
-        })
-    else:
+    document = {
+        "package_id": package_id,
+        "changed": removed or result.changed,
+        "removed_from_store": removed,
+        "revert": result.to_json(),
+    }
+    if not as_json:
         app.display(f"{'removed' if removed else 'not installed'}: {package_id}")
         app.display(result.summary())
     if result.refused:
         from hpkg.errors import RefusedError
 
         total = len(result.outcomes)
-        raise RefusedError(
+        app.abort_with(RefusedError(
             f"{len(result.refused)} of {total} process{'es' * (total != 1)} refused the revert (listed"
             f" above); the package is out of the store: hpkg revert --all --package {package_id} tries again"
-        )
+        ), document)
+    if as_json:
+        app.display_json(document)
