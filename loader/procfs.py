@@ -147,7 +147,7 @@ def _maps_advice() -> str:
     if os.geteuid() == 0:
         # Root is refused only by a restriction of the machine: a /proc mounted with hidepid= in another
         # namespace, a Yama or LSM policy, or a process of another user namespace.
-        return "refused even to root: a security module, a hidepid= /proc or another user namespace forbids it"
+        return "refused even to root: a security module, a hidepid= /proc or another user namespace forbid it"
     return "run as its user or root"
 
 

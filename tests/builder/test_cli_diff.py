@@ -25,7 +25,9 @@ def test_json_document_has_the_documented_shape(pair):
     out = hpkg("diff", str(pair[0]), str(pair[1]), "--json")
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
-    assert set(doc) == {"schema", "old", "new", "changed", "added", "removed", "data", "unchanged_count", "mode"}
+    assert set(doc) == {
+        "schema", "old", "new", "changed", "added", "removed", "data", "unchanged_count", "mode"
+    }
     assert doc["schema"] == "hpkg.diff/1"
     assert doc["old"]["path"] == str(pair[0]) and len(doc["old"]["build_id"]) == 40
     assert doc["mode"] == "disassembly"

@@ -38,8 +38,8 @@ def make_deb(out: Path, package: str, version: str, files: dict[str, Path | byte
     tree = out / f"{package}_{version}"
     (tree / "DEBIAN").mkdir(parents=True)
     (tree / "DEBIAN" / "control").write_text(
-        f"Package: {package}\nVersion: {version}\nArchitecture: amd64\nMaintainer: hpkg tests <t@example.org>\n"
-        "Description: hpkg test package\n"
+        f"Package: {package}\nVersion: {version}\nArchitecture: amd64\n"
+        "Maintainer: hpkg tests <t@example.org>\nDescription: hpkg test package\n"
     )
     for path, content in files.items():
         target = tree / path
@@ -76,8 +76,8 @@ def raw_deb(path: Path, members: list[tuple[str, bytes]]) -> Path:
     would never write: what a hostile package can hold."""
     control = _tar_gz([("./control", b"Package: hostile\nVersion: 1\nArchitecture: amd64\nMaintainer: x\n"
                                      b"Description: x\n")])
-    path.write_bytes(b"!<arch>\n" + _ar_member("debian-binary", b"2.0\n") + _ar_member("control.tar.gz", control)
-                     + _ar_member("data.tar.gz", _tar_gz(members)))
+    archive = [("debian-binary", b"2.0\n"), ("control.tar.gz", control), ("data.tar.gz", _tar_gz(members))]
+    path.write_bytes(b"!<arch>\n" + b"".join(_ar_member(name, data) for name, data in archive))
     return path
 
 
@@ -90,12 +90,12 @@ def debs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     same, readme = BOUNDS / "baseline", b"documentation\n"
     common = {"usr/bin/same": same, "usr/share/doc/demo/README": readme}
     links = {"usr/bin/bounds-link": "bounds", "usr/lib/abs-link": "/usr/bin/bounds"}
-    old = make_deb(out, "demo", "1.0", {**common, "usr/bin/bounds": BOUNDS / "baseline",
-                                        "usr/bin/config": CONFIG / "baseline", "usr/bin/gone": OTHER / "baseline"},
-                   links)  # fmt: skip
-    new = make_deb(out, "demo", "1.1", {**common, "usr/bin/bounds": BOUNDS / "fixed",
-                                        "usr/bin/config": CONFIG / "fixed", "usr/bin/added": OTHER / "fixed"},
-                   links)  # fmt: skip
+    old_files = {"usr/bin/bounds": BOUNDS / "baseline", "usr/bin/config": CONFIG / "baseline",
+                 "usr/bin/gone": OTHER / "baseline"}
+    new_files = {"usr/bin/bounds": BOUNDS / "fixed", "usr/bin/config": CONFIG / "fixed",
+                 "usr/bin/added": OTHER / "fixed"}
+    old = make_deb(out, "demo", "1.0", {**common, **old_files}, links)
+    new = make_deb(out, "demo", "1.1", {**common, **new_files}, links)
     return {"old": old, "new": new, "dir": out}
 
 
@@ -146,14 +146,13 @@ def test_diff_of_a_deb_pair_diffs_every_elf_with_its_namesake(debs: dict[str, Pa
 
 def test_dbgsym_packages_give_stripped_binaries_their_symbols(tmp_path: Path) -> None:
     build_corpus()
-    debug = {build: next((BOUNDS / "debug" / ".build-id").glob(f"*/{_build_id(BOUNDS / f'{build}.stripped')[2:]}"
-                                                                ".debug")) for build in ("baseline", "fixed")}
     debs = {}
     for build, version in (("baseline", "1.0"), ("fixed", "1.1")):
         build_id = _build_id(BOUNDS / f"{build}.stripped")
+        debug_file = f"usr/lib/debug/.build-id/{build_id[:2]}/{build_id[2:]}.debug"
         debs[build] = make_deb(tmp_path, "demo", version, {"usr/bin/bounds": BOUNDS / f"{build}.stripped"})
-        debs[f"{build}-dbgsym"] = make_deb(tmp_path, "demo-dbgsym", version, {
-            f"usr/lib/debug/.build-id/{build_id[:2]}/{build_id[2:]}.debug": debug[build]})
+        installed = BOUNDS / "debug" / debug_file.removeprefix("usr/lib/debug/")
+        debs[f"{build}-dbgsym"] = make_deb(tmp_path, "demo-dbgsym", version, {debug_file: installed})
     run = hpkg("build", debs["baseline"], debs["fixed"], "-o", tmp_path / "out", "--json", "--no-debuginfod",
                "--old-dbgsym", debs["baseline-dbgsym"], "--new-dbgsym", debs["fixed-dbgsym"])
     assert run.returncode == 0, run.stderr
@@ -161,7 +160,8 @@ def test_dbgsym_packages_give_stripped_binaries_their_symbols(tmp_path: Path) ->
     check_document(document, "build")
     (entry,) = document["files"]
     assert entry["status"] == "built"
-    assert entry["build"]["old"]["debug_file"].startswith(f"{debs['baseline-dbgsym']}:usr/lib/debug/.build-id/")
+    debug_file = entry["build"]["old"]["debug_file"]
+    assert debug_file.startswith(f"{debs['baseline-dbgsym']}:usr/lib/debug/.build-id/")
     assert entry["build"]["mode"] == "relocations" or entry["build"]["functions"]
     bare = json.loads(hpkg("diff", debs["baseline"], debs["fixed"], "--json", "--no-debuginfod").stdout)
     assert bare["files"][0]["diff"]["old"]["debug_file"] is None
@@ -199,7 +199,8 @@ def test_a_symlink_escaping_the_package_is_refused(tmp_path: Path) -> None:
                    {"usr/lib/escape": "../../../../etc/shadow"})
     run = hpkg("build", deb, deb, "-o", tmp_path / "out", "--no-debuginfod")
     assert run.returncode == 3
-    assert run.stderr == f"error: {deb}: symlink usr/lib/escape -> ../../../../etc/shadow points outside the package\n"
+    said = "symlink usr/lib/escape -> ../../../../etc/shadow points outside the package"
+    assert run.stderr == f"error: {deb}: {said}\n"
 
 
 @pytest.fixture(scope="module")

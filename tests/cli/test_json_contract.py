@@ -58,7 +58,8 @@ def test_every_command_takes_json_and_has_a_schema_file() -> None:
 def test_file_commands_print_documents_their_schemas_accept_with_one_address_spelling(work: Path) -> None:
     keys = document("keygen", work / "release")
     assert keys["public_key"] == f"{work / 'release'}.pub" and len(keys["key_id"]) > 0
-    built = document("build", work / "baseline", work / "fixed", "-o", work / "fix.hpkg", "--key", work / "release")
+    built = document("build", work / "baseline", work / "fixed", "-o", work / "fix.hpkg",
+                     "--key", work / "release")  # fmt: skip
     for side in ("old", "new"):
         identity = built[side]
         assert identity["path"] == str(work / ("baseline" if side == "old" else "fixed"))
@@ -81,8 +82,8 @@ def test_file_commands_print_documents_their_schemas_accept_with_one_address_spe
     one = document("diff", work / "baseline", work / "fixed", "--function", function["name"])
     assert one["function"]["name"] == function["name"] and one["function"]["unified_diff"]
 
-    applied = document("apply", work / "fix.hpkg", "--key", f"{work / 'release'}.pub", "--file", work / "baseline",
-                       "-o", work / "patched")  # fmt: skip
+    applied = document("apply", work / "fix.hpkg", "--key", f"{work / 'release'}.pub",
+                       "--file", work / "baseline", "-o", work / "patched")  # fmt: skip
     assert [s["function"] for s in applied["patch_sites"]] == [f["name"] for f in inspected["functions"]]
     carried = document("inspect", work / "patched")
     assert carried["kind"] == "patched-file" and carried["build_id"] == built["old"]["build_id"]
@@ -124,11 +125,13 @@ def test_a_refused_build_under_json_carries_its_reasons_inputs_and_the_allow_tha
     tmp_path: Path,
 ) -> None:
     build_corpus()
-    run = hpkg("build", REFUSED_SAMPLE / "baseline", REFUSED_SAMPLE / "fixed", "-o", tmp_path / "p.hpkg", "--json")
+    old, new = REFUSED_SAMPLE / "baseline", REFUSED_SAMPLE / "fixed"
+    run = hpkg("build", old, new, "-o", tmp_path / "p.hpkg", "--json")
     document = check_error_document(run.stdout, "build", 4, "not-hot-patchable")
     assert document["verdict"] == "refused" and document["old"]["path"] == str(REFUSED_SAMPLE / "baseline")
     (reason,) = document["error"]["reasons"]
-    assert reason.startswith("data-value-changed: ") and reason.endswith("(accept with --allow data-value-changed)")
+    assert reason.startswith("data-value-changed: ")
+    assert reason.endswith("(accept with --allow data-value-changed)")
     assert run.stderr.splitlines() == [f"error: {document['error']['message']}", f"  - {reason}"]
 
 
