@@ -58,8 +58,9 @@ def man_page() -> str:
     ]
     for block in paragraphs(cli.help or ""):
         lines += [".PP", roff(block)]
-    lines += [".PP", roff("Every option may follow the command name (hpkg build OLD NEW -o OUT -q); an option "
-                          "that takes one value may be given once.")]
+    conventions = ("Every option may follow the command name (hpkg build OLD NEW -o OUT -q); an option that"
+                   " takes one value may be given once.")
+    lines += [".PP", roff(conventions)]
     lines.append(".SH COMMANDS")
     for name in sorted(COMMAND_MODULES):
         lines += command_section(group_ctx, name)
@@ -75,7 +76,8 @@ def man_page() -> str:
         lines += [".TP", f"\\fB{code}\\fR", roff(meaning)]
     lines += [
         ".SH ENVIRONMENT",
-        ".TP", "\\fBHPKG_STORE\\fR", roff("The package store of install, uninstall, agent (default /var/lib/hpkg)."),
+        ".TP", "\\fBHPKG_STORE\\fR",
+        roff("The package store of install, uninstall, agent (default /var/lib/hpkg)."),
         ".TP", "\\fBDEBUGINFOD_URLS\\fR", roff("Servers diff and build fetch missing debug files from."),
         ".TP", "\\fBHPKG_DEBUG\\fR", roff("Set to 1: a traceback instead of an internal error line."),
         ".TP", "\\fB_HPKG_COMPLETE\\fR", roff("Shell completion: eval \"$(_HPKG_COMPLETE=bash_source hpkg)\" "
