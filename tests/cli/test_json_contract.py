@@ -92,7 +92,9 @@ def test_file_commands_print_documents_their_schemas_accept_with_one_address_spe
     ]
     text = hpkg("inspect", work / "patched")
     assert text.returncode == 0 and built["package_id"] in text.stdout and "magic" not in text.stdout
-    assert document("inspect", work / "baseline")["packages"] == []
+    unpatched = hpkg("inspect", work / "baseline", "--json")
+    error = check_error_document(unpatched.stdout, "inspect", 3, "invalid-package")["error"]
+    assert "carries none" in error["message"]
 
 
 @pytest.mark.parametrize(

@@ -106,8 +106,10 @@ def _is_elf(path: str) -> bool:
 
 
 def patched_file_document(path: str) -> dict[str, Any]:
-    """The packages an ELF file carries (recorded by `apply --file`, oldest first); none for a baseline."""
+    """The packages an ELF file carries (recorded by `apply --file`, oldest first); a file that carries
+    none is no input for inspect (PackageError, exit 3), as any other file that is not a package."""
     from hpkg.elf.file import ElfFile
+    from hpkg.errors import PackageError
     from hpkg.loader.file_apply import applied_packages
 
     elf = ElfFile(path)
@@ -121,6 +123,9 @@ def patched_file_document(path: str) -> dict[str, Any]:
         }
         for e in applied_packages(elf)
     ]
+    if not packages:
+        raise PackageError(f"{path}: not an .hpkg package, and an ELF file that carries none"
+                           " (hpkg apply --file writes files that do)")
     build_id = elf.build_id.hex() or None
     return {"kind": "patched-file", "path": path, "build_id": build_id, "packages": packages}
 
@@ -128,8 +133,6 @@ def patched_file_document(path: str) -> dict[str, Any]:
 def patched_file_lines(document: dict[str, Any]) -> list[str]:
     """The human summary of a patched file: one line per package it carries."""
     path, packages = document["path"], document["packages"]
-    if not packages:
-        return [f"{path}: an ELF file that carries no hpkg package (not a .hpkg either)"]
     lines = [f"{path}: ELF file patched by hpkg apply --file (build-id {document['build_id']}),"
              f" {len(packages)} package{'s' * (len(packages) != 1)}"]
     for p in packages:
