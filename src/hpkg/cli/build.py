@@ -149,16 +149,19 @@ def refusal_facts(exc: Exception) -> dict[str, Any]:
     }
 
 
-def report_built(app: Application, result, output: str, signing_key: Ed25519PrivateKey | None) -> None:
-    """Write the package, then the warnings and notes of a successful build (on stderr)."""
+def report_built(
+    app: Application, result, output: str, signing_key: Ed25519PrivateKey | None, label: str = ""
+) -> None:
+    """Write the package, then the warnings and notes of a successful build (on stderr), each prefixed
+    with `label` (the ELF's path in a .deb, so that a line names the file it is about)."""
     _write_package(output, result.blob, signing_key)
     for reason in result.plan.verdict.overridden:
-        app.warning(f"overridden: {reason.line()}")
+        app.warning(f"{label}overridden: {reason.line()}")
     for warning in result.plan.warnings:
-        app.warning(warning)
+        app.warning(f"{label}{warning}")
     if result.plan.left_out:
         app.info(
-            f"left out {len(result.plan.left_out)} line-number-only change(s):"
+            f"{label}left out {len(result.plan.left_out)} line-number-only change(s):"
             f" {', '.join(result.plan.left_out)}"
             " (--include-line-only puts them in)"
         )

@@ -147,7 +147,7 @@ def build_debs(app: Application, old_deb: str, new_deb: str, output_dir: str, ol
                 entries.append(_entry(path, "no-change", reason=str(exc)))
                 continue
             output = str(directory / (path.replace("/", "_") + ".hpkg"))
-            report_built(app, result, output, signing_key)
+            report_built(app, result, output, signing_key, f"{path}: ")
             built = build_document(result, output, old_image, new_image)
             for side in ("old", "new"):
                 built[side] = {**built[side], "path": path,
