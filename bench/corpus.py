@@ -168,8 +168,8 @@ def available_versions(package: str) -> list[str]:
     return versions
 
 
-def _fetch_deb(package: str, version: str, debs: Path) -> Path:
-    """Download one .deb into `debs` unless it is already there."""
+def fetch_deb(package: str, version: str, debs: Path) -> Path:
+    """Download one .deb into `debs` unless it is already there (also the .deb tests' fetch)."""
     # apt-get download names files PACKAGE_VERSION_ARCH.deb with ':' (epoch) escaped as %3a.
     pattern = f"{package}_{version.replace(':', '%3a')}_*.deb"
     cached = sorted(debs.glob(pattern))
@@ -206,7 +206,7 @@ def fetch_debian_pair(spec: PairSpec, cache: Path) -> Pair:
     paths = []
     for version in (spec.old_version, spec.new_version):
         try:
-            deb = _fetch_deb(spec.package, version, cache / "debs")
+            deb = fetch_deb(spec.package, version, cache / "debs")
         except CorpusError as exc:
             listed = ", ".join(available_versions(spec.package)) or "none (run apt-get update)"
             raise CorpusError(f"{exc}; apt lists: {listed}") from exc

@@ -65,6 +65,10 @@ class Reason:
     def line(self) -> str:
         return f"{self.code}: {self.message}"
 
+    def refusal_line(self) -> str:
+        """The line of a refusal: an overridable one ends with the option that would accept it."""
+        return f"{self.line()} (accept with --allow {self.code})" if self.overridable else self.line()
+
 
 @dataclass(frozen=True)
 class Verdict:
@@ -119,7 +123,7 @@ def require_patchable(verdict: Verdict, has_content: bool, left_out: tuple[str, 
         count = len(blocking)
         raise UnsupportedChange(
             f"not hot-patchable: {count} reason{'s' if count != 1 else ''}",
-            tuple(r.line() for r in blocking),
+            tuple(r.refusal_line() for r in blocking),
         )
     if not has_content:
         if left_out:

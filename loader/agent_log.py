@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import sys
 import threading
+from collections.abc import Callable
 from enum import IntEnum
 from typing import TextIO
 
@@ -68,15 +69,20 @@ def parse_line(line: str) -> tuple[int, str, dict[str, str]]:
     return priority, event, fields
 
 
+# Turns one event into its line (without the newline): format_line, or `hpkg agent --json`'s formatter.
+LineFormat = Callable[[Priority, str, dict[str, object]], str]
+
+
 class EventLog:
     """Writes event lines to a stream (standard output by default), one whole line at a time."""
 
-    def __init__(self, stream: TextIO | None = None) -> None:
+    def __init__(self, stream: TextIO | None = None, line_format: LineFormat = format_line) -> None:
         self._stream = stream if stream is not None else sys.stdout
+        self._format = line_format
         self._lock = threading.Lock()
 
     def write(self, priority: Priority, event: str, **fields: object) -> None:
-        line = format_line(priority, event, fields) + "\n"
+        line = self._format(priority, event, fields) + "\n"
         with self._lock:
             try:
                 self._stream.write(line)

@@ -139,7 +139,16 @@ def read_maps(pid: int) -> tuple[Mapping, ...]:
     except FileNotFoundError:
         raise TargetError(f"no such process: {pid}") from None
     except PermissionError:
-        raise TargetError(f"permission denied reading /proc/{pid}/maps; run as its user or root") from None
+        raise TargetError(f"permission denied reading /proc/{pid}/maps; {_maps_advice()}") from None
+
+
+def _maps_advice() -> str:
+    """What the user who was refused can do: run as the target's user or root, unless already root."""
+    if os.geteuid() == 0:
+        # Root is refused only by a restriction of the machine: a /proc mounted with hidepid= in another
+        # namespace, a Yama or LSM policy, or a process of another user namespace.
+        return "refused even to root: a security module, a hidepid= /proc or another user namespace forbid it"
+    return "run as its user or root"
 
 
 def list_tids(pid: int) -> tuple[int, ...]:

@@ -1,4 +1,5 @@
-"""One error type per layer; the CLI turns each into `error: …` and its exit code.
+"""One error type per layer; the CLI turns each into `error: …` and its exit code (and, under `--json`,
+a document whose `error.code` is the class's `code`: a stable word for scripts, docs/json.md).
 
 Exit codes (documented in README.md):
   0  success
@@ -22,28 +23,44 @@ EXIT_NO_CHANGE = 5
 EXIT_TARGET = 6
 EXIT_INTERRUPTED = 130  # the shell's convention for SIGINT (128 + 2)
 
+# The `error.code` of failures that are no HpkgError (click's usage errors, Ctrl-C, a bug).
+CODE_USAGE = "usage"
+CODE_INTERRUPTED = "interrupted"
+CODE_INTERNAL = "internal"
+
 
 class HpkgError(Exception):
     """Base of every expected failure; carries the exit code the CLI uses."""
 
+    code: str = "internal"
     exit_code: int = EXIT_INTERNAL
 
 
 class ImageError(HpkgError):
     """A binary cannot be read as a supported ELF image."""
 
+    code: str = "invalid-binary"
+    exit_code = EXIT_INVALID
+
+
+class DebianPackageError(HpkgError):
+    """A .deb cannot be unpacked safely: not a Debian package, or a member that would land outside it."""
+
+    code: str = "invalid-deb"
     exit_code = EXIT_INVALID
 
 
 class PackageError(HpkgError):
     """A .hpkg file is malformed, truncated, oversized or of an unknown version."""
 
+    code: str = "invalid-package"
     exit_code = EXIT_INVALID
 
 
 class VerifyError(HpkgError):
     """A package's digests or signature do not hold."""
 
+    code: str = "verification-failed"
     exit_code = EXIT_INVALID
 
 
@@ -53,6 +70,7 @@ class RefusedError(HpkgError):
     `reasons` holds one line per offender so that a release engineer sees all of them at once.
     """
 
+    code: str = "refused"
     exit_code = EXIT_REFUSED
 
     def __init__(self, message: str, reasons: tuple[str, ...] = ()) -> None:
@@ -63,22 +81,30 @@ class RefusedError(HpkgError):
 class UnsupportedChange(RefusedError):
     """The difference between baseline and fix cannot be hot-patched."""
 
+    code: str = "not-hot-patchable"
+
 
 class IncompatibleTarget(RefusedError):
     """The target is not the baseline the package was built for."""
+
+    code: str = "incompatible-target"
 
 
 class UnsafeNow(RefusedError):
     """A thread is inside a function being replaced and waiting did not help."""
 
+    code: str = "unsafe-now"
+
 
 class NoChange(HpkgError):
     """Baseline and fix do not differ in anything that needs patching."""
 
+    code: str = "no-change"
     exit_code = EXIT_NO_CHANGE
 
 
 class TargetError(HpkgError):
     """The target process or file cannot be reached (gone, permission, ptrace)."""
 
+    code: str = "target-unavailable"
     exit_code = EXIT_TARGET

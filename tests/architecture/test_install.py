@@ -28,7 +28,7 @@ def _run(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProc
 def _copy_project(destination: Path) -> Path:
     with open(ROOT / "pyproject.toml", "rb") as f:
         package_dirs = tomllib.load(f)["tool"]["setuptools"]["package-dir"].values()
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy2(ROOT / name, destination / name)
     for folder in {d.split("/")[0] for d in package_dirs}:
         shutil.copytree(ROOT / folder, destination / folder, ignore=shutil.ignore_patterns("__pycache__"))
@@ -57,3 +57,9 @@ def test_installed_wheel_runs_from_the_repository_root(tmp_path):
     shown = _run(python, "-m", "hpkg", "--help", cwd=ROOT)
     assert "apply" in shown.stdout and "diff" in shown.stdout
     assert "SPEC.md" in {p.name for p in (site / "hpkg" / "formats").iterdir()}
+    # Packaging hygiene: typed (PEP 561), an SPDX licence expression and the licence text shipped.
+    assert (site / "hpkg" / "py.typed").is_file()
+    [dist_info] = site.glob("hpkg-*.dist-info")
+    metadata = (dist_info / "METADATA").read_text()
+    assert "License-Expression: MIT" in metadata
+    assert (dist_info / "licenses" / "LICENSE").read_text().startswith("MIT License")

@@ -58,7 +58,14 @@ def test_all_reasons_are_listed_at_once(compiler, tmp_path):
         "tiny": "function-too-small",
     }
     document = result.json()
-    assert document["verdict"] == "refused" and len(document["reasons"]) == 4
+    assert document["verdict"] == "refused" and len(document["error"]["reasons"]) == 4
+    assert (document["error"]["code"], document["error"]["exit"]) == ("not-hot-patchable", 4)
+    # An overridable refusal ends with the option that accepts it; a layout refusal has none to offer.
+    reason_lines = [line for line in result.err.splitlines() if line.startswith("  - ")]
+    lines = {line.split(":")[0].strip("- "): line for line in reason_lines}
+    assert lines["data-value-changed"].endswith("(accept with --allow data-value-changed)")
+    assert lines["init-changed"].endswith("(accept with --allow init-changed)")
+    assert "--allow" not in lines["data-size-changed"]
     # Overriding the two overridable reasons leaves the other two, still refused.
     partial = run_hpkg(
         "build", old, new, "-o", tmp_path / "p.hpkg",

@@ -25,13 +25,17 @@ def test_json_document_has_the_documented_shape(pair):
     out = hpkg("diff", str(pair[0]), str(pair[1]), "--json")
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
-    assert set(doc) == {"changed", "added", "removed", "data", "unchanged_count", "mode"}
+    assert set(doc) == {
+        "schema", "old", "new", "changed", "added", "removed", "data", "unchanged_count", "mode"
+    }
+    assert doc["schema"] == "hpkg.diff/1"
+    assert doc["old"]["path"] == str(pair[0]) and len(doc["old"]["build_id"]) == 40
     assert doc["mode"] == "disassembly"
     assert [c["name"] for c in doc["changed"]] == ["greet"]
     entry = doc["changed"][0]
-    assert set(entry) == {"name", "old_address", "new_address", "old_size", "new_size", "change_kind"}
-    assert entry["change_kind"] == "references"
-    assert int(entry["old_address"], 16) > 0
+    assert set(entry) == {"name", "old_address", "new_address", "old_size", "new_size", "change"}
+    assert entry["change"] == "references"
+    assert isinstance(entry["old_address"], int) and entry["old_address"] > 0
     assert doc["added"] == [] and doc["removed"] == []
     assert doc["unchanged_count"] >= 3
 
@@ -57,6 +61,18 @@ def test_function_option_with_unknown_name_is_a_usage_error(pair):
     out = hpkg("diff", str(pair[0]), str(pair[1]), "--function", "no_such_function")
     assert out.returncode == 2
     assert "Traceback" not in out.stderr
+
+
+def test_function_option_with_json_is_the_functions_diff_and_an_unknown_name_is_a_usage_error(pair):
+    out = hpkg("diff", str(pair[0]), str(pair[1]), "--function", "greet", "--json")
+    assert out.returncode == 0, out.stderr
+    function = json.loads(out.stdout)["function"]
+    assert function["name"] == "greet" and function["change"] == "references"
+    assert any(line.startswith("+lea") for line in function["unified_diff"])
+    unknown = hpkg("diff", str(pair[0]), str(pair[1]), "--json", "--function", "no_such_function")
+    assert unknown.returncode == 2
+    assert json.loads(unknown.stdout)["error"]["code"] == "usage"
+    assert unknown.stderr.startswith("error: ") and "no_such_function" in unknown.stderr
 
 
 def test_separate_debug_files_give_a_stripped_build_its_names(compiler, tmp_path):
@@ -138,7 +154,7 @@ def test_stripped_names_the_table_shows_select_those_functions(compiler):
         shown = hpkg("diff", str(old), str(new), "--function", entry["name"])
         assert shown.returncode == 0, shown.stderr
         assert shown.stdout.splitlines()[0].startswith(f"{entry['name']}: {status}")
-        fix_name = f"new:sub_{int(entry['new_address'], 16):x}"
+        fix_name = f"new:sub_{entry['new_address']:x}"
         by_fix_address = hpkg("diff", str(old), str(new), "--function", fix_name)
         assert by_fix_address.stdout.splitlines()[0] == shown.stdout.splitlines()[0]
     baseline_only = hpkg("diff", str(old), str(new), "--function", f"old:{doc['added'][0]['name']}")

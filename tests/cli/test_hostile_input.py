@@ -399,10 +399,56 @@ def test_own_pid(world: World) -> None:
     assert_one_error(Run(apply.returncode, apply.stdout, apply.stderr), EXIT_REFUSED, "not the baseline")
 
 
+# What `nobody` needs to run `status` and `apply --pid`: the CLI, the loader, the package format.
+_NOBODY_MODULES = ("hpkg.cli.status", "hpkg.cli.apply", "hpkg.loader.apply", "hpkg.loader.trust",
+                   "hpkg.loader.status", "hpkg.formats.package", "hpkg.formats.signing")
+
+
+@pytest.fixture(scope="module")
+def nobody_hpkg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[list[str], dict[str, str]]]:
+    """`hpkg` as `nobody` can run it wherever the checkout lives (a clone under /root or `mktemp -d` is
+    closed to other users): the system interpreter, and a world-readable copy of hpkg's packages and of
+    the installed modules they import, on PYTHONPATH."""
+    import importlib
+    import sysconfig
+
+    root = Path(tempfile.mkdtemp(prefix="hpkg-nobody-"))
+    root.chmod(0o755)
+    ignore = shutil.ignore_patterns("__pycache__")
+    for module in _NOBODY_MODULES:
+        importlib.import_module(module)
+    site = {Path(sysconfig.get_paths()[key]).resolve() for key in ("purelib", "platlib")}
+    copied = set()
+    for name, module in list(sys.modules.items()):
+        if name.split(".")[0] != "hpkg" and not any(
+            str(Path(getattr(module, "__file__", None) or "/").resolve()).startswith(f"{s}/") for s in site
+        ):
+            continue
+        for path in getattr(module, "__path__", ()) or ():
+            # A package: copied where its dotted name puts it (hpkg's sub-packages live in several folders).
+            target = root.joinpath(*name.split("."))
+            if target not in copied and Path(path).is_dir():
+                copied.add(target)
+                shutil.copytree(path, target, ignore=ignore, dirs_exist_ok=True)
+        file = getattr(module, "__file__", None)
+        if file and "." not in name:  # a top-level module file (an extension such as _cffi_backend)
+            shutil.copy2(file, root / Path(file).name)
+    for path in root.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    interpreter = os.path.realpath(sys.executable)  # not the venv's link: the checkout may be closed
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    yield [interpreter, "-s", "-m", "hpkg"], env
+    shutil.rmtree(root, ignore_errors=True)
+
+
 @pytest.mark.parametrize("command", ["status --pid {server}", "apply {pkg} --key {pub} --pid {server}"])
-def test_not_root_is_told_permission_denied(world: World, command: str) -> None:
-    argv = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *HPKG, *_argv(world, command)]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT, cwd="/")
+def test_not_root_is_told_permission_denied(
+    world: World, command: str, nobody_hpkg: tuple[list[str], dict[str, str]]
+) -> None:
+    hpkg_argv, env = nobody_hpkg
+    nobody = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+    argv = [*nobody, *hpkg_argv, *_argv(world, command)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT, cwd="/", env=env)
     assert_one_error(Run(done.returncode, done.stdout, done.stderr), EXIT_TARGET, "permission denied")
     assert_running_untraced(world.server)
 

@@ -88,7 +88,7 @@ def _named(
         name = entry["name"]
         if name.startswith("sub_"):
             side = "old" if "old_address" in entry else "new"
-            address = int(entry[f"{side}_address"], 16)
+            address = entry[f"{side}_address"]
             aliases = symbols[side].get(address, {name})
             name = min(aliases & expected) if aliases & expected else min(aliases)
         found.add(name)

@@ -15,7 +15,15 @@ try:  # Ctrl-C during start-up (imports take most of it) is one line, not an imp
 
     from hpkg import __version__
     from hpkg.cli.app import Application, hide_library_warnings
-    from hpkg.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, HpkgError
+    from hpkg.errors import (
+        CODE_INTERNAL,
+        CODE_INTERRUPTED,
+        CODE_USAGE,
+        EXIT_INTERNAL,
+        EXIT_INTERRUPTED,
+        EXIT_USAGE,
+        HpkgError,
+    )
 except KeyboardInterrupt:
     sys.stderr.write("error: interrupted\n")
     sys.exit(130)
@@ -41,43 +49,44 @@ class LazyCommands(click.Group):
 
 @click.group(cls=LazyCommands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="hpkg")
-@click.option("-q", "--quiet", is_flag=True, help="Only print results and errors.")
+@click.option("-q", "--quiet", is_flag=True, help="Only print results and errors (also after the command).")
+@click.option("-v", "--verbose", is_flag=True, help="Also print details on stderr (also after the command).")
 @click.pass_context
-def cli(ctx: click.Context, quiet: bool) -> None:
+def cli(ctx: click.Context, quiet: bool, verbose: bool) -> None:
     """Build hotpatch packages from shipped ELF binaries and apply them to running processes.
 
     Exit codes: 0 ok, 1 internal error, 2 usage, 3 invalid input or package,
     4 refused, 5 no change, 6 target unavailable, 130 interrupted.
+    Every command takes --json: one document on stdout, errors too (docs/json.md).
     """
-    ctx.obj = Application(quiet=quiet)
-
+    app = ctx.ensure_object(Application)
+    app.quiet = app.quiet or quiet
+    app.verbose = app.verbose or verbose
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the CLI; expected failures become one `error: …` line and their exit code."""
+    """Run the CLI; expected failures become one `error: …` line and their exit code (and, under
+    `--json`, an error document on stdout)."""
     hide_library_warnings()
+    app = Application()
     try:
-        cli.main(args=argv, prog_name="hpkg", standalone_mode=False)
+        cli.main(args=argv, prog_name="hpkg", standalone_mode=False, obj=app)
     except HpkgError as exc:
-        Application.abort_with(exc)
+        app.abort_with(exc)
     except (click.exceptions.Abort, KeyboardInterrupt):
-        click.echo("error: interrupted", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+        app.fail("interrupted", EXIT_INTERRUPTED, CODE_INTERRUPTED)
     except click.UsageError as exc:
         hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
-        click.echo(f"error: {exc.format_message()}{hint}", err=True)
-        sys.exit(EXIT_USAGE)
+        app.fail(f"{exc.format_message()}{hint}", EXIT_USAGE, CODE_USAGE)
     except click.ClickException as exc:
-        click.echo(f"error: {exc.format_message()}", err=True)
-        sys.exit(exc.exit_code if exc.exit_code else EXIT_USAGE)
+        app.fail(exc.format_message(), exc.exit_code if exc.exit_code else EXIT_USAGE, CODE_USAGE)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, not a traceback
         if os.environ.get("HPKG_DEBUG"):
             raise
-        click.echo(
-            f"error: internal error: {type(exc).__name__}: {exc} (set HPKG_DEBUG=1 for a traceback)",
-            err=True,
+        app.fail(
+            f"internal error: {type(exc).__name__}: {exc} (set HPKG_DEBUG=1 for a traceback)",
+            EXIT_INTERNAL, CODE_INTERNAL,
         )
-        sys.exit(EXIT_INTERNAL)
     sys.exit(0)

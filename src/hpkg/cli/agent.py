@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import json
+from typing import TYPE_CHECKING
+
 import click
 
 from hpkg.cli.app import Application
+from hpkg.cli.command import HpkgCommand, json_option
 from hpkg.cli.paths import JOBS, STORE, TIMEOUT, Seconds
+
+if TYPE_CHECKING:
+    from hpkg.loader.agent_log import LineFormat, Priority
 
 RESCAN = Seconds(0.1, 3600.0)
 
 
-@click.command("agent")
+@click.command("agent", cls=HpkgCommand)
 @click.option("--store", type=STORE, help="The package store  [default: $HPKG_STORE, else /var/lib/hpkg].")
 @click.option("--jobs", type=JOBS, default=2, show_default=True, help="Processes patched at once.")
 @click.option(
@@ -21,8 +28,11 @@ RESCAN = Seconds(0.1, 3600.0)
     "--rescan", "rescan", type=RESCAN, default=5.0, show_default=True,
     help="Seconds between passes over every process, for libraries dlopen'ed late in a process's life.",
 )
+@json_option
 @click.pass_obj
-def command(app: Application, store: str | None, jobs: int, timeout: float, rescan: float) -> None:
+def command(
+    app: Application, store: str | None, jobs: int, timeout: float, rescan: float, as_json: bool
+) -> None:
     """Apply every package of the store to every process that maps its baseline, at start-up and then
     to each new process as it starts (the kernel's exec events; needs root), including libraries
     mapped later by dlopen (checked again while a process is young, and every --rescan seconds).
@@ -33,10 +43,25 @@ def command(app: Application, store: str | None, jobs: int, timeout: float, resc
 
     Exit codes: 0 stopped by SIGTERM or SIGINT, 2 usage, 6 the store or the kernel's process events
     cannot be used (not root).
+
+    With --json, each event is one JSON document on its own line (JSON Lines):
+    `{"schema": "hpkg.agent/1", "priority": 6, "event": "applied", "pid": …, …}`.
     """
     from hpkg.loader.agent import Agent, AgentSettings
     from hpkg.loader.agent_log import EventLog
     from hpkg.loader.store import Store
 
     settings = AgentSettings(timeout=timeout, jobs=jobs, rescan_interval=rescan)
-    Agent(Store.open(store), settings, EventLog()).run()
+    log = EventLog(line_format=_json_line(app.schema)) if as_json else EventLog()
+    Agent(Store.open(store), settings, log).run()
+
+
+def _json_line(schema: str) -> LineFormat:
+    """An event as one compact JSON document: schema, syslog priority, event name, then its fields."""
+
+    def line(priority: Priority, event: str, fields: dict[str, object]) -> str:
+        document = {"schema": schema, "priority": int(priority), "event": event}
+        document.update((key, value) for key, value in fields.items() if value is not None)
+        return json.dumps(document, default=str, separators=(",", ":"))
+
+    return line

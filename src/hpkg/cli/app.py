@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -11,7 +12,10 @@ from typing import Any, NoReturn
 
 import click
 
-from hpkg.errors import EXIT_OK, HpkgError, RefusedError, TargetError
+from hpkg.errors import CODE_USAGE, EXIT_OK, HpkgError, RefusedError, TargetError
+
+# The N of every `hpkg.<command>/N` schema name: raised when a document changes incompatibly.
+JSON_CONTRACT_VERSION = 1
 
 
 def _echo_result(text: str) -> None:
@@ -40,36 +44,66 @@ def hide_library_warnings() -> None:
 
 @dataclass
 class Application:
-    """Carries global options; data goes to stdout, messages to stderr."""
+    """Carries global options and the running command; data goes to stdout, messages to stderr.
+
+    Under `--json` every document on stdout carries `"schema": "hpkg.<command>/1"`, and a failure is a
+    document too (`{"schema": …, "error": {"code", "exit", "message"}}`) beside its `error:` line.
+    """
 
     quiet: bool = False
+    verbose: bool = False
+    command: str | None = None  # the subcommand being run (set by HpkgCommand before it parses)
+    as_json: bool = False  # `--json` was given to it (set before parsing, so usage errors know too)
+
+    @property
+    def schema(self) -> str:
+        """The schema name of this command's documents (docs/json.md, schemas/<command>.json)."""
+        return f"hpkg.{self.command or 'hpkg'}/{JSON_CONTRACT_VERSION}"
 
     def display(self, text: str = "") -> None:
         """Write results to stdout."""
         _echo_result(text)
 
-    def display_json(self, document: Any) -> None:
-        """Write one JSON document to stdout (for `--json`)."""
-        _echo_result(json.dumps(document, indent=2, sort_keys=False))
+    def display_json(self, document: dict[str, Any]) -> None:
+        """Write one JSON document to stdout (for `--json`), its schema name first."""
+        _echo_result(json.dumps({"schema": self.schema, **document}, indent=2, sort_keys=False))
 
     def info(self, text: str) -> None:
         """A progress or context message on stderr, hidden by --quiet."""
         if not self.quiet:
             click.echo(text, err=True)
 
+    def detail(self, text: str) -> None:
+        """A detail line on stderr shown only with -v (and never with --quiet)."""
+        if self.verbose and not self.quiet:
+            click.echo(text, err=True)
+
     def warning(self, text: str) -> None:
         click.echo(f"warning: {text}", err=True)
 
-    def abort(self, text: str, code: int) -> NoReturn:
-        """Print one error line and exit with `code`."""
-        click.echo(f"error: {text}", err=True)
-        sys.exit(code)
+    def fail(
+        self, message: str, exit_code: int, code: str, reasons: tuple[str, ...] = (),
+        extra: dict[str, Any] | None = None,
+    ) -> NoReturn:
+        """The one way a run ends in failure: `error: …` (plus one line per reason) on stderr, the error
+        document on stdout under `--json` (with `extra` top-level facts, e.g. build's inputs), exit."""
+        if self.as_json:
+            error: dict[str, Any] = {"code": code, "exit": exit_code, "message": message}
+            if reasons:
+                error["reasons"] = list(reasons)
+            # When stdout is gone, the error line below is all that can be said.
+            with contextlib.suppress(HpkgError, SystemExit):
+                self.display_json({**(extra or {}), "error": error})
+        click.echo(f"error: {message}", err=True)
+        for reason in reasons:
+            click.echo(f"  - {reason}", err=True)
+        sys.exit(exit_code)
 
-    @staticmethod
-    def abort_with(exc: HpkgError) -> NoReturn:
+    def abort(self, text: str, exit_code: int, code: str = CODE_USAGE) -> NoReturn:
+        """Print one error line (and its document under --json) and exit with `exit_code`."""
+        self.fail(text, exit_code, code)
+
+    def abort_with(self, exc: HpkgError, extra: dict[str, Any] | None = None) -> NoReturn:
         """Turn an HpkgError into `error: …` (plus one line per refusal reason) and its exit code."""
-        click.echo(f"error: {exc}", err=True)
-        if isinstance(exc, RefusedError):
-            for reason in exc.reasons:
-                click.echo(f"  - {reason}", err=True)
-        sys.exit(exc.exit_code)
+        reasons = exc.reasons if isinstance(exc, RefusedError) else ()
+        self.fail(str(exc), exc.exit_code, exc.code, reasons, extra)

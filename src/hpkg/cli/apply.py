@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import click
 
 from hpkg.cli.app import Application
+from hpkg.cli.command import HpkgCommand, json_option
 from hpkg.cli.paths import BINARY, JOBS, KEY, PACKAGE, PID, TIMEOUT, OutputFile, refuse_output_onto_input
 
 if TYPE_CHECKING:
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     from hpkg.loader.trust import TrustedPackage
 
 
-@click.command("apply")
+@click.command("apply", cls=HpkgCommand)
 @click.argument("package", type=PACKAGE)
 @click.option(
     "--file", "binary", type=BINARY, help="Baseline ELF file to patch (into a copy)."
@@ -45,7 +46,7 @@ if TYPE_CHECKING:
 )
 @click.option("--key", type=KEY, help="Public key the package must be signed by.")
 @click.option("--allow-unsigned", is_flag=True, help="Apply without requiring a valid signature.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@json_option
 @click.pass_obj
 def command(
     app: Application,

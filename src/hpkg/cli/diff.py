@@ -8,35 +8,51 @@ from typing import Any
 import click
 
 from hpkg.cli.app import Application
+from hpkg.cli.command import HpkgCommand, json_option
 from hpkg.cli.debug_files import debuginfod_fetch, no_debuginfod_option
 from hpkg.cli.paths import BINARY
 
 
-def _hex(value: int | None) -> str | None:
-    return f"{value:#x}" if value is not None else None
+def _hex(value: int | None) -> str:
+    return f"{value:#x}" if value is not None else "-"
+
+
+def input_identity(image) -> dict[str, Any]:
+    """Which file a document speaks of: its path, GNU build-id, SHA-256 and the debug file used."""
+    return {
+        "path": image.path,
+        "build_id": image.build_id,
+        "sha256": image.file_sha256.hex() or None,
+        "debug_file": image.debug_path,
+        "stripped": image.stripped,
+    }
 
 
 def _entry(pair) -> dict[str, Any]:
+    """A function of the diff; addresses are integers (link addresses), as in every hpkg document."""
     entry: dict[str, Any] = {"name": pair.name}
     if pair.old is not None:
-        entry["old_address"] = _hex(pair.old.function.address)
+        entry["old_address"] = pair.old.function.address
         entry["old_size"] = pair.old.function.size
     if pair.new is not None:
-        entry["new_address"] = _hex(pair.new.function.address)
+        entry["new_address"] = pair.new.function.address
         entry["new_size"] = pair.new.function.size
     if pair.change_kind is not None:
-        entry["change_kind"] = pair.change_kind.value
+        entry["change"] = pair.change_kind.value
     return entry
 
 
-def _document(result) -> dict[str, Any]:
+def diff_document(result, old_image, new_image) -> dict[str, Any]:
+    """The `--json` document of one pair of binaries (also an entry of a .deb diff)."""
     return {
+        "old": input_identity(old_image),
+        "new": input_identity(new_image),
+        "mode": result.mode,
         "changed": [_entry(p) for p in result.changed],
         "added": [_entry(p) for p in result.added],
         "removed": [_entry(p) for p in result.removed],
         "data": [{"name": d.name, "change": d.change.value} for d in result.data_changes],
         "unchanged_count": len(result.unchanged),
-        "mode": result.mode,
     }
 
 
@@ -49,11 +65,11 @@ def _table(app: Application, result) -> None:
                 (
                     label,
                     p.name,
-                    e.get("old_address") or "-",
+                    _hex(e.get("old_address")),
                     str(e.get("old_size", "-")),
-                    e.get("new_address") or "-",
+                    _hex(e.get("new_address")),
                     str(e.get("new_size", "-")),
-                    e.get("change_kind", ""),
+                    e.get("change", ""),
                 )
             )
     if len(rows) > 1:
@@ -72,7 +88,8 @@ def _table(app: Application, result) -> None:
     )
 
 
-def _function_diff(app: Application, result, name: str) -> None:
+def _function_diff(result, name: str) -> dict[str, Any]:
+    """One function's disassembly diff (`--function NAME`); an unknown name is a usage error."""
     from hpkg.builder.canon import render_function
 
     pair = result.pair(name)
@@ -85,19 +102,59 @@ def _function_diff(app: Application, result, name: str) -> None:
         if p.old is not None and p.new is not None
     }
     new_lines = render_function(pair.new, baseline_names) if pair.new is not None else []
-    kind = pair.change_kind.value if pair.change_kind else ""
-    app.display(f"{pair.name}: {pair.status.value} {kind}".rstrip())
-    for line in difflib.unified_diff(old_lines, new_lines, "old", "new", lineterm="", n=3):
-        app.display(line)
+    return {
+        **_entry(pair),
+        "status": pair.status.value,
+        "unified_diff": list(difflib.unified_diff(old_lines, new_lines, "old", "new", lineterm="", n=3)),
+    }
 
 
-@click.command("diff")
+def load_pair(app: Application, old: str, new: str, old_debug: str | None, new_debug: str | None,
+              no_debuginfod: bool):
+    """Both images, their debug files found as `build` finds them: given, installed by build-id, then from
+    debuginfod; a warning when only one side has symbols."""
+    from hpkg.builder.image import DEBUG_ROOTS, load_image
+
+    fetch_debug = debuginfod_fetch(no_debuginfod)
+    old_image = load_image(old, old_debug, DEBUG_ROOTS, fetch_debug)
+    new_image = load_image(new, new_debug, DEBUG_ROOTS, fetch_debug)
+    for side, image in (("old", old_image), ("new", new_image)):
+        debug = f", symbols from {image.debug_path}" if image.debug_path else ""
+        app.detail(f"{side}: {image.path} (build-id {image.build_id or 'none'}{debug})")
+    return old_image, new_image
+
+
+def diff_loaded(app: Application, old_image, new_image, show_progress: bool):
+    """The diff of two loaded images (functions decoded under a progress bar on a terminal)."""
+    import time
+
+    from hpkg.builder.diff import diff_images
+    from hpkg.builder.functions import discover_functions
+    from hpkg.cli.progress import progress_bar
+
+    if old_image.stripped != new_image.stripped:
+        side = "OLD" if old_image.stripped else "NEW"
+        app.warning(
+            f"{side} has no symbol table but the other build has one: give {side} its debug file"
+            f" (--{side.lower()}-debug), or references to named data will compare unequal"
+        )
+    started = time.monotonic()
+    functions = (discover_functions(old_image), discover_functions(new_image))
+    with progress_bar("diffing", sum(map(len, functions)), show_progress) as progress:
+        result = diff_images(old_image, new_image, progress=progress, functions=functions)
+    app.detail(f"diff: {sum(map(len, functions))} functions in {time.monotonic() - started:.2f} s")
+    return result
+
+
+@click.command("diff", cls=HpkgCommand)
 @click.argument("old", type=BINARY)
 @click.argument("new", type=BINARY)
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@json_option
 @click.option("--function", "function_name", metavar="NAME", help="Show this function's disassembly diff.")
-@click.option("--old-debug", type=BINARY, help="Separate debug file for OLD (symbols).")
-@click.option("--new-debug", type=BINARY, help="Separate debug file for NEW (symbols).")
+@click.option("--old-debug", "--old-dbgsym", "old_debug", type=BINARY,
+              help="Separate debug file for OLD (symbols); with .deb inputs, OLD's -dbgsym .deb.")
+@click.option("--new-debug", "--new-dbgsym", "new_debug", type=BINARY,
+              help="Separate debug file for NEW (symbols); with .deb inputs, NEW's -dbgsym .deb.")
 @no_debuginfod_option
 @click.pass_obj
 def command(
@@ -110,29 +167,33 @@ def command(
     new_debug: str | None,
     no_debuginfod: bool,
 ) -> None:
-    """Report the functions and data objects that differ between baseline OLD and fix NEW."""
-    from hpkg.builder.diff import diff_images
-    from hpkg.builder.functions import discover_functions
-    from hpkg.builder.image import DEBUG_ROOTS, load_image
-    from hpkg.cli.progress import progress_bar
+    """Report the functions and data objects that differ between baseline OLD and fix NEW.
 
-    # Debug files as `build` finds them: given, installed by build-id, then from debuginfod.
-    fetch_debug = debuginfod_fetch(no_debuginfod)
-    old_image = load_image(old, old_debug, DEBUG_ROOTS, fetch_debug)
-    new_image = load_image(new, new_debug, DEBUG_ROOTS, fetch_debug)
-    if old_image.stripped != new_image.stripped:
-        side = "OLD" if old_image.stripped else "NEW"
-        app.warning(
-            f"{side} has no symbol table but the other build has one: give {side} its debug file"
-            f" (--{side.lower()}-debug), or references to named data will compare unequal"
-        )
-    functions = (discover_functions(old_image), discover_functions(new_image))
-    with progress_bar("diffing", sum(map(len, functions)), not app.quiet) as progress:
-        result = diff_images(old_image, new_image, progress=progress, functions=functions)
-    if as_json:
-        app.display_json(_document(result))
+    OLD and NEW may also be two versions of a Debian package (.deb): both are unpacked into a private
+    temporary directory and every ELF file is diffed with its namesake (one entry per path).
+    """
+    from hpkg.cli.debian import is_deb
+
+    if is_deb(old) or is_deb(new):
+        from hpkg.cli.deb_pairs import diff_debs
+
+        if function_name:
+            raise click.UsageError("--function names one function of one binary; not with .deb inputs")
+        diff_debs(app, old, new, old_debug, new_debug, no_debuginfod, as_json)
         return
+    old_image, new_image = load_pair(app, old, new, old_debug, new_debug, no_debuginfod)
+    result = diff_loaded(app, old_image, new_image, not (app.quiet or as_json))
     if function_name:
-        _function_diff(app, result, function_name)
+        function = _function_diff(result, function_name)
+        if as_json:
+            app.display_json({"old": input_identity(old_image), "new": input_identity(new_image),
+                              "mode": result.mode, "function": function})
+            return
+        app.display(f"{function['name']}: {function['status']} {function.get('change', '')}".rstrip())
+        for line in function["unified_diff"]:
+            app.display(line)
+        return
+    if as_json:
+        app.display_json(diff_document(result, old_image, new_image))
         return
     _table(app, result)

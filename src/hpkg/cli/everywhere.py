@@ -25,12 +25,14 @@ def report_everywhere(
 ) -> None:
     """Run a machine-wide verb and print it; RefusedError (exit 4) when some process refused `what`."""
     result = run(None if as_json else lambda outcome: app.display(outcome.line()))
-    if as_json:
-        app.display_json(result.to_json())
-    else:
+    if not as_json:
         app.display(result.summary())
     refused = result.refused
     if refused:
         total = len(result.outcomes)
         processes = f"{total} process{'es' * (total != 1)}"
-        raise RefusedError(f"{len(refused)} of {processes} refused {what} (listed above)")
+        # Under --json the one document is the machine-wide result with the error beside it.
+        app.abort_with(RefusedError(f"{len(refused)} of {processes} refused {what} (listed above)"),
+                       result.to_json())
+    if as_json:
+        app.display_json(result.to_json())

@@ -1,4 +1,7 @@
-"""`hpkg inspect PKG`: what a package holds, for people (default) or pipelines (`--json`)."""
+"""`hpkg inspect PKG`: what a package holds, for people (default) or pipelines (`--json`).
+
+Given an ELF file instead (a copy `hpkg apply --file` wrote), it lists the packages the file carries.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from hpkg.cli.app import Application
+from hpkg.cli.command import HpkgCommand, json_option
 from hpkg.cli.paths import PACKAGE
 
 if TYPE_CHECKING:  # the formats package pulls in zstandard and cryptography: only load it when run
@@ -21,6 +25,7 @@ def inspect_document(loaded: LoadedPackage) -> dict[str, Any]:
     records = package_document(pkg)
     identity = records.pop("identity")
     return {
+        "kind": "package",
         "format_version": "{}.{}".format(*loaded.format_version),
         **identity,
         **records,
@@ -89,14 +94,74 @@ def inspect_lines(loaded: LoadedPackage) -> list[str]:
     return lines
 
 
-@click.command("inspect")
+_ELF_MAGIC = b"\x7fELF"
+
+
+def _is_elf(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(_ELF_MAGIC)) == _ELF_MAGIC
+    except OSError:
+        return False  # the package reader says why, in one line
+
+
+def patched_file_document(path: str) -> dict[str, Any]:
+    """The packages an ELF file carries (recorded by `apply --file`, oldest first); a file that carries
+    none is no input for inspect (PackageError, exit 3), as any other file that is not a package."""
+    from hpkg.elf.file import ElfFile
+    from hpkg.errors import PackageError
+    from hpkg.loader.file_apply import applied_packages
+
+    elf = ElfFile(path)
+    packages = [
+        {
+            "package_id": e["package_id"],
+            "patch_level": e["patch_level"],
+            "supersedes": e.get("supersedes"),
+            "code": {"start": e["code"][0], "end": e["code"][1]},
+            "functions": list(e.get("functions", [])),
+        }
+        for e in applied_packages(elf)
+    ]
+    if not packages:
+        raise PackageError(f"{path}: not an .hpkg package, and an ELF file that carries none"
+                           " (hpkg apply --file writes files that do)")
+    build_id = elf.build_id.hex() or None
+    return {"kind": "patched-file", "path": path, "build_id": build_id, "packages": packages}
+
+
+def patched_file_lines(document: dict[str, Any]) -> list[str]:
+    """The human summary of a patched file: one line per package it carries."""
+    path, packages = document["path"], document["packages"]
+    lines = [f"{path}: ELF file patched by hpkg apply --file (build-id {document['build_id']}),"
+             f" {len(packages)} package{'s' * (len(packages) != 1)}"]
+    for p in packages:
+        supersedes = f", supersedes {p['supersedes']}" if p["supersedes"] else ""
+        lines.append(f"  package {p['package_id']} (patch level {p['patch_level']}{supersedes})"
+                     f" code {p['code']['start']:#x}-{p['code']['end']:#x}")
+        lines += [f"    {name}" for name in p["functions"]]
+    return lines
+
+
+@click.command("inspect", cls=HpkgCommand)
 @click.argument("package", type=PACKAGE)
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of a summary.")
+@json_option
 @click.pass_obj
 def command(app: Application, package: str, as_json: bool) -> None:
-    """Show what a .hpkg package holds: baseline, patch level, functions, relocations, signature."""
+    """Show what a .hpkg package holds: baseline, patch level, functions, relocations, signature.
+
+    Given an ELF file patched with `hpkg apply --file`, show the packages it carries.
+    """
     from hpkg.formats.package import read_package, read_package_file
 
+    if _is_elf(package):
+        document = patched_file_document(package)
+        if as_json:
+            app.display_json(document)
+            return
+        for line in patched_file_lines(document):
+            app.display(line)
+        return
     loaded = read_package(read_package_file(package))
     if as_json:
         app.display_json(inspect_document(loaded))

@@ -5,10 +5,11 @@ from __future__ import annotations
 import click
 
 from hpkg.cli.app import Application
+from hpkg.cli.command import HpkgCommand, json_option
 from hpkg.cli.paths import KEY, PACKAGE, STORE
 
 
-@click.command("install")
+@click.command("install", cls=HpkgCommand)
 @click.argument("package", type=PACKAGE)
 @click.option(
     "--key", type=KEY, help="Public key the package must be signed by; the store trusts it from now on."
@@ -18,7 +19,7 @@ from hpkg.cli.paths import KEY, PACKAGE, STORE
     help="Install without requiring a valid signature (recorded in the store: the agent serves it as such).",
 )
 @click.option("--store", type=STORE, help="The package store  [default: $HPKG_STORE, else /var/lib/hpkg].")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@json_option
 @click.pass_obj
 def command(
     app: Application, package: str, key: str | None, allow_unsigned: bool, store: str | None, as_json: bool

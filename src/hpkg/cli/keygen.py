@@ -13,6 +13,7 @@ import stat
 import click
 
 from hpkg.cli.app import Application
+from hpkg.cli.command import HpkgCommand, json_option
 from hpkg.cli.paths import file_kind
 from hpkg.errors import EXIT_USAGE, TargetError
 
@@ -20,11 +21,12 @@ PRIVATE_MODE = 0o600
 PUBLIC_MODE = 0o644
 
 
-@click.command("keygen")
+@click.command("keygen", cls=HpkgCommand)
 @click.argument("path", type=click.Path(dir_okay=False))
 @click.option("--force", is_flag=True, help="Replace PATH and PATH.pub if they exist (never a symlink).")
+@json_option
 @click.pass_obj
-def command(app: Application, path: str, force: bool) -> None:
+def command(app: Application, path: str, force: bool, as_json: bool) -> None:
     """Generate an Ed25519 key pair for signing packages: PATH (private) and PATH.pub (public)."""
     from hpkg.atomic_output import write_outputs
     from hpkg.formats.signing import generate_keypair, key_id, public_key_from_bytes
@@ -48,6 +50,10 @@ def command(app: Application, path: str, force: bool) -> None:
         write_outputs([(path, private_pem, PRIVATE_MODE), (public_path, public_pem, PUBLIC_MODE)])
     except TargetError as exc:
         app.abort(str(exc), EXIT_USAGE)
+    identity = key_id(public_key_from_bytes(public_pem)).hex()
+    if as_json:
+        app.display_json({"private_key": path, "public_key": public_path, "key_id": identity})
+        return
     app.info(f"private key: {path} (keep it secret)")
     app.info(f"public key:  {public_path}")
-    app.display(f"key id {key_id(public_key_from_bytes(public_pem)).hex()}")
+    app.display(f"key id {identity}")

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import click
 
 from hpkg.cli.app import Application
+from hpkg.cli.command import HpkgCommand, json_option
 from hpkg.cli.paths import JOBS, PID, TIMEOUT
 
 if TYPE_CHECKING:
@@ -15,7 +16,7 @@ if TYPE_CHECKING:
     from hpkg.loader.machine import MachineResult, ProcessOutcome
 
 
-@click.command("revert")
+@click.command("revert", cls=HpkgCommand)
 @click.option("--pid", type=PID, help="The running process to revert.")
 @click.option("--all", "everywhere", is_flag=True, help="Revert in every process carrying an hpkg package.")
 @click.option("--package", "package_id", metavar="ID", help="Revert only the image carrying this package.")
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
     "--allow-unauthenticated", is_flag=True,
     help="Also revert records an older hpkg wrote without a seal (sites still checked against the image).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@json_option
 @click.pass_obj
 def command(
     app: Application,

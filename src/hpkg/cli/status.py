@@ -6,17 +6,18 @@ from __future__ import annotations
 import click
 
 from hpkg.cli.app import Application
+from hpkg.cli.command import HpkgCommand, json_option
 from hpkg.cli.paths import PID, STORE_OR_DEFAULT
 
 
-@click.command("status")
+@click.command("status", cls=HpkgCommand)
 @click.option("--pid", type=PID, help="The running process to inspect (default: every process).")
 @click.option(
     "--store", type=STORE_OR_DEFAULT, is_flag=False, flag_value="", default=None,
     help="Also list the processes exposed: running a baseline for which this store (default: $HPKG_STORE,"
     " else /var/lib/hpkg) has a package, without it applied.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@json_option
 @click.pass_obj
 def command(app: Application, pid: int | None, store: str | None, as_json: bool) -> None:
     """Show each image of a process that carries hpkg packages: package id, level, and every patched
@@ -62,13 +63,14 @@ def command(app: Application, pid: int | None, store: str | None, as_json: bool)
         lines.append(f"store {opened.root}: {installed} package{'s' * (installed != 1)} installed,"
                      f" {count} process image{'s' * (count != 1)} exposed")
         lines += [f"store: refused {r.path}: {r.reason}" for r in contents.refused]
-    if as_json:
-        app.display_json(document)
-    else:
+    if not as_json:
         for line in lines:
             app.display(line)
     if status.refused:
         count = len(status.refused)
         records = f"{count} hpkg record{'s' * (count > 1)}"
         where = f"process {pid} carries" if pid is not None else "processes carry"
-        raise RefusedError(f"{where} {records} that hpkg cannot trust (listed above)")
+        # Under --json the one document is the status with the error beside it.
+        app.abort_with(RefusedError(f"{where} {records} that hpkg cannot trust (listed above)"), document)
+    if as_json:
+        app.display_json(document)

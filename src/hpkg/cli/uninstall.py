@@ -5,10 +5,11 @@ from __future__ import annotations
 import click
 
 from hpkg.cli.app import Application
+from hpkg.cli.command import HpkgCommand, json_option
 from hpkg.cli.paths import JOBS, STORE, TIMEOUT
 
 
-@click.command("uninstall")
+@click.command("uninstall", cls=HpkgCommand)
 @click.argument("package_id", metavar="ID")
 @click.option("--store", type=STORE, help="The package store  [default: $HPKG_STORE, else /var/lib/hpkg].")
 @click.option("--jobs", type=JOBS, help="Processes reverted at once  [default: 4].")
@@ -16,7 +17,7 @@ from hpkg.cli.paths import JOBS, STORE, TIMEOUT
     "--timeout", type=TIMEOUT, default=5.0, show_default=True,
     help="Seconds to wait (per process) for a moment no thread is inside the package's code.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@json_option
 @click.pass_obj
 def command(
     app: Application, package_id: str, store: str | None, jobs: int | None, timeout: float, as_json: bool
@@ -43,21 +44,22 @@ def command(
     removed = Store.open(store).remove(package_id)
     report = None if as_json else lambda outcome: app.display(outcome.line())
     result = revert_everywhere(package_id, timeout, jobs or DEFAULT_JOBS, report=report)
-    if as_json:
-        app.display_json({
-            "package_id": package_id,
-            "changed": removed or result.changed,
-            "removed_from_store": removed,
-            "revert": result.to_json(),
-        })
-    else:
+    document = {
+        "package_id": package_id,
+        "changed": removed or result.changed,
+        "removed_from_store": removed,
+        "revert": result.to_json(),
+    }
+    if not as_json:
         app.display(f"{'removed' if removed else 'not installed'}: {package_id}")
         app.display(result.summary())
     if result.refused:
         from hpkg.errors import RefusedError
 
         total = len(result.outcomes)
-        raise RefusedError(
+        app.abort_with(RefusedError(
             f"{len(result.refused)} of {total} process{'es' * (total != 1)} refused the revert (listed"
             f" above); the package is out of the store: hpkg revert --all --package {package_id} tries again"
-        )
+        ), document)
+    if as_json:
+        app.display_json(document)

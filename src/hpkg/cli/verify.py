@@ -9,13 +9,20 @@ requires that key's valid signature, --allow-unsigned waives it, neither refuses
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import click
 
 from hpkg.cli.app import Application
+from hpkg.cli.command import HpkgCommand, json_option
 from hpkg.cli.paths import BINARY, KEY, PACKAGE, PID
 
+if TYPE_CHECKING:
+    from hpkg.formats.verify import PackageCheck
+    from hpkg.loader.apply import ImageVerified
 
-@click.command("verify")
+
+@click.command("verify", cls=HpkgCommand)
 @click.argument("package", type=PACKAGE)
 @click.option("--key", type=KEY, help="Public key to check (PEM or raw 32 bytes).")
 @click.option(
@@ -26,6 +33,7 @@ from hpkg.cli.paths import BINARY, KEY, PACKAGE, PID
     "--against", type=BINARY, help="Also check that it applies to this baseline ELF file."
 )
 @click.option("--pid", type=PID, help="Also check that it applies to this running process (changes nothing).")
+@json_option
 @click.pass_obj
 def command(
     app: Application,
@@ -34,6 +42,7 @@ def command(
     allow_unsigned: bool,
     against: str | None,
     pid: int | None,
+    as_json: bool,
 ) -> None:
     """Check a package's structure and digests, and with --key its Ed25519 signature.
 
@@ -46,7 +55,7 @@ def command(
     Both follow apply's signature policy: --key PUB, or --allow-unsigned, or the package is refused
     (exit 3).
     """
-    from hpkg.formats.verify import PackageCheck, check_package_file
+    from hpkg.formats.verify import check_package_file
 
     if key is not None and allow_unsigned:
         raise click.UsageError("--key and --allow-unsigned exclude each other")
@@ -55,21 +64,62 @@ def command(
     if against is None and pid is None:
         check = check_package_file(package, key)
     else:
+        from hpkg.formats.verify import PackageCheck
         from hpkg.loader.trust import open_package
 
         trusted = open_package(package, key, allow_unsigned)
         check = PackageCheck(trusted.loaded, trusted.signature_checked)
-    for line in check.lines():
-        app.display(line)
+    document: dict[str, Any] = {**_package_facts(package, check), "against": None, "process": None}
+    lines = check.lines()
     if against is not None:
         from hpkg.loader.file_apply import check_file
 
-        for line in check_file(check.loaded.package, against).lines():
-            app.display(line)
+        report = check_file(check.loaded.package, against)
+        document["against"] = {"path": against, **report.to_json()}
+        lines += report.lines()
     if pid is not None:
         from hpkg.loader.apply import check_process
 
-        for verified in check_process(check.loaded.package, pid):
-            app.display(f"process {pid}: {verified.image.path}")
-            for line in verified.lines(check.loaded.package):
-                app.display(f"  {line}")
+        verified = check_process(check.loaded.package, pid)
+        document["process"] = {"pid": pid, "images": [_image_facts(v) for v in verified]}
+        for image in verified:
+            lines.append(f"process {pid}: {image.image.path}")
+            lines += [f"  {line}" for line in image.lines(check.loaded.package)]
+    if as_json:
+        app.display_json(document)
+        return
+    for line in lines:
+        app.display(line)
+
+
+def _package_facts(path: str, check: PackageCheck) -> dict[str, Any]:
+    """What the package check established, in the words of `inspect --json`."""
+    loaded = check.loaded
+    identity = loaded.package.identity
+    signature = "ok" if check.signature_checked else ("not-checked" if loaded.signed else "none")
+    return {
+        "package": path,
+        "package_id": identity.package_id,
+        "patch_level": identity.patch_level,
+        "baseline_build_id": loaded.package.target.build_id.hex(),
+        "format_version": "{}.{}".format(*loaded.format_version),
+        "file_size": loaded.file_size,
+        "structure": "ok",
+        "digests": "ok",
+        "signature": signature,
+        "signed": loaded.signed,
+        "key_id": loaded.key_id.hex() if loaded.key_id else None,
+        "signature_checked": check.signature_checked,
+    }
+
+
+def _image_facts(verified: ImageVerified) -> dict[str, Any]:
+    """One baseline image of the process: compatible (its site checks), or already carrying the package."""
+    image = verified.image
+    return {
+        "path": image.path,
+        "build_id": image.build_id,
+        "load_bias": image.load_bias,
+        "already_applied": verified.carrying is not None,
+        "compatibility": verified.compat.to_json() if verified.compat is not None else None,
+    }
