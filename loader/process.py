@@ -18,7 +18,7 @@ import errno
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from hpkg.errors import RefusedError, TargetError
@@ -267,6 +267,9 @@ class StoppedThreads:
     redelivered: list[tuple[int, int]] = field(default_factory=list)  # (tid, signal) passed on
     stopped_at: float = 0.0  # perf_counter when the first thread was interrupted
     resumed_at: float = 0.0  # perf_counter when the last thread was detached
+    # Called with each thread as it reaches its stop, while others are still on the way (the safety check
+    # reads its registers there: a held thread's registers do not change).
+    on_held: Callable[[int], None] | None = None
     attempts: int = 1  # stops made to find a safe moment, this one included (stop_when_safe)
     stopped_before: float = 0.0  # seconds the earlier, unsafe attempts held the threads stopped
     _seized: set[int] = field(default_factory=set)
@@ -401,6 +404,8 @@ class StoppedThreads:
                 if status.kind in (StopKind.INTERRUPT, StopKind.GROUP_STOP):
                     self.held[tid] = status.kind
                     pending.pop()
+                    if self.on_held is not None:
+                        self.on_held(tid)
                 elif status.kind == StopKind.EXITED:
                     pending.pop()
                     self.mark_gone(tid)

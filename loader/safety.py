@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from hpkg.errors import UnsafeNow
 from hpkg.loader.interrupts import raise_if_interrupted
 from hpkg.loader.process import DEFAULT_STOP_TIMEOUT, Process, StoppedThreads
-from hpkg.loader.thread_scan import Snapshot, StackMaps, take_snapshot
+from hpkg.loader.thread_scan import RegisterLog, Snapshot, StackMaps, take_snapshot
 
 DEFAULT_STACK_SCAN_LIMIT = 1 << 20  # bytes scanned above rsp per thread
 # Between two attempts the process runs at least this many times as long as the last attempt held it
@@ -122,16 +122,18 @@ def check_threads(
     stack_scan_limit: int = DEFAULT_STACK_SCAN_LIMIT,
     pointer_ranges: Sequence[CodeRange] = (),
     maps: StackMaps | None = None,
+    log: RegisterLog | None = None,
 ) -> SafetyReport:
     """Check every held thread's instruction pointer and stack against the replaced code.
 
     With `pointer_ranges`, also every general register and stack word against memory about to be freed.
-    `maps` is an earlier read of the mappings, reused when they did not change.
+    `maps` is an earlier read of the mappings, reused when they did not change; `log` holds registers
+    read as the threads stopped.
     """
     scan_stacks = bool(replaced or pointer_ranges)
     maps = StackMaps.read(stopped.process.pid, maps) if scan_stacks else maps
     snapshot = take_snapshot(
-        stopped, maps or StackMaps(b"", (), (), ()), stack_scan_limit, bool(pointer_ranges), scan_stacks
+        stopped, maps or StackMaps(b"", (), (), ()), stack_scan_limit, bool(pointer_ranges), scan_stacks, log
     )
     per_thread: dict[int, list[Offender]] = {t.tid: [] for t in snapshot.threads}
     for thread in snapshot.threads:
@@ -172,11 +174,12 @@ def _check_stacks(
             return located[index][2]
         return None
 
+    # One search per stretch of address space the ranges cover together (on revert, the package's code
+    # lies inside the memory to be freed: one search finds both kinds of word).
     returns: dict[int, list[Offender]] = {}
-    if replaced:
-        low = min(r.start for r in replaced)
-        high = max(r.end for r in replaced)
-        seen: set[tuple[int, str]] = set()
+    words: dict[int, list[Offender]] = {}
+    seen: set[tuple[int, str]] = set()
+    for low, high in _covering(list(replaced) + list(pointer_ranges)):
         for offset, word in snapshot.words_in(low, high):
             tid = owner(offset)
             if tid is None:
@@ -185,17 +188,24 @@ def _check_stacks(
                 if code.contains(word) and (tid, code.name) not in seen:
                     seen.add((tid, code.name))
                     returns.setdefault(tid, []).append(Offender(tid, code.name, "return address", word))
-    words: dict[int, list[Offender]] = {}
-    for memory in pointer_ranges:
-        first: set[int] = set()
-        for offset, word in snapshot.words_in(memory.start, memory.end):
-            tid = owner(offset)
-            if tid is not None and tid not in first:
-                first.add(tid)
-                words.setdefault(tid, []).append(Offender(tid, memory.name, "stack word", word))
+            for memory in pointer_ranges:
+                if memory.contains(word) and (tid, memory.name) not in seen:
+                    seen.add((tid, memory.name))
+                    words.setdefault(tid, []).append(Offender(tid, memory.name, "stack word", word))
     for tid, found in per_thread.items():
         found += returns.get(tid, ())
         found += words.get(tid, ())
+
+
+def _covering(ranges: Sequence[CodeRange]) -> list[tuple[int, int]]:
+    """The ranges merged into disjoint [low, high) stretches, in address order."""
+    merged: list[tuple[int, int]] = []
+    for r in sorted(ranges, key=lambda r: r.start):
+        if merged and r.start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], r.end))
+        else:
+            merged.append((r.start, r.end))
+    return merged
 
 
 @contextlib.contextmanager
@@ -226,10 +236,15 @@ def stop_when_safe(
         attempts += 1
         raise_if_interrupted()  # every thread runs and nothing is switched yet: Ctrl-C may end it here
         with process.seize_all_threads() as threads:
+            log = RegisterLog(bool(pointer_ranges))
+            threads.on_held = log.record
             threads.stop(DEFAULT_STOP_TIMEOUT)
+            threads.on_held = None
             if replaced or pointer_ranges:
                 maps = StackMaps.read(process.pid, maps)
-            report = check_threads(threads, replaced, patch_windows, stack_scan_limit, pointer_ranges, maps)
+            report = check_threads(
+                threads, replaced, patch_windows, stack_scan_limit, pointer_ranges, maps, log
+            )
             if report.safe:
                 threads.attempts = attempts
                 threads.stopped_before = stopped_seconds

@@ -26,8 +26,8 @@ from hpkg.loader.process import IOVec, StoppedThreads, libc
 
 IOV_MAX = 1024  # the kernel's limit of iovecs per process_vm_readv side
 WORD = 8
-_PREFIX_SHIFT = 24  # a word's upper five bytes, little-endian at offset 3 of the word
-_MAX_PREFIXES = 64  # beyond this many prefixes, the ranges are compared word by word
+_PREFIX_SHIFTS = (8, 16, 24, 32, 64)  # a word's upper bytes from byte 1, 2, 3, 4 (none: word by word)
+_MAX_PREFIXES = 8  # the fewest bytes shared by every word of the range in at most this many prefixes
 
 
 @dataclass(frozen=True)
@@ -105,19 +105,26 @@ class Snapshot:
         buffer = self.buffer
         if high <= low:
             return
-        first, last = low >> _PREFIX_SHIFT, (high - 1) >> _PREFIX_SHIFT
-        if last - first >= _MAX_PREFIXES:
+        # The shared upper bytes of the range's words, as long as a few prefixes cover the range, without
+        # their high zero bytes: stacks are mostly zeros, and a pattern ending in a zero byte defeats the
+        # skip of the C search (measured: 4x slower on a 75 kB stack buffer); longer patterns skip more.
+        shift = next(s for s in _PREFIX_SHIFTS if ((high - 1) >> s) - (low >> s) < _MAX_PREFIXES)
+        skip = shift // 8
+        patterns = [
+            p.to_bytes(WORD - skip, "little").rstrip(b"\0")
+            for p in range(low >> shift, ((high - 1) >> shift) + 1)
+        ]
+        if any(len(p) < 2 for p in patterns):
             view = memoryview(buffer).cast("Q")
             for index, word in enumerate(view):
                 if low <= word < high:
                     yield index * WORD, word
             return
         hits = []
-        for prefix in range(first, last + 1):
-            pattern = prefix.to_bytes(WORD - 3, "little")
-            position = buffer.find(pattern, 3)
+        for pattern in patterns:
+            position = buffer.find(pattern, skip)
             while position >= 0:
-                offset = position - 3
+                offset = position - skip
                 if offset % WORD == 0:
                     word = int.from_bytes(buffer[offset : offset + WORD], "little")
                     if low <= word < high:
@@ -132,17 +139,38 @@ _GENERAL_REGISTERS = (
 )  # fmt: skip
 
 
+class RegisterLog:
+    """Registers of held threads, read as each thread reaches its stop (`StoppedThreads.on_held`), so
+    that reading them overlaps with the wait for the other threads' stops."""
+
+    def __init__(self, with_registers: bool) -> None:
+        self._reader = pt.RegisterReader()
+        self._with_registers = with_registers
+        self.values: dict[int, tuple[int, int, int, tuple[int, ...]]] = {}
+
+    def record(self, tid: int) -> tuple[int, int, int, tuple[int, ...]]:
+        """Read one held thread's rip, rsp (and general registers) and keep them."""
+        raw = self._reader.read(tid)
+        general = tuple(getattr(raw, name) for name in _GENERAL_REGISTERS) if self._with_registers else ()
+        self.values[tid] = value = (tid, raw.rip, raw.rsp, general)
+        return value
+
+
 def take_snapshot(
-    stopped: StoppedThreads, maps: StackMaps, stack_limit: int, with_registers: bool, with_stacks: bool
+    stopped: StoppedThreads,
+    maps: StackMaps,
+    stack_limit: int,
+    with_registers: bool,
+    with_stacks: bool,
+    log: RegisterLog | None = None,
 ) -> Snapshot:
-    """Read every held thread's rip, rsp (and general registers) and, with `with_stacks`, its stack."""
-    reader = pt.RegisterReader()
-    raw = reader.raw
-    regs: list[tuple[int, int, int, tuple[int, ...]]] = []
-    for tid in stopped.tids:
-        reader.read(tid)
-        general = tuple(getattr(raw, name) for name in _GENERAL_REGISTERS) if with_registers else ()
-        regs.append((tid, raw.rip, raw.rsp, general))
+    """Read every held thread's rip, rsp (and general registers) and, with `with_stacks`, its stack.
+
+    Registers already in `log` (read at the thread's stop, unchanged since) are not read again.
+    """
+    log = log if log is not None else RegisterLog(with_registers)
+    values = log.values
+    regs = [values[tid] if tid in values else log.record(tid) for tid in stopped.tids]
     spans: list[tuple[int, int] | None] = []
     total = 0
     for _tid, _rip, rsp, _general in regs:
