@@ -209,6 +209,7 @@ def explain_busy(process: Process, busy: ThreadsBusy, ranges: Sequence[CodeRange
             else:
                 line += f": it stayed there on every attempt for {timeout:g} s; retry later or wait longer"
         reasons.append(line)
+    reasons.append(busy.tally())
     names = sorted({o.range_name for o in busy.offenders})
     threads = sorted({o.tid for o in busy.offenders})
     what = f"thread{'s' if len(threads) > 1 else ''} {', '.join(map(str, threads))} inside {', '.join(names)}"
