@@ -69,6 +69,7 @@ class SafetyReport:
 
     offenders: tuple[Offender, ...]
     threads_checked: int
+    maps: StackMaps | None = None  # the mappings the check read, for the next attempt to compare with
 
     @property
     def safe(self) -> bool:
@@ -153,7 +154,7 @@ def check_threads(
     if scan_stacks:
         _check_stacks(snapshot, replaced, pointer_ranges, per_thread)
     offenders = tuple(o for t in snapshot.threads for o in per_thread[t.tid])
-    return SafetyReport(offenders, len(snapshot.threads))
+    return SafetyReport(offenders, len(snapshot.threads), maps)
 
 
 def _check_stacks(
@@ -240,11 +241,10 @@ def stop_when_safe(
             threads.on_held = log.record
             threads.stop(DEFAULT_STOP_TIMEOUT)
             threads.on_held = None
-            if replaced or pointer_ranges:
-                maps = StackMaps.read(process.pid, maps)
             report = check_threads(
                 threads, replaced, patch_windows, stack_scan_limit, pointer_ranges, maps, log
             )
+            maps = report.maps
             if report.safe:
                 threads.attempts = attempts
                 threads.stopped_before = stopped_seconds

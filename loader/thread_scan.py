@@ -17,6 +17,7 @@ import bisect
 import ctypes
 import errno
 import os
+from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -202,18 +203,17 @@ def _read_stacks(
     todo = [i for i, span in enumerate(spans) if span is not None]
     while todo:
         batch = todo[:IOV_MAX]
-        local = (IOVec * len(batch))()
-        remote = (IOVec * len(batch))()
+        # Both iovec arrays at once from flat (base, length) pairs: no ctypes field access per thread.
+        local_words, remote_words = array("Q"), array("Q")
         size = 0
-        for slot, index in enumerate(batch):
+        for index in batch:
             start, end = spans[index]  # type: ignore[misc]
-            place = places[index]
-            assert place is not None
-            local[slot].iov_base = base + place[0]
-            local[slot].iov_len = end - start
-            remote[slot].iov_base = start
-            remote[slot].iov_len = end - start
-            size += end - start
+            length = end - start
+            local_words.extend((base + places[index][0], length))  # type: ignore[index]
+            remote_words.extend((start, length))
+            size += length
+        local = (IOVec * len(batch)).from_buffer(local_words)
+        remote = (IOVec * len(batch)).from_buffer(remote_words)
         got = libc.process_vm_readv(stopped.process.pid, local, len(batch), remote, len(batch), 0)
         if got == size:
             todo = todo[IOV_MAX:]
@@ -221,7 +221,7 @@ def _read_stacks(
         if got < 0 and ctypes.get_errno() == errno.ESRCH:
             raise TargetError(f"no such process: {stopped.process.pid}")
         # The read stopped inside one span: the ones before it are in; that one is read alone.
-        done, failed = max(got, 0), len(batch)
+        done, failed = max(got, 0), len(batch) - 1
         for slot, index in enumerate(batch):
             start, end = spans[index]  # type: ignore[misc]
             if done < end - start:
