@@ -25,12 +25,15 @@ from hpkg.errors import RefusedError, TargetError
 from hpkg.loader import procfs
 from hpkg.loader import ptrace as pt
 from hpkg.loader.interrupts import deferred_interrupts
+from hpkg.loader.priority import first_in_line, real_time, sharing
 from hpkg.loader.procfs import Mapping, RuntimeImage
 from hpkg.loader.ptrace import Registers, StopKind
 
 # A process that keeps creating threads faster than we can stop them is given up on after this.
 MAX_ATTACH_ROUNDS = 100
 DEFAULT_STOP_TIMEOUT = 5.0
+# Polls of a thread on its way to a stop before a real-time loader sleeps (loader/priority.py).
+SPIN_POLLS = 20
 # A thread that never reaches its stop (uninterruptible sleep) is waited for this long at release.
 RELEASE_TIMEOUT = 60.0
 
@@ -45,7 +48,7 @@ def wait_one(tid: int, deadline: float) -> pt.WaitStatus:
         if time.monotonic() > deadline:
             raise TargetError(f"thread {tid} did not stop in time (state {procfs.thread_state(tid, tid)!r})")
         idle += 1
-        if idle < 50:
+        if idle < 50 and not real_time():
             os.sched_yield()
         else:
             time.sleep(min(0.001, 0.00002 * idle))
@@ -241,7 +244,10 @@ class Process:
         """Hold `only` (or every thread, seized and, with `stop`, stopped); on any exit undo what failed
         and detach every thread."""
         stopped = StoppedThreads(self)
-        with deferred_interrupts():  # Ctrl-C lands after the release, never while a thread is held
+        # Ctrl-C lands after the release, never while a thread is held; every thread held, the loader runs
+        # ahead of the threads it wakes (loader/priority.py).
+        first = first_in_line() if only is None else contextlib.nullcontext(False)
+        with deferred_interrupts(), first:
             try:
                 if only is not None:
                     stopped._attach(only=only, timeout=timeout)
@@ -354,7 +360,8 @@ class StoppedThreads:
         for tid in running:
             with contextlib.suppress(TargetError):
                 pt.interrupt(tid)  # fails only when exiting: wait_stopped then reports the exit
-        self.wait_stopped(running, deadline)
+        with sharing():
+            self.wait_stopped(running, deadline)
         for _round in range(MAX_ATTACH_ROUNDS):
             new = [tid for tid in self.process.threads() if tid not in self._seized and tid not in self.gone]
             if not new:
@@ -424,7 +431,12 @@ class StoppedThreads:
                     states = ", ".join(f"{t} ({procfs.thread_state(self.process.pid, t)})" for t in pending)
                     hint = "a thread in state D is in uninterruptible I/O"
                     raise TargetError(f"threads did not stop in time: {states}; {hint}")
-            if idle < 50:
+            if real_time():
+                # First in line, a yield gives way to no fair-scheduled thread: poll a little (the other
+                # CPUs bring the threads to their stops), then sleep so that this CPU can too.
+                if idle > SPIN_POLLS:
+                    time.sleep(min(0.001, 0.00002 * (idle - SPIN_POLLS)))
+            elif idle < 50:
                 os.sched_yield()
             else:
                 time.sleep(min(0.001, 0.00002 * idle))
