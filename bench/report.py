@@ -270,7 +270,9 @@ def _pause_row(result: PauseResult) -> list[str]:
 def _curve_row(p: CurvePoint) -> list[str]:
     per_thread = f"{p.floor_per_thread_us:.1f}" if p.floor_per_thread_us is not None else "-"
     attempts = f"{max(p.apply_attempts, default=0)} / {max(p.revert_attempts, default=0)}"
-    return [str(p.threads), str(p.rounds), _ms(p.floor_ms), per_thread, _ms(p.apply_pause_ms),
+    refused = f" ({p.apply_refused} refused)" if p.apply_refused else ""
+    return [str(p.threads), f"{p.period_ms} ms", f"{p.rounds}{refused}", _ms(p.floor_ms), per_thread,
+            _ms(p.apply_pause_ms),
             _over(p.apply_pause_ms, p.floor_ms), _ms(p.revert_pause_ms), _over(p.revert_pause_ms, p.floor_ms),
             _ms(p.apply_stopped_ms), _ms(p.revert_stopped_ms), attempts]  # fmt: skip
 
@@ -285,12 +287,17 @@ def _curve_parts(result: BenchResult, markdown: bool) -> list[str]:
                 "\nPause curve (bench/programs/busy_threads.c: every thread calls the patched function each"
                 " ms), ms (median / max);\nfloor = every thread stopped and resumed with no work, same"
                 " process, interleaved; stopped = over every attempt",
-                ["threads", "rounds", "floor", "us/thread", "apply pause", "/floor", "revert pause", "/floor",
-                 "apply stopped", "revert stopped", "max attempts"],
+                ["threads", "calls every", "rounds", "floor", "us/thread", "apply pause", "/floor",
+                 "revert pause", "/floor", "apply stopped", "revert stopped", "max attempts"],
                 [_curve_row(p) for p in measured],
                 markdown=markdown,
             )
         )
+    for point in result.pause_curve:
+        if point.refusal:
+            what = f"busy_threads ({point.threads} threads, every {point.period_ms} ms)"
+            parts.append(f"\n{what}, first refusal:")
+            parts += [f"  {line}" for line in point.refusal.splitlines()]
     for point in result.pause_curve:
         if point.error is not None:
             parts.append(f"\nbusy_threads ({point.threads} threads): pause not measured: {point.error}")

@@ -42,7 +42,7 @@ class Settings:
     workdir: Path
     cache: Path
     download: bool = True
-    curve_threads: tuple[int, ...] = THREADS  # thread counts of the pause curve (bench/pause_curve.py)
+    curve_threads: tuple[tuple[int, int], ...] = THREADS  # (threads, ms between calls): bench/pause_curve.py
 
 
 @dataclass(frozen=True)

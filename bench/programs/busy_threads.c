@@ -1,6 +1,6 @@
 /*
- * The pause curve's target: `busy_threads N` starts N-1 workers (N threads in all), each calling
- * work() — the patched function — about every millisecond, prints "ready N" once all exist, and runs
+ * The pause curve's target: `busy_threads N [MS]` starts N-1 workers (N threads in all), each calling
+ * work() — the patched function — about every MS milliseconds (default 1), prints "ready N" once all exist, and runs
  * until killed. The fix (-DFIX) changes what work() adds, so a package has one site on a hot path.
  */
 #include <pthread.h>
@@ -25,10 +25,12 @@ __attribute__((noinline)) unsigned long work(unsigned long seed)
 #endif
 }
 
+static long period_ms = 1;
+
 static void *worker(void *arg)
 {
     unsigned long seed = (unsigned long)arg;
-    struct timespec ms = {0, 1000000};
+    struct timespec ms = {period_ms / 1000, (period_ms % 1000) * 1000000};
 
     atomic_fetch_add(&started, 1);
     for (;;) {
@@ -42,6 +44,7 @@ static void *worker(void *arg)
 int main(int argc, char **argv)
 {
     int n = argc > 1 ? atoi(argv[1]) : 17;
+    period_ms = argc > 2 ? atol(argv[2]) : 1;
     pthread_attr_t attr;
 
     pthread_attr_init(&attr);
