@@ -19,8 +19,11 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 from collections.abc import Iterator
 
+# How long the loader shares the CPU while threads reach their stops, before it is first in line again.
+SHARING_BUDGET = 0.002
 _state = threading.local()  # per loader thread: the agent applies in several at once
 
 
@@ -50,17 +53,31 @@ def real_time() -> bool:
 
 
 @contextlib.contextmanager
-def sharing() -> Iterator[None]:
-    """Back to the fair scheduler for the duration (while waiting for woken threads to reach their stops:
-    a yield then lets them use this CPU too), first in line again afterwards."""
+def sharing(budget: float = SHARING_BUDGET) -> Iterator[None]:
+    """Back to the fair scheduler while waiting for woken threads to reach their stops (a yield then
+    lets them use this CPU too), first in line again afterwards — or as soon as `budget` seconds have
+    passed (`share_expired`): on a CPU saturated by the target's own threads, a yielding loader would
+    wait its turn behind all of them at every poll (1,024 busy threads: minutes)."""
     if not real_time():
         yield
         return
     depth = _state.depth
     os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
     _state.depth = 0
+    _state.share_until = time.monotonic() + budget
     try:
         yield
     finally:
+        _state.share_until = 0.0
+        if _state.depth == 0:  # not already first in line again (share_expired)
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
         _state.depth = depth
+
+
+def share_expired() -> None:
+    """Inside `sharing`: first in line again once its budget is spent (a wait then sleeps, not yields)."""
+    until = getattr(_state, "share_until", 0.0)
+    if until and time.monotonic() > until:
+        _state.share_until = 0.0
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+        _state.depth = 1

@@ -25,7 +25,7 @@ from hpkg.errors import RefusedError, TargetError
 from hpkg.loader import procfs
 from hpkg.loader import ptrace as pt
 from hpkg.loader.interrupts import deferred_interrupts
-from hpkg.loader.priority import first_in_line, real_time, sharing
+from hpkg.loader.priority import first_in_line, real_time, share_expired, sharing
 from hpkg.loader.procfs import Mapping, RuntimeImage
 from hpkg.loader.ptrace import Registers, StopKind
 
@@ -431,6 +431,7 @@ class StoppedThreads:
                     states = ", ".join(f"{t} ({procfs.thread_state(self.process.pid, t)})" for t in pending)
                     hint = "a thread in state D is in uninterruptible I/O"
                     raise TargetError(f"threads did not stop in time: {states}; {hint}")
+            share_expired()
             if real_time():
                 # First in line, a yield gives way to no fair-scheduled thread: poll a little (the other
                 # CPUs bring the threads to their stops), then sleep so that this CPU can too.
