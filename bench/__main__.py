@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 from bench import corpus
+from bench.pause_curve import QUICK_THREADS, THREADS
 from bench.report import to_json, to_table
 from bench.run import Settings, run_bench, select_specs
 
@@ -90,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     if arguments.list or not (specs or pause or load or machine_wide):
         for spec in every:
             print(f"{spec.role:9} {spec.name}")
-        print(f"{'pause':9} live apply pause vs restart (14-threaded-server, stream_server)")
+        print(f"{'pause':9} live apply pause vs restart and floor (14-threaded-server, stream_server), and"
+              " the pause curve over 17-1,024 threads (busy_threads)")
         print(f"{'load':9} apply/revert cycles under a request stream (14-threaded-server)")
         print(f"{'machine':9} apply --all over 20 servers beside apply --pid and verify --pid loops")
         return 0 if arguments.list else 2
@@ -105,12 +107,13 @@ def main(argv: list[str] | None = None) -> int:
             workdir=arguments.workdir or Path(scratch),
             cache=arguments.cache or corpus.default_cache_dir(),
             download=not arguments.no_download,
+            curve_threads=QUICK_THREADS if arguments.quick else THREADS,
         )
         result = run_bench(specs, settings, pause, arguments.cycles if load else 0, machine_wide)
     if arguments.save_json is not None:
         arguments.save_json.write_text(to_json(result) + "\n")
     print(to_json(result) if arguments.json else to_table(result, markdown=arguments.markdown))
-    measured = (*result.pairs, *result.pause, *result.load, *result.machine_wide)
+    measured = (*result.pairs, *result.pause, *result.pause_curve, *result.load, *result.machine_wide)
     return 1 if any(p.error for p in measured) else 0
 
 

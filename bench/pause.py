@@ -1,5 +1,8 @@
 """Pause vs restart: how long a live apply stops a server, beside what restarting it costs.
 
+Beside each pause, its floor: every thread stopped and resumed with no work in between, measured on the
+same process just before each apply and revert (bench/pause_curve.py has the curve over thread counts).
+
 For each server, under a continuous request stream (bench/stream.py), the rounds take turns:
 - live: `apply_to_process` (its pause: every thread stopped for the safety check and the switch),
   some requests answered by the fix, then `revert_process` (its pause);
@@ -83,6 +86,7 @@ class PauseResult:
     clients: int = CLIENTS
     apply_pause_ms: Summary | None = None
     revert_pause_ms: Summary | None = None
+    floor_ms: Summary | None = None  # every thread stopped and resumed with no work, before each switch
     apply_wall_ms: Summary | None = None  # apply_to_process from call to return, the process running
     restart_ms: Summary | None = None  # SIGTERM to the first answer of the new process
     live_failed: tuple[int, ...] = ()  # per round, apply through revert
@@ -168,6 +172,7 @@ class LiveRound:
     apply_pause_ms: float
     revert_pause_ms: float
     apply_wall_ms: float
+    floor_ms: tuple[float, float]  # the stop with no work, just before the apply and just before the revert
     tally: Tally  # the stream from the apply's start until it is answered again after the revert
     fixed_answers: int  # the fix's answers (414) between the apply's return and the revert's start
     counter_kept: bool  # the server's request count went on across the round: its state was kept
@@ -176,16 +181,19 @@ class LiveRound:
 def live_round(package: Package, pid: int, port: int, stream: RequestStream) -> LiveRound:
     """Apply, let the fix answer some requests, revert; a request before and after shows whether the
     server's request count went on (its state kept) across the round."""
+    from bench.pause_curve import floor_ms
     from hpkg.loader.apply import apply_to_process
     from hpkg.loader.revert import revert_process
 
     number_before = _request_number(first_answer(port))
     before = stream.tally()
+    apply_floor = floor_ms(pid)
     started = time.perf_counter()
     applied = apply_to_process(package, pid, APPLY_TIMEOUT_SECONDS)
     apply_wall = (time.perf_counter() - started) * 1000
     patched_from = stream.tally()
     patched_until = stream.wait_for_answers(ANSWERS_WHILE_PATCHED)
+    revert_floor = floor_ms(pid)
     reverted = revert_process(pid, timeout=APPLY_TIMEOUT_SECONDS)
     after = stream.wait_for_answers(CLIENTS)  # the stream goes on after the revert
     number_after = _request_number(first_answer(port))
@@ -193,6 +201,7 @@ def live_round(package: Package, pid: int, port: int, stream: RequestStream) -> 
         applied.pause_ms,
         reverted.pause_ms,
         apply_wall,
+        (apply_floor, revert_floor),
         after.since(before),
         patched_until.since(patched_from).fixed,
         number_after > number_before,  # a restarted server would count from 1 again
@@ -239,7 +248,7 @@ def measure_server(server: Server, package: Package, rounds: int) -> PauseResult
     running = Running(*start(server, 0))
     try:
         threads = len(os.listdir(f"/proc/{running.process.pid}/task"))
-        apply_pause, revert_pause, apply_wall, restart = [], [], [], []
+        apply_pause, revert_pause, apply_wall, restart, floors = [], [], [], [], []
         live_failed, restart_failed, fixed_seen, counters, kept = [], [], [], [], []
         wrong = 0
         with RequestStream(running.port, CLIENTS) as stream:
@@ -253,6 +262,7 @@ def measure_server(server: Server, package: Package, rounds: int) -> PauseResult
                         apply_pause.append(live.apply_pause_ms)
                         revert_pause.append(live.revert_pause_ms)
                         apply_wall.append(live.apply_wall_ms)
+                        floors.extend(live.floor_ms)
                         live_failed.append(live.tally.failed)
                         wrong += live.tally.wrong
                         fixed_seen.append(live.fixed_answers)
@@ -273,6 +283,7 @@ def measure_server(server: Server, package: Package, rounds: int) -> PauseResult
         threads=threads,
         apply_pause_ms=Summary.of(apply_pause),
         revert_pause_ms=Summary.of(revert_pause),
+        floor_ms=Summary.of(floors),
         apply_wall_ms=Summary.of(apply_wall),
         restart_ms=Summary.of(restart),
         live_failed=tuple(live_failed),

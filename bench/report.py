@@ -11,6 +11,7 @@ from pathlib import Path
 from bench.deltas import DeltaResult
 from bench.load import LoadResult
 from bench.pause import PauseResult, Summary
+from bench.pause_curve import CurvePoint
 from bench.run import (
     BUILD_CLI,
     BUILD_VS_DIFF,
@@ -241,13 +242,21 @@ def _counter_range(numbers: tuple[int, ...]) -> str:
     return f"#{low}" if low == high else f"#{low}–#{high}"
 
 
+def _over(pause: Summary | None, floor: Summary | None) -> str:
+    """Median pause / median floor."""
+    return f"{pause.median / floor.median:.2f}x" if pause and floor and floor.median > 0 else "-"
+
+
 def _pause_row(result: PauseResult) -> list[str]:
     return [
         result.name,
         str(result.threads),
         str(result.rounds),
+        _ms(result.floor_ms),
         _ms(result.apply_pause_ms),
+        _over(result.apply_pause_ms, result.floor_ms),
         _ms(result.revert_pause_ms),
+        _over(result.revert_pause_ms, result.floor_ms),
         _ms(result.apply_wall_ms),
         _ms(result.restart_ms),
         _counts(result.live_failed),
@@ -256,6 +265,43 @@ def _pause_row(result: PauseResult) -> list[str]:
         f"{sum(result.counter_kept_live)}/{len(result.counter_kept_live)} rounds",
         _counter_range(result.counter_after_restart),
     ]
+
+
+def _curve_row(p: CurvePoint) -> list[str]:
+    per_thread = f"{p.floor_per_thread_us:.1f}" if p.floor_per_thread_us is not None else "-"
+    attempts = f"{max(p.apply_attempts, default=0)} / {max(p.revert_attempts, default=0)}"
+    refused = f" ({p.apply_refused} refused)" if p.apply_refused else ""
+    return [str(p.threads), f"{p.period_ms} ms", f"{p.rounds}{refused}", _ms(p.floor_ms), per_thread,
+            _ms(p.apply_pause_ms),
+            _over(p.apply_pause_ms, p.floor_ms), _ms(p.revert_pause_ms), _over(p.revert_pause_ms, p.floor_ms),
+            _ms(p.apply_stopped_ms), _ms(p.revert_stopped_ms), attempts]  # fmt: skip
+
+
+def _curve_parts(result: BenchResult, markdown: bool) -> list[str]:
+    """The pause curve over thread counts (busy_threads), and any count that could not be measured."""
+    parts = []
+    measured = [p for p in result.pause_curve if p.error is None]
+    if measured:
+        parts.append(
+            _table(
+                "\nPause curve (bench/programs/busy_threads.c: every thread calls the patched function each"
+                " ms), ms (median / max);\nfloor = every thread stopped and resumed with no work, same"
+                " process, interleaved; stopped = over every attempt",
+                ["threads", "calls every", "rounds", "floor", "us/thread", "apply pause", "/floor",
+                 "revert pause", "/floor", "apply stopped", "revert stopped", "max attempts"],
+                [_curve_row(p) for p in measured],
+                markdown=markdown,
+            )
+        )
+    for point in result.pause_curve:
+        if point.refusal:
+            what = f"busy_threads ({point.threads} threads, every {point.period_ms} ms)"
+            parts.append(f"\n{what}, first refusal:")
+            parts += [f"  {line}" for line in point.refusal.splitlines()]
+    for point in result.pause_curve:
+        if point.error is not None:
+            parts.append(f"\nbusy_threads ({point.threads} threads): pause not measured: {point.error}")
+    return parts
 
 
 def _load_row(r: LoadResult) -> list[str]:
@@ -405,7 +451,8 @@ def to_table(result: BenchResult, markdown: bool = False) -> str:
                 "\nPause vs restart, ms (median / max) under a continuous request stream;"
                 "\nfailed = client requests that got no answer (median / max per round; clients retry after"
                 f" {RETRY_SECONDS * 1000:g} ms); apply wall = apply_to_process call to return",
-                ["server", "threads", "rounds", "apply pause", "revert pause", "apply wall", "restart",
+                ["server", "threads", "rounds", "floor", "apply pause", "/floor", "revert pause", "/floor",
+                 "apply wall", "restart",
                  "failed: live", "failed: restart", "wrong answers", "count went on: live",
                  "first #N after restart"],
                 [_pause_row(r) for r in measured],
@@ -415,6 +462,7 @@ def to_table(result: BenchResult, markdown: bool = False) -> str:
         for paused in result.pause:
             if paused.error is not None:
                 parts.append(f"\n{paused.name}: pause not measured: {paused.error}")
+    parts.extend(_curve_parts(result, markdown))
     parts.extend(_load_parts(result, markdown))
     parts.extend(_machine_parts(result, markdown))
     for pair in result.pairs:

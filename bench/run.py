@@ -20,6 +20,7 @@ from bench.machine import MachineResult
 from bench.memory import MemoryUse, measure
 from bench.objdiff import changed_functions
 from bench.pause import PauseResult
+from bench.pause_curve import THREADS, CurvePoint
 from bench.timing import Timing, interleaved_medians
 
 OBJDUMP = "objdump -d (both files)"
@@ -41,6 +42,7 @@ class Settings:
     workdir: Path
     cache: Path
     download: bool = True
+    curve_threads: tuple[tuple[int, int], ...] = THREADS  # (threads, ms between calls): bench/pause_curve.py
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,7 @@ class BenchResult:
     engine: engine.EngineStatus
     pairs: tuple[PairResult, ...] = field(default_factory=tuple)
     pause: tuple[PauseResult, ...] = field(default_factory=tuple)
+    pause_curve: tuple[CurvePoint, ...] = field(default_factory=tuple)
     load: tuple[LoadResult, ...] = field(default_factory=tuple)
     machine_wide: tuple[MachineResult, ...] = field(default_factory=tuple)
 
@@ -502,10 +505,13 @@ def run_bench(
     if not large_done:
         results.extend(large_errors)
     paused: tuple[PauseResult, ...] = ()
+    curve: tuple[CurvePoint, ...] = ()
     if pause:
         from bench.pause import run_pause
+        from bench.pause_curve import run_curve
 
         paused = run_pause(settings.workdir, settings.runs["pause"])
+        curve = run_curve(settings.workdir, settings.runs["pause"], settings.curve_threads)
     loaded: tuple[LoadResult, ...] = ()
     if load_cycles:
         from bench.load import run_load
@@ -517,4 +523,4 @@ def run_bench(
 
         everywhere = run_machine(settings.workdir, settings.runs["machine"])
     date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    return BenchResult(date, machine_facts(), status, tuple(results), paused, loaded, everywhere)
+    return BenchResult(date, machine_facts(), status, tuple(results), paused, curve, loaded, everywhere)

@@ -73,9 +73,11 @@ from hpkg.loader.record import (
     usable_records,
 )
 from hpkg.loader.safety import CodeRange
-from hpkg.loader.switch import SiteWrite, switch_table, write_sites
+from hpkg.loader.switch import PreparedSwitch, SiteWrite, prepare_switch, switch_table
 from hpkg.loader.terminal import printable
 from hpkg.loader.unwind_table import merged_eh_frame_hdr, package_fdes
+
+RACED = "a patch site changed while hpkg prepared the package; nothing applied"
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,8 @@ class ImageApplied:
     superseded: str | None
     warnings: tuple[str, ...]
     switch: str  # how the sites were written: one system call, or site by site
+    attempts: int = 1  # stops made to find a safe moment (a busy function makes more)
+    stopped_seconds: float = 0.0  # threads stopped over every attempt, this switch's pause included
 
 
 @dataclass(frozen=True)
@@ -154,6 +158,10 @@ class LiveApplyResult:
                 out.append(f"  superseded package {printable(applied.superseded)} (its memory freed)")
             out.append(f"  switch: {applied.switch}")
             out.append(f"  pause: {applied.pause_seconds * 1000:.3f} ms (all threads stopped)")
+            if applied.attempts > 1:
+                stopped = applied.stopped_seconds * 1000
+                tries = f"{applied.attempts} attempts to find a safe moment"
+                out.append(f"  {tries}: {stopped:.3f} ms stopped in all")
         return out
 
     def to_json(self) -> dict[str, object]:
@@ -177,6 +185,8 @@ class LiveApplyResult:
                     ],
                     "superseded": a.superseded,
                     "pause_ms": round(a.pause_seconds * 1000, 3),
+                    "attempts": a.attempts,
+                    "stopped_ms": round(a.stopped_seconds * 1000, 3),
                     "switch": a.switch,
                     "warnings": list(a.warnings),
                     "compatibility": a.compat.to_json(),
@@ -345,10 +355,22 @@ def _apply_to_image(
             functions += [CodeRange(f"{c.function} (level {level})", c.start, c.end) for c in old.code]
             windows += [CodeRange(s.function, s.address, s.address + len(s.pre_image)) for s in old.sites]
             freed.append(CodeRange(f"memory of level {level}", old.allocation.start, old.allocation.end))
+        # Everything the switch needs, while the process runs: the sites as they are now (still what
+        # STEP 2 proved), the bytes to write, the method, the record's state flip.
+        switch = prepare_switch(
+            process,
+            _site_writes(prepared.relocated, old),
+            [(s.address, len(s.pre_image)) for s in prepared.relocated.patch_sites],
+            switch_table(prepared.record),
+            image,
+        )
+        _recheck_sites(switch, prepared.relocated, old)
+        state_at = prepared.allocation.start + STATE_OFFSET
+        applied = sealed_state(prepared.record, RecordState.APPLIED, seal)
+        prepared_state = process.read(state_at, len(applied))
         with wait_until_safe(process, functions, windows, image, timeout, freed) as stopped:
-            # STEP 5: the sites still hold what STEP 2 proved (nothing changed them while the process ran),
-            # then the switch, then the result checked while still stopped (an exception undoes it).
-            _recheck_sites(process, prepared.relocated, old)
+            # STEP 5 (the threads are stopped): the sites still hold what was read before the stop, then
+            # every jump, checked, then the record marked applied. An exception undoes it all.
             if old is not None:
                 _carry_over(process, stopped, old, prepared.record)
             # The unwinder finds the package's FDEs before any jump leads there (or, when a lower level
@@ -362,13 +384,9 @@ def _apply_to_image(
             elif registered is not None:
                 for address, word in registered.original_words():
                     stopped.write(address, word)
-            writes = _site_writes(prepared.relocated, old)
-            method = write_sites(stopped, writes, switch_table(prepared.record), image)
-            applied = sealed_state(prepared.record, RecordState.APPLIED, seal)
-            stopped.write(prepared.allocation.start + STATE_OFFSET, applied)
-            for site in prepared.relocated.patch_sites:
-                if process.read(site.address, len(site.jump)) != site.jump:
-                    raise TargetError(f"the jump at {site.name} ({site.address:#x}) did not stick")
+            method = switch.run(stopped, RACED)
+            stopped.remember(state_at, prepared_state)
+            process.write(state_at, applied)
         pause = stopped.pause
     except BaseException:
         with contextlib.suppress(TargetError):
@@ -383,7 +401,8 @@ def _apply_to_image(
         except TargetError as exc:
             warnings.append(f"could not free the memory of superseded package {old.package_id}: {exc}")
     superseded = old.package_id if old else None
-    return ImageApplied(image, compat, prepared.record, pause, superseded, tuple(warnings), method)
+    return ImageApplied(image, compat, prepared.record, pause, superseded, tuple(warnings), method,
+                        stopped.attempts, stopped.stopped_before + pause)
 
 
 def _registered(
@@ -411,11 +430,11 @@ def _site_writes(relocated: RelocatedImage, old: PatchRecord | None) -> list[Sit
     return writes
 
 
-def _recheck_sites(process: Process, relocated: RelocatedImage, old: PatchRecord | None) -> None:
+def _recheck_sites(switch: PreparedSwitch, relocated: RelocatedImage, old: PatchRecord | None) -> None:
     """Each site holds its pre-image, or the superseded level's jump, as the compatibility check found."""
     old_jumps = {s.address: s.jump for s in old.sites} if old is not None else {}
     for site in relocated.patch_sites:
-        found = process.read(site.address, len(site.pre_image))
+        found = switch.found(site.address, len(site.pre_image))
         expected = old_jumps.get(site.address, b"") + site.pre_image[len(old_jumps.get(site.address, b"")):]
         if found not in (site.pre_image, expected):
             raise IncompatibleTarget(

@@ -188,7 +188,7 @@ def _outermost(process: Process, tid: int, ranges: Sequence[CodeRange], image: R
 
 
 def explain_busy(process: Process, busy: ThreadsBusy, ranges: Sequence[CodeRange], image: RuntimeImage,
-                 timeout: float) -> UnsafeNow:
+                 timeout: float) -> BusyRefusal:
     """Turn ThreadsBusy into the operator's refusal: which function, which thread, and whether to wait."""
     reasons = []
     never_returns = []
@@ -209,6 +209,7 @@ def explain_busy(process: Process, busy: ThreadsBusy, ranges: Sequence[CodeRange
             else:
                 line += f": it stayed there on every attempt for {timeout:g} s; retry later or wait longer"
         reasons.append(line)
+    reasons.append(busy.tally())
     names = sorted({o.range_name for o in busy.offenders})
     threads = sorted({o.tid for o in busy.offenders})
     what = f"thread{'s' if len(threads) > 1 else ''} {', '.join(map(str, threads))} inside {', '.join(names)}"
@@ -216,7 +217,17 @@ def explain_busy(process: Process, busy: ThreadsBusy, ranges: Sequence[CodeRange
         head = f"unsafe to switch: {what}, which never returns (waiting cannot help)"
     else:
         head = f"unsafe to switch after waiting {timeout:g} s: {what}"
-    return UnsafeNow(head, tuple(reasons))
+    return BusyRefusal(head, tuple(reasons), busy.attempts, busy.stopped_seconds)
+
+
+class BusyRefusal(UnsafeNow):
+    """The refusal of a switch that found threads inside on every attempt until the deadline, with how
+    many attempts were made and how long they held the threads stopped in all."""
+
+    def __init__(self, message: str, reasons: tuple[str, ...], attempts: int, stopped_seconds: float) -> None:
+        super().__init__(message, reasons)
+        self.attempts = attempts
+        self.stopped_seconds = stopped_seconds
 
 
 @contextlib.contextmanager

@@ -16,20 +16,24 @@ import contextlib
 import ctypes
 import errno
 import os
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from hpkg.errors import RefusedError, TargetError
 from hpkg.loader import procfs
 from hpkg.loader import ptrace as pt
 from hpkg.loader.interrupts import deferred_interrupts
+from hpkg.loader.priority import first_in_line, real_time, share_expired, sharing
 from hpkg.loader.procfs import Mapping, RuntimeImage
 from hpkg.loader.ptrace import Registers, StopKind
 
 # A process that keeps creating threads faster than we can stop them is given up on after this.
 MAX_ATTACH_ROUNDS = 100
 DEFAULT_STOP_TIMEOUT = 5.0
+# Polls of a thread on its way to a stop before a real-time loader sleeps (loader/priority.py).
+SPIN_POLLS = 20
 # A thread that never reaches its stop (uninterruptible sleep) is waited for this long at release.
 RELEASE_TIMEOUT = 60.0
 
@@ -44,23 +48,25 @@ def wait_one(tid: int, deadline: float) -> pt.WaitStatus:
         if time.monotonic() > deadline:
             raise TargetError(f"thread {tid} did not stop in time (state {procfs.thread_state(tid, tid)!r})")
         idle += 1
-        if idle < 50:
+        if idle < 50 and not real_time():
             os.sched_yield()
         else:
             time.sleep(min(0.001, 0.00002 * idle))
 
 
-class _IOVec(ctypes.Structure):
+class IOVec(ctypes.Structure):
+    """struct iovec, for process_vm_readv(2)."""
+
     _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.process_vm_readv.restype = ctypes.c_ssize_t
-_libc.process_vm_readv.argtypes = [
+libc = ctypes.CDLL(None, use_errno=True)
+libc.process_vm_readv.restype = ctypes.c_ssize_t
+libc.process_vm_readv.argtypes = [
     ctypes.c_int,
-    ctypes.POINTER(_IOVec),
+    ctypes.POINTER(IOVec),
     ctypes.c_ulong,
-    ctypes.POINTER(_IOVec),
+    ctypes.POINTER(IOVec),
     ctypes.c_ulong,
     ctypes.c_ulong,
 ]
@@ -158,9 +164,9 @@ class Process:
         if size <= 0:
             return b""
         buf = ctypes.create_string_buffer(size)
-        local = _IOVec(ctypes.cast(buf, ctypes.c_void_p), size)
-        remote = _IOVec(runtime_address, size)
-        got = _libc.process_vm_readv(self.pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+        local = IOVec(ctypes.cast(buf, ctypes.c_void_p), size)
+        remote = IOVec(runtime_address, size)
+        got = libc.process_vm_readv(self.pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
         if got == size:
             return buf.raw
         if got < 0 and ctypes.get_errno() == errno.ESRCH:
@@ -211,7 +217,17 @@ class Process:
         self, timeout: float = DEFAULT_STOP_TIMEOUT
     ) -> contextlib.AbstractContextManager[StoppedThreads]:
         """Stop every thread (including ones created while attaching); always resume and detach them."""
-        return self._stopped(None, timeout)
+        return self._stopped(None, timeout, stop=True)
+
+    def seize_all_threads(
+        self, timeout: float = DEFAULT_STOP_TIMEOUT
+    ) -> contextlib.AbstractContextManager[StoppedThreads]:
+        """Seize every thread without stopping any; `stop()` on the result stops them all at once.
+
+        Threads the seized ones create are attached by the kernel (PTRACE_O_TRACECLONE), so the stop
+        finds them too. Every thread is detached on leaving, as for `stop_all_threads()`.
+        """
+        return self._stopped(None, timeout, stop=False)
 
     def stop_thread(
         self, tid: int | None = None, timeout: float = DEFAULT_STOP_TIMEOUT
@@ -221,15 +237,24 @@ class Process:
             # The main thread, unless it has exited (pthread_exit) and stays a zombie leader.
             live = [t for t in self.threads() if procfs.thread_state(self.pid, t) not in ("", "Z", "X")]
             tid = live[0] if live else self.pid
-        return self._stopped(tid, timeout)
+        return self._stopped(tid, timeout, stop=True)
 
     @contextlib.contextmanager
-    def _stopped(self, only: int | None, timeout: float) -> Iterator[StoppedThreads]:
-        """Hold `only` (or every thread); on any exit undo what failed and detach every thread."""
+    def _stopped(self, only: int | None, timeout: float, stop: bool) -> Iterator[StoppedThreads]:
+        """Hold `only` (or every thread, seized and, with `stop`, stopped); on any exit undo what failed
+        and detach every thread."""
         stopped = StoppedThreads(self)
-        with deferred_interrupts():  # Ctrl-C lands after the release, never while a thread is held
+        # Ctrl-C lands after the release, never while a thread is held; every thread held, the loader runs
+        # ahead of the threads it wakes (loader/priority.py).
+        first = first_in_line() if only is None else contextlib.nullcontext(False)
+        with deferred_interrupts(), first:
             try:
-                stopped._attach(only=only, timeout=timeout)
+                if only is not None:
+                    stopped._attach(only=only, timeout=timeout)
+                else:
+                    stopped.seize_running(timeout)
+                    if stop:
+                        stopped.stop(timeout)
                 yield stopped
             except BaseException:
                 stopped._release(failed=True)
@@ -248,6 +273,11 @@ class StoppedThreads:
     redelivered: list[tuple[int, int]] = field(default_factory=list)  # (tid, signal) passed on
     stopped_at: float = 0.0  # perf_counter when the first thread was interrupted
     resumed_at: float = 0.0  # perf_counter when the last thread was detached
+    # Called with each thread as it reaches its stop, while others are still on the way (the safety check
+    # reads its registers there: a held thread's registers do not change).
+    on_held: Callable[[int], None] | None = None
+    attempts: int = 1  # stops made to find a safe moment, this one included (stop_when_safe)
+    stopped_before: float = 0.0  # seconds the earlier, unsafe attempts held the threads stopped
     _seized: set[int] = field(default_factory=set)
     _original_regs: dict[int, Registers] = field(default_factory=dict)
     _journal: list[tuple[int, bytes]] = field(default_factory=list)
@@ -284,91 +314,148 @@ class StoppedThreads:
 
     # -- attach / wait / release ----------------------------------------------------------------
 
-    def _attach(self, only: int | None, timeout: float) -> None:
-        """Seize and interrupt threads until every thread of the process (or `only`) is stopped."""
+    def _attach(self, only: int, timeout: float) -> None:
+        """Seize and interrupt one thread and wait for its stop."""
+        deadline = time.monotonic() + timeout
+        self._seize_one(only, trace_clone=False)
+        if only in self._seized:
+            self.stopped_at = time.perf_counter()
+            with contextlib.suppress(TargetError):
+                pt.interrupt(only)  # fails only when exiting: wait_stopped then reports the exit
+            self.wait_stopped([only], deadline)
+        if only not in self.held:
+            raise TargetError(f"thread {only} of process {self.process.pid} exited")
+
+    def seize_running(self, timeout: float) -> None:
+        """Seize every thread without stopping it, listing /proc/PID/task again until none is new.
+
+        Seized with PTRACE_O_TRACECLONE: a thread one of them creates from now on is attached by the
+        kernel and reported to `stop()` through its creator's clone event.
+        """
         deadline = time.monotonic() + timeout
         for _round in range(MAX_ATTACH_ROUNDS):
-            current = (only,) if only is not None else self.process.threads()
-            new = [tid for tid in current if tid not in self._seized and tid not in self.gone]
+            new = [tid for tid in self.process.threads() if tid not in self._seized and tid not in self.gone]
             if not new:
-                if not self.held:
+                if not self._seized:
                     raise TargetError(f"process {self.process.pid} exited")
                 if procfs.start_time(self.process.pid) != self.process.start_time:
                     raise TargetError(f"process {self.process.pid} exited and its pid was reused")
                 return
             for tid in new:
-                self._seize_one(tid)
+                self._seize_one(tid, trace_clone=True)
+            if time.monotonic() > deadline:
+                break
+        raise TargetError(f"process {self.process.pid} keeps creating threads; cannot seize them all")
+
+    def stop(self, timeout: float) -> None:
+        """Stop every seized thread: interrupt them all first, then collect the stops.
+
+        A thread created since the seize arrives through its creator's clone event. A last listing of
+        /proc/PID/task, once all are stopped (no thread can create another then), catches a thread
+        whose creation raced with its creator's seize; such a thread is seized and stopped too.
+        """
+        deadline = time.monotonic() + timeout
+        self.stopped_at = time.perf_counter()
+        running = [tid for tid in self._seized if tid not in self.held]
+        for tid in running:
+            with contextlib.suppress(TargetError):
+                pt.interrupt(tid)  # fails only when exiting: wait_stopped then reports the exit
+        with sharing():
+            self.wait_stopped(running, deadline)
+        for _round in range(MAX_ATTACH_ROUNDS):
+            new = [tid for tid in self.process.threads() if tid not in self._seized and tid not in self.gone]
+            if not new:
+                if not self.held:
+                    raise TargetError(f"process {self.process.pid} exited")
+                return
+            for tid in new:
+                self._seize_one(tid, trace_clone=True)
+                if tid in self._seized:
+                    with contextlib.suppress(TargetError):
+                        pt.interrupt(tid)
             self.wait_stopped([tid for tid in new if tid in self._seized], deadline)
-            if only is not None and only not in self.held:
-                raise TargetError(f"thread {only} of process {self.process.pid} exited")
         raise TargetError(f"process {self.process.pid} keeps creating threads; cannot stop them all")
 
-    def _seize_one(self, tid: int) -> None:
+    def _seize_one(self, tid: int, trace_clone: bool) -> None:
         try:
-            pt.seize(tid)
+            pt.seize(tid, trace_clone)
         except TargetError:
+            if trace_clone and pt.tracer_of(tid) == threading.get_native_id():  # TracerPid is a tid
+                # Created by a thread seized already: the kernel attached it (it waits in its first
+                # stop, which `stop()` collects).
+                self._seized.add(tid)
+                return
             if procfs.thread_state(self.process.pid, tid) in ("", "Z", "X"):
                 self.gone.add(tid)  # exited (or a zombie leader) between listing and attaching
                 return
             raise
         self._seized.add(tid)
-        if not self.stopped_at:
-            self.stopped_at = time.perf_counter()
-        with contextlib.suppress(TargetError):
-            pt.interrupt(tid)  # fails only when exiting: wait_stopped then reports the exit
 
     def wait_stopped(self, tids: list[int], deadline: float) -> None:
         """Wait until each seized, running thread is in an interrupt or group stop (or gone).
 
+        The threads are taken in turn, each polled until it reports: all were interrupted at once,
+        so by the time one has stopped most others have too, and the polls stay one or two per thread.
         A signal-delivery-stop on the way is the signal arriving for the thread: it is passed on at
         once (PTRACE_CONT with that signal), so nothing is lost, and the interrupt is renewed (that
-        stop consumed it), so the thread stops right after its handler frame is set up.
+        stop consumed it), so the thread stops right after its handler frame is set up. A clone event
+        names a thread the kernel attached: it is waited for as well (it starts in an interrupt stop).
         """
-        pending = set(tids)
+        pending = list(reversed(tids))
         idle = 0
         while pending:
-            progressed = False
-            for tid in list(pending):
-                status = pt.wait(tid, block=False)
-                if status is None:
-                    continue
-                progressed = True
+            tid = pending[-1]
+            status = pt.wait(tid, block=False)
+            if status is not None:
+                idle = 0
                 if status.kind in (StopKind.INTERRUPT, StopKind.GROUP_STOP):
                     self.held[tid] = status.kind
-                    pending.discard(tid)
+                    pending.pop()
+                    if self.on_held is not None:
+                        self.on_held(tid)
                 elif status.kind == StopKind.EXITED:
-                    pending.discard(tid)
+                    pending.pop()
                     self.mark_gone(tid)
                 else:
+                    if status.kind == StopKind.EVENT and status.event == pt.PTRACE_EVENT_CLONE:
+                        self._adopt(pt.event_message(tid), pending)
                     sig = status.signal if status.kind == StopKind.SIGNAL else 0
                     if sig:
                         self.redelivered.append((tid, sig))
                     self._resume_quietly(tid, sig)
-            if progressed:
-                idle = 0
                 continue
+            idle += 1
             if idle % 64 == 63:
                 self._forget_dead(pending)
-                if not pending:
-                    break
-            if time.monotonic() > deadline:
-                states = ", ".join(f"{tid} ({procfs.thread_state(self.process.pid, tid)})" for tid in pending)
-                raise TargetError(
-                    f"threads did not stop in time: {states}; a thread in state D is in uninterruptible I/O"
-                )
-            idle += 1
-            if idle < 50:
+                if time.monotonic() > deadline:
+                    states = ", ".join(f"{t} ({procfs.thread_state(self.process.pid, t)})" for t in pending)
+                    hint = "a thread in state D is in uninterruptible I/O"
+                    raise TargetError(f"threads did not stop in time: {states}; {hint}")
+            share_expired()
+            if real_time():
+                # First in line, a yield gives way to no fair-scheduled thread: poll a little (the other
+                # CPUs bring the threads to their stops), then sleep so that this CPU can too.
+                if idle > SPIN_POLLS:
+                    time.sleep(min(0.001, 0.00002 * (idle - SPIN_POLLS)))
+            elif idle < 50:
                 os.sched_yield()
             else:
                 time.sleep(min(0.001, 0.00002 * idle))
 
-    def _forget_dead(self, pending: set[int]) -> None:
+    def _adopt(self, child: int, pending: list[int]) -> None:
+        """A thread the kernel attached when a seized thread created it: it is ours to stop and detach."""
+        if child and child not in self._seized:
+            self._seized.add(child)
+            self.gone.discard(child)
+            pending.insert(0, child)
+
+    def _forget_dead(self, pending: list[int]) -> None:
         """Drop threads that are zombies or gone: they never stop again. A SIGKILLed process's leader
         stays a zombie until its other threads are reaped, and its exit may be reported to its parent
         only, so waiting for it (as a release after the kill did, for a whole minute) cannot end."""
         for tid in list(pending):
             if procfs.thread_state(self.process.pid, tid) in ("Z", "X", ""):
-                pending.discard(tid)
+                pending.remove(tid)
                 self.mark_gone(tid)
 
     def _resume_quietly(self, tid: int, sig: int) -> None:

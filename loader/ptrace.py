@@ -26,9 +26,14 @@ PTRACE_SYSCALL = 24
 PTRACE_SEIZE = 0x4206
 PTRACE_INTERRUPT = 0x4207
 PTRACE_GET_SYSCALL_INFO = 0x420E
+PTRACE_GETEVENTMSG = 0x4201
 
 # Options for PTRACE_SEIZE. EXITKILL (0x100000) is deliberately absent.
 PTRACE_O_TRACESYSGOOD = 0x1
+# Threads a traced thread creates are attached too (seized, starting in an interrupt stop), and the
+# creator reports a PTRACE_EVENT_CLONE stop whose event message is the new thread's id.
+PTRACE_O_TRACECLONE = 0x8
+PTRACE_EVENT_CLONE = 3
 
 # A stop reported as (status >> 16) == PTRACE_EVENT_STOP is an interrupt stop (SIGTRAP) or a
 # group-stop (the stopping signal) of a seized thread.
@@ -116,6 +121,7 @@ class WaitStatus:
     tid: int
     kind: StopKind
     signal: int  # the stop signal, or the terminating signal / exit code for EXITED
+    event: int = 0  # the PTRACE_EVENT_* number of an EVENT stop (PTRACE_EVENT_CLONE: a new thread)
 
 
 @dataclass(frozen=True)
@@ -142,7 +148,7 @@ class _SyscallInfoStruct(ctypes.Structure):
     ]
 
 
-def _tracer_of(tid: int) -> int:
+def tracer_of(tid: int) -> int:
     """The TracerPid of a thread from /proc, or 0 when unknown."""
     try:
         with open(f"/proc/{tid}/status", encoding="ascii", errors="replace") as status:
@@ -168,7 +174,7 @@ def _error(what: str, tid: int, err: int) -> TargetError:
     if err == errno.ESRCH:
         return TargetError(f"{what} thread {tid}: no such process or thread (it exited or is not stopped)")
     if err == errno.EPERM:
-        tracer = _tracer_of(tid)
+        tracer = tracer_of(tid)
         if tracer and tracer != os.getpid():
             return TargetError(
                 f"{what} thread {tid}: already traced by process {tracer} (a debugger?); detach it and retry"
@@ -196,9 +202,18 @@ def _ptrace(request: int, tid: int, addr: int | None, data: int | ctypes.c_void_
     return result
 
 
-def seize(tid: int) -> None:
-    """Attach to one thread without stopping it (PTRACE_SEIZE), reporting syscall stops distinctly."""
-    _ptrace(PTRACE_SEIZE, tid, None, PTRACE_O_TRACESYSGOOD, "attach to")
+def seize(tid: int, trace_clone: bool = False) -> None:
+    """Attach to one thread without stopping it (PTRACE_SEIZE), reporting syscall stops distinctly;
+    with `trace_clone`, threads it creates from now on are attached as well (PTRACE_O_TRACECLONE)."""
+    options = PTRACE_O_TRACESYSGOOD | (PTRACE_O_TRACECLONE if trace_clone else 0)
+    _ptrace(PTRACE_SEIZE, tid, None, options, "attach to")
+
+
+def event_message(tid: int) -> int:
+    """The message of a thread's last PTRACE_EVENT stop (PTRACE_GETEVENTMSG): for a clone, the new tid."""
+    message = ctypes.c_ulong(0)
+    _ptrace(PTRACE_GETEVENTMSG, tid, None, ctypes.addressof(message), "read the event of")
+    return message.value
 
 
 def interrupt(tid: int) -> None:
@@ -226,6 +241,20 @@ def get_regs(tid: int) -> Registers:
     raw = UserRegs()
     _ptrace(PTRACE_GETREGS, tid, None, ctypes.addressof(raw), "read registers of")
     return Registers(**{name: getattr(raw, name) for name in _REG_NAMES})
+
+
+class RegisterReader:
+    """PTRACE_GETREGS into one reused buffer: no allocation per thread while the world is stopped."""
+
+    def __init__(self) -> None:
+        self.raw = UserRegs()
+        self._address = ctypes.addressof(self.raw)
+
+    def read(self, tid: int) -> UserRegs:
+        """The registers of a stopped thread, in the shared buffer (valid until the next read)."""
+        if _libc.ptrace(PTRACE_GETREGS, tid, None, self._address) == -1:
+            raise _error("read registers of", tid, ctypes.get_errno())
+        return self.raw
 
 
 def set_regs(tid: int, regs: Registers) -> None:
@@ -261,7 +290,7 @@ def decode_status(tid: int, status: int) -> WaitStatus:
         kind = StopKind.GROUP_STOP if sig in STOP_SIGNALS else StopKind.INTERRUPT
         return WaitStatus(tid, kind, sig)
     if event:
-        return WaitStatus(tid, StopKind.EVENT, sig)
+        return WaitStatus(tid, StopKind.EVENT, sig, event)
     if sig == signal.SIGTRAP | 0x80:
         return WaitStatus(tid, StopKind.SYSCALL, signal.SIGTRAP)
     return WaitStatus(tid, StopKind.SIGNAL, sig)

@@ -41,7 +41,7 @@ from hpkg.loader.record import (
     usable_records,
 )
 from hpkg.loader.safety import CodeRange
-from hpkg.loader.switch import SiteWrite, switch_table, write_sites
+from hpkg.loader.switch import PreparedSwitch, SiteWrite, prepare_switch, switch_table
 from hpkg.loader.terminal import printable
 
 
@@ -55,6 +55,8 @@ class ImageReverted:
     restored: tuple[SiteRecord, ...]
     pause_seconds: float
     switch: str  # how the sites were written: one system call, or site by site
+    attempts: int = 1  # stops made to find a safe moment (a busy function makes more)
+    stopped_seconds: float = 0.0  # threads stopped over every attempt, this switch's pause included
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,9 @@ class LiveRevertResult:
                 out.append(f"    {printable(site.function)}: pre-image restored at {site.address:#x}")
             out.append(f"  switch: {image.switch}")
             out.append(f"  pause: {image.pause_seconds * 1000:.3f} ms (all threads stopped)")
+            if image.attempts > 1:
+                tries = f"{image.attempts} attempts to find a safe moment"
+                out.append(f"  {tries}: {image.stopped_seconds * 1000:.3f} ms stopped in all")
         for orphan in self.freed_orphans:
             name = printable(orphan.name)
             out.append(f"freed /memfd:{name} at {orphan.start:#x} (no record: an interrupted apply)")
@@ -114,6 +119,8 @@ class LiveRevertResult:
                     "packages": [{"package_id": p, "patch_level": level} for p, level in i.packages],
                     "restored": [{"function": s.function, "address": s.address} for s in i.restored],
                     "pause_ms": round(i.pause_seconds * 1000, 3),
+                    "attempts": i.attempts,
+                    "stopped_ms": round(i.stopped_seconds * 1000, 3),
                     "switch": i.switch,
                 }
                 for i in self.images
@@ -162,12 +169,18 @@ def _stacks(found: list[FoundRecord]) -> dict[tuple[str, int], list[PatchRecord]
 
 def _sites_to_restore(process: Process, stack: list[PatchRecord]) -> list[SiteRecord]:
     """STEP 2: each site holds a jump of this stack (restore it) or its pre-image (leave it); else refuse."""
+    return _sites_in(process, stack)
+
+
+def _sites_in(memory: Process | PreparedSwitch, stack: list[PatchRecord]) -> list[SiteRecord]:
+    """The sites to restore, judging what `memory` holds: the process now, or a switch's reading."""
+    read = memory.read if isinstance(memory, Process) else memory.found
     jumps = {(s.address, s.jump) for r in stack for s in r.sites}
     restore: dict[int, SiteRecord] = {}
     reasons = []
     for record in stack:
         for site in record.sites:
-            current = process.read(site.address, len(site.pre_image))
+            current = read(site.address, len(site.pre_image))
             if current == site.pre_image:
                 continue
             size = len(site.jump)
@@ -238,21 +251,23 @@ def _revert_stack(
     freed = [CodeRange(f"memory of package {r.package_id[:12]}", r.allocation.start, r.allocation.end)
              for r in stack]
     windows = [CodeRange(s.function, s.address, s.address + len(s.pre_image)) for s in restore]
+    # Everything the switch needs, while the process runs: every site of the stack as it is now (what
+    # STEP 2 found), the pre-images to write, the method.
+    writes = [SiteWrite(s.address, s.pre_image) for s in restore]
+    checked = [(s.address, len(s.pre_image)) for r in stack for s in r.sites]
+    switch = prepare_switch(process, writes, checked, switch_table(top), image)
+    if _sites_in(switch, stack) != restore:
+        raise IncompatibleTarget("patch sites changed while hpkg prepared the revert; none reverted")
     with wait_until_safe(process, new_code, windows, image, timeout, freed) as stopped:
-        # STEP 5: the sites still hold what STEP 2 found, then the pre-images back, checked while still
-        # stopped (an exception undoes it).
-        if _sites_to_restore(process, stack) != restore:
-            raise IncompatibleTarget("patch sites changed while hpkg waited for a safe moment; none reverted")
-        # ld.so's record first: the unwinder stops looking in the package before its code goes away.
+        # STEP 5 (the threads are stopped): ld.so's record first, so the unwinder stops looking in the
+        # package before its code goes away; then the sites, still holding what was read before the
+        # stop, get their pre-images back, checked. An exception undoes it all.
         for address, word in _unwind_restores(process, stack):
             stopped.write(address, word)
-        writes = [SiteWrite(s.address, s.pre_image) for s in restore]
-        method = write_sites(stopped, writes, switch_table(top), image)
-        for site in restore:
-            if process.read(site.address, len(site.pre_image)) != site.pre_image:
-                raise TargetError(f"the pre-image of {site.function} ({site.address:#x}) did not stick")
+        method = switch.run(stopped, "patch sites changed while hpkg waited for a safe moment; none reverted")
     pause = stopped.pause
     # STEP 6: nothing jumps into the package memory any more, and no thread was inside it.
     free_allocations(process, [r.allocation for r in stack])
-    return ImageReverted(top.image_path, top.build_id, tuple((r.package_id, r.patch_level) for r in stack),
-                         tuple(restore), pause, method)
+    packages = tuple((r.package_id, r.patch_level) for r in stack)
+    return ImageReverted(top.image_path, top.build_id, packages, tuple(restore), pause, method,
+                         stopped.attempts, stopped.stopped_before + pause)

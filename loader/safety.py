@@ -8,7 +8,10 @@ to the end of the thread's stack mapping counts — so it can only err towards w
 
 `stop_when_safe()` retries until a deadline, resuming the process between attempts; a function
 that the same thread is inside on every attempt is reported as always active, since waiting
-cannot help (a main loop that never returns).
+cannot help (a main loop that never returns). Each attempt seizes the threads while they run and
+stops them only for the check (and, when it passes, the caller's switch); between attempts the
+process runs at least RUN_PER_STOP times as long as it was stopped, so the stopped time summed over
+every attempt stays bounded, and a refusal reports it with how often each function was found busy.
 
 Memory about to be freed (a package's code, rodata and data on revert) is checked further through
 `pointer_ranges`: any general register or stack word pointing into it makes the moment unsafe,
@@ -17,21 +20,21 @@ since a thread blocked in a library call may still hold a pointer to a package s
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import time
-from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from hpkg.errors import TargetError, UnsafeNow
+from hpkg.errors import UnsafeNow
 from hpkg.loader.interrupts import raise_if_interrupted
-from hpkg.loader.process import Process, StoppedThreads
-from hpkg.loader.procfs import Mapping
+from hpkg.loader.process import DEFAULT_STOP_TIMEOUT, Process, StoppedThreads
+from hpkg.loader.thread_scan import RegisterLog, Snapshot, StackMaps, take_snapshot
 
 DEFAULT_STACK_SCAN_LIMIT = 1 << 20  # bytes scanned above rsp per thread
-_GENERAL_REGISTERS = (
-    "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15",
-)  # fmt: skip
+# Between two attempts the process runs at least this many times as long as the last attempt held it
+# stopped: over all retries, threads are stopped at most 1/(1+RUN_PER_STOP) of the time waited.
+RUN_PER_STOP = 4
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,7 @@ class SafetyReport:
 
     offenders: tuple[Offender, ...]
     threads_checked: int
+    maps: StackMaps | None = None  # the mappings the check read, for the next attempt to compare with
 
     @property
     def safe(self) -> bool:
@@ -77,10 +81,20 @@ class SafetyReport:
 
 
 class ThreadsBusy(UnsafeNow):
-    """Threads stayed inside replaced code until the deadline; `always_active` never left it."""
+    """Threads stayed inside replaced code until the deadline; `always_active` never left it.
+
+    `attempts` stops were made, holding the threads `stopped_seconds` in all; `found` counts, per
+    (function, what pointed into it), the attempts that found a thread there.
+    """
 
     def __init__(
-        self, message: str, offenders: tuple[Offender, ...], always_active: tuple[Offender, ...]
+        self,
+        message: str,
+        offenders: tuple[Offender, ...],
+        always_active: tuple[Offender, ...],
+        attempts: int = 1,
+        stopped_seconds: float = 0.0,
+        found: tuple[tuple[str, str, int], ...] = (),
     ) -> None:
         reasons = tuple(
             o.describe() + (" (always active: waiting cannot help)" if o in always_active else "")
@@ -89,32 +103,17 @@ class ThreadsBusy(UnsafeNow):
         super().__init__(message, reasons)
         self.offenders = offenders
         self.always_active = always_active
+        self.attempts = attempts
+        self.stopped_seconds = stopped_seconds
+        self.found = found
 
-
-def _stack_mapping(maps: Sequence[Mapping], rsp: int) -> Mapping | None:
-    for mapping in maps:
-        if mapping.contains(rsp):
-            return mapping
-    return None
-
-
-def _stack_words(stopped: StoppedThreads, maps: Sequence[Mapping], rsp: int, limit: int) -> array | None:
-    """The aligned 8-byte words from rsp up to the end of its stack mapping (at most `limit` bytes).
-
-    None when rsp is not in a readable mapping: such a stack cannot be shown to be safe.
-    """
-    mapping = _stack_mapping(maps, rsp)
-    if mapping is None or not mapping.readable:
-        return None
-    start = rsp & ~7
-    end = min(mapping.end, start + limit)
-    try:
-        data = stopped.process.read(start, end - start)
-    except TargetError:
-        return None
-    words = array("Q")
-    words.frombytes(data[: len(data) - len(data) % 8])
-    return words
+    def tally(self) -> str:
+        """How often and where threads were found, and the stopped time spent: one line for the refusal."""
+        where = ", ".join(f"{name} ({kind}) on {count}" for name, kind, count in self.found)
+        return (
+            f"{self.attempts} attempt{'s' if self.attempts != 1 else ''} found threads inside: {where};"
+            f" threads stopped {self.stopped_seconds * 1000:.1f} ms in all"
+        )
 
 
 def check_threads(
@@ -123,45 +122,91 @@ def check_threads(
     patch_windows: Sequence[CodeRange] = (),
     stack_scan_limit: int = DEFAULT_STACK_SCAN_LIMIT,
     pointer_ranges: Sequence[CodeRange] = (),
+    maps: StackMaps | None = None,
+    log: RegisterLog | None = None,
 ) -> SafetyReport:
     """Check every held thread's instruction pointer and stack against the replaced code.
 
     With `pointer_ranges`, also every general register and stack word against memory about to be freed.
+    `maps` is an earlier read of the mappings, reused when they did not change; `log` holds registers
+    read as the threads stopped.
     """
-    maps = stopped.process.maps()
-    offenders: list[Offender] = []
-    low = min((r.start for r in replaced), default=0)
-    high = max((r.end for r in replaced), default=0)
-    for tid in stopped.tids:
-        regs = stopped.regs(tid)
+    scan_stacks = bool(replaced or pointer_ranges)
+    maps = StackMaps.read(stopped.process.pid, maps) if scan_stacks else maps
+    snapshot = take_snapshot(
+        stopped, maps or StackMaps(b"", (), (), ()), stack_scan_limit, bool(pointer_ranges), scan_stacks, log
+    )
+    per_thread: dict[int, list[Offender]] = {t.tid: [] for t in snapshot.threads}
+    for thread in snapshot.threads:
+        found = per_thread[thread.tid]
         for window in patch_windows:
-            if window.contains(regs.rip):
-                offenders.append(Offender(tid, window.name, "patch site", regs.rip))
+            if window.contains(thread.rip):
+                found.append(Offender(thread.tid, window.name, "patch site", thread.rip))
         for code in replaced:
-            if code.contains(regs.rip):
-                offenders.append(Offender(tid, code.name, "instruction pointer", regs.rip))
+            if code.contains(thread.rip):
+                found.append(Offender(thread.tid, code.name, "instruction pointer", thread.rip))
         for memory in pointer_ranges:
-            for name in _GENERAL_REGISTERS:
-                if memory.contains(getattr(regs, name)):
-                    offenders.append(Offender(tid, memory.name, "register", getattr(regs, name)))
-                    break
-        if not replaced and not pointer_ranges:
-            continue
-        words = _stack_words(stopped, maps, regs.rsp, stack_scan_limit)
-        if words is None:
-            offenders.append(Offender(tid, "(unreadable stack)", "stack pointer", regs.rsp))
-            continue
-        seen: set[str] = set()
-        for word in (w for w in words if low <= w < high):
+            value = next((v for v in thread.registers if memory.contains(v)), None)
+            if value is not None:
+                found.append(Offender(thread.tid, memory.name, "register", value))
+        if scan_stacks and thread.stack is None:
+            found.append(Offender(thread.tid, "(unreadable stack)", "stack pointer", thread.rsp))
+    if scan_stacks:
+        _check_stacks(snapshot, replaced, pointer_ranges, per_thread)
+    offenders = tuple(o for t in snapshot.threads for o in per_thread[t.tid])
+    return SafetyReport(offenders, len(snapshot.threads), maps)
+
+
+def _check_stacks(
+    snapshot: Snapshot,
+    replaced: Sequence[CodeRange],
+    pointer_ranges: Sequence[CodeRange],
+    per_thread: dict[int, list[Offender]],
+) -> None:
+    """Stack words into replaced code (a return address, once per function and thread) and into memory
+    about to be freed (the first word per range and thread), in stack order per thread."""
+    located = [(t.stack[0], t.stack[1], t.tid) for t in snapshot.threads if t.stack is not None]
+    located.sort()
+    starts = [start for start, _end, _tid in located]
+
+    def owner(offset: int) -> int | None:
+        index = bisect.bisect_right(starts, offset) - 1
+        if index >= 0 and offset < located[index][1]:
+            return located[index][2]
+        return None
+
+    # One search per stretch of address space the ranges cover together (on revert, the package's code
+    # lies inside the memory to be freed: one search finds both kinds of word).
+    returns: dict[int, list[Offender]] = {}
+    words: dict[int, list[Offender]] = {}
+    seen: set[tuple[int, str]] = set()
+    for low, high in _covering(list(replaced) + list(pointer_ranges)):
+        for offset, word in snapshot.words_in(low, high):
+            tid = owner(offset)
+            if tid is None:
+                continue
             for code in replaced:
-                if code.contains(word) and code.name not in seen:
-                    seen.add(code.name)
-                    offenders.append(Offender(tid, code.name, "return address", word))
-        for memory in pointer_ranges:
-            word = next((w for w in words if memory.start <= w < memory.end), None)
-            if word is not None:
-                offenders.append(Offender(tid, memory.name, "stack word", word))
-    return SafetyReport(tuple(offenders), len(stopped.tids))
+                if code.contains(word) and (tid, code.name) not in seen:
+                    seen.add((tid, code.name))
+                    returns.setdefault(tid, []).append(Offender(tid, code.name, "return address", word))
+            for memory in pointer_ranges:
+                if memory.contains(word) and (tid, memory.name) not in seen:
+                    seen.add((tid, memory.name))
+                    words.setdefault(tid, []).append(Offender(tid, memory.name, "stack word", word))
+    for tid, found in per_thread.items():
+        found += returns.get(tid, ())
+        found += words.get(tid, ())
+
+
+def _covering(ranges: Sequence[CodeRange]) -> list[tuple[int, int]]:
+    """The ranges merged into disjoint [low, high) stretches, in address order."""
+    merged: list[tuple[int, int]] = []
+    for r in sorted(ranges, key=lambda r: r.start):
+        if merged and r.start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], r.end))
+        else:
+            merged.append((r.start, r.end))
+    return merged
 
 
 @contextlib.contextmanager
@@ -176,22 +221,41 @@ def stop_when_safe(
 ) -> Iterator[StoppedThreads]:
     """Stop all threads at a moment when the check passes and hold them for the caller's switch.
 
-    Between attempts the process runs for `retry_interval` seconds. At the deadline it raises
-    ThreadsBusy naming each offending thread and function, marking those present in every attempt.
+    Each attempt seizes every thread while it runs, then stops them all at once for the check alone.
+    Between attempts the process runs for `retry_interval` seconds, or RUN_PER_STOP times the last
+    stop when longer. At the deadline it raises ThreadsBusy naming each offending thread and function,
+    marking those present in every attempt, with the count of attempts and the stopped time in all.
+    The held threads carry `attempts` and `stopped_before` (seconds stopped by the failed attempts).
     """
     deadline = time.monotonic() + timeout
+    maps = StackMaps.read(process.pid)  # read while running: in the window, a compare of its text
     persistent: frozenset[tuple[int, str]] | None = None
+    found: dict[tuple[str, str], int] = {}
     attempts = 0
+    stopped_seconds = 0.0
     while True:
         attempts += 1
         raise_if_interrupted()  # every thread runs and nothing is switched yet: Ctrl-C may end it here
-        with process.stop_all_threads() as stopped:
-            report = check_threads(stopped, replaced, patch_windows, stack_scan_limit, pointer_ranges)
+        with process.seize_all_threads() as threads:
+            log = RegisterLog(bool(pointer_ranges))
+            threads.on_held = log.record
+            threads.stop(DEFAULT_STOP_TIMEOUT)
+            threads.on_held = None
+            report = check_threads(
+                threads, replaced, patch_windows, stack_scan_limit, pointer_ranges, maps, log
+            )
+            maps = report.maps
             if report.safe:
-                yield stopped
+                threads.attempts = attempts
+                threads.stopped_before = stopped_seconds
+                yield threads
                 return
+        stopped_seconds += threads.pause
+        for key in {(o.range_name, o.kind) for o in report.offenders}:
+            found[key] = found.get(key, 0) + 1
         persistent = report.keys() if persistent is None else persistent & report.keys()
-        if time.monotonic() + retry_interval > deadline:
+        wait = max(retry_interval, RUN_PER_STOP * threads.pause)
+        if time.monotonic() + wait > deadline:
             always = tuple(
                 o for o in report.offenders if attempts > 1 and (o.tid, o.range_name) in persistent
             )
@@ -200,5 +264,8 @@ def stop_when_safe(
                 f"unsafe to switch after {attempts} attempts: threads inside {', '.join(names)}",
                 report.offenders,
                 always,
+                attempts,
+                stopped_seconds,
+                tuple((name, kind, count) for (name, kind), count in sorted(found.items())),
             )
-        time.sleep(retry_interval)
+        time.sleep(wait)

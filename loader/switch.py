@@ -1,21 +1,28 @@
-"""The switch: write every patch site in one system call, so a loader killed mid-switch leaves no mix.
+"""The switch: every patch site written at once while the threads are held, all or nothing.
 
-Writing N sites through /proc/PID/mem takes N writes; a loader killed between two of them would let
-the process run with some functions switched and others not. Instead, while every thread is held
-stopped, the loader lays out a table in its own allocation (the new bytes, and two iovec arrays:
-where they are, where they go) and injects at one stopped thread:
+Everything that does not need the threads stopped is done before the stop (`prepare_switch`): the
+bytes now at every site (and every byte the caller's checks cover) are read, the new bytes computed,
+the method chosen and its table laid out in the package's allocation. Inside the window only this is
+left (`PreparedSwitch.run`):
 
-  1. mprotect(span of the sites, r-x → rwx)   code pages are read-only; process_vm_writev honours that
-  2. process_vm_writev(self, table, N, sites, N) every site in one call: a killed loader cannot
-                                                 interrupt a system call the target is executing, and
-                                                 the injection gadget resumes the thread after it
-  3. mprotect(span, back to its protection)
-
-A loader killed before 2 completes leaves no site written; after 2, every site. What it can leave
-is the span of code pages still writable (rwx) if it dies between 1 and 3; `hpkg status` does not
-repair that (a restart of the process does). When this path is not possible — the sites are not in
-one mapping, the table does not fit, the target is under seccomp, or mprotect is refused (W^X
-policies) — the switch falls back to /proc/PID/mem writes site by site, and says so.
+  one page   every site lies in one page of code (the usual patch): one process_vm_readv compares
+             the span with what was read before the stop, one pwrite of /proc/PID/mem writes the span
+             with every site switched, one process_vm_readv checks it. /proc/PID/mem writes through
+             the read-only code page (FOLL_FORCE, copy-on-write, as a debugger's breakpoint), so no
+             mprotect is needed; the kernel copies at most one page per step, and one page is pinned
+             once (after the only check for a fatal signal): a loader killed during the call leaves
+             the span written entirely or not at all. (process_vm_writev from the loader cannot
+             write read-only code pages, so it is not used here.)
+  injected   the sites span several pages: the span's protection goes r-x → rwx, then one
+             process_vm_writev executed by a stopped thread of the target itself writes every site,
+             then the protection goes back; a killed loader cannot interrupt a system call the target
+             executes, and the injection gadget resumes the thread after it (loader/inject.py). The
+             iovec table was written before the stop; the target's own pid (pid namespaces) read
+             from /proc/PID/status. What a death can leave is the span of code pages still writable
+             (rwx) between the two mprotects; `hpkg status` does not repair that (a restart does).
+  by site    when injection is impossible (sites in several mappings, no room for the table, a
+             seccomp filter, a W^X policy refusing the mprotect): one /proc/PID/mem write per site,
+             and the output says so, since for those microseconds a mix is possible.
 """
 
 from __future__ import annotations
@@ -25,9 +32,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from hpkg.elf.constants import PF_R, PF_W, PF_X
-from hpkg.errors import RefusedError, TargetError
-from hpkg.loader.inject import GADGET_SIZE, PROT_EXEC, PROT_READ, PROT_WRITE, Injector, scratch_at
-from hpkg.loader.process import StoppedThreads
+from hpkg.errors import IncompatibleTarget, TargetError
+from hpkg.loader import procfs
+from hpkg.loader.inject import GADGET_SIZE, PROT_EXEC, PROT_READ, PROT_WRITE, Injector, Scratch, scratch_at
+from hpkg.loader.process import Process, StoppedThreads
 from hpkg.loader.procfs import PAGE_SIZE, RuntimeImage, page_up
 from hpkg.loader.record import PatchRecord, encoded_size
 
@@ -87,18 +95,157 @@ def _layout(writes: Sequence[SiteWrite], table: Table) -> tuple[bytes, int, int]
     return blob, table.start, table.start + len(local)
 
 
-def write_sites(
-    stopped: StoppedThreads, writes: Sequence[SiteWrite], table: Table | None, image: RuntimeImage
-) -> str:
-    """Write every site while all threads are held; one system call when possible. Returns the method.
+@dataclass(frozen=True)
+class Injection:
+    """The injected path's inputs, all computed before the stop."""
 
-    Every write is journaled in `stopped`, so an exception before the caller's block ends undoes it.
-    """
-    if writes and table is not None and _write_in_one_call(stopped, writes, table, image):
-        return ONE_CALL
-    for write in writes:
-        stopped.write(write.address, write.data)
-    return SITE_BY_SITE
+    low: int  # the page span of the sites
+    high: int
+    original: int  # the protection the span returns to
+    local_iov: int  # runtime addresses of the iovec arrays in the table
+    remote_iov: int
+    count: int
+    own_pid: int  # the target's pid as the target sees it
+    scratch: Scratch | None  # the gadget's room in the package's code page
+
+
+@dataclass(frozen=True)
+class PreparedSwitch:
+    """The switch of one image, ready to run in the window: the writes, the bytes they replace and the
+    method. `span` is the one page's [start, end) holding every write and check (one-page method)."""
+
+    writes: tuple[SiteWrite, ...]
+    checks: tuple[SiteWrite, ...]  # bytes found before the stop that must still be there in the window
+    method: str
+    span: tuple[int, int] | None = None
+    before: bytes = b""  # the span (one page) as read before the stop
+    after: bytes = b""  # the span with every write applied
+    injection: Injection | None = None
+
+    def found(self, address: int, size: int) -> bytes:
+        """The bytes read at `address` before the stop (for the caller's checks of what is there)."""
+        for check in self.checks:
+            if check.address <= address and address + size <= check.address + len(check.data):
+                offset = address - check.address
+                return check.data[offset : offset + size]
+        raise KeyError(address)
+
+    def run(self, stopped: StoppedThreads, changed: str) -> str:
+        """Inside the window: compare, write every site, check the result; the method used.
+
+        IncompatibleTarget(`changed`) when a checked byte is no longer what was read before the stop;
+        TargetError when a write did not stick. Every write is journaled in `stopped`, so an exception
+        before the hold ends undoes it.
+        """
+        process = stopped.process
+        if self.span is not None:
+            start, end = self.span
+            if process.read(start, end - start) != self.before:
+                raise IncompatibleTarget(changed, self._differences(process))
+            if not self.writes:
+                return SITE_BY_SITE  # nothing to write: every site holds its pre-image already
+            stopped.remember(start, self.before)
+            process.write(start, self.after)
+            if process.read(start, end - start) != self.after:
+                raise TargetError(f"the switch at {start:#x} in process {process.pid} did not stick")
+            return self.method
+        for check in self.checks:
+            if process.read(check.address, len(check.data)) != check.data:
+                raise IncompatibleTarget(changed, self._differences(process))
+        if self.injection is None or not _injected(stopped, self.writes, self.injection, self):
+            for write in self.writes:
+                stopped.remember(write.address, self.found(write.address, len(write.data)))
+                process.write(write.address, write.data)
+            method = SITE_BY_SITE
+        else:
+            method = ONE_CALL
+        for write in self.writes:
+            if process.read(write.address, len(write.data)) != write.data:
+                raise TargetError(f"the switch at {write.address:#x} in process {process.pid} did not stick")
+        return method
+
+    def _differences(self, process: Process) -> tuple[str, ...]:
+        out = []
+        for check in self.checks:
+            try:
+                now = process.read(check.address, len(check.data))
+            except TargetError:
+                now = b""
+            if now != check.data:
+                out.append(f"at {check.address:#x}: holds {now.hex()}, was {check.data.hex()}")
+        return tuple(out)
+
+
+ONE_PAGE = "one /proc/PID/mem write (one page)"
+
+
+def prepare_switch(
+    process: Process,
+    writes: Sequence[SiteWrite],
+    checks: Sequence[tuple[int, int]],
+    table: Table | None,
+    image: RuntimeImage,
+) -> PreparedSwitch:
+    """Read what the writes replace and every checked range (address, size), and choose the method,
+    while the process runs; on the injected path, write its table into the package allocation."""
+    ranges = [(w.address, len(w.data)) for w in writes] + list(checks)
+    if not ranges:
+        return PreparedSwitch((), (), SITE_BY_SITE)
+    low = min(a for a, _ in ranges)
+    high = max(a + n for a, n in ranges)
+    if in_one_page(low, high) and not _left_writable(process, image, low, high):
+        before = process.read(low, high - low)
+        after = bytearray(before)
+        for write in writes:
+            after[write.address - low : write.address - low + len(write.data)] = write.data
+        found = tuple(SiteWrite(a, before[a - low : a - low + n]) for a, n in sorted(set(ranges)))
+        return PreparedSwitch(tuple(writes), found, ONE_PAGE, (low, high), before, bytes(after))
+    found = tuple(SiteWrite(a, process.read(a, n)) for a, n in sorted(set(ranges)))
+    injection = _prepare_injection(process, writes, table, image) if table is not None else None
+    return PreparedSwitch(tuple(writes), found, ONE_CALL if injection else SITE_BY_SITE, injection=injection)
+
+
+def in_one_page(low: int, high: int) -> bool:
+    """Whether [low, high) lies in one page: then one /proc/PID/mem write is all or nothing."""
+    return low // PAGE_SIZE == (high - 1) // PAGE_SIZE
+
+
+def _left_writable(process: Process, image: RuntimeImage, low: int, high: int) -> bool:
+    """Whether the code page is not at its program header's protection (an earlier switch interrupted
+    between its mprotects left it rwx): the injected path then puts that protection back."""
+    page = low & ~(PAGE_SIZE - 1)
+    mapping = next((m for m in process.maps() if m.start <= page and high <= m.end), None)
+    wanted = _segment_protection(image, page, page_up(high))
+    return mapping is not None and wanted is not None and _protection(mapping.perms) != wanted
+
+
+def _own_pid(process: Process) -> int:
+    """The target's pid in its own pid namespace: the last NSpid of /proc/PID/status."""
+    fields = procfs.thread_status(process.pid, process.pid).get("NSpid", "").split()
+    return int(fields[-1]) if fields else process.pid
+
+
+def _prepare_injection(
+    process: Process, writes: Sequence[SiteWrite], table: Table, image: RuntimeImage
+) -> Injection | None:
+    """The injected path's table, written now into the allocation; None when the path is impossible."""
+    low = min(w.address for w in writes) & ~(PAGE_SIZE - 1)
+    high = page_up(max(w.address + len(w.data) for w in writes))
+    mapping = next((m for m in process.maps() if m.start <= low and high <= m.end), None)
+    layout = _layout(writes, table)
+    seccomp = procfs.thread_status(process.pid, process.pid).get("Seccomp", "0").strip()
+    if mapping is None or layout is None or seccomp == "2":
+        return None  # seccomp: an unexpected system call could kill the target
+    blob, local_iov, remote_iov = layout
+    # The program header's protection, not the current one: that repairs code pages an earlier,
+    # interrupted switch left writable.
+    original = _segment_protection(image, low, high)
+    if original is None:
+        original = _protection(mapping.perms)
+    process.write(table.start, blob)
+    # The gadget in the package's own code page: no search through the images while threads wait.
+    scratch = scratch_at(process, table.gadget) if table.gadget is not None else None
+    return Injection(low, high, original, local_iov, remote_iov, len(writes), _own_pid(process), scratch)
 
 
 def _segment_protection(image: RuntimeImage, low: int, high: int) -> int | None:
@@ -113,44 +260,24 @@ def _segment_protection(image: RuntimeImage, low: int, high: int) -> int | None:
     return None
 
 
-def _write_in_one_call(
-    stopped: StoppedThreads, writes: Sequence[SiteWrite], table: Table, image: RuntimeImage
+def _injected(
+    stopped: StoppedThreads, writes: Sequence[SiteWrite], plan: Injection, switch: PreparedSwitch
 ) -> bool:
-    """The mprotect / process_vm_writev / mprotect sequence; False (nothing written) when not possible."""
+    """The mprotect / process_vm_writev / mprotect sequence; False (nothing written) when refused."""
     process = stopped.process
-    low = min(w.address for w in writes) & ~(PAGE_SIZE - 1)
-    high = page_up(max(w.address + len(w.data) for w in writes))
-    mapping = next((m for m in process.maps() if m.start <= low and high <= m.end), None)
-    layout = _layout(writes, table)
-    if mapping is None or layout is None:
-        return False
-    blob, local_iov, remote_iov = layout
-    # The program header's protection, not the current one: that repairs code pages an earlier,
-    # interrupted switch left writable.
-    original = _segment_protection(image, low, high)
-    if original is None:
-        original = _protection(mapping.perms)
     total = sum(len(w.data) for w in writes)
-    try:
-        # The gadget in the package's own code page: no search through the images while threads wait.
-        scratch = scratch_at(process, table.gadget) if table.gadget is not None else None
-        injector = Injector(stopped, scratch=scratch)
-    except RefusedError:
-        return False  # seccomp: an unexpected system call could kill the target
-    with injector:
-        process.write(table.start, blob)
+    with Injector(stopped, scratch=plan.scratch, allow_seccomp=True) as injector:  # checked before the stop
         try:
-            injector.mprotect(low, high - low, PROT_READ | PROT_WRITE | PROT_EXEC)
+            injector.mprotect(plan.low, plan.high - plan.low, PROT_READ | PROT_WRITE | PROT_EXEC)
         except TargetError:
             return False  # e.g. a W^X policy refuses writable code
         try:
             for write in writes:
-                stopped.remember(write.address, process.read(write.address, len(write.data)))
-            own_pid = injector.getpid()  # the target's own view of its pid (pid namespaces)
-            written = injector.syscall(SYS_PROCESS_VM_WRITEV, own_pid, local_iov, len(writes), remote_iov,
-                                       len(writes), 0)
+                stopped.remember(write.address, switch.found(write.address, len(write.data)))
+            iovecs = (plan.local_iov, plan.count, plan.remote_iov, plan.count)
+            written = injector.syscall(SYS_PROCESS_VM_WRITEV, plan.own_pid, *iovecs, 0)
         finally:
-            injector.mprotect(low, high - low, original)
+            injector.mprotect(plan.low, plan.high - plan.low, plan.original)
     if written != total:
         raise TargetError(f"process_vm_writev in process {process.pid} wrote {written} of {total} bytes")
     return True

@@ -24,19 +24,26 @@ def pause(tmp_path_factory) -> dict[str, dict]:
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     document = json.loads(done.stdout)
     assert document["pairs"] == []  # only the pause section was selected
-    return {result["name"]: result for result in document["pause"]}
+    curve = {(p["threads"], p["period_ms"]): p for p in document["pause_curve"]}
+    return {**{result["name"]: result for result in document["pause"]}, "curve": curve}
 
 
 def test_both_servers_were_measured_with_all_their_threads(pause):
-    assert set(pause) == set(SERVERS)
-    for name, result in pause.items():
+    assert set(pause) - {"curve"} == set(SERVERS)
+    for name, result in _servers(pause).items():
         assert result["error"] is None, name
         assert result["threads"] == SERVERS[name]
         assert result["rounds"] == 2 and result["clients"] == 4
 
 
-def test_every_round_has_a_measured_pause_and_restart(pause):
-    for result in pause.values():
+def _servers(pause: dict) -> dict:
+    return {name: result for name, result in pause.items() if name != "curve"}
+
+
+def test_every_round_has_a_measured_pause_floor_and_restart(pause):
+    for result in _servers(pause).values():
+        # Two floors a round: before the apply and before the revert.
+        assert len(result["floor_ms"]["samples"]) == 4 and all(s > 0 for s in result["floor_ms"]["samples"])
         for key in ("apply_pause_ms", "revert_pause_ms", "apply_wall_ms", "restart_ms"):
             summary = result[key]
             assert len(summary["samples"]) == 2 and all(s > 0 for s in summary["samples"]), key
@@ -46,8 +53,21 @@ def test_every_round_has_a_measured_pause_and_restart(pause):
         assert all(p <= w for p, w in zip(pauses, walls, strict=True))
 
 
+def test_the_quick_curve_measures_floor_apply_and_revert_at_17_and_64_threads(pause):
+    assert set(pause["curve"]) == {(17, 1), (64, 1)}
+    for point in pause["curve"].values():
+        assert point["error"] is None
+        assert len(point["floor_ms"]["samples"]) == 4 and all(s > 0 for s in point["floor_ms"]["samples"])
+        applied = len(point["apply_pause_ms"]["samples"])
+        assert applied + point["apply_refused"] == 2 and len(point["apply_attempts"]) == 2
+        # Over every attempt, the stopped time is at least the successful stop's pause.
+        if point["apply_refused"] == 0:
+            stopped, pauses = point["apply_stopped_ms"]["samples"], point["apply_pause_ms"]["samples"]
+            assert all(s >= p for s, p in zip(stopped, pauses, strict=True))
+
+
 def test_a_live_patch_loses_no_request_and_the_fix_answers_while_applied(pause):
-    for name, result in pause.items():
+    for name, result in _servers(pause).items():
         assert result["live_failed"] == [0, 0], name
         assert result["live_wrong"] == 0, name
         assert all(n > 0 for n in result["fixed_answers_while_patched"]), name  # 414 from the fix
@@ -57,7 +77,7 @@ def test_a_live_patch_loses_no_request_and_the_fix_answers_while_applied(pause):
 
 
 def test_a_restart_drops_every_clients_connection_and_the_servers_state(pause):
-    for name, result in pause.items():
+    for name, result in _servers(pause).items():
         # Each client's open connection dies with the process: its next request fails at least once.
         assert all(failed >= result["clients"] for failed in result["restart_failed"]), name
         # The request counter lives in the process: a restarted server counts from the start again.

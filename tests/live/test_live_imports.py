@@ -40,14 +40,19 @@ def test_fix_calling_an_ifunc_the_baseline_never_imports(variant, programs, keys
             target.kill()
 
 
-def test_site_by_site_switch_when_one_call_is_impossible(programs, keys, build_package, monkeypatch) -> None:
-    """The fallback the switch takes under a W^X policy or seccomp (forced here): the same result."""
+@pytest.mark.parametrize("injection", [True, False], ids=["injected", "site-by-site"])
+def test_switch_of_sites_over_several_pages(programs, keys, build_package, monkeypatch, injection) -> None:
+    """Sites over several pages (forced here) take the injected process_vm_writev, or, when that is
+    impossible (a W^X policy or seccomp, forced too), the site-by-site fallback: the same result."""
     from hpkg.loader import switch
     from hpkg.loader.apply import apply_to_process
     from hpkg.loader.revert import revert_process
     from hpkg.loader.trust import open_package
 
-    monkeypatch.setattr(switch, "_write_in_one_call", lambda *args: False)
+    monkeypatch.setattr(switch, "in_one_page", lambda low, high: False)
+    if not injection:
+        monkeypatch.setattr(switch, "_injected", lambda *args: False)
+    method = switch.ONE_CALL if injection else switch.SITE_BY_SITE
     program = programs["new_import"]
     package = open_package(build_package(program.baseline, program.fixed), keys.public, False).package
     pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "text": True}
@@ -59,9 +64,9 @@ def test_site_by_site_switch_when_one_call_is_impossible(programs, keys, build_p
                 return target.stdout.readline().rstrip("\n")
 
             applied = apply_to_process(package, target.pid)
-            assert applied.images[0].switch == switch.SITE_BY_SITE
+            assert applied.images[0].switch == method
             assert ask("a;b") == "rejected a;b (#1)"
-            assert revert_process(target.pid).images[0].switch == switch.SITE_BY_SITE
+            assert revert_process(target.pid).images[0].switch == method
             assert ask("a;b") == "ok a;b (#2)"
             assert_running_untraced(target.pid)
             assert hpkg_mappings(target.pid) == []

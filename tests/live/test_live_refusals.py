@@ -293,3 +293,38 @@ def test_code_left_writable_by_an_interrupted_switch_is_repaired(samples, keys, 
         perms = [line.split()[1] for line in Path(f"/proc/{talk.pid}/maps").read_text().splitlines()]
         assert not any("w" in p and "x" in p for p in perms)
         _unchanged(talk.pid)
+
+
+def test_a_site_changed_after_preparation_is_refused_in_the_window(samples, keys, build_package,
+                                                                   monkeypatch) -> None:
+    """Another tool writes the site after hpkg read it but before the stop: the compare inside the window
+    refuses (exit 4), nothing is written, the package memory is freed, every thread runs untraced."""
+    from hpkg.errors import IncompatibleTarget
+    from hpkg.loader import apply as apply_module
+    from hpkg.loader.apply import apply_to_process
+    from hpkg.loader.trust import open_package
+
+    sample = samples["01-bounds-check"]
+    baseline = sample.binary("baseline", "ready")
+    path = build_package(baseline, sample.binary("fixed", "ready"))
+    package = open_package(path, keys.public, False).package
+    real_wait = apply_module.wait_until_safe
+    with Conversation(sample, "baseline", "ready") as talk:
+        site = _runtime(talk.pid, baseline, _symbol(baseline, "read_slot"))
+        original = _read(talk.pid, site, 5)
+
+        def breakpoint_then_wait(*args, **kwargs):
+            _write(talk.pid, site, b"\xcc" * 5)  # after the switch was prepared, before the stop
+            return real_wait(*args, **kwargs)
+
+        monkeypatch.setattr(apply_module, "wait_until_safe", breakpoint_then_wait)
+        try:
+            apply_to_process(package, talk.pid)
+            raise AssertionError("the apply must refuse a site changed before the stop")
+        except IncompatibleTarget as refused:
+            assert "changed while hpkg prepared" in str(refused) and refused.exit_code == 4
+            assert any(f"{site:#x}" in reason and "cccccccccc" in reason for reason in refused.reasons)
+        assert _read(talk.pid, site, 5) == b"\xcc" * 5  # hpkg wrote nothing there
+        _unchanged(talk.pid)
+        _write(talk.pid, site, original)
+        assert talk.ask(sample.steps[0].request) == sample.steps[0].baseline

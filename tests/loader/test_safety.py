@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from hpkg.errors import UnsafeNow
@@ -99,4 +101,100 @@ def test_function_called_now_and_then_becomes_safe_by_retrying(start_target):
     window = safety.CodeRange("answer", answer.start, answer.start + 5)
     with safety.stop_when_safe(process, [answer], [window], timeout=10) as stopped:
         assert safety.check_threads(stopped, [answer], [window]).safe
+    target.assert_running_untraced()
+
+
+def _reference_offenders(process: Process, stopped, replaced, pointer_ranges) -> set[tuple]:
+    """The check as a word-by-word loop over each stack read on its own: what the batched check must equal."""
+    maps = process.maps()
+    found = set()
+    for tid in stopped.tids:
+        regs = stopped.regs(tid)
+        found |= {(tid, r.name, "instruction pointer", regs.rip) for r in replaced if r.contains(regs.rip)}
+        for memory in pointer_ranges:
+            values = [getattr(regs, n) for n in ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9",
+                                                 "r10", "r11", "r12", "r13", "r14", "r15")]  # fmt: skip
+            hit = next((v for v in values if memory.contains(v)), None)
+            if hit is not None:
+                found.add((tid, memory.name, "register", hit))
+        stack = next(m for m in maps if m.contains(regs.rsp))
+        start = regs.rsp & ~7
+        data = process.read(start, min(stack.end, start + (1 << 20)) - start)
+        words = [int.from_bytes(data[i : i + 8], "little") for i in range(0, len(data) - 7, 8)]
+        for r in replaced:
+            hit = next((w for w in words if r.contains(w)), None)
+            if hit is not None:
+                found.add((tid, r.name, "return address", hit))
+        for memory in pointer_ranges:
+            hit = next((w for w in words if memory.contains(w)), None)
+            if hit is not None:
+                found.add((tid, memory.name, "stack word", hit))
+    return found
+
+
+def test_batched_check_finds_what_a_word_by_word_scan_of_each_stack_finds(start_target):
+    """One process_vm_readv for every stack and a search in C: the same offenders as reading each stack
+    on its own and comparing every word, for code ranges and for memory about to be freed (the image)."""
+    target = start_target("threads")
+    process = Process(target.pid)
+    names = ("hold_here", "sleeper_wait", "spin_work", "answer")
+    ranges = [code_range(process, target, name) for name in names]
+    image = next(i for i in process.images() if i.path == str(target.binary.path))
+    memory = [safety.CodeRange("image", image.start, image.end)]
+    with process.stop_all_threads() as stopped:
+        report = safety.check_threads(stopped, ranges, [], pointer_ranges=memory)
+        expected = _reference_offenders(process, stopped, ranges, memory)
+    found = {(o.tid, o.range_name, o.kind, o.address) for o in report.offenders}
+    assert found == expected
+    assert {o.range_name for o in report.offenders} >= {"hold_here", "sleeper_wait", "spin_work", "image"}
+
+
+def test_a_thread_created_after_the_seize_is_stopped_and_checked(start_target):
+    """Seized while running (PTRACE_O_TRACECLONE), a thread created before the stop is attached by the
+    kernel: the stop holds it with the others, the check counts it, and the release lets it run."""
+    target = start_target("threads")
+    process = Process(target.pid)
+    hold = code_range(process, target, "hold_here")
+    with process.seize_all_threads() as seized:
+        before = set(target.tids())
+        assert not seized.held  # seized, nothing stopped: the threads run on
+        target.send("spawn\n")
+        deadline = time.monotonic() + 20
+        while not set(target.tids()) - before:
+            assert time.monotonic() < deadline, "the target never created its thread"
+            time.sleep(0.001)
+        [new] = set(target.tids()) - before
+        seized.stop(5.0)
+        assert new in seized.tids and len(seized.tids) == 9
+        assert set(target.states().values()) == {"t"}
+        report = safety.check_threads(seized, [hold])
+        assert report.threads_checked == 9
+    target.assert_running_untraced()
+    # Released, it runs into hold_here like the holder: found there by a later check.
+    deadline = time.monotonic() + 20
+    while True:
+        with process.stop_all_threads() as stopped:
+            busy = {o.tid for o in safety.check_threads(stopped, [hold]).offenders}
+        if new in busy:
+            break
+        assert time.monotonic() < deadline, "the new thread never reached hold_here"
+        time.sleep(0.01)
+    target.assert_running_untraced()
+
+
+def test_a_busy_refusal_counts_the_attempts_and_where_threads_were(start_target):
+    """The refusal says how often and where threads were found inside, and the stopped time spent."""
+    target = start_target("threads")
+    process = Process(target.pid)
+    hold = code_range(process, target, "hold_here")
+    with pytest.raises(safety.ThreadsBusy) as caught, safety.stop_when_safe(
+        process, [hold], [], timeout=0.3, retry_interval=0.05
+    ):
+        raise AssertionError("the switch must not run while a thread is inside hold_here")
+    busy = caught.value
+    assert busy.attempts >= 2
+    assert busy.found == (("hold_here", "return address", busy.attempts),)
+    assert busy.stopped_seconds > 0
+    where = f"{busy.attempts} attempts found threads inside: hold_here (return address) on {busy.attempts}"
+    assert where in busy.tally()
     target.assert_running_untraced()

@@ -182,3 +182,22 @@ def test_already_traced_process_names_the_tracer(start_target):
 def test_missing_thread_is_a_target_error():
     with pytest.raises(TargetError, match="no such process"):
         pt.seize(2**22 + 4321)
+
+
+def test_the_loader_runs_first_in_line_only_while_it_holds_threads(start_target):
+    """SCHED_FIFO from the seize to the release (as root), sharing the CPU while threads reach their
+    stops, and the loader's own policy back afterwards, also when the hold ends in an exception."""
+    target = start_target("threads")
+    process = Process(target.pid)
+    before = os.sched_getscheduler(0)
+    with process.seize_all_threads() as seized:
+        assert os.sched_getscheduler(0) == os.SCHED_FIFO
+        seized.stop(5.0)
+        assert os.sched_getscheduler(0) == os.SCHED_FIFO and len(seized.tids) == 8
+    assert os.sched_getscheduler(0) == before
+    with pytest.raises(RuntimeError, match="boom"), process.stop_all_threads():
+        raise RuntimeError("boom")
+    assert os.sched_getscheduler(0) == before
+    with process.stop_thread():  # one thread held for an injection: the loader's policy is left alone
+        assert os.sched_getscheduler(0) == before
+    target.assert_running_untraced()

@@ -7,6 +7,7 @@
  *   printer  prints "tick N answer A" every 5 ms
  * Each thread names itself (/proc/PID/task/TID/comm) after its role.
  * With argv[1] == "churn" a ninth thread creates and joins short-lived threads without end.
+ * A line "spawn" on stdin makes main start one more thread ("spawned"), which sits in hold_here().
  */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -72,6 +73,7 @@ static void name(const char *comm) { pthread_setname_np(pthread_self(), comm); }
 static void *sleeper(void *arg) { name("sleeper"); sleeper_wait((int)(long)arg); return NULL; }
 static void *spinner(void *arg) { name("spinner"); spin_work((int)(long)arg); return NULL; }
 static void *holder(void *arg) { (void)arg; name("holder"); hold_here(); return NULL; }
+static void *spawned(void *arg) { (void)arg; name("spawned"); hold_here(); return NULL; }
 
 __attribute__((noreturn)) static void *printer(void *arg)
 {
@@ -119,6 +121,7 @@ int main(int argc, char **argv)
         buf[n] = 0;
         printf("main got %s", buf);
         fflush(stdout);
+        if (!strncmp(buf, "spawn", 5)) { pthread_create(&t, NULL, spawned, NULL); continue; }
         if (write(pipefd[1], buf, n) != n) exit(4);
     }
 }
