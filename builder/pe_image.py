@@ -48,6 +48,8 @@ from hpkg.pe.constants import (
     DOS_MAGIC,
     IMAGE_DIRECTORY_ENTRY_BASERELOC,
     IMAGE_DIRECTORY_ENTRY_EXCEPTION,
+    IMAGE_DIRECTORY_ENTRY_IAT,
+    IMAGE_DIRECTORY_ENTRY_IMPORT,
     IMAGE_SCN_CNT_UNINITIALIZED_DATA,
     IMAGE_SYM_CLASS_EXTERNAL,
     IMAGE_SYM_CLASS_STATIC,
@@ -146,9 +148,13 @@ def _segments(headers: PeHeaders) -> tuple[Segment, ...]:
     return tuple(out)
 
 
-def _coff_symbols(binary, headers: PeHeaders, sections: tuple[Section, ...]) -> list[Symbol]:
-    """Functions and data objects of the COFF symbol table (section, file, label and `.`-names dropped)."""
+def _coff_symbols(binary, sections: tuple[Section, ...], linker_tables: set[str]) -> list[Symbol]:
+    """Functions and data objects of the COFF symbol table (section, file, label and `.`-names dropped,
+    and every symbol of the `linker_tables` sections)."""
     raw: list[tuple[str, int, bool, bool, Section]] = []
+    # Input-section bounds (a section symbol's aux record gives its length): where an object ends at the
+    # latest, so that a constant table never runs on into another file's string literals.
+    bounds: dict[str, set[int]] = {}
     for sym in binary.symbols:
         index = sym.section_idx
         if index <= 0 or index > len(sections):
@@ -157,20 +163,25 @@ def _coff_symbols(binary, headers: PeHeaders, sections: tuple[Section, ...]) -> 
         if storage not in (IMAGE_SYM_CLASS_EXTERNAL, IMAGE_SYM_CLASS_STATIC):
             continue
         name = sym.name if isinstance(sym.name, str) else sym.name.decode("utf-8", "backslashreplace")
-        # Section symbols (`.text` with its aux record), `.refptr.x`/`.weak.x` helper words, `.file`.
-        if not name or name.startswith("."):
-            continue
         section = sections[index - 1]
         if not section.alloc:
             continue
+        # Section symbols (`.text` with its aux record), `.refptr.x`/`.weak.x` helper words, `.file`.
+        if not name or name.startswith("."):
+            for aux in sym.auxiliary_symbols:
+                length = getattr(aux, "length", None)
+                if length is not None:
+                    start = section.address + sym.value
+                    bounds.setdefault(section.name, set()).update((start, start + length))
+            continue
+        if section.name in linker_tables:
+            continue  # the import tables (`__imp_x` slots, hint/name entries): imports, not variables
         function = str(sym.complex_type).rsplit(".", 1)[-1] == _FUNCTION_TYPE
         raw.append((name, section.address + sym.value, function, storage == IMAGE_SYM_CLASS_STATIC, section))
     # COFF symbols carry no size: a data object runs to the next symbol of its section.
-    starts: dict[str, list[int]] = {}
     for _, address, _, _, section in raw:
-        starts.setdefault(section.name, []).append(address)
-    for addresses in starts.values():
-        addresses.sort()
+        bounds.setdefault(section.name, set()).add(address)
+    starts = {name: sorted(addresses) for name, addresses in bounds.items()}
     out: list[Symbol] = []
     for name, address, function, local, section in raw:
         if function:
@@ -183,6 +194,17 @@ def _coff_symbols(binary, headers: PeHeaders, sections: tuple[Section, ...]) -> 
             kind, size = SymbolKind.OBJECT, (addresses[i] if i < len(addresses) else section.end) - address
         out.append(Symbol(name, LinkAddress(address), size, kind, local, section.name))
     return out
+
+
+def _import_sections(headers: PeHeaders) -> set[str]:
+    """The sections holding the import directory or the IAT (mingw's `.idata`): linker tables."""
+    found = set()
+    for index in (IMAGE_DIRECTORY_ENTRY_IMPORT, IMAGE_DIRECTORY_ENTRY_IAT):
+        rva, size = headers.directory(index)
+        section = headers.section_at(rva) if rva and size else None
+        if section is not None:
+            found.add(section.name)
+    return found
 
 
 def _export_symbols(binary, headers: PeHeaders, sections: tuple[Section, ...]) -> list[Symbol]:
@@ -264,23 +286,32 @@ def _imports(slots: dict[int, str], thunks: dict[int, int]) -> tuple[Import, ...
     return tuple(out)
 
 
-def _pointer_relocations(headers: PeHeaders, data: bytes) -> tuple[ElfRelocation, ...]:
-    """DIR64 base relocations as RELATIVE relocations: the word's address and the address it holds."""
+def _pointer_relocations(
+    headers: PeHeaders, data: bytes, sections: tuple[Section, ...], contents: dict[str, bytes]
+) -> tuple[ElfRelocation, ...]:
+    """DIR64 base relocations as RELATIVE relocations: the word's address and the address it holds.
+
+    The word's value moves to the relocation's addend and the word in `contents` becomes zeros, as
+    in an ELF file with RELA relocations: comparisons then see a pointer as what it points to (the
+    relocation), never as an address that shifts with every change before its target."""
     read = file_reader(data, headers)
     rva, size = headers.directory(IMAGE_DIRECTORY_ENTRY_BASERELOC)
     out = []
+    cleared: dict[str, bytearray] = {}
     for where in pointer_words(read, rva, size):
         word = read(where, 8)
-        if len(word) == 8:
-            out.append(
-                ElfRelocation(
-                    LinkAddress(headers.image_base + where),
-                    "X86_64_RELATIVE",
-                    "",
-                    struct.unpack("<Q", word)[0],
-                    "",
-                )
-            )
+        if len(word) != 8:
+            continue
+        address = headers.image_base + where
+        out.append(
+            ElfRelocation(LinkAddress(address), "X86_64_RELATIVE", "", struct.unpack("<Q", word)[0], "")
+        )
+        section = next((s for s in sections if s.address <= address and address + 8 <= s.end), None)
+        if section is not None and section.name in contents:
+            raw = cleared.setdefault(section.name, bytearray(contents[section.name]))
+            raw[address - section.address : address - section.address + 8] = bytes(8)
+    for name, raw in cleared.items():
+        contents[name] = bytes(raw)
     return tuple(out)
 
 
@@ -304,11 +335,14 @@ def load_pe_image(path: str | Path, debug: str | Path | None = None) -> Image:
         raise ImageError(f"{path}: {exc}") from None
     if not any(s.executable and not s.nobits and s.size for s in sections):
         raise ImageError(f"{path}: no code: the file has no executable section with contents")
+    relocations = _pointer_relocations(headers, data, sections, contents)
     binary = _parse(path)
     slots = _import_slots(binary, headers)
     ranges = _function_ranges(headers, data)
     thunks = _thunks(sections, contents, slots, ranges)
-    symbols = [s for s in _coff_symbols(binary, headers, sections) if s.address not in thunks]
+    symbols = [
+        s for s in _coff_symbols(binary, sections, _import_sections(headers)) if s.address not in thunks
+    ]
     exported = [s for s in _export_symbols(binary, headers, sections) if s.address not in thunks]
     return Image(
         path=str(path),
@@ -323,7 +357,7 @@ def load_pe_image(path: str | Path, debug: str | Path | None = None) -> Image:
         got_slots=tuple(
             GotSlot(LinkAddress(a), name, None, "IMAGE_IAT") for a, name in sorted(slots.items())
         ),
-        dynamic_relocations=_pointer_relocations(headers, data),
+        dynamic_relocations=relocations,
         static_relocations=(),
         section_bytes=contents,
         eh_frame=ranges,

@@ -220,3 +220,13 @@ def file_reader(data: bytes, headers: PeHeaders | None = None) -> RvaReader:
 def memory_reader(read_memory: Callable[[int, int], bytes], base: int) -> RvaReader:
     """Reads an image a process mapped at `base` by RVA (`read_memory(address, size)`)."""
     return lambda rva, size: read_memory(base + rva, size)
+
+
+def file_section(data: bytes, name: str) -> bytes | None:
+    """The bytes of a PE file's section by name (long names resolved), or None: how the builder reads
+    a non-mapped section such as mingw's `.debug_line`."""
+    headers = resolve_long_names(parse_headers(file_reader(data), "PE file"), data)
+    section = next((s for s in headers.sections if s.name == name), None)
+    if section is None or not section.raw_size:
+        return None
+    return data[section.raw_offset : section.raw_offset + min(section.raw_size, section.size)]
