@@ -25,7 +25,9 @@ _TARGET = re.compile(r"\b([0-9a-f]+) <([^>]+)>")
 _RIP_DISPLACEMENT = re.compile(r"-?0x[0-9a-f]+\(%rip\)")
 _SECTION = re.compile(r"^\s*\d+\s+(\S+)\s+([0-9a-f]+)\s+([0-9a-f]+)\s+[0-9a-f]+\s+([0-9a-f]+)")
 # `[118](sec  1)(fl 0x00)(ty   20)(scl   3) (nx 0) 0x0000000000000550 path_is_safe.part.0`
-_SYMBOL = re.compile(r"^\[\s*\d+\]\(sec\s+(-?\d+)\).*\(ty\s+([0-9a-f]+)\)\(scl\s+(\d+)\).* 0x([0-9a-f]+) (.+)$")
+_SYMBOL = re.compile(
+    r"^\[\s*\d+\]\(sec\s+(-?\d+)\).*\(ty\s+([0-9a-f]+)\)\(scl\s+(\d+)\).* 0x([0-9a-f]+) (.+)$"
+)
 _PADDING = re.compile(r"^(nop[wl]?\b|xchg\s+%ax,%ax|int3|cs nopw|data16|\(bad\))")
 
 
@@ -57,15 +59,24 @@ class _Image:
             m = _SYMBOL.match(line)
             if not m:
                 continue
-            section, kind, storage, value, name = int(m.group(1)), m.group(2), int(m.group(3)), m.group(4), m.group(5)
+            section, kind, storage, value, name = (
+                int(m.group(1)),
+                m.group(2),
+                int(m.group(3)),
+                m.group(4),
+                m.group(5),
+            )
             if storage == 103:  # C_FILE: the symbols up to the next one come from this source
                 current = name.strip()
             elif section > 0:
                 if kind == "20":
                     files.setdefault(name, current)
-                address = self.sections[section - 1][1] + int(value, 16) if section <= len(self.sections) else 0
+                address = (
+                    self.sections[section - 1][1] + int(value, 16) if section <= len(self.sections) else 0
+                )
                 addresses.setdefault(address, name)
         return files, addresses
+
     @staticmethod
     def _sections(binary: Path) -> list[tuple[str, int, int, int]]:
         """(name, address, size, file offset) of each section, from `objdump -h`."""
@@ -91,7 +102,9 @@ class _Image:
         return None
 
     def _canonical(self, insn: str, owner: str, labels: set[str]) -> str:
-        insn = _RIP_DISPLACEMENT.sub("REL(%rip)", insn.split("#")[0] + ("#" + insn.split("#", 1)[1] if "#" in insn else ""))
+        insn = _RIP_DISPLACEMENT.sub(
+            "REL(%rip)", insn.split("#")[0] + ("#" + insn.split("#", 1)[1] if "#" in insn else "")
+        )
 
         def target(m: re.Match[str]) -> str:
             symbol = m.group(2)
