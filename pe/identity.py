@@ -20,7 +20,7 @@ import struct
 from dataclasses import dataclass
 
 from hpkg.pe.constants import CODEVIEW_RSDS, IMAGE_DEBUG_TYPE_CODEVIEW, IMAGE_DIRECTORY_ENTRY_DEBUG
-from hpkg.pe.headers import PeHeaders, RvaReader
+from hpkg.pe.headers import PeHeaders, RvaReader, parse_headers
 
 # IMAGE_DEBUG_DIRECTORY: Characteristics, TimeDateStamp, Major/MinorVersion, Type, SizeOfData,
 # AddressOfRawData (RVA), PointerToRawData (file offset).
@@ -78,3 +78,10 @@ def image_identity(headers: PeHeaders, read: RvaReader) -> bytes:
         return codeview.guid + struct.pack("<I", codeview.age)
     stamp = struct.pack("<II", headers.time_date_stamp, headers.size_of_image)
     return stamp + header_digest(headers, read)[: IDENTITY_BYTES - len(stamp)]
+
+
+def read_identity(read: RvaReader, what: str) -> bytes:
+    """The identity of the image `read` reaches (a file through `file_reader`, or a process's mapping
+    of it through `memory_reader`): what the loader compares with a package's baseline record."""
+    headers = parse_headers(read, what)
+    return image_identity(headers, read)
