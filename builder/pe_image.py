@@ -64,6 +64,9 @@ MAX_IMAGE_FILE_SIZE = 4 << 30
 # `jmp qword ptr [rip + disp32]`: the body of an import thunk.
 _THUNK = re.compile(rb"\xff\x25", re.DOTALL)
 _THUNK_SIZE = 6
+# Zero-filled section tails (VirtualSize past the raw data) are held as bytes: a crafted VirtualSize
+# must not make the diff allocate gigabytes.
+MAX_ZERO_FILL = 256 << 20
 # The derived type "function" of a COFF symbol's Type field, as LIEF names it.
 _FUNCTION_TYPE = "FUNCTION"
 
@@ -107,9 +110,15 @@ def _sections(headers: PeHeaders, data: bytes) -> tuple[tuple[Section, ...], dic
     read = file_reader(data, headers)
     sections: list[Section] = []
     contents: dict[str, bytes] = {}
+    zero_filled = 0
     for s in headers.sections:
         if s.raw_size and s.raw_offset + min(s.raw_size, s.size) > len(data):
             raise ImageError(f"truncated PE file: section {s.name} ends past its end")
+        zero_filled += max(s.size - s.raw_size, 0) if s.raw_size or not s.discardable else 0
+        if zero_filled > MAX_ZERO_FILL:
+            raise ImageError(
+                f"malformed PE file: section {s.name} asks for more zero-filled memory than hpkg reads"
+            )
         nobits = not s.raw_size and bool(s.characteristics & IMAGE_SCN_CNT_UNINITIALIZED_DATA)
         section = Section(
             name=s.name,

@@ -37,6 +37,7 @@ DATA_DIRECTORY = struct.Struct("<II")  # IMAGE_DATA_DIRECTORY: VirtualAddress, S
 SECTION_HEADER = struct.Struct("<8sIIIIIIHHI")  # IMAGE_SECTION_HEADER
 MAX_SECTIONS = 96  # the loader's own limit (the COFF field allows 65,535)
 MAX_DIRECTORIES = 16
+MAX_HEADERS_SIZE = 1 << 20  # SizeOfHeaders is FileAlignment-rounded: 0x400 or 0x1000 in practice
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +149,10 @@ def parse_headers(read: RvaReader, what: str) -> PeHeaders:
         DATA_DIRECTORY.unpack_from(optional, OPTIONAL_HEADER64.size + i * DATA_DIRECTORY.size)
         for i in range(ndirs)
     )
+    if size_of_headers > MAX_HEADERS_SIZE:
+        raise ImageError(
+            f"{what}: malformed PE file: SizeOfHeaders {size_of_headers:#x} is larger than any header"
+        )
     if nsections > MAX_SECTIONS:
         raise ImageError(
             f"{what}: malformed PE file: {nsections} sections (the Windows loader takes {MAX_SECTIONS})"
@@ -161,7 +166,11 @@ def parse_headers(read: RvaReader, what: str) -> PeHeaders:
             table, i * SECTION_HEADER.size
         )
         name = raw_name.rstrip(b"\0").decode("utf-8", "backslashreplace")
-        sections.append(SectionHeader(name, rva, vsize, raw_offset, raw_size, flags))
+        section = SectionHeader(name, rva, vsize, raw_offset, raw_size, flags)
+        if not section.discardable and section.virtual_address + section.size > size_of_image:
+            # The Windows loader refuses such an image too: its section would lie outside the mapping.
+            raise ImageError(f"{what}: malformed PE file: section {name} ends past SizeOfImage")
+        sections.append(section)
     return PeHeaders(
         machine=machine,
         characteristics=characteristics,
