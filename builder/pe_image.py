@@ -114,12 +114,12 @@ def _sections(headers: PeHeaders, data: bytes) -> tuple[tuple[Section, ...], dic
     for s in headers.sections:
         if s.raw_size and s.raw_offset + min(s.raw_size, s.size) > len(data):
             raise ImageError(f"truncated PE file: section {s.name} ends past its end")
-        zero_filled += max(s.size - s.raw_size, 0) if s.raw_size or not s.discardable else 0
+        nobits = not s.raw_size and bool(s.characteristics & IMAGE_SCN_CNT_UNINITIALIZED_DATA)
+        zero_filled += 0 if nobits else max(s.size - s.raw_size, 0)
         if zero_filled > MAX_ZERO_FILL:
             raise ImageError(
                 f"malformed PE file: section {s.name} asks for more zero-filled memory than hpkg reads"
             )
-        nobits = not s.raw_size and bool(s.characteristics & IMAGE_SCN_CNT_UNINITIALIZED_DATA)
         section = Section(
             name=s.name,
             address=LinkAddress(headers.image_base + s.virtual_address),
