@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from objdump_pe_diff import OBJDUMP  # noqa: E402
 from pe_corpus import load_pe_samples  # noqa: E402
+from sample_corpus import SAMPLES_DIR, build_corpus  # noqa: E402
 
 from hpkg.builder.diff import diff_images  # noqa: E402
 from hpkg.builder.functions import discover_functions  # noqa: E402
@@ -144,3 +145,43 @@ def test_a_damaged_or_foreign_pe_is_one_error_line(pe_corpus, tmp_path, damage, 
 def _set_machine(data: bytes, machine: int) -> bytes:
     at = struct.unpack_from("<I", data, 0x3C)[0] + 4
     return data[:at] + struct.pack("<H", machine) + data[at + 2 :]
+
+
+def test_a_stripped_dll_is_named_by_its_exports(tmp_path) -> None:
+    source = PROGRAMS / "library.c"
+    old = load_image(_compile(source, tmp_path / "old.dll", "-shared", "-s", "-Wl,--build-id"))
+    new = load_image(_compile(source, tmp_path / "new.dll", "-shared", "-s", "-DFIX", "-Wl,--build-id"))
+    assert old.kind == new.kind == "pe-library"
+    result = diff_images(old, new)
+    assert [p.name for p in result.changed] == ["lib_limit"]
+    assert result.pair("lib_twice").status is Status.SAME
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "diff {elf_old} {pe_new}",
+        "verify {package} --allow-unsigned --against {pe_old}",
+        "apply {package} --allow-unsigned --file {pe_old} -o {out}",
+    ],
+    ids=["diff-elf-with-pe", "verify-against-pe", "apply-file-to-pe"],
+)
+def test_pe_files_where_only_elf_goes_are_one_error_line(pe_corpus, tmp_path, command) -> None:
+    """An ELF package never meets a PE file quietly: the loader's ELF reader says what it got (exit 3)."""
+    build_corpus()  # the ELF samples, under the corpus's build lock
+    elf = SAMPLES_DIR / "01-bounds-check" / "out"
+    package = tmp_path / "elf.hpkg"
+    if "{package}" in command:
+        built = _hpkg("build", str(elf / "baseline"), str(elf / "fixed"), "-o", str(package))
+        assert built.returncode == 0, built.stderr
+    args = command.format(
+        elf_old=elf / "baseline",
+        pe_old=BOUNDS.binary("baseline", "ready"),
+        pe_new=BOUNDS.binary("fixed", "ready"),
+        package=package,
+        out=tmp_path / "patched.exe",
+    ).split()
+    run = _hpkg(*args)
+    assert run.returncode == EXIT_INVALID, run.stderr
+    assert run.stderr.startswith("error: ") and "Traceback" not in run.stderr
+    assert not (tmp_path / "patched.exe").exists()
