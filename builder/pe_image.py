@@ -11,7 +11,9 @@ How PE facts map onto the Image:
                   type says so (DTYPE_FUNCTION), EXTERNAL global, STATIC local; data objects sized up to
                   the next symbol of their section (COFF symbols have no size); then the export table.
   eh_frame        the function ranges of `.pdata` (RUNTIME_FUNCTION, chained parts attributed,
-                  hpkg.pe.pdata): the counterpart of .eh_frame's FDEs; they size every function.
+                  hpkg.pe.pdata): the counterpart of .eh_frame's FDEs; they size every function. An
+                  adjacent chained part extends its primary; a distant one no symbol names is called
+                  `primary.cold`, the diff's word for a split part of a function.
   imports         per IAT slot: `dll!name` (`dll!#ordinal`), the DLL name lower-cased; the slot plays the
                   GOT slot's part (`call [rip+slot]`), and a `jmp [rip+slot]` thunk (mingw's import stubs)
                   the PLT entry's, so a call through either resolves to the import.
@@ -56,7 +58,7 @@ from hpkg.pe.constants import (
 )
 from hpkg.pe.headers import PeHeaders, file_reader, parse_headers, resolve_long_names
 from hpkg.pe.identity import image_identity
-from hpkg.pe.pdata import function_ranges
+from hpkg.pe.pdata import FunctionRange, function_ranges
 from hpkg.pe.relocations import pointer_words
 
 # The same bound as the ELF backend's (builder/image.py): larger than any binary hpkg reads whole.
@@ -324,10 +326,30 @@ def _pointer_relocations(
     return tuple(out)
 
 
-def _function_ranges(headers: PeHeaders, data: bytes) -> tuple[tuple[LinkAddress, int], ...]:
+def _function_ranges(headers: PeHeaders, data: bytes) -> list[FunctionRange]:
+    """`.pdata`'s function ranges at link addresses (begin and primary moved by ImageBase)."""
     rva, size = headers.directory(IMAGE_DIRECTORY_ENTRY_EXCEPTION)
-    ranges = function_ranges(file_reader(data, headers), rva, size)
-    return tuple((LinkAddress(headers.image_base + r.begin), r.size) for r in ranges)
+    base = headers.image_base
+    return [
+        FunctionRange(base + r.begin, r.size, base + r.primary)
+        for r in function_ranges(file_reader(data, headers), rva, size)
+    ]
+
+
+def _split_part_names(ranges: list[FunctionRange], symbols: list[Symbol]) -> list[Symbol]:
+    """A name for each distant chained part no function symbol names: its primary's, as `name.cold`
+    (`name.cold.1`, …), so the diff treats it as GCC's split part of that function (parent `name`)."""
+    functions = {s.address: s for s in symbols if s.kind is SymbolKind.FUNCTION}
+    counts: dict[str, int] = {}
+    out = []
+    for r in ranges:
+        primary = functions.get(r.primary)
+        if r.primary == r.begin or r.begin in functions or primary is None:
+            continue
+        n = counts[primary.name] = counts.get(primary.name, -1) + 1
+        name = f"{primary.name}.cold" + (f".{n}" if n else "")
+        out.append(Symbol(name, LinkAddress(r.begin), r.size, SymbolKind.FUNCTION, True, primary.section))
+    return out
 
 
 def load_pe_image(path: str | Path, debug: str | Path | None = None) -> Image:
@@ -348,11 +370,13 @@ def load_pe_image(path: str | Path, debug: str | Path | None = None) -> Image:
     binary = _parse(path)
     slots = _import_slots(binary, headers)
     ranges = _function_ranges(headers, data)
-    thunks = _thunks(sections, contents, slots, ranges)
+    spans = tuple((LinkAddress(r.begin), r.size) for r in ranges)
+    thunks = _thunks(sections, contents, slots, spans)
     symbols = [
         s for s in _coff_symbols(binary, sections, _import_sections(headers)) if s.address not in thunks
     ]
     exported = [s for s in _export_symbols(binary, headers, sections) if s.address not in thunks]
+    symbols += _split_part_names(ranges, symbols + exported)
     return Image(
         path=str(path),
         machine="x86-64",
@@ -369,7 +393,7 @@ def load_pe_image(path: str | Path, debug: str | Path | None = None) -> Image:
         dynamic_relocations=relocations,
         static_relocations=(),
         section_bytes=contents,
-        eh_frame=ranges,
+        eh_frame=spans,
         stripped=not any(s.kind is SymbolKind.FUNCTION for s in symbols),
         file_sha256=hashlib.sha256(data).digest(),
     )

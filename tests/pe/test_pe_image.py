@@ -185,3 +185,30 @@ def test_pe_files_where_only_elf_goes_are_one_error_line(pe_corpus, tmp_path, co
     assert run.returncode == EXIT_INVALID, run.stderr
     assert run.stderr.startswith("error: ") and "Traceback" not in run.stderr
     assert not (tmp_path / "patched.exe").exists()
+
+
+def test_chained_pdata_entries_are_parts_of_their_primary_function(tmp_path) -> None:
+    """An adjacent chained entry extends its primary; a distant one is the primary's `.cold` part."""
+    sources = (str(PROGRAMS / "chained_main.c"), str(PROGRAMS / "chained.S"))
+    built = {}
+    for build, flags in (("baseline", ()), ("fixed", ("-DFIX",))):
+        path = tmp_path / f"{build}.exe"
+        subprocess.run([CC, "-O2", *flags, *sources, "-o", str(path)], check=True, capture_output=True)
+        built[build] = load_image(path)
+    functions = {f.name: f for f in discover_functions(built["baseline"])}
+    symbols = _symbol_addresses(tmp_path / "baseline.exe")
+    entry, cold = functions["split_entry"], functions["split_entry.cold"]
+    # split_entry's primary entry and its adjacent chained entry: one function, up to `other`'s padding.
+    assert entry.address == symbols["split_entry"] and entry.end == symbols["split_end"]
+    assert cold.address == symbols["far_part"] and cold.end == symbols["far_end"]
+    assert cold.parent == "split_entry" and "other" in functions
+    result = diff_images(built["baseline"], built["fixed"])
+    assert [p.name for p in result.changed] == ["split_entry.cold"]
+
+
+def _symbol_addresses(path: Path) -> dict[str, int]:
+    """Symbol → link address, from binutils' nm (labels of the assembly file included)."""
+    out = subprocess.run(
+        ["x86_64-w64-mingw32-nm", str(path)], capture_output=True, text=True, check=True
+    ).stdout
+    return {f[2]: int(f[0], 16) for f in (line.split() for line in out.splitlines()) if len(f) == 3}
