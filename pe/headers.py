@@ -118,8 +118,10 @@ def looks_like_pe(head: bytes) -> bool:
 def parse_headers(read: RvaReader, what: str) -> PeHeaders:
     """The headers of a PE32+ x86-64 image at RVA 0 of `read`; ImageError (one line) for anything else."""
     dos = read(0, 64)
-    if len(dos) < 64 or dos[:2] != DOS_MAGIC:
+    if dos[:2] != DOS_MAGIC:
         raise ImageError(f"{what}: not a PE file")
+    if len(dos) < 64:
+        raise ImageError(f"{what}: truncated PE file ({len(dos)} bytes of DOS header)")
     (pe_offset,) = struct.unpack_from("<I", dos, E_LFANEW)
     if pe_offset > 1 << 16:
         raise ImageError(f"{what}: malformed PE file: e_lfanew {pe_offset:#x} points past any header")
