@@ -33,6 +33,7 @@ RvaReader = Callable[[int, int], bytes]
 FILE_HEADER = struct.Struct("<HHIIIHH")  # IMAGE_FILE_HEADER
 # IMAGE_OPTIONAL_HEADER64 up to NumberOfRvaAndSizes (the data directories follow).
 OPTIONAL_HEADER64 = struct.Struct("<HBBIIIIIQIIHHHHHHIIIIHHQQQQII")
+IMAGE_BASE_FIELD = 24  # byte offset of ImageBase (8 bytes) in IMAGE_OPTIONAL_HEADER64
 DATA_DIRECTORY = struct.Struct("<II")  # IMAGE_DATA_DIRECTORY: VirtualAddress, Size
 SECTION_HEADER = struct.Struct("<8sIIIIIIHHI")  # IMAGE_SECTION_HEADER
 MAX_SECTIONS = 96  # the loader's own limit (the COFF field allows 65,535)
@@ -86,6 +87,7 @@ class PeHeaders:
     size_of_headers: int
     entry_rva: int
     dll_characteristics: int
+    optional_header_offset: int  # where IMAGE_OPTIONAL_HEADER64 starts (RVA = file offset in the headers)
     directories: tuple[tuple[int, int], ...]  # (RVA, size) per IMAGE_DIRECTORY_ENTRY_*
     sections: tuple[SectionHeader, ...]
 
@@ -184,6 +186,7 @@ def parse_headers(read: RvaReader, what: str) -> PeHeaders:
         size_of_headers=size_of_headers,
         entry_rva=entry_rva,
         dll_characteristics=dll_characteristics,
+        optional_header_offset=optional_at,
         directories=directories,
         sections=tuple(sections),
     )

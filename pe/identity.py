@@ -7,9 +7,11 @@ record (RSDS: a GUID and an age, renewed at every link; mingw-w64's ld writes on
   RSDS present:  GUID (16 bytes as stored) ‖ age (4 bytes, little-endian)               = 20 bytes
   otherwise:     TimeDateStamp (4, LE) ‖ SizeOfImage (4, LE) ‖ SHA-256(headers)[:12]   = 20 bytes
 
-"headers" are the first SizeOfHeaders bytes (DOS stub, COFF and optional headers, section table):
-mingw's ld writes TimeDateStamp 0 unless asked, so the digest tells two such links apart, and Wine
-maps exactly those bytes from the file at the image base, so a process yields the same digest.
+"headers" are the first SizeOfHeaders bytes (DOS stub, COFF and optional headers, section table)
+with the 8 bytes of ImageBase zeroed: a loader that rebases the image may write the actual base
+there, and nothing else in the headers changes in memory. The digest tells apart two links that
+share a stamp (mingw's ld writes a fixed one when asked for reproducible output), and Wine maps
+exactly those bytes from the file at the image base, so a process yields the same digest.
 Both forms are computed from an `RvaReader`, from the file or from process memory alike.
 """
 
@@ -20,7 +22,7 @@ import struct
 from dataclasses import dataclass
 
 from hpkg.pe.constants import CODEVIEW_RSDS, IMAGE_DEBUG_TYPE_CODEVIEW, IMAGE_DIRECTORY_ENTRY_DEBUG
-from hpkg.pe.headers import PeHeaders, RvaReader, parse_headers
+from hpkg.pe.headers import IMAGE_BASE_FIELD, PeHeaders, RvaReader, parse_headers
 
 # IMAGE_DEBUG_DIRECTORY: Characteristics, TimeDateStamp, Major/MinorVersion, Type, SizeOfData,
 # AddressOfRawData (RVA), PointerToRawData (file offset).
@@ -67,8 +69,12 @@ def read_codeview(headers: PeHeaders, read: RvaReader) -> CodeView | None:
 
 
 def header_digest(headers: PeHeaders, read: RvaReader) -> bytes:
-    """SHA-256 of the first SizeOfHeaders bytes (the bytes Wine maps from the file at the base)."""
-    return hashlib.sha256(read(0, headers.size_of_headers)).digest()
+    """SHA-256 of the first SizeOfHeaders bytes (the bytes Wine maps from the file at the base), with
+    ImageBase zeroed (a rebased image may hold its actual base there)."""
+    raw = bytearray(read(0, headers.size_of_headers))
+    at = headers.optional_header_offset + IMAGE_BASE_FIELD
+    raw[at : at + 8] = bytes(min(8, max(len(raw) - at, 0)))
+    return hashlib.sha256(raw).digest()
 
 
 def image_identity(headers: PeHeaders, read: RvaReader) -> bytes:
