@@ -18,9 +18,12 @@ from __future__ import annotations
 
 from hpkg.builder.model import DataChange, DataChangeKind, Image, Section, Symbol, SymbolKind
 
-# Writable sections the linker and the C runtime fill: their bytes say nothing about the fix.
+# Writable sections the linker and the C runtime fill: their bytes say nothing about the fix. A PE
+# image's `.idata` holds its import tables and IAT (the loader fills it, like .got), `.CRT` mingw's
+# initializer and TLS-callback pointer tables (like .init_array).
 LINKER_TABLES = frozenset(
-    {".got", ".got.plt", ".dynamic", ".init_array", ".fini_array", ".preinit_array", ".tm_clone_table"}
+    {".got", ".got.plt", ".dynamic", ".init_array", ".fini_array", ".preinit_array", ".tm_clone_table",
+     ".idata", ".CRT"}
 )
 # Differences closer than a pointer word are one change: one variable, most likely.
 _JOIN = 8

@@ -20,7 +20,7 @@ from hpkg.builder.model import Function, Image
 from hpkg.builder.plan import PatchPlan, PlanOptions, check_plan, plan_patch
 from hpkg.elf.constants import DT_SONAME
 from hpkg.elf.structs import DYN
-from hpkg.errors import ImageError
+from hpkg.errors import ImageError, NotYetSupported
 from hpkg.formats import (
     AddedFunction,
     DataObject,
@@ -59,6 +59,18 @@ def soname(image: Image) -> str | None:
         if tag == 0:
             break
     return None
+
+
+def require_buildable_format(old: Image, new: Image) -> None:
+    """Refuse a Windows PE pair before anything is planned: the diff reads PE images, but no package
+    format, loader or file writer for them exists yet, and a package the loader cannot use is worse
+    than none (NotYetSupported, exit 7)."""
+    for image in (old, new):
+        if image.kind.startswith("pe-"):
+            raise NotYetSupported(
+                f"{image.path}: Windows PE packages are not built yet: `hpkg diff` compares PE pairs;"
+                " build, apply and revert handle ELF only"
+            )
 
 
 def baseline_record(image: Image) -> TargetRecord:
@@ -149,6 +161,7 @@ def build_images(
 
     `progress` and `functions` are passed to diff_images (a progress bar, and the functions it sized).
     """
+    require_buildable_format(old, new)
     target = baseline_record(old)
     diff = diff_images(old, new, progress=progress, functions=functions)
     plan = check_plan(plan_patch(diff, options))

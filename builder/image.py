@@ -442,6 +442,10 @@ def load_image(
     `debug_roots`, else from `fetch_debug` (hpkg.builder.debuginfod), if given.
     """
     path = Path(path)
+    from hpkg.builder.pe_image import is_pe_file, load_pe_image
+
+    if is_pe_file(path):  # MZ: the PE32+ backend produces the same Image (builder/pe_image.py)
+        return load_pe_image(path, debug)
     data = _check_header(path)
     binary = _parse(path)
     sections, contents = _read_sections(binary, data, path)

@@ -19,6 +19,8 @@ from pathlib import Path
 from hpkg.elf.ehframe import read_sleb128 as _sleb
 from hpkg.elf.ehframe import read_uleb128 as _uleb
 from hpkg.elf.file import ElfFile
+from hpkg.errors import ImageError
+from hpkg.pe.headers import file_section, looks_like_pe
 
 SHF_COMPRESSED = 0x800
 ELFCOMPRESS_ZLIB, ELFCOMPRESS_ZSTD = 1, 2
@@ -153,6 +155,14 @@ def _section(elf: ElfFile, name: str) -> bytes | None:
     return out
 
 
+def _debug_line(path: Path) -> bytes | None:
+    """`.debug_line` of an ELF file, or of a PE file (mingw's `-g` keeps DWARF in named sections)."""
+    with open(path, "rb") as f:
+        if looks_like_pe(f.read(2)):
+            return file_section(path.read_bytes(), ".debug_line")
+    return _section(ElfFile(path), ".debug_line")
+
+
 class LineTable:
     """The sequences of a file's `.debug_line`, by start address, decoded on first use."""
 
@@ -162,8 +172,8 @@ class LineTable:
     @cached_property
     def _sequences(self) -> tuple[list[int], list[Sequence]]:
         try:
-            data = _section(ElfFile(self.path), ".debug_line")
-        except (OSError, ValueError, struct.error, zlib.error):
+            data = _debug_line(self.path)
+        except (OSError, ValueError, struct.error, zlib.error, ImageError):
             return [], []
         sequences: list[Sequence] = []
         offset = 0

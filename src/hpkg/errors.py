@@ -9,6 +9,8 @@ Exit codes (documented in README.md):
   4  refused: not hot-patchable, incompatible baseline, or unsafe to apply now
   5  no change: the baseline and the fix do not differ in anything that needs patching
   6  target unavailable: no such process, permission denied, or the target went away
+  7  not yet supported: the input is in a format `diff` reads but this command does not handle yet
+     (a Windows PE pair: diffed, not yet built)
   130 interrupted (Ctrl-C); a live target is left as it was or fully switched, never stopped
 """
 
@@ -21,6 +23,7 @@ EXIT_INVALID = 3
 EXIT_REFUSED = 4
 EXIT_NO_CHANGE = 5
 EXIT_TARGET = 6
+EXIT_NOT_YET_SUPPORTED = 7
 EXIT_INTERRUPTED = 130  # the shell's convention for SIGINT (128 + 2)
 
 # The `error.code` of failures that are no HpkgError (click's usage errors, Ctrl-C, a bug).
@@ -108,3 +111,9 @@ class TargetError(HpkgError):
 
     code: str = "target-unavailable"
     exit_code = EXIT_TARGET
+
+
+class NotYetSupported(HpkgError):
+    """The input's format is one `hpkg diff` reads but this command does not handle yet (PE: build)."""
+
+    exit_code = EXIT_NOT_YET_SUPPORTED

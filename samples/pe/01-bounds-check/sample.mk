@@ -1,0 +1,1 @@
+SRCS := 01-bounds-check/sample.c

@@ -1,0 +1,1 @@
+SRCS := 04-new-helper/sample.c

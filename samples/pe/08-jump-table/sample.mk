@@ -1,0 +1,1 @@
+SRCS := 08-jump-table/sample.c

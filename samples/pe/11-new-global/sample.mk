@@ -1,0 +1,1 @@
+SRCS := 11-new-global/sample.c

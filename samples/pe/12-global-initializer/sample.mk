@@ -1,0 +1,1 @@
+SRCS := 12-global-initializer/sample.c

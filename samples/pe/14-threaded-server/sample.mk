@@ -1,0 +1,2 @@
+KIND := program
+LDLIBS := -lws2_32
