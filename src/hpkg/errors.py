@@ -116,4 +116,5 @@ class TargetError(HpkgError):
 class NotYetSupported(HpkgError):
     """The input's format is one `hpkg diff` reads but this command does not handle yet (PE: build)."""
 
+    code: str = "not-yet-supported"
     exit_code = EXIT_NOT_YET_SUPPORTED

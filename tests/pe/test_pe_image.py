@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from json_contract import check_error_document  # noqa: E402
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from objdump_pe_diff import OBJDUMP  # noqa: E402
@@ -128,6 +131,9 @@ def test_build_of_a_pe_pair_refuses_with_its_own_exit_code(pe_corpus, tmp_path) 
     assert run.stderr.count("\n") == 1 and run.stderr.startswith("error: ")
     assert "PE packages are not built yet" in run.stderr and "Traceback" not in run.stderr
     assert not output.exists()
+    as_json = _hpkg("build", str(BOUNDS.binary("baseline", "ready")), str(BOUNDS.binary("fixed", "ready")),
+                    "-o", str(output), "--json")
+    check_error_document(as_json.stdout, "build", EXIT_NOT_YET_SUPPORTED, "not-yet-supported")
 
 
 @pytest.mark.parametrize(
