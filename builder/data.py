@@ -61,11 +61,12 @@ def _pointer_words(
         section = image.section_at(value)
         return f"{section.name if section else '?'}"
 
-    for r in image.dynamic_relocations + image.static_relocations:
-        if r.type == "X86_64_RELATIVE":
-            words[r.address] = describe(r.addend)
-        elif r.type in ("X86_64_64", "X86_64_GLOB_DAT") and r.symbol:
-            words[r.address] = f"sym:{r.symbol}"
+    for relocations in (image.dynamic_relocations, image.static_relocations):
+        for r in relocations.records(("X86_64_RELATIVE", "X86_64_64", "X86_64_GLOB_DAT")):
+            if r.type == "X86_64_RELATIVE":
+                words[r.address] = describe(r.addend)
+            elif r.symbol:
+                words[r.address] = f"sym:{r.symbol}"
     if image.kind == "executable":
         # Non-PIC: pointers are plain words; any aligned word that is a function's address is one.
         for section in image.sections:

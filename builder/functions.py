@@ -72,6 +72,7 @@ def discover_functions(image: Image) -> tuple[Function, ...]:
             bounds[address] = 0
 
     starts = sorted(bounds)
+    file_bytes = image.section_bytes.data
     functions: list[Function] = []
     for i, address in enumerate(starts):
         section = section_of(address)
@@ -98,13 +99,13 @@ def discover_functions(image: Image) -> tuple[Function, ...]:
                 address=LinkAddress(address),
                 size=size,
                 section=section.name,
-                contents=image.section_bytes[section.name],
+                contents=file_bytes,
                 named=bool(syms),
                 parent=parent if origin is not FunctionOrigin.SOURCE else None,
                 origin=origin,
                 aliases=aliases,
                 local=local,
-                start=address - section.address,
+                start=image.section_bytes.spans[section.name][0] + address - section.address,
             )
         )
     return tuple(functions)
@@ -132,6 +133,6 @@ def unnamed_function(image: Image, name: str, address: int, size: int, section: 
     """A function no symbol names, found by following calls, with its bytes in its section's."""
     header = image.section(section)
     assert header is not None
-    contents = image.section_bytes[section]
-    start = address - header.address
-    return Function(name, LinkAddress(address), size, section, contents, named=False, local=True, start=start)
+    start = image.section_bytes.spans[section][0] + address - header.address
+    data = image.section_bytes.data
+    return Function(name, LinkAddress(address), size, section, data, named=False, local=True, start=start)

@@ -208,10 +208,7 @@ def function_pointers(image: Image) -> dict[str, list[int]]:
     Tables of function pointers (callbacks, vtables, dispatch arrays) keep their order between
     builds; they tie functions that no code calls directly to their twins.
     """
-    words: list[tuple[int, int]] = []
-    for r in image.dynamic_relocations:
-        if r.type == "X86_64_RELATIVE":
-            words.append((r.address, r.addend))
+    words: list[tuple[int, int]] = list(image.dynamic_relocations.relative())
     if not words:
         for r in image.static_relocations:
             if r.type == "X86_64_64":

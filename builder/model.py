@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import bisect
 import enum
+import mmap
 from array import array
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import NamedTuple, NewType
+from typing import NamedTuple, NewType, overload
 
-from hpkg.arch.x86_64 import FieldKind
+from hpkg.arch.x86_64 import RELOCATION_TYPES_BY_NUMBER, FieldKind
 from hpkg.elf.ehframe import Fde, parse_eh_frame_records
 
 LinkAddress = NewType("LinkAddress", int)
@@ -32,7 +33,7 @@ RuntimeAddress = NewType("RuntimeAddress", int)
 
 @dataclass(frozen=True, slots=True)
 class Section:
-    """One ELF section header; its bytes live in Image.section_bytes (read once)."""
+    """One ELF section header; its bytes are read through Image.section_bytes."""
 
     name: str
     address: LinkAddress
@@ -119,6 +120,172 @@ class ElfRelocation:
     section: str
 
 
+class SectionBytes(Mapping[str, bytes]):
+    """Each section's bytes by name, read from the file when asked (a fresh `bytes` each time).
+
+    The file is mapped, not read: a large library's code is hundreds of megabytes, of which the
+    diff reads each function once. Pages it touched stay counted in the process's resident memory
+    until `release` hands them back (they stay in the page cache: reading them again costs a page
+    fault, not a disk read). With several sections of one name, the first with contents holds the bytes.
+    """
+
+    __slots__ = ("data", "spans")
+
+    def __init__(self, data: bytes | mmap.mmap, spans: dict[str, tuple[int, int]]) -> None:
+        self.data = data  # the whole file
+        self.spans = spans  # name → (file offset, size)
+
+    def __getitem__(self, name: str) -> bytes:
+        offset, size = self.spans[name]
+        return self.data[offset : offset + size]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.spans)
+
+    def __len__(self) -> int:
+        return len(self.spans)
+
+    def read(self, name: str, start: int, size: int) -> bytes:
+        """`size` bytes from `start` into section `name`'s bytes, cut at their end."""
+        span = self.spans.get(name)
+        if span is None or start >= span[1]:
+            return b""
+        offset, length = span
+        return self.data[offset + start : offset + min(start + size, length)]
+
+    def release(self) -> None:
+        """Drop the file pages this process touched from its resident set (a mapped file only)."""
+        if isinstance(self.data, mmap.mmap) and not self.data.closed:
+            self.data.madvise(mmap.MADV_DONTNEED)
+
+
+class AddressRanges(Sequence[tuple[LinkAddress, int]]):
+    """(start, size) pairs as two columns: a large library has hundreds of thousands of FDEs."""
+
+    __slots__ = ("starts", "sizes")
+
+    def __init__(self, pairs: Iterable[tuple[int, int]] = ()) -> None:
+        self.starts = array("Q")
+        self.sizes = array("Q")
+        for start, size in pairs:
+            self.starts.append(start)
+            self.sizes.append(size)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    @overload
+    def __getitem__(self, index: int) -> tuple[LinkAddress, int]: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[tuple[LinkAddress, int]]: ...
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return list(zip(self.starts[index], self.sizes[index], strict=True))
+        return (LinkAddress(self.starts[index]), self.sizes[index])
+
+    def __iter__(self) -> Iterator[tuple[LinkAddress, int]]:
+        return zip(self.starts, self.sizes, strict=True)  # type: ignore[return-value]
+
+
+class ElfRelocations(Sequence[ElfRelocation]):
+    """Relocation entries as columns (address, type number, addend, symbol and section by index into
+    name lists); an ElfRelocation is made for each entry read. A large library has hundreds of
+    thousands, almost all R_X86_64_RELATIVE: `relative` reads those without making records."""
+
+    __slots__ = ("addresses", "types", "addends", "symbols", "sections", "names")
+
+    def __init__(self) -> None:
+        self.addresses = array("Q")
+        self.types = array("I")
+        self.addends = array("q")
+        self.symbols = array("I")  # index into `names`
+        self.sections = array("I")  # index into `names`
+        self.names: list[str] = [""]
+
+    @classmethod
+    def of(cls, records: Iterable[ElfRelocation]) -> ElfRelocations:
+        """The columns of some records (tests, and relocations a stage picks out)."""
+        out = cls()
+        for r in records:
+            out.append(r.address, relocation_type_number(r.type), r.addend, r.symbol, r.section)
+        return out
+
+    def append(self, address: int, kind: int, addend: int, symbol: str, section: str, ids=None) -> None:
+        """Add one entry; `ids` (name → index, shared between calls) saves looking names up."""
+        if ids is None:
+            ids = {n: i for i, n in enumerate(self.names)}
+        for name, column in ((symbol, self.symbols), (section, self.sections)):
+            index = ids.get(name)
+            if index is None:
+                index = ids[name] = len(self.names)
+                self.names.append(name)
+            column.append(index)
+        self.addresses.append(address)
+        self.types.append(kind)
+        self.addends.append(addend)
+
+    def __len__(self) -> int:
+        return len(self.addresses)
+
+    def _record(self, i: int) -> ElfRelocation:
+        names = self.names
+        return ElfRelocation(
+            LinkAddress(self.addresses[i]), relocation_type_name(self.types[i]), names[self.symbols[i]],
+            self.addends[i], names[self.sections[i]],
+        )
+
+    @overload
+    def __getitem__(self, index: int) -> ElfRelocation: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[ElfRelocation]: ...
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self._record(i) for i in range(len(self))[index]]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        return self._record(index)
+
+    def __iter__(self) -> Iterator[ElfRelocation]:
+        return (self._record(i) for i in range(len(self)))
+
+    def of_type(self, type_name: str) -> Iterator[tuple[int, int]]:
+        """(address, addend) of every entry of one type ("X86_64_RELATIVE"), in table order."""
+        number = RELOCATION_NUMBERS.get(type_name)
+        if number is None:
+            return iter(())
+        return (
+            (address, addend)
+            for address, kind, addend in zip(self.addresses, self.types, self.addends, strict=True)
+            if kind == number
+        )
+
+    def records(self, type_names: Iterable[str]) -> Iterator[ElfRelocation]:
+        """The entries of some types as records, in table order."""
+        numbers = {relocation_type_number(name) for name in type_names}
+        return (self._record(i) for i, kind in enumerate(self.types) if kind in numbers)
+
+    def relative(self) -> Iterator[tuple[int, int]]:
+        """(address, addend) of every R_X86_64_RELATIVE: a pointer word and the link address it holds."""
+        return self.of_type("X86_64_RELATIVE")
+
+
+def relocation_type_name(number: int) -> str:
+    """The psABI name of a relocation type without "R_" ("X86_64_PC32"); unknown numbers by number."""
+    known = RELOCATION_TYPES_BY_NUMBER.get(number)
+    return known.short_name if known is not None else f"X86_64_UNKNOWN_{number}"
+
+
+RELOCATION_NUMBERS: dict[str, int] = {t.short_name: n for n, t in RELOCATION_TYPES_BY_NUMBER.items()}
+
+
+def relocation_type_number(name: str) -> int:
+    """The number of a relocation type named as `relocation_type_name` names it."""
+    known = RELOCATION_NUMBERS.get(name)
+    return known if known is not None else int(name.rpartition("_")[2])
+
+
 @dataclass(frozen=True, eq=False)
 class Image:
     """An ELF x86-64 binary as the diff needs it: layout, symbols, imports and the bytes of its sections."""
@@ -133,19 +300,23 @@ class Image:
     symbols: tuple[Symbol, ...]
     imports: tuple[Import, ...]
     got_slots: tuple[GotSlot, ...]
-    dynamic_relocations: tuple[ElfRelocation, ...]
-    static_relocations: tuple[ElfRelocation, ...]
-    section_bytes: dict[str, bytes] = field(repr=False)
+    dynamic_relocations: ElfRelocations
+    static_relocations: ElfRelocations
+    section_bytes: SectionBytes = field(repr=False)
     init_functions: tuple[LinkAddress, ...] = ()
     # (start, size) of every function an FDE of .eh_frame describes, in section order, read at load;
     # the FDEs themselves (`frames`) only when the build asks for them.
-    eh_frame: tuple[tuple[LinkAddress, int], ...] = ()
+    eh_frame: AddressRanges = field(default_factory=AddressRanges)
     stripped: bool = False
-    file_sha256: bytes = b""  # of the whole file, taken from the bytes read when it was loaded
+    file_sha256: bytes = b""  # of the whole file, taken when it was loaded
 
     @property
     def has_static_relocations(self) -> bool:
         return bool(self.static_relocations)
+
+    def release_pages(self) -> None:
+        """Hand back the file pages reading this image made resident (see SectionBytes.release)."""
+        self.section_bytes.release()
 
     @cached_property
     def frames(self) -> tuple[Fde, ...]:
@@ -188,8 +359,7 @@ class Image:
             return b""
         if section.nobits:
             return bytes(min(size, section.end - address))
-        start = address - section.address
-        return self.section_bytes.get(section.name, b"")[start : start + size]
+        return self.section_bytes.read(section.name, address - section.address, size)
 
 
 class FunctionOrigin(enum.Enum):
@@ -205,9 +375,9 @@ class FunctionOrigin(enum.Enum):
 class Function:
     """A function's bounds and bytes; unnamed ones (stripped binaries) are called sub_<hex>.
 
-    The bytes are not copied: `contents` is its section's bytes (shared by every function of the
-    section, so not compared) and `code` slices them when asked; a large image's functions would
-    otherwise hold a second copy of its code.
+    The bytes are not copied: `contents` is the file's bytes (its mapping, shared by every function
+    of the image, so not compared) and `code` slices them when asked; a large image's functions
+    would otherwise hold a second copy of its code.
     """
 
     name: str
@@ -220,7 +390,7 @@ class Function:
     origin: FunctionOrigin = FunctionOrigin.SOURCE
     aliases: tuple[str, ...] = ()
     local: bool = False
-    start: int = 0  # where the function's bytes begin in `contents`
+    start: int = 0  # where the function's bytes begin in `contents` (a file offset, for an image's)
 
     @property
     def code(self) -> bytes:

@@ -172,9 +172,8 @@ class TargetResolver:
     def _pointed_to(self) -> list[int]:
         """Sorted addresses that relocated pointer words hold: starts of tables and strings."""
         if self._pointer_targets is None:
-            self._pointer_targets = sorted(
-                {r.addend for r in self.image.dynamic_relocations if r.type == "X86_64_RELATIVE"}
-            )
+            relative = self.image.dynamic_relocations.relative()
+            self._pointer_targets = sorted({addend for _, addend in relative})
         return self._pointer_targets
 
     def _digest_with_pointers(self, address: int, data: bytes) -> str:
@@ -221,14 +220,12 @@ class TargetResolver:
     def _pointer_words(self) -> dict[int, str]:
         if self._words is None:
             self._words = {}
-            for r in self.image.dynamic_relocations:
-                if r.type != "X86_64_RELATIVE":
-                    continue
-                function = self.function_at(r.addend)
-                if function is not None and function.address == r.addend:
-                    self._words[r.address] = f"fn:{function.name if function.named else 'sub'}"
+            for address, addend in self.image.dynamic_relocations.relative():
+                function = self.function_at(addend)
+                if function is not None and function.address == addend:
+                    self._words[address] = f"fn:{function.name if function.named else 'sub'}"
                 else:
-                    self._words[r.address] = self._describe_pointee(r.addend)
+                    self._words[address] = self._describe_pointee(addend)
             self._word_addresses = sorted(self._words)
         return self._words
 
