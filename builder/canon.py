@@ -39,6 +39,9 @@ from hpkg.builder.symbolize import ALIASES, CODE_SUFFIX, TargetResolver
 _NUMERIC_SUFFIX = re.compile(r"\.\d+(?=\.|$)")
 # Below this many bytes of code (both images) a second process costs more than it saves.
 PARALLEL_MIN_BYTES = 400_000
+# Every this many bytes of code decoded, the file pages read so far leave the resident set: each
+# function is decoded once, so a large library's code would otherwise all stay counted.
+RELEASE_BYTES = 8 << 20
 
 
 def stable_name(name: str) -> str:
@@ -243,11 +246,16 @@ def _canonicalize_image(
     relocations = relocations_by_function(image, functions) if use_relocations else None
     table = TargetTable()
     out: list[CanonicalFunction] = []
+    decoded = 0
     for i, fn in enumerate(functions):
         relocs = relocations.get(fn.address, []) if relocations is not None else None
         out.append(canonicalize_function(fn, resolver, relocs, table))
         if progress and i % 256 == 255:
             progress(256)
+        decoded += fn.size
+        if decoded >= RELEASE_BYTES:
+            image.release_pages()  # the code decoded so far is not read again here
+            decoded = 0
     if progress:
         progress(len(functions) % 256)
     for _ in range(_DISCOVERY_ROUNDS):
@@ -257,6 +265,8 @@ def _canonicalize_image(
         resolver, out = _add_functions(image, resolver, out, found, use_relocations, table)
     canonical = finish_canonical(resolver, out, table)
     table.finder = reference_finder(image, tuple(c.function for c in canonical), use_relocations)
+    table.seal()
+    image.release_pages()
     return canonical
 
 

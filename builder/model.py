@@ -489,36 +489,49 @@ class TargetTable:
 
     References hold an index into this table; equal targets share one entry and one object.
     `finder` finds a function's references again, in the order canon found them (set by canon once
-    the image is canonical): the forms keep only their targets.
+    the image is canonical): the forms keep only their targets. The index of targets by value is
+    needed while references are added: `seal` drops it once the image is canonical (a large
+    library's is 15 MiB), and a later `id_of` builds it again.
     """
 
     __slots__ = ("targets", "_ids", "finder")
 
     def __init__(self, targets: Iterable[Target] = ()) -> None:
         self.targets: list[Target] = list(targets)
-        self._ids: dict[Target, int] = {}
-        for i, target in enumerate(self.targets):
-            self._ids.setdefault(target, i)
+        self._ids: dict[Target, int] | None = None
         self.finder: Callable[[Function], list[Reference]] | None = None
 
     def __len__(self) -> int:
         return len(self.targets)
 
+    def _index(self) -> dict[Target, int]:
+        if self._ids is None:
+            self._ids = {}
+            for i, target in enumerate(self.targets):
+                self._ids.setdefault(target, i)
+        return self._ids
+
     def id_of(self, target: Target) -> int:
         """The index of a target, added if new."""
-        found = self._ids.get(target)
+        ids = self._index()
+        found = ids.get(target)
         if found is None:
-            found = self._ids[target] = len(self.targets)
+            found = ids[target] = len(self.targets)
             self.targets.append(target)
         return found
 
     def replace(self, index: int, target: Target) -> None:
         """Make every reference to entry `index` name `target` instead (once more is known of it)."""
+        ids = self._index()
         old = self.targets[index]
-        if self._ids.get(old) == index:
-            del self._ids[old]
-        self._ids.setdefault(target, index)
+        if ids.get(old) == index:
+            del ids[old]
+        ids.setdefault(target, index)
         self.targets[index] = target
+
+    def seal(self) -> None:
+        """Drop the index by value (no more targets are added while the diff runs)."""
+        self._ids = None
 
 
 def reference_columns(references: Iterable[Reference], target_ids: Iterable[int]) -> array:
