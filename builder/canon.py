@@ -25,7 +25,9 @@ from hpkg.builder.functions import functions_at, unnamed_function
 from hpkg.builder.model import (
     REFERENCE_COLUMNS,
     CanonicalFunction,
+    FormStore,
     Function,
+    FunctionStore,
     Image,
     Instruction,
     Reference,
@@ -99,12 +101,17 @@ def _without_padding(buf: bytearray, padding: list[tuple[int, int]]) -> tuple[by
 
 
 def build_canonical(
-    fn: Function, decoded: Scan, found: dict[int, list[Reference]], table: TargetTable
+    fn: Function,
+    decoded: Scan,
+    found: dict[int, list[Reference]],
+    table: TargetTable,
+    forms: FormStore | None = None,
 ) -> CanonicalFunction:
-    """Mask every reference field, drop padding, and renumber in-function targets.
+    """Mask every reference field, drop padding, and renumber in-function targets; the form is a new
+    row of `forms` (the image's), or of a store of its own.
 
-    The result's `digest` is still pending (see `finish_canonical`): the masked bytes' digest,
-    then b"u" when the function's tail did not decode; the masked bytes themselves are dropped.
+    The result's `digest` is still pending (see `finish_canonical`): the masked bytes' digest, with
+    the store noting when the function's tail did not decode; the masked bytes themselves are dropped.
     """
     buf = bytearray(fn.code)
     references = _found_in_order(found)
@@ -136,7 +143,9 @@ def build_canonical(
     pending = hashlib.blake2b(masked, digest_size=16).digest()
     if decoded.end < fn.size:
         pending += b"u"
-    return CanonicalFunction(fn, target_column, table, pending, decoded.count, len(masked))
+    if forms is None:
+        forms = FormStore(table)
+    return forms.add(fn, target_column, pending, decoded.count, len(masked))
 
 
 def masked_form(canonical: CanonicalFunction) -> bytes:
@@ -154,7 +163,8 @@ def masked_form(canonical: CanonicalFunction) -> bytes:
 def finish_canonical(
     resolver: TargetResolver, functions: list[CanonicalFunction], table: TargetTable
 ) -> tuple[CanonicalFunction, ...]:
-    """Digest anonymous read-only data (bounded by every address the image references) and each form.
+    """Digest anonymous read-only data (bounded by every address the image references) and each form
+    (in place: the forms are rows of one store).
 
     A form's digest covers its masked bytes and its targets' hash keys, in order: equal digests mean
     equal masked bytes and equal keys."""
@@ -168,7 +178,6 @@ def finish_canonical(
             table.replace(i, Target(t[0], t[1], t[2], t[3], content))
     key_reprs = [repr(hash_key(t)) for t in targets]
     internal_reprs: dict[int, str] = {}
-    out = []
     for c in functions:
         parts = []
         for tid in c.target_ids():
@@ -179,13 +188,13 @@ def finish_canonical(
                 if text is None:
                     text = internal_reprs[tid] = repr(("i", -1 - tid))
                 parts.append(text)
-        h = hashlib.blake2b(c.digest[:16], digest_size=16)
+        forms, index = c._forms, c._index
+        h = hashlib.blake2b(c.digest, digest_size=16)
         h.update(f"[{', '.join(parts)}]".encode())  # the repr of the list of keys
-        if len(c.digest) > 16:
+        if forms.undecoded[index]:
             h.update(b"undecoded")
-        fn, column, count, size = c.function, c.target_column, c.instruction_count, c.masked_size
-        out.append(CanonicalFunction(fn, column, table, h.digest(), count, size))
-    return tuple(out)
+        forms.digests[16 * index : 16 * index + 16] = h.digest()
+    return tuple(functions)
 
 
 def _found_in_order(found: dict[int, list[Reference]]) -> list[Reference]:
@@ -194,16 +203,21 @@ def _found_in_order(found: dict[int, list[Reference]]) -> list[Reference]:
 
 
 def canonicalize_function(
-    fn: Function, resolver: TargetResolver, relocations: list | None, table: TargetTable
+    fn: Function,
+    resolver: TargetResolver,
+    relocations: list | None,
+    table: TargetTable,
+    forms: FormStore | None = None,
 ) -> CanonicalFunction:
-    """Decode one function, find its references (relocations when given, else decoding) and mask them."""
+    """Decode one function, find its references (relocations when given, else decoding) and mask them
+    (the form a new row of `forms`, when given)."""
     if relocations is not None:
         decoded = scan(fn, with_starts=True)
         found = relocation_references(fn, decoded, resolver, relocations)
     else:
         decoded = scan(fn, (resolver.low, resolver.high) if resolver.non_pic else None)
         found = disassembly_references(fn, decoded, resolver)
-    return build_canonical(fn, decoded, found, table)
+    return build_canonical(fn, decoded, found, table, forms)
 
 
 @contextmanager
@@ -245,11 +259,12 @@ def _canonicalize_image(
     resolver = TargetResolver(image, functions)
     relocations = relocations_by_function(image, functions) if use_relocations else None
     table = TargetTable()
+    forms = FormStore(table)
     out: list[CanonicalFunction] = []
     decoded = 0
     for i, fn in enumerate(functions):
         relocs = relocations.get(fn.address, []) if relocations is not None else None
-        out.append(canonicalize_function(fn, resolver, relocs, table))
+        out.append(canonicalize_function(fn, resolver, relocs, table, forms))
         if progress and i % 256 == 255:
             progress(256)
         decoded += fn.size
@@ -262,7 +277,7 @@ def _canonicalize_image(
         found = _uncovered_code(table)
         if not found:
             break
-        resolver, out = _add_functions(image, resolver, out, found, use_relocations, table)
+        resolver, out = _add_functions(image, resolver, out, found, use_relocations, table, forms)
     canonical = finish_canonical(resolver, out, table)
     table.finder = reference_finder(image, tuple(c.function for c in canonical), use_relocations)
     table.seal()
@@ -315,6 +330,7 @@ def _add_functions(
     addresses: set[int],
     use_relocations: bool,
     table: TargetTable,
+    forms: FormStore,
 ) -> tuple[TargetResolver, list[CanonicalFunction]]:
     """Make functions of branch targets in uncovered code, and point the branches at them."""
     known = tuple(c.function for c in canonical)
@@ -329,10 +345,10 @@ def _add_functions(
             fn = resolver.function_at(t[3])
             if fn is not None:
                 table.replace(i, Target(TargetKind.FUNCTION, fn.name, t[3] - fn.address, t[3]))
-    added = [
-        canonicalize_function(fn, resolver, relocations.get(fn.address, []) if relocations else None, table)
-        for fn in extra
-    ]
+    added = []
+    for fn in extra:
+        relocs = relocations.get(fn.address, []) if relocations else None
+        added.append(canonicalize_function(fn, resolver, relocs, table, forms))
     return resolver, canonical + added
 
 
@@ -343,22 +359,30 @@ _CHILD_WORK: tuple[Image, tuple[Function, ...], bool] | None = None
 
 def _pack(functions: tuple[CanonicalFunction, ...], known: int) -> tuple:
     """Plain values for the pipe: the table's targets as plain tuples (pickling NamedTuples costs
-    several times more), each form's columns and figures, and the functions found by following calls
-    by their bounds (a Function holds its section's bytes, which the parent has already)."""
-    table = functions[0].table if functions else TargetTable()
-    forms = [(c.target_column, c.digest, c.instruction_count, c.masked_size) for c in functions]
+    several times more), the forms' columns (arrays: they pickle as bytes), and the functions found
+    by following calls by their bounds (a Function holds the file's mapping, which the parent has)."""
+    if not functions:
+        return [], None, []
+    forms = functions[0]._forms
+    columns = (bytes(forms.digests), forms.counts, forms.sizes, forms.offsets, forms.targets)
     extra = [(f.name, f.address, f.size, f.section) for f in (c.function for c in functions[known:])]
-    return [tuple(t) for t in table.targets], forms, extra
+    return [tuple(t) for t in forms.table.targets], columns, extra
 
 
 def _unpack(image: Image, functions: tuple[Function, ...], packed: tuple) -> tuple[CanonicalFunction, ...]:
-    plain, forms, extra = packed
-    table = TargetTable(Target._make(t) for t in plain)
-    found = tuple(unnamed_function(image, *bounds) for bounds in extra)
-    return tuple(
-        CanonicalFunction(fn, column, table, digest, count, size)
-        for fn, (column, digest, count, size) in zip(functions + found, forms, strict=True)
-    )
+    plain, columns, extra = packed
+    if columns is None:
+        return ()
+    forms = FormStore(TargetTable(Target._make(t) for t in plain))
+    digests, forms.counts, forms.sizes, forms.offsets, forms.targets = columns
+    forms.digests = bytearray(digests)
+    forms.undecoded = bytearray(len(forms.counts))
+    store = FunctionStore(image.section_bytes.data)
+    found = tuple(unnamed_function(image, *bounds, store) for bounds in extra)
+    everything = functions + found
+    if len(everything) != len(forms):
+        raise AssertionError("the child's forms and the functions differ in number")
+    return tuple(CanonicalFunction._at(fn, forms, i) for i, fn in enumerate(everything))
 
 
 def _canonicalize_in_child() -> tuple:

@@ -54,7 +54,7 @@ from hpkg.elf.constants import (
     st_type,
 )
 from hpkg.elf.constants import MACHINE_NAMES as _MACHINES
-from hpkg.elf.ehframe import parse_eh_frame_records
+from hpkg.elf.ehframe import parse_eh_frame
 from hpkg.elf.file import read_build_id
 from hpkg.elf.plt import PLT_SECTIONS, plt_entries
 from hpkg.elf.structs import EHDR, ElfHeader
@@ -458,7 +458,7 @@ def load_image(
     plt = _read_plt_entries(tables, contents)
     imports = _read_imports(dynamic_symbols_, got_slots, plt)
     eh = next((s for s in sections if s.name == ".eh_frame"), None)
-    frames = parse_eh_frame_records(contents.get(".eh_frame", b""), eh.address)[1] if eh is not None else []
+    frames = parse_eh_frame(contents.get(".eh_frame", b""), eh.address) if eh is not None else ()
     has_interp = any(s.name == ".interp" for s in sections)
     if tables.header.type == ET_EXEC:
         kind = "executable"
@@ -481,7 +481,7 @@ def load_image(
         static_relocations=static_relocations,
         section_bytes=contents,
         init_functions=_read_init_functions(sections, contents, dynamic_relocations_),
-        eh_frame=AddressRanges((f.start, f.length) for f in frames if f.start and f.length),
+        eh_frame=AddressRanges(frames),
         stripped=not static_symbols_,
         file_sha256=_file_sha256(path),
     )

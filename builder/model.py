@@ -371,35 +371,182 @@ class FunctionOrigin(enum.Enum):
     CLONE = "clone"  # foo.constprop.0, foo.isra.0, foo.lto_priv.0: a specialised copy
 
 
-@dataclass(frozen=True, slots=True)
+_ORIGINS: tuple[FunctionOrigin, ...] = tuple(FunctionOrigin)
+_ORIGIN_INDEX = {origin: i for i, origin in enumerate(_ORIGINS)}
+_NAMED, _LOCAL = 1, 2  # FunctionStore.flags bits; the origin's index is in bits 2-3
+
+
+class FunctionStore:
+    """The functions of one image as columns: a large library has hundreds of thousands, and a
+    record each (name, several ints, flags) cost ~280 bytes of objects where these take ~40.
+
+    A `Function` is a small view of one row. The name of an unnamed function (sub_<hex>) is made when
+    asked; parents and aliases, which few functions have, are kept by row.
+    """
+
+    __slots__ = (
+        "addresses", "sizes", "starts", "sections", "section_names", "flags", "names", "parents",
+        "aliases", "contents", "_section_ids",
+    )  # fmt: skip
+
+    def __init__(self, contents: bytes | mmap.mmap) -> None:
+        self.contents = contents  # the image's file (or a standalone function's own bytes)
+        self.addresses = array("Q")
+        self.sizes = array("Q")
+        self.starts = array("Q")  # where each function's bytes begin in `contents`
+        self.sections = array("H")  # index into section_names
+        self.section_names: list[str] = []
+        self._section_ids: dict[str, int] = {}
+        self.flags = bytearray()
+        self.names: list[str | None] = []  # None: sub_<hex>
+        self.parents: dict[int, str] = {}
+        self.aliases: dict[int, tuple[str, ...]] = {}
+
+    def __len__(self) -> int:
+        return len(self.addresses)
+
+    def add(
+        self,
+        name: str,
+        address: int,
+        size: int,
+        section: str,
+        named: bool = True,
+        parent: str | None = None,
+        origin: FunctionOrigin = FunctionOrigin.SOURCE,
+        aliases: tuple[str, ...] = (),
+        local: bool = False,
+        start: int = 0,
+    ) -> Function:
+        """Append a function and return its view."""
+        index = len(self.addresses)
+        section_id = self._section_ids.get(section)
+        if section_id is None:
+            section_id = self._section_ids[section] = len(self.section_names)
+            self.section_names.append(section)
+        self.addresses.append(address)
+        self.sizes.append(size)
+        self.starts.append(start)
+        self.sections.append(section_id)
+        self.flags.append(named * _NAMED | local * _LOCAL | _ORIGIN_INDEX[origin] << 2)
+        self.names.append(None if name == f"sub_{address:x}" else name)
+        if parent is not None:
+            self.parents[index] = parent
+        if aliases:
+            self.aliases[index] = aliases
+        return Function._at(self, index)
+
+
 class Function:
     """A function's bounds and bytes; unnamed ones (stripped binaries) are called sub_<hex>.
 
-    The bytes are not copied: `contents` is the file's bytes (its mapping, shared by every function
-    of the image, so not compared) and `code` slices them when asked; a large image's functions
-    would otherwise hold a second copy of its code.
+    A view of one row of its image's FunctionStore (one per function, made once: code may key on its
+    identity). The bytes are not copied: `contents` is the file's bytes (its mapping, shared by
+    every function of the image, so not compared) and `code` slices them when asked.
+    `Function(name, address, size, section, contents, …)` makes one on its own (package thunks).
     """
 
-    name: str
-    address: LinkAddress
-    size: int
-    section: str
-    contents: bytes = field(repr=False, compare=False)
-    named: bool = True
-    parent: str | None = None  # the origin of a split part or clone (foo for foo.cold)
-    origin: FunctionOrigin = FunctionOrigin.SOURCE
-    aliases: tuple[str, ...] = ()
-    local: bool = False
-    start: int = 0  # where the function's bytes begin in `contents` (a file offset, for an image's)
+    __slots__ = ("_store", "_index")
+
+    def __init__(
+        self,
+        name: str,
+        address: LinkAddress,
+        size: int,
+        section: str,
+        contents: bytes | mmap.mmap,
+        named: bool = True,
+        parent: str | None = None,
+        origin: FunctionOrigin = FunctionOrigin.SOURCE,
+        aliases: tuple[str, ...] = (),
+        local: bool = False,
+        start: int = 0,
+    ) -> None:
+        store = FunctionStore(contents)
+        store.add(name, address, size, section, named, parent, origin, aliases, local, start)
+        self._store, self._index = store, 0
+
+    @classmethod
+    def _at(cls, store: FunctionStore, index: int) -> Function:
+        view = cls.__new__(cls)
+        view._store, view._index = store, index
+        return view
+
+    @property
+    def name(self) -> str:
+        name = self._store.names[self._index]
+        return name if name is not None else f"sub_{self._store.addresses[self._index]:x}"
+
+    @property
+    def address(self) -> LinkAddress:
+        return self._store.addresses[self._index]  # type: ignore[return-value]
+
+    @property
+    def size(self) -> int:
+        return self._store.sizes[self._index]
+
+    @property
+    def section(self) -> str:
+        return self._store.section_names[self._store.sections[self._index]]
+
+    @property
+    def contents(self) -> bytes | mmap.mmap:
+        return self._store.contents
+
+    @property
+    def named(self) -> bool:
+        return bool(self._store.flags[self._index] & _NAMED)
+
+    @property
+    def parent(self) -> str | None:
+        """The origin of a split part or clone (foo for foo.cold)."""
+        return self._store.parents.get(self._index)
+
+    @property
+    def origin(self) -> FunctionOrigin:
+        return _ORIGINS[self._store.flags[self._index] >> 2]
+
+    @property
+    def aliases(self) -> tuple[str, ...]:
+        return self._store.aliases.get(self._index, ())
+
+    @property
+    def local(self) -> bool:
+        return bool(self._store.flags[self._index] & _LOCAL)
+
+    @property
+    def start(self) -> int:
+        """Where the function's bytes begin in `contents` (a file offset, for an image's)."""
+        return self._store.starts[self._index]
 
     @property
     def code(self) -> bytes:
         """The function's bytes (a fresh copy of `size` bytes: take it once per use)."""
-        return self.contents[self.start : self.start + self.size]
+        store, i = self._store, self._index
+        start = store.starts[i]
+        return store.contents[start : start + store.sizes[i]]
 
     @property
     def end(self) -> LinkAddress:
         return LinkAddress(self.address + self.size)
+
+    def _key(self) -> tuple:
+        return (self.name, self.address, self.size, self.section, self.named, self.parent, self.origin,
+                self.aliases, self.local, self.start)  # fmt: skip
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Function):
+            return NotImplemented
+        return self is other or self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return (f"Function(name={self.name!r}, address={self.address!r}, size={self.size!r}, "
+                f"section={self.section!r}, named={self.named!r}, parent={self.parent!r}, "
+                f"origin={self.origin!r}, aliases={self.aliases!r}, local={self.local!r}, "
+                f"start={self.start!r})")  # fmt: skip
 
 
 # How a reference field encodes its target (its relocation recipe): an x86-64 fact, defined once in
@@ -549,27 +696,108 @@ def reference_columns(references: Iterable[Reference], target_ids: Iterable[int]
     return columns
 
 
-@dataclass(frozen=True, eq=False, slots=True)
+class FormStore:
+    """The canonical forms of one image's functions as columns: digests (16 bytes each), instruction
+    counts, masked sizes, and every form's target column in one array (`offsets` says where each
+    form's part starts). One array per form cost ~64 bytes plus a digest object and ints; a large
+    library has hundreds of thousands of forms and millions of references.
+    """
+
+    __slots__ = ("table", "digests", "undecoded", "counts", "sizes", "offsets", "targets", "given")
+
+    def __init__(self, table: TargetTable) -> None:
+        self.table = table
+        self.digests = bytearray()
+        self.undecoded = bytearray()  # while canonicalizing: 1 where the function's tail did not decode
+        self.counts = array("I")
+        self.sizes = array("I")
+        self.offsets = array("Q", [0])
+        self.targets = array("i")
+        self.given: dict[int, array] = {}  # columns given outright (with_references)
+
+    def __len__(self) -> int:
+        return len(self.counts)
+
+    def add(
+        self, function: Function, targets: Iterable[int], digest: bytes, count: int, size: int
+    ) -> CanonicalFunction:
+        """Append a form (a 16-byte digest; a 17th byte marks an undecoded tail) and return its view."""
+        index = len(self.counts)
+        self.digests += digest[:16]
+        self.undecoded.append(len(digest) > 16)
+        self.counts.append(count)
+        self.sizes.append(size)
+        self.targets.extend(targets)
+        self.offsets.append(len(self.targets))
+        return CanonicalFunction._at(function, self, index)
+
+
 class CanonicalFunction:
     """A function with its references and its canonical form (digest of the masked bytes and targets).
 
-    A form keeps what each reference names (`target_column`: indices into the image's `table`, or
-    -1 - padding-free offset for an in-function target); `rows` gives the references as records,
-    found again by the table's finder. The masked bytes are not kept either: `digest` stands for
-    them (with the targets' keys), `masked` rebuilds them. Only changed functions need either.
+    A view of one row of its image's FormStore. A form keeps what each reference names
+    (`target_column`: indices into the image's `table`, or -1 - padding-free offset for an
+    in-function target); `rows` gives the references as records, found again by the table's
+    finder. The masked bytes are not kept either: `digest` stands for them (with the targets' keys),
+    `masked` rebuilds them. Only changed functions need either.
+    `CanonicalFunction(function, target_column, table, digest, …)` makes one on its own.
     """
 
-    function: Function
-    target_column: array = field(repr=False)
-    table: TargetTable = field(repr=False)
-    digest: bytes
-    instruction_count: int
-    masked_size: int  # bytes of the masked form (without padding)
-    given: array | None = field(default=None, repr=False)  # columns given outright (with_references)
+    __slots__ = ("function", "_forms", "_index")
+
+    def __init__(
+        self,
+        function: Function,
+        target_column: Iterable[int],
+        table: TargetTable,
+        digest: bytes,
+        instruction_count: int,
+        masked_size: int,
+        given: array | None = None,
+    ) -> None:
+        forms = FormStore(table)
+        forms.add(function, target_column, digest, instruction_count, masked_size)
+        if given is not None:
+            forms.given[0] = given
+        self.function, self._forms, self._index = function, forms, 0
+
+    @classmethod
+    def _at(cls, function: Function, forms: FormStore, index: int) -> CanonicalFunction:
+        view = cls.__new__(cls)
+        view.function, view._forms, view._index = function, forms, index
+        return view
+
+    @property
+    def table(self) -> TargetTable:
+        return self._forms.table
+
+    @property
+    def digest(self) -> bytes:
+        at = 16 * self._index
+        return bytes(self._forms.digests[at : at + 16])
+
+    @property
+    def instruction_count(self) -> int:
+        return self._forms.counts[self._index]
+
+    @property
+    def masked_size(self) -> int:
+        """Bytes of the masked form (without padding)."""
+        return self._forms.sizes[self._index]
+
+    @property
+    def given(self) -> array | None:
+        return self._forms.given.get(self._index)
+
+    @property
+    def target_column(self) -> array:
+        offsets = self._forms.offsets
+        return self._forms.targets[offsets[self._index] : offsets[self._index + 1]]
 
     @property
     def reference_count(self) -> int:
-        return len(self.target_column)
+        offsets = self._forms.offsets
+        return offsets[self._index + 1] - offsets[self._index]
 
     def target_ids(self) -> array:
         """Each reference's target: a table index, or -1 - padding-free offset in this function."""
@@ -583,14 +811,16 @@ class CanonicalFunction:
     @property
     def columns(self) -> array:
         """All five columns of the references (see REFERENCE_COLUMNS), found again."""
-        if self.given is not None:
-            return self.given
+        given = self.given
+        if given is not None:
+            return given
         finder = self.table.finder
         assert finder is not None, "references are found again only once the image is canonical"
         found = finder(self.function)
-        if len(found) != len(self.target_column):
+        column = self.target_column
+        if len(found) != len(column):
             raise AssertionError(f"{self.function.name}: references found again differ in number")
-        return reference_columns(found, self.target_column)
+        return reference_columns(found, column)
 
     @property
     def rows(self) -> tuple[Reference, ...]:
@@ -636,6 +866,12 @@ class CanonicalFunction:
 
         return masked_form(self)
 
+    def __repr__(self) -> str:
+        return (
+            f"CanonicalFunction(function={self.function!r}, digest={self.digest!r}, "
+            f"instruction_count={self.instruction_count!r}, masked_size={self.masked_size!r})"
+        )
+
 
 class Status(enum.Enum):
     NEW = "new"
@@ -650,7 +886,7 @@ class ChangeKind(enum.Enum):
     LINE_NUMBER_ONLY = "line-number-only"  # only __LINE__-like immediates differ: usually left out
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, slots=True)
 class FunctionPair:
     """A function of the baseline and its twin in the fix (either may be None), with the verdict."""
 
