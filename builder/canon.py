@@ -11,16 +11,15 @@ from __future__ import annotations
 import bisect
 import gc
 import hashlib
-import multiprocessing
 import os
 import re
 from array import array
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 
 from hpkg.arch.x86_64 import is_padding
 from hpkg.builder.decode import Scan, decode_instructions, scan
+from hpkg.builder.forked import run_forked
 from hpkg.builder.functions import functions_at, unnamed_function
 from hpkg.builder.model import (
     REFERENCE_COLUMNS,
@@ -41,6 +40,10 @@ from hpkg.builder.symbolize import ALIASES, CODE_SUFFIX, TargetResolver
 _NUMERIC_SUFFIX = re.compile(r"\.\d+(?=\.|$)")
 # Below this many bytes of code (both images) a second process costs more than it saves.
 PARALLEL_MIN_BYTES = 400_000
+# From this many bytes of code (both images) on, each image is canonicalized in a child of its own
+# even without a spare CPU (one after the other): the memory its scratch leaves behind outweighs
+# the cost of sending the forms back.
+SEPARATE_MIN_BYTES = 16 << 20
 # Every this many bytes of code decoded, the file pages read so far leave the resident set: each
 # function is decoded once, so a large library's code would otherwise all stay counted.
 RELEASE_BYTES = 8 << 20
@@ -352,28 +355,34 @@ def _add_functions(
     return resolver, canonical + added
 
 
-# The baseline's share of the work in a forked child: set before the fork, so the images are
-# inherited by the child instead of being pickled to it.
-_CHILD_WORK: tuple[Image, tuple[Function, ...], bool] | None = None
-
-
 def _pack(functions: tuple[CanonicalFunction, ...], known: int) -> tuple:
-    """Plain values for the pipe: the table's targets as plain tuples (pickling NamedTuples costs
-    several times more), the forms' columns (arrays: they pickle as bytes), and the functions found
-    by following calls by their bounds (a Function holds the file's mapping, which the parent has)."""
+    """Plain values for the pipe: the table's targets as columns (a tuple each, or pickled
+    NamedTuples, would cost several times more in the child that sends them), the forms' columns
+    (arrays: they pickle as bytes), and the functions found by following calls by their bounds (a
+    Function holds the file's mapping, which the parent has)."""
     if not functions:
-        return [], None, []
+        return None
     forms = functions[0]._forms
+    targets = forms.table.targets
+    kinds = bytes(_TARGET_KINDS.index(t[0]) for t in targets)
+    fields = [[t[i] for t in targets] for i in (1, 2, 4, 5)]  # name, offset, content, entries
+    addresses = [t[3] for t in targets]  # ints of either sign and up to 2**64 - 1
     columns = (bytes(forms.digests), forms.counts, forms.sizes, forms.offsets, forms.targets)
     extra = [(f.name, f.address, f.size, f.section) for f in (c.function for c in functions[known:])]
-    return [tuple(t) for t in forms.table.targets], columns, extra
+    return (kinds, fields, addresses), columns, extra
 
 
-def _unpack(image: Image, functions: tuple[Function, ...], packed: tuple) -> tuple[CanonicalFunction, ...]:
-    plain, columns, extra = packed
-    if columns is None:
+_TARGET_KINDS: tuple[TargetKind, ...] = tuple(TargetKind)
+
+
+def _unpack(
+    image: Image, functions: tuple[Function, ...], packed: tuple | None
+) -> tuple[CanonicalFunction, ...]:
+    if packed is None:
         return ()
-    forms = FormStore(TargetTable(Target._make(t) for t in plain))
+    (kinds, (names, offsets, contents, entries), addresses), columns, extra = packed
+    targets = map(Target, (_TARGET_KINDS[k] for k in kinds), names, offsets, addresses, contents, entries)
+    forms = FormStore(TargetTable(targets))
     digests, forms.counts, forms.sizes, forms.offsets, forms.targets = columns
     forms.digests = bytearray(digests)
     forms.undecoded = bytearray(len(forms.counts))
@@ -382,15 +391,13 @@ def _unpack(image: Image, functions: tuple[Function, ...], packed: tuple) -> tup
     everything = functions + found
     if len(everything) != len(forms):
         raise AssertionError("the child's forms and the functions differ in number")
-    return tuple(CanonicalFunction._at(fn, forms, i) for i, fn in enumerate(everything))
+    # A form's row number is its function's (one int object for both views, when they agree).
+    return tuple(CanonicalFunction._at(fn, forms, _row(fn, i)) for i, fn in enumerate(everything))
 
 
-def _canonicalize_in_child() -> tuple:
-    """The baseline's canonical forms, packed."""
-    assert _CHILD_WORK is not None
-    image, functions, use_relocations = _CHILD_WORK
-    with cycle_collector_paused():
-        return _pack(canonicalize_image(image, functions, use_relocations), len(functions))
+def _row(function: Function, index: int) -> int:
+    """`index`, as the function's own row-number object when they are equal (ints are objects)."""
+    return function._index if function._index == index else index
 
 
 def _spare_cpu() -> bool:
@@ -411,37 +418,40 @@ def canonicalize_images(
     parallel: bool | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> tuple[tuple[CanonicalFunction, ...], tuple[CanonicalFunction, ...]]:
-    """Canonical forms of both images; big pairs use both cores (baseline in a forked child).
+    """Canonical forms of both images; big pairs are canonicalized in forked children, one per image.
 
-    One child per image rather than a pool of chunks: results cross the pipe once, and on
-    libcrypto (11,000 functions) shipping them costs ~0.2 s of CPU against ~1 s of canonicalizing saved.
+    `parallel`: True, both children at once; False, both images in this process; None, children
+    when the pair is big enough, at once when a CPU is spare, and for a large pair (SEPARATE_MIN_BYTES)
+    one after the other otherwise. A child frees what canonicalizing allocated when it exits and
+    sends back only the forms: on libwebkit2gtk (92 MB) its scratch is ~100 MiB per image that the
+    heap would otherwise keep. One child per image rather than a pool of chunks: results cross the
+    pipe once (on libcrypto, 11,000 functions, ~0.2 s of CPU against ~1 s of canonicalizing saved).
     """
-    global _CHILD_WORK
     total = sum(f.size for f in old_functions) + sum(f.size for f in new_functions)
-    if parallel is None:
-        parallel = total >= PARALLEL_MIN_BYTES and _spare_cpu()
-    if not parallel:
+    concurrent = parallel if parallel is not None else total >= PARALLEL_MIN_BYTES and _spare_cpu()
+    if not concurrent and (parallel is False or total < SEPARATE_MIN_BYTES):
         return (
             canonicalize_image(old, old_functions, use_relocations, progress),
             canonicalize_image(new, new_functions, use_relocations, progress),
         )
-    _CHILD_WORK = (old, old_functions, use_relocations)
-    try:
-        # Paused in both processes, also while the baseline's forms are packed, sent and unpacked.
-        with cycle_collector_paused():
-            context = multiprocessing.get_context("fork")
-            with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-                future = pool.submit(_canonicalize_in_child)
-                new_canonical = canonicalize_image(new, new_functions, use_relocations, progress)
-                old_canonical = _unpack(old, old_functions, future.result())
-                if old_canonical:
-                    everything = tuple(c.function for c in old_canonical)
-                    old_canonical[0].table.finder = reference_finder(old, everything, use_relocations)
-    finally:
-        _CHILD_WORK = None
-    if progress:
-        progress(len(old_functions))
-    return old_canonical, new_canonical
+
+    def job(image: Image, functions: tuple[Function, ...]) -> Callable[[Callable[[int], None]], tuple | None]:
+        def run(report: Callable[[int], None]) -> tuple | None:
+            return _pack(canonicalize_image(image, functions, use_relocations, report), len(functions))
+
+        return run
+
+    # Paused in every process, also while the forms are packed, sent and unpacked.
+    with cycle_collector_paused():
+        packed = run_forked([job(old, old_functions), job(new, new_functions)], concurrent, progress)
+        out = []
+        for image, functions, forms in zip((old, new), (old_functions, new_functions), packed, strict=True):
+            canonical = _unpack(image, functions, forms)
+            if canonical:
+                everything = tuple(c.function for c in canonical)
+                canonical[0].table.finder = reference_finder(image, everything, use_relocations)
+            out.append(canonical)
+    return out[0], out[1]
 
 
 def render_function(canonical: CanonicalFunction, names: dict[int, str] | None = None) -> list[str]:

@@ -30,12 +30,13 @@ def choose_mode(old: Image, new: Image) -> str:
 def pair_functions(
     old: tuple[CanonicalFunction, ...],
     new: tuple[CanonicalFunction, ...],
-    matches: dict[int, tuple[int, str]],
+    how: dict[int, str],
     function_twins: dict[int, int],
     old_image: Image,
     data_map: dict[int, int] | None = None,
 ) -> tuple[FunctionPair, ...]:
-    """Give every function a pair: twin and status, and for changed ones the change kind.
+    """Give every function a pair: twin and status, and for changed ones the change kind (`how`: how
+    the match made each pair, by baseline address).
 
     `data_map` ties anonymous data addresses of the two builds (see datamap); function starts and
     data addresses never coincide, so one mapping serves both.
@@ -45,14 +46,14 @@ def pair_functions(
     pairs: list[FunctionPair] = []
     memo: dict[int, bool] = {}
     for c in old:
-        match = matches.get(c.function.address)
-        if match is None:
+        twin_address = function_twins.get(c.function.address)
+        if twin_address is None:
             pairs.append(FunctionPair(c, None, Status.REMOVED))
             continue
-        twin = new_by_address[match[0]]
+        twin = new_by_address[twin_address]
         kind = compare_pair(c, twin, function_map, old_image, memo)
         status = Status.SAME if kind is None else Status.CHANGED
-        pairs.append(FunctionPair(c, twin, status, kind, match[1]))
+        pairs.append(FunctionPair(c, twin, status, kind, how[c.function.address]))
     taken = set(function_map.values())
     pairs.extend(FunctionPair(None, c, Status.NEW) for c in new if c.function.address not in taken)
     return tuple(pairs)
@@ -88,12 +89,11 @@ def diff_images(
         old, old_functions, new, new_functions, use_relocations, parallel, progress
     )
     # Correlate functions; from here on nothing matches functions again (the twins are on the result).
-    matches = match_functions(old_canonical, new_canonical, old, new)
-    function_twins = {o: n for o, (n, _) in matches.items()}
+    function_twins, how = match_functions(old_canonical, new_canonical, old, new)
     # Compare each pair, anonymous data tied by the functions that use it; what unchanged functions
     # then prove about anonymous data is the only tie kept.
     data_map = correspond_section_data(old_canonical, new_canonical, function_twins, old, new)
-    pairs = pair_functions(old_canonical, new_canonical, matches, function_twins, old, data_map)
+    pairs = pair_functions(old_canonical, new_canonical, how, function_twins, old, data_map)
     anonymous_data = anonymous_twins(pairs)
     # Data objects: paired once by symbol, then compared; the canonical forms are not used after this.
     data_twins = pair_data_objects(old, new, old_canonical, new_canonical, function_twins)

@@ -380,18 +380,17 @@ class FunctionStore:
     """The functions of one image as columns: a large library has hundreds of thousands, and a
     record each (name, several ints, flags) cost ~280 bytes of objects where these take ~40.
 
-    A `Function` is a small view of one row. The name of an unnamed function (sub_<hex>) is made when
-    asked; parents and aliases, which few functions have, are kept by row.
+    A `Function` is a small view of one row (with its address). The name of an unnamed function
+    (sub_<hex>) is made when asked; parents and aliases, which few functions have, are kept by row.
     """
 
     __slots__ = (
-        "addresses", "sizes", "starts", "sections", "section_names", "flags", "names", "parents",
+        "sizes", "starts", "sections", "section_names", "flags", "names", "parents",
         "aliases", "contents", "_section_ids",
     )  # fmt: skip
 
     def __init__(self, contents: bytes | mmap.mmap) -> None:
         self.contents = contents  # the image's file (or a standalone function's own bytes)
-        self.addresses = array("Q")
         self.sizes = array("Q")
         self.starts = array("Q")  # where each function's bytes begin in `contents`
         self.sections = array("H")  # index into section_names
@@ -403,7 +402,7 @@ class FunctionStore:
         self.aliases: dict[int, tuple[str, ...]] = {}
 
     def __len__(self) -> int:
-        return len(self.addresses)
+        return len(self.sizes)
 
     def add(
         self,
@@ -419,12 +418,11 @@ class FunctionStore:
         start: int = 0,
     ) -> Function:
         """Append a function and return its view."""
-        index = len(self.addresses)
+        index = len(self.sizes)
         section_id = self._section_ids.get(section)
         if section_id is None:
             section_id = self._section_ids[section] = len(self.section_names)
             self.section_names.append(section)
-        self.addresses.append(address)
         self.sizes.append(size)
         self.starts.append(start)
         self.sections.append(section_id)
@@ -434,7 +432,7 @@ class FunctionStore:
             self.parents[index] = parent
         if aliases:
             self.aliases[index] = aliases
-        return Function._at(self, index)
+        return Function._at(self, index, address)
 
 
 class Function:
@@ -446,7 +444,9 @@ class Function:
     `Function(name, address, size, section, contents, …)` makes one on its own (package thunks).
     """
 
-    __slots__ = ("_store", "_index")
+    # The address is kept as an object too: every stage keys dicts and sets by it, which would
+    # otherwise each hold an int object of their own per function.
+    __slots__ = ("_store", "_index", "address")
 
     def __init__(
         self,
@@ -464,22 +464,18 @@ class Function:
     ) -> None:
         store = FunctionStore(contents)
         store.add(name, address, size, section, named, parent, origin, aliases, local, start)
-        self._store, self._index = store, 0
+        self._store, self._index, self.address = store, 0, address
 
     @classmethod
-    def _at(cls, store: FunctionStore, index: int) -> Function:
+    def _at(cls, store: FunctionStore, index: int, address: int) -> Function:
         view = cls.__new__(cls)
-        view._store, view._index = store, index
+        view._store, view._index, view.address = store, index, address
         return view
 
     @property
     def name(self) -> str:
         name = self._store.names[self._index]
-        return name if name is not None else f"sub_{self._store.addresses[self._index]:x}"
-
-    @property
-    def address(self) -> LinkAddress:
-        return self._store.addresses[self._index]  # type: ignore[return-value]
+        return name if name is not None else f"sub_{self.address:x}"
 
     @property
     def size(self) -> int:
@@ -729,7 +725,8 @@ class FormStore:
         self.sizes.append(size)
         self.targets.extend(targets)
         self.offsets.append(len(self.targets))
-        return CanonicalFunction._at(function, self, index)
+        # The same row number as the function's, when they agree: one int object for both views.
+        return CanonicalFunction._at(function, self, function._index if function._index == index else index)
 
 
 class CanonicalFunction:

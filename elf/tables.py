@@ -179,10 +179,9 @@ def _relocation_index_bound(data, tables: ElfTables, tags: dict[int, int]) -> in
         offset = _dynamic_offset(tables, tags, table)
         if offset is None or size not in tags:
             continue
-        highest = 0
-        for _, info, _ in _table(data, offset, min(tags[size] // RELA.size, MAX_RELOCATIONS), RELA):
-            highest = max(highest, info >> 32)
-        bound = max(bound, highest + 1)
+        count = min(tags[size] // RELA.size, MAX_RELOCATIONS, max(len(data) - offset, 0) // RELA.size)
+        infos = array("Q", data[offset : offset + count * RELA.size])[1::3] if count else ()
+        bound = max(bound, max((info >> 32 for info in infos), default=0) + 1)
     return bound
 
 
@@ -212,7 +211,6 @@ def _gnu_hash_count(data, offset: int) -> int:
 def _dynamic_symbol_count(data, tables: ElfTables, tags: dict[int, int]) -> int:
     """How many .dynsym entries there are: LIEF's "auto" count over the hash table, the SHT_DYNSYM
     header and the highest index the relocations name."""
-    from_relocations = _relocation_index_bound(data, tables, tags)
     dynsym = tables.first_section(SHT_DYNSYM)
     from_section = dynsym.size // SYM.size if dynsym is not None else 0
     from_hash = 0
@@ -226,6 +224,7 @@ def _dynamic_symbol_count(data, tables: ElfTables, tags: dict[int, int]) -> int:
             from_hash = _gnu_hash_count(data, offset)
     if from_hash > 0 and from_section == from_hash:
         return from_hash
+    from_relocations = _relocation_index_bound(data, tables, tags)
     candidate = from_relocations
     if from_section < MAX_SYMBOLS and from_relocations < from_section < from_relocations + _DELTA_SYMBOLS:
         candidate = from_section
