@@ -31,6 +31,7 @@ from hpkg.builder.model import (
     Instruction,
     Reference,
     Target,
+    TargetColumns,
     TargetKind,
     TargetTable,
 )
@@ -356,23 +357,17 @@ def _add_functions(
 
 
 def _pack(functions: tuple[CanonicalFunction, ...], known: int) -> tuple:
-    """Plain values for the pipe: the table's targets as columns (a tuple each, or pickled
-    NamedTuples, would cost several times more in the child that sends them), the forms' columns
-    (arrays: they pickle as bytes), and the functions found by following calls by their bounds (a
-    Function holds the file's mapping, which the parent has)."""
+    """Plain values for the pipe: the table's targets as columns (kept so by the parent: a tuple
+    each would cost several times more on both sides), the forms' columns (arrays: they pickle as
+    bytes), and the functions found by following calls by their bounds (a Function holds the file's
+    mapping, which the parent has)."""
     if not functions:
         return None
     forms = functions[0]._forms
-    targets = forms.table.targets
-    kinds = bytes(_TARGET_KINDS.index(t[0]) for t in targets)
-    fields = [[t[i] for t in targets] for i in (1, 2, 4, 5)]  # name, offset, content, entries
-    addresses = [t[3] for t in targets]  # ints of either sign and up to 2**64 - 1
+    targets = TargetColumns.of(forms.table.targets)
     columns = (bytes(forms.digests), forms.counts, forms.sizes, forms.offsets, forms.targets)
     extra = [(f.name, f.address, f.size, f.section) for f in (c.function for c in functions[known:])]
-    return (kinds, fields, addresses), columns, extra
-
-
-_TARGET_KINDS: tuple[TargetKind, ...] = tuple(TargetKind)
+    return targets, columns, extra
 
 
 def _unpack(
@@ -380,8 +375,7 @@ def _unpack(
 ) -> tuple[CanonicalFunction, ...]:
     if packed is None:
         return ()
-    (kinds, (names, offsets, contents, entries), addresses), columns, extra = packed
-    targets = map(Target, (_TARGET_KINDS[k] for k in kinds), names, offsets, addresses, contents, entries)
+    targets, columns, extra = packed
     forms = FormStore(TargetTable(targets))
     digests, forms.counts, forms.sizes, forms.offsets, forms.targets = columns
     forms.digests = bytearray(digests)

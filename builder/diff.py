@@ -11,6 +11,7 @@ from hpkg.builder.data import diff_data
 from hpkg.builder.data_twins import pair_data_objects
 from hpkg.builder.datamap import anonymous_twins, correspond_section_data
 from hpkg.builder.functions import discover_functions
+from hpkg.builder.heap import release_freed_memory
 from hpkg.builder.image import load_image
 from hpkg.builder.match import match_functions
 from hpkg.builder.model import CanonicalFunction, DiffResult, Function, FunctionPair, Image, Status
@@ -88,16 +89,23 @@ def diff_images(
     old_canonical, new_canonical = canonicalize_images(
         old, old_functions, new, new_functions, use_relocations, parallel, progress
     )
+    release_freed_memory()  # each stage's scratch, before the next stage's peak
     # Correlate functions; from here on nothing matches functions again (the twins are on the result).
     function_twins, how = match_functions(old_canonical, new_canonical, old, new)
+    release_freed_memory()
     # Compare each pair, anonymous data tied by the functions that use it; what unchanged functions
     # then prove about anonymous data is the only tie kept.
     data_map = correspond_section_data(old_canonical, new_canonical, function_twins, old, new)
     pairs = pair_functions(old_canonical, new_canonical, how, function_twins, old, data_map)
     anonymous_data = anonymous_twins(pairs)
+    old.release_pages()  # the code of changed pairs, decoded again to compare them
+    new.release_pages()
+    release_freed_memory()
     # Data objects: paired once by symbol, then compared; the canonical forms are not used after this.
     data_twins = pair_data_objects(old, new, old_canonical, new_canonical, function_twins)
     data_changes = diff_data(old, new, old_canonical, new_canonical, function_twins, data_twins)
+    old.release_pages()
+    new.release_pages()
     return DiffResult(old, new, mode, pairs, data_changes, function_twins, data_twins, anonymous_data)
 
 

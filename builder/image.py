@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from hpkg.arch.x86_64 import GOT_RELOCATIONS
+from hpkg.builder.heap import release_freed_memory
 from hpkg.builder.model import (
     AddressRanges,
     ElfRelocations,
@@ -247,6 +248,7 @@ def _read_relocations(
     slots: list[GotSlot] = []
     ids: dict[str, int] = {"": 0}
     names = [_text(s.name) for s in dynsym]
+    versions: dict[int, str | None] = {}  # by symbol index: one str per version, not per slot
     columns = (records.offsets, records.types, records.addends, records.symbols)
     for address, kind, addend, index in zip(*columns, strict=True):
         symbol = names[index] if index < len(names) else ""
@@ -254,7 +256,9 @@ def _read_relocations(
         if symbol:
             type_name = relocation_type_name(kind)
             if type_name in GOT_RELOCATIONS:
-                slots.append(GotSlot(LinkAddress(address), symbol, _version(dynsym[index]), type_name))
+                if index not in versions:
+                    versions[index] = _version(dynsym[index])
+                slots.append(GotSlot(LinkAddress(address), symbol, versions[index], type_name))
     static = ElfRelocations()
     found, from_dynsym = section_relocations(data, tables, bool(records), len(dynsym), len(symtab))
     if len(found):
@@ -486,6 +490,7 @@ def load_image(
         file_sha256=_file_sha256(path),
     )
     image.release_pages()
+    release_freed_memory()  # the tables read whole while loading
     return image
 
 

@@ -8,6 +8,7 @@ call-graph neighbourhood of already matched pairs, then by their position betwee
 from __future__ import annotations
 
 import difflib
+from array import array
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -33,30 +34,41 @@ class Matching:
     how: dict[int, str] = field(default_factory=dict)
     taken: set[int] = field(default_factory=set)
     _keys: dict[tuple, tuple] = field(default_factory=dict)  # one object per distinct hash key
-    _callees: dict[int, tuple[CalleeEntry, ...]] = field(default_factory=dict)
-    # Per target table (by id; both stay alive in `old` and `new`): the callee entry of each entry
-    # read so far, or None when it is no function start. Callee lists share these instead of
-    # building one per call site (large images hold millions); only the entries the passes read are
-    # made (a large image's table has hundreds of thousands, most of whose users have a twin).
-    _callee_entries: dict[int, dict[int, CalleeEntry | None]] = field(default_factory=dict)
-    _hash_keys: dict[int, dict[int, tuple]] = field(default_factory=dict)
+    # Per store of forms (by id; both stay alive in `old` and `new`), by row: each form's callee list.
+    _callees: dict[int, list[tuple[CalleeEntry, ...] | None]] = field(default_factory=dict)
+    # Per target table (by id): the callee entry of each entry read so far (_NOT_READ until then,
+    # None when it is no function start). Callee lists share these instead of building one per call
+    # site (large images hold millions); only the entries the passes read are made.
+    _callee_entries: dict[int, list] = field(default_factory=dict)
+    # `hash_key`s numbered: one number per distinct key of either image, and per table the number of
+    # each entry's key (-1 until read). A shape compares numbers, not tuples of keys.
+    _key_numbers: dict[tuple, int] = field(default_factory=dict)
+    _entry_numbers: dict[int, array] = field(default_factory=dict)
 
     def callees(self, c: CanonicalFunction) -> tuple[CalleeEntry, ...]:
         """The functions `c` refers to, in order, each once: (address, hash key); computed once."""
-        found = self._callees.get(id(c))
+        forms = c._forms
+        lists = self._callees.get(id(forms))
+        if lists is None:
+            lists = self._callees[id(forms)] = [None] * len(forms)
+        found = lists[c._index]
         if found is None:
             entries = self._callee_entries.get(id(c.table))
             if entries is None:
-                entries = self._callee_entries[id(c.table)] = {}
-            found = self._callees[id(c)] = _find_callees(c, entries, self.key)
+                entries = self._callee_entries[id(c.table)] = [_NOT_READ] * len(c.table)
+            found = lists[c._index] = _find_callees(c, entries, self.key)
         return found
 
-    def hash_keys(self, table: TargetTable) -> _HashKeys:
-        """The table's entries' `hash_key`s, each computed once, when first read."""
-        found = self._hash_keys.get(id(table))
+    def key_number(self, key: tuple) -> int:
+        """The number of a hash key (equal keys, equal numbers)."""
+        return self._key_numbers.setdefault(key, len(self._key_numbers))
+
+    def entry_numbers(self, table: TargetTable) -> array:
+        """Per table entry, its hash key's number (-1 where not read yet: see `shape`)."""
+        found = self._entry_numbers.get(id(table))
         if found is None:
-            found = self._hash_keys[id(table)] = {}
-        return _HashKeys(table, found)
+            found = self._entry_numbers[id(table)] = array("q", [-1]) * len(table)
+        return found
 
     def add(self, old: CanonicalFunction, new: CanonicalFunction, how: str) -> None:
         self.pairs[old.function.address] = new.function.address
@@ -127,23 +139,11 @@ def _pair_unique(matching: Matching, key, how: str) -> None:
             matching.add(o, n, how)  # type: ignore[arg-type]
 
 
-class _HashKeys:
-    """`hash_key` of a table's entries by index, made when first read (kept in `cache`)."""
-
-    __slots__ = ("targets", "cache")
-
-    def __init__(self, table: TargetTable, cache: dict[int, tuple]) -> None:
-        self.targets, self.cache = table.targets, cache
-
-    def __getitem__(self, tid: int) -> tuple:
-        key = self.cache.get(tid)
-        if key is None:
-            key = self.cache[tid] = hash_key(self.targets[tid])
-        return key
+_NOT_READ = object()
 
 
 def _find_callees(
-    c: CanonicalFunction, entries: dict[int, CalleeEntry | None], shared: Callable[[tuple], tuple]
+    c: CanonicalFunction, entries: list, shared: Callable[[tuple], tuple]
 ) -> tuple[CalleeEntry, ...]:
     targets = c.table.targets
     function = TargetKind.FUNCTION
@@ -151,9 +151,8 @@ def _find_callees(
     out = []
     for tid in c.target_ids():
         if tid >= 0:
-            if tid in entries:
-                entry = entries[tid]
-            else:
+            entry = entries[tid]
+            if entry is _NOT_READ:
                 t = targets[tid]
                 entry = entries[tid] = (t[3], shared(hash_key(t))) if t[0] is function and t[2] == 0 else None
             if entry is not None and entry[0] not in seen:
@@ -171,17 +170,13 @@ def _with_callee_without_twin(
     paired already, and stays so. One scan of each target column against the table entries of such
     starts, instead of a callee list for every function of a large image.
     """
-    function = TargetKind.FUNCTION
     starts: dict[int, set[int]] = {}
     out: set[int] = set()
     for c in functions:
         table = c.table
         tids = starts.get(id(table))
         if tids is None:
-            targets = enumerate(table.targets)
-            tids = starts[id(table)] = {
-                tid for tid, t in targets if t[0] is function and t[2] == 0 and unpaired(t[3])
-            }
+            tids = starts[id(table)] = {tid for tid, address in table.function_starts() if unpaired(address)}
         if tids and not tids.isdisjoint(c.target_ids()):
             out.add(id(c))
     return out
@@ -415,14 +410,24 @@ def match_functions(
     # same shape (length, instruction count, targets) with other bytes: a changed constant, such
     # as a __LINE__ passed to an error routine.
     _pair_groups(matching, lambda c: c.digest, "hash", unique_only=True)
-    _pair_groups(matching, lambda c: _shape(c, matching.hash_keys(c.table)), "similar", unique_only=True)
+    _pair_groups(matching, lambda c: _shape(c, matching), "similar", unique_only=True)
     _match_call_graph(matching)
     _match_by_order(matching)
     return matching.pairs, matching.how
 
 
-def _shape(c: CanonicalFunction, keys: _HashKeys) -> tuple:
-    """What stays when only immediates change: section, sizes, and the targets in order (`keys`:
-    the hash key of each entry of the form's target table)."""
-    targets = tuple(keys[t] if t >= 0 else ("i", -1 - t) for t in c.target_ids())
-    return (c.function.section, c.masked_size, c.instruction_count, targets)
+def _shape(c: CanonicalFunction, matching: Matching) -> tuple:
+    """What stays when only immediates change: section, sizes, and the targets in order, each by its
+    hash key's number (the keys of a large image's unmatched functions, as tuples, took gigabytes)."""
+    numbers = matching.entry_numbers(c.table)
+    targets = c.table.targets
+    shape = array("q")
+    for t in c.target_ids():
+        if t >= 0:
+            number = numbers[t]
+            if number < 0:
+                number = numbers[t] = matching.key_number(hash_key(targets[t]))
+        else:
+            number = matching.key_number(("i", -1 - t))
+        shape.append(number)
+    return (c.function.section, c.masked_size, c.instruction_count, shape.tobytes())

@@ -84,7 +84,7 @@ class Symbol:
     defined: bool = True
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Import:
     """A symbol another object provides, reached through a PLT entry and/or a GOT slot."""
 
@@ -98,7 +98,7 @@ class Import:
         return f"{self.name}@{self.version}" if self.version else self.name
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class GotSlot:
     """A GOT entry the dynamic linker fills with a symbol's runtime address."""
 
@@ -273,11 +273,12 @@ class ElfRelocations(Sequence[ElfRelocation]):
 
 def relocation_type_name(number: int) -> str:
     """The psABI name of a relocation type without "R_" ("X86_64_PC32"); unknown numbers by number."""
-    known = RELOCATION_TYPES_BY_NUMBER.get(number)
-    return known.short_name if known is not None else f"X86_64_UNKNOWN_{number}"
+    known = _TYPE_NAMES.get(number)
+    return known if known is not None else f"X86_64_UNKNOWN_{number}"
 
 
 RELOCATION_NUMBERS: dict[str, int] = {t.short_name: n for n, t in RELOCATION_TYPES_BY_NUMBER.items()}
+_TYPE_NAMES: dict[int, str] = {n: name for name, n in RELOCATION_NUMBERS.items()}  # one str object each
 
 
 def relocation_type_number(name: str) -> int:
@@ -627,6 +628,100 @@ KIND_INDEX: dict[int, int] = {id(kind): i for i, kind in enumerate(REFERENCE_KIN
 IN_FUNCTION = Target(TargetKind.INTERNAL, "", -1, LinkAddress(0))
 
 
+_TARGET_KINDS: tuple[TargetKind, ...] = tuple(TargetKind)
+_TARGET_KIND_INDEX = {kind: i for i, kind in enumerate(_TARGET_KINDS)}
+_INT64 = range(-(1 << 63), 1 << 63)
+
+
+class TargetColumns(Sequence[Target]):
+    """An image's distinct targets as columns, a Target made for each entry read: a large library's
+    table has hundreds of thousands, at ~200 bytes each as tuples with their ints and names, ~50 here.
+
+    `kinds` lets hot loops pick entries by kind without making them. A function's name is not kept
+    where it is sub_<hex> of the function's start (address - offset); offsets and addresses that do
+    not fit 64 signed bits are kept aside.
+    """
+
+    __slots__ = ("kinds", "names", "offsets", "addresses", "contents", "entries", "_wide")
+
+    def __init__(self) -> None:
+        self.kinds = bytearray()
+        self.names: list[str | None] = []
+        self.offsets = array("q")
+        self.addresses = array("q")
+        self.contents: list[str | None] = []
+        self.entries: dict[int, tuple[int, ...]] = {}  # JUMP_TABLE entries, by index
+        self._wide: dict[int, tuple[int, int]] = {}  # (offset, address) that do not fit the arrays
+
+    @classmethod
+    def of(cls, targets: Iterable[Target]) -> TargetColumns:
+        out = cls()
+        for target in targets:
+            out.append(target)
+        return out
+
+    def append(self, target: Target) -> None:
+        kind, name, offset, address, content, entries = target
+        index = len(self.kinds)
+        self.kinds.append(_TARGET_KIND_INDEX[kind])
+        unnamed = kind is TargetKind.FUNCTION and name == f"sub_{address - offset:x}"
+        self.names.append(None if unnamed else name)
+        if offset in _INT64 and address in _INT64:
+            self.offsets.append(offset)
+            self.addresses.append(address)
+        else:
+            self.offsets.append(0)
+            self.addresses.append(0)
+            self._wide[index] = (offset, address)
+        self.contents.append(content)
+        if entries:
+            self.entries[index] = entries
+
+    def __len__(self) -> int:
+        return len(self.kinds)
+
+    def kind(self, index: int) -> TargetKind:
+        return _TARGET_KINDS[self.kinds[index]]
+
+    def address(self, index: int) -> int:
+        wide = self._wide.get(index) if self._wide else None
+        return wide[1] if wide is not None else self.addresses[index]
+
+    @overload
+    def __getitem__(self, index: int) -> Target: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[Target]: ...
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(len(self))[index]]
+        if index < 0:
+            index += len(self)
+        kind = _TARGET_KINDS[self.kinds[index]]
+        wide = self._wide.get(index) if self._wide else None
+        offset, address = wide if wide is not None else (self.offsets[index], self.addresses[index])
+        name = self.names[index]
+        if name is None:
+            name = f"sub_{address - offset:x}"
+        return Target(kind, name, offset, address, self.contents[index], self.entries.get(index, ()))
+
+    def __setitem__(self, index: int, target: Target) -> None:
+        """Replace one entry (TargetTable.replace)."""
+        rest = TargetColumns.of([target])
+        self.kinds[index] = rest.kinds[0]
+        self.names[index] = rest.names[0]
+        self.offsets[index], self.addresses[index] = rest.offsets[0], rest.addresses[0]
+        self._wide.pop(index, None)
+        if rest._wide:
+            self._wide[index] = rest._wide[0]
+        self.contents[index] = rest.contents[0]
+        self.entries.pop(index, None)
+        if target.entries:
+            self.entries[index] = target.entries
+
+    def __iter__(self) -> Iterator[Target]:
+        return (self[i] for i in range(len(self)))
+
+
 class TargetTable:
     """The distinct targets other than in-function ones that one image's references name, each once.
 
@@ -639,8 +734,11 @@ class TargetTable:
 
     __slots__ = ("targets", "_ids", "finder")
 
-    def __init__(self, targets: Iterable[Target] = ()) -> None:
-        self.targets: list[Target] = list(targets)
+    def __init__(self, targets: Iterable[Target] | TargetColumns = ()) -> None:
+        # A list while canonicalizing; columns once received from a child (see canon._unpack).
+        self.targets: list[Target] | TargetColumns = (
+            targets if isinstance(targets, TargetColumns) else list(targets)
+        )
         self._ids: dict[Target, int] | None = None
         self.finder: Callable[[Function], list[Reference]] | None = None
 
@@ -675,6 +773,32 @@ class TargetTable:
     def seal(self) -> None:
         """Drop the index by value (no more targets are added while the diff runs)."""
         self._ids = None
+
+    def kind_of(self, index: int) -> TargetKind:
+        """The kind of entry `index` (without making the Target, when the table is columns)."""
+        targets = self.targets
+        return targets.kind(index) if isinstance(targets, TargetColumns) else targets[index][0]
+
+    def address_of(self, index: int) -> int:
+        targets = self.targets
+        return targets.address(index) if isinstance(targets, TargetColumns) else targets[index][3]
+
+    def function_starts(self) -> Iterator[tuple[int, int]]:
+        """(index, address) of every entry that names a function at its start (offset 0)."""
+        targets = self.targets
+        function = TargetKind.FUNCTION
+        if isinstance(targets, TargetColumns):
+            code = _TARGET_KIND_INDEX[function]
+            for i, kind in enumerate(targets.kinds):
+                if kind == code and targets.offsets[i] == 0 and i not in targets._wide:
+                    yield i, targets.addresses[i]
+            for i, (offset, address) in targets._wide.items():
+                if targets.kinds[i] == code and offset == 0:
+                    yield i, address
+            return
+        for i, t in enumerate(targets):
+            if t[0] is function and t[2] == 0:
+                yield i, t[3]
 
 
 def reference_columns(references: Iterable[Reference], target_ids: Iterable[int]) -> array:
@@ -804,6 +928,12 @@ class CanonicalFunction:
         """What each reference names, in order; every in-function target is IN_FUNCTION (no offset)."""
         table = self.table.targets
         return [table[t] if t >= 0 else IN_FUNCTION for t in self.target_column]
+
+    def targets_of(self, *kinds: TargetKind) -> list[Target]:
+        """The targets of these kinds (not INTERNAL), in order; the others are not made."""
+        table = self.table
+        targets = table.targets
+        return [targets[t] for t in self.target_column if t >= 0 and table.kind_of(t) in kinds]
 
     @property
     def columns(self) -> array:
