@@ -13,9 +13,12 @@ from bench.run import Settings, run_bench, select_specs
 
 # Timing rounds per pair role; "sample" is the delta encodes of a samples-corpus pair, "pause" the
 # interleaved live-apply and restart rounds per server, "memory" the peak-memory runs of each hpkg
-# command (fresh processes; the figure barely moves between runs), "scale" the >= 100 MB pair.
-DEFAULT_RUNS = {"small": 5, "large": 3, "security": 3, "sample": 3, "pause": 10, "memory": 1, "scale": 1}
-QUICK_RUNS = {"small": 3, "large": 1, "security": 1, "sample": 1, "pause": 2, "memory": 1, "scale": 1}
+# command (fresh processes; the figure barely moves between runs), "scale" the >= 100 MB pair,
+# "machine" the rounds of `apply --all` beside its loops (bench/machine.py).
+DEFAULT_RUNS = {"small": 5, "large": 3, "security": 3, "sample": 3, "pause": 10, "memory": 1, "scale": 1,
+                "machine": 3}  # fmt: skip
+QUICK_RUNS = {"small": 3, "large": 1, "security": 1, "sample": 1, "pause": 2, "memory": 1, "scale": 1,
+              "machine": 1}  # fmt: skip
 
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -35,8 +38,9 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         default=[],
         metavar="SELECTOR",
         help="a role (small, large, security, sample, scale), the start of a pair or sample name, "
-        "`pause` (live apply pause vs restart) or `load` (apply/revert cycles under requests); "
-        "repeatable; default: all but the scale pair and the load",
+        "`pause` (live apply pause vs restart), `load` (apply/revert cycles under requests) or `machine`"
+        " (apply --all over 20 servers beside a loop of apply --pid); repeatable; default: all but the"
+        " scale pair, the load and machine",
     )
     parser.add_argument(
         "--cycles", type=int, default=1000, metavar="N", help="apply/revert cycles of `--pair load` (1000)"
@@ -82,11 +86,13 @@ def main(argv: list[str] | None = None) -> int:
     specs = select_specs(every, arguments.pair)
     pause = not arguments.pair or "pause" in arguments.pair
     load = "load" in arguments.pair
-    if arguments.list or not (specs or pause or load):
+    machine_wide = "machine" in arguments.pair
+    if arguments.list or not (specs or pause or load or machine_wide):
         for spec in every:
             print(f"{spec.role:9} {spec.name}")
         print(f"{'pause':9} live apply pause vs restart (14-threaded-server, stream_server)")
         print(f"{'load':9} apply/revert cycles under a request stream (14-threaded-server)")
+        print(f"{'machine':9} apply --all over 20 servers beside apply --pid and verify --pid loops")
         return 0 if arguments.list else 2
     if arguments.fetch_only:
         return fetch_only(specs, arguments.cache or corpus.default_cache_dir())
@@ -100,11 +106,12 @@ def main(argv: list[str] | None = None) -> int:
             cache=arguments.cache or corpus.default_cache_dir(),
             download=not arguments.no_download,
         )
-        result = run_bench(specs, settings, pause, arguments.cycles if load else 0)
+        result = run_bench(specs, settings, pause, arguments.cycles if load else 0, machine_wide)
     if arguments.save_json is not None:
         arguments.save_json.write_text(to_json(result) + "\n")
     print(to_json(result) if arguments.json else to_table(result, markdown=arguments.markdown))
-    return 1 if any(p.error for p in (*result.pairs, *result.pause, *result.load)) else 0
+    measured = (*result.pairs, *result.pause, *result.load, *result.machine_wide)
+    return 1 if any(p.error for p in measured) else 0
 
 
 if __name__ == "__main__":

@@ -287,6 +287,51 @@ def _load_parts(result: BenchResult, markdown: bool) -> list[str]:
     return parts
 
 
+def _seconds(summary: Summary | None) -> str:
+    return f"{summary.median:.2f}" if summary is not None else "-"
+
+
+def _machine_parts(result: BenchResult, markdown: bool) -> list[str]:
+    """Machine-wide verbs: `apply --all` beside the loop of `apply --pid`, finding beside `verify --pid`."""
+    parts = []
+    for r in result.machine_wide:
+        if r.error is not None or r.apply_all_s is None or r.apply_pid_loop_s is None:
+            parts.append(f"\n{r.name}: machine-wide verbs not measured: {r.error}")
+            continue
+        all_s, loop = r.apply_all_s.median, r.apply_pid_loop_s.median
+        one_job = r.apply_all_one_job_s.median if r.apply_all_one_job_s else 0.0
+        rows = [
+            [f"apply --all (--jobs {r.jobs})", _seconds(r.apply_all_s), "1.00x", _ms(r.pause_ms)],
+            ["apply --all --jobs 1", _seconds(r.apply_all_one_job_s), f"{one_job / all_s:.2f}x",
+             _ms(r.pause_one_job_ms)],
+            [f"apply --pid, {r.processes} times", _seconds(r.apply_pid_loop_s), f"{loop / all_s:.2f}x", "-"],
+        ]
+        parts.append(
+            _table(
+                f"\nMachine-wide apply: {r.name} (8 workers each), wall seconds, median of {r.rounds}"
+                " interleaved rounds;\nratio = time / apply --all; pause per process in ms (median / max)",
+                ["command", "seconds", "ratio", "pause"], rows, markdown=markdown,
+            )
+        )  # fmt: skip
+        verify = r.verify_loop_s or 0.0
+        found = [
+            [f"verify --pid over every pid ({r.machine_processes}), one round", f"{verify:.2f}", "1.00x"],
+            ["scan_for_baselines, in-process", f"{r.scan_s.median:.4f}" if r.scan_s else "-",
+             f"{r.scan_s.median / verify:.4f}x" if r.scan_s and verify else "-"],
+            ["apply --all again (all already applied)", _seconds(r.reapply_all_s),
+             f"{r.reapply_all_s.median / verify:.3f}x" if r.reapply_all_s and verify else "-"],
+            ["status (every process)", _seconds(r.status_s),
+             f"{r.status_s.median / verify:.3f}x" if r.status_s and verify else "-"],
+        ]  # fmt: skip
+        parts.append(
+            _table(
+                "\nFinding the affected processes: wall seconds; ratio = time / the verify --pid loop",
+                ["how", "seconds", "ratio"], found, markdown=markdown,
+            )
+        )  # fmt: skip
+    return parts
+
+
 def to_table(result: BenchResult, markdown: bool = False) -> str:
     """Seven tables (speed, build vs diff, peak memory, changes, sizes, build times, pause vs restart),
     then notes and errors; as GitHub markdown tables with `markdown`."""
@@ -371,6 +416,7 @@ def to_table(result: BenchResult, markdown: bool = False) -> str:
             if paused.error is not None:
                 parts.append(f"\n{paused.name}: pause not measured: {paused.error}")
     parts.extend(_load_parts(result, markdown))
+    parts.extend(_machine_parts(result, markdown))
     for pair in result.pairs:
         if pair.touched and pair.touched.missed_by_hpkg:
             missed = ", ".join(pair.touched.missed_by_hpkg)

@@ -16,6 +16,7 @@ from bench import corpus, engine
 from bench.bytecompare import ByteCompare, compare_bytes, load_code
 from bench.deltas import DeltaResult, make_deltas
 from bench.load import LoadResult
+from bench.machine import MachineResult
 from bench.memory import MemoryUse, measure
 from bench.objdiff import changed_functions
 from bench.pause import PauseResult
@@ -140,6 +141,7 @@ class BenchResult:
     pairs: tuple[PairResult, ...] = field(default_factory=tuple)
     pause: tuple[PauseResult, ...] = field(default_factory=tuple)
     load: tuple[LoadResult, ...] = field(default_factory=tuple)
+    machine_wide: tuple[MachineResult, ...] = field(default_factory=tuple)
 
 
 def machine_facts() -> dict[str, str]:
@@ -474,10 +476,15 @@ def select_specs(specs: list[corpus.PairSpec], selectors: list[str]) -> list[cor
 
 
 def run_bench(
-    specs: list[corpus.PairSpec], settings: Settings, pause: bool = False, load_cycles: int = 0
+    specs: list[corpus.PairSpec],
+    settings: Settings,
+    pause: bool = False,
+    load_cycles: int = 0,
+    machine_wide: bool = False,
 ) -> BenchResult:
-    """Run every selected pair, then (with `pause`) the pause-vs-restart section and (with `load_cycles`)
-    the apply/revert load; of the "large" pairs only the first that can be fetched is kept."""
+    """Run every selected pair, then (with `pause`) the pause-vs-restart section, (with `load_cycles`)
+    the apply/revert load and (with `machine_wide`) `apply --all` beside the loops it replaces; of the
+    "large" pairs only the first that can be fetched is kept."""
     status = engine.probe()
     results: list[PairResult] = []
     large_done = False
@@ -504,5 +511,10 @@ def run_bench(
         from bench.load import run_load
 
         loaded = run_load(settings.workdir, load_cycles)
+    everywhere: tuple[MachineResult, ...] = ()
+    if machine_wide:
+        from bench.machine import run_machine
+
+        everywhere = run_machine(settings.workdir, settings.runs["machine"])
     date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    return BenchResult(date, machine_facts(), status, tuple(results), paused, loaded)
+    return BenchResult(date, machine_facts(), status, tuple(results), paused, loaded, everywhere)

@@ -100,12 +100,13 @@ def compare_pair(
     new: CanonicalFunction,
     function_map: dict[int, int],
     old_image: Image,
+    new_image: Image,
     memo: dict[int, bool] | None = None,
 ) -> ChangeKind | None:
     """None if the pair behaves the same, else how it changed (`memo`: see references_correspond)."""
     same_targets = references_correspond(old, new, function_map, {} if memo is None else memo)
     if same_masked(old, new):
         return None if same_targets else ChangeKind.REFERENCES
-    if same_targets and line_number_only(old, new, old_image):
+    if same_targets and line_number_only(old, new, old_image, new_image):
         return ChangeKind.LINE_NUMBER_ONLY
     return ChangeKind.CODE

@@ -10,6 +10,7 @@ import bisect
 import struct
 from array import array
 
+from hpkg.builder.anonymous_data import diff_anonymous_data
 from hpkg.builder.canon import stable_name
 from hpkg.builder.data_twins import RUNTIME_OBJECTS, twin_names
 from hpkg.builder.model import (
@@ -109,7 +110,19 @@ class _PointerWords:
         if value in self.objects:
             return f"obj:{self.objects[value]}"
         section = self.image.section_at(value)
-        return f"{section.name if section else '?'}"
+        if section is None:
+            return "?"
+        if not (section.writable or section.executable or section.nobits):
+            # A string literal has no symbol: say what it holds, so pointing at another string is a change.
+            return f"{section.name}:{self.image.read(value, 256).partition(bytes(1))[0].hex()}"
+        return section.name
+
+    def get(self, address: int) -> str | None:
+        """What the pointer word at `address` points to, or None where no pointer word lies."""
+        i = bisect.bisect_left(self.addresses, address)
+        if i < len(self.addresses) and self.addresses[i] == address:
+            return self.describe(i)
+        return None
 
     def describe(self, i: int) -> str:
         """What word number `i` points to."""
@@ -167,4 +180,4 @@ def diff_data(
             changes.append(DataChange(sym.name, DataChangeKind.SIZE, sym, twin))
         elif _value(old, sym, old_words) != _value(new, twin, new_words):
             changes.append(DataChange(sym.name, DataChangeKind.VALUE, sym, twin))
-    return tuple(changes)
+    return (*changes, *diff_anonymous_data(old, new, old_words, new_words))

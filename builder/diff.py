@@ -34,6 +34,7 @@ def pair_functions(
     how: dict[int, str],
     function_twins: dict[int, int],
     old_image: Image,
+    new_image: Image,
     data_map: dict[int, int] | None = None,
 ) -> tuple[FunctionPair, ...]:
     """Give every function a pair: twin and status, and for changed ones the change kind (`how`: how
@@ -52,7 +53,7 @@ def pair_functions(
             pairs.append(FunctionPair(c, None, Status.REMOVED))
             continue
         twin = new_by_address[twin_address]
-        kind = compare_pair(c, twin, function_map, old_image, memo)
+        kind = compare_pair(c, twin, function_map, old_image, new_image, memo)
         status = Status.SAME if kind is None else Status.CHANGED
         pairs.append(FunctionPair(c, twin, status, kind, how[c.function.address]))
     taken = set(function_map.values())
@@ -96,7 +97,7 @@ def diff_images(
     # Compare each pair, anonymous data tied by the functions that use it; what unchanged functions
     # then prove about anonymous data is the only tie kept.
     data_map = correspond_section_data(old_canonical, new_canonical, function_twins, old, new)
-    pairs = pair_functions(old_canonical, new_canonical, how, function_twins, old, data_map)
+    pairs = pair_functions(old_canonical, new_canonical, how, function_twins, old, new, data_map)
     anonymous_data = anonymous_twins(pairs)
     old.release_pages()  # the code of changed pairs, decoded again to compare them
     new.release_pages()

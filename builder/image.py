@@ -201,6 +201,14 @@ def _version(record: SymbolRecord) -> str | None:
     return _text(record.version) if record.version is not None else None
 
 
+def _section_holding(sections: tuple[Section, ...], address: int) -> str | None:
+    """The allocated section whose addresses include `address`."""
+    for section in sections:
+        if section.alloc and section.size and section.address <= address < section.address + section.size:
+            return section.name
+    return None
+
+
 def _read_symbols(records: list[SymbolRecord], sections: tuple[Section, ...], dynamic: bool) -> list[Symbol]:
     """Function, object and TLS symbols (section, file and unnamed entries dropped)."""
     # Section indexes count the named sections from 1: the null section has no name.
@@ -217,6 +225,10 @@ def _read_symbols(records: list[SymbolRecord], sections: tuple[Section, ...], dy
         if kind is SymbolKind.OTHER and (not defined or name.startswith((".L", "$"))):
             continue
         section = by_index.get(shndx, "") if 0 < shndx < 0xFF00 else ""
+        if dynamic and kind is not SymbolKind.TLS and defined and 0 < shndx < 0xFF00:
+            # strip renumbers the section headers but cannot rewrite the loaded .dynsym: its st_shndx
+            # may name another section of the stripped file. The address says which one it is.
+            section = _section_holding(sections, sym.value) or section
         out.append(
             Symbol(
                 name=name,
@@ -488,6 +500,7 @@ def load_image(
         eh_frame=AddressRanges(frames),
         stripped=not static_symbols_,
         file_sha256=_file_sha256(path),
+        debug_path=str(debug) if debug is not None else None,
     )
     image.release_pages()
     release_freed_memory()  # the tables read whole while loading

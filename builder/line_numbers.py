@@ -15,6 +15,12 @@ when, in one basic block,
 - after the call, in the same block, the register is written before anything reads it (GCC's
   `-fipa-ra` may keep a value a local callee does not clobber; a read would reuse the immediate).
 
+Where the build has DWARF line tables (a `-g` build, or its debug file), an immediate is also proven
+a line number when the function's whole line table moved by one delta (lines inserted or removed
+above it: the same instructions at the same offsets, every row of its own file `delta` lines
+further), the baseline's immediate is one of the function's own lines, and the fix's is that line
+plus the delta — `__LINE__` passed to a logging function of any signature.
+
 Any other differing immediate — a library code passed to `ERR_set_error`, a limit passed to
 `memcpy`, a constant compared against — makes the function a code change.
 """
@@ -64,18 +70,22 @@ _IMMEDIATES = frozenset(
 )
 
 
-def line_number_only(old: CanonicalFunction, new: CanonicalFunction, old_image: Image) -> bool:
+def line_number_only(
+    old: CanonicalFunction, new: CanonicalFunction, old_image: Image, new_image: Image
+) -> bool:
     """Whether old and new differ only in immediates each proven a line number (see the module docstring).
 
     The caller has found every reference target to correspond, so reference fields are not compared;
-    the instructions must otherwise be the same forms, and the proof is made on the baseline's code
-    (the fix's has the same instructions, registers and, through the corresponding targets, strings).
+    the instructions must otherwise be the same forms, and the call-argument proof is made on the
+    baseline's code (the fix's has the same instructions, registers and, through the corresponding
+    targets, strings); the line-table proof reads both builds' tables.
     """
     old_insns, new_insns = _decode(old.function), _decode(new.function)
     if len(old_insns) != len(new_insns):
         return False
     old_fields, new_fields = _fields(old), _fields(new)
     block = None
+    shift: _ShiftedLines | None = None
     changed = 0
     for index, (a, b) in enumerate(zip(old_insns, new_insns, strict=True)):
         if a.code != b.code or a.len != b.len:
@@ -86,9 +96,40 @@ def line_number_only(old: CanonicalFunction, new: CanonicalFunction, old_image: 
             return False
         block = block or _Block(old, old_insns, old_image)
         if not block.is_line_argument(index):
-            return False
+            if shift is None:
+                shift = _ShiftedLines.of(old, new, old_image, new_image)
+            if not shift.explains(a.immediate(1), b.immediate(1)):
+                return False
         changed += 1
     return changed > 0
+
+
+class _ShiftedLines:
+    """What the two builds' line tables say of one function: whether it only moved by `delta` lines."""
+
+    def __init__(self, delta: int, own_lines: frozenset[int]) -> None:
+        self.delta = delta
+        self.own_lines = own_lines
+
+    @classmethod
+    def of(
+        cls, old: CanonicalFunction, new: CanonicalFunction, old_image: Image, new_image: Image
+    ) -> _ShiftedLines:
+        before = old_image.line_table.function_lines(old.function.address, old.function.size)
+        after = new_image.line_table.function_lines(new.function.address, new.function.size)
+        if not before or not after or len(before) != len(after):
+            return cls(0, frozenset())
+        rows = list(zip(before, after, strict=True))
+        if any(a_offset != b_offset for (a_offset, _), (b_offset, _) in rows):
+            return cls(0, frozenset())  # the same instructions must come from the same lines
+        deltas = {b_line - a_line for (_, a_line), (_, b_line) in rows}
+        if len(deltas) != 1:
+            return cls(0, frozenset())
+        return cls(deltas.pop(), frozenset(line for _, line in before))
+
+    def explains(self, old_value: int, new_value: int) -> bool:
+        """Whether old → new is one of the function's own lines moved with the whole function."""
+        return self.delta != 0 and old_value in self.own_lines and new_value - old_value == self.delta
 
 
 def _decode(fn: Function) -> list[Instruction]:

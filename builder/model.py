@@ -21,10 +21,13 @@ from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import NamedTuple, NewType, overload
+from typing import TYPE_CHECKING, NamedTuple, NewType, overload
 
 from hpkg.arch.x86_64 import RELOCATION_TYPES_BY_NUMBER, FieldKind
 from hpkg.elf.ehframe import Fde, parse_eh_frame_records
+
+if TYPE_CHECKING:
+    from hpkg.builder.line_table import LineTable
 
 LinkAddress = NewType("LinkAddress", int)
 FileOffset = NewType("FileOffset", int)
@@ -310,6 +313,14 @@ class Image:
     eh_frame: AddressRanges = field(default_factory=AddressRanges)
     stripped: bool = False
     file_sha256: bytes = b""  # of the whole file, taken when it was loaded
+    debug_path: str | None = None  # the separate debug file the symbols came from, if any
+
+    @cached_property
+    def line_table(self) -> LineTable:
+        """The DWARF line table of the build (its debug file's, if it has one), decoded on first use."""
+        from hpkg.builder.line_table import LineTable
+
+        return LineTable(self.debug_path or self.path)
 
     @property
     def has_static_relocations(self) -> bool:
@@ -1039,12 +1050,17 @@ class DataChangeKind(enum.Enum):
 
 @dataclass(frozen=True)
 class DataChange:
-    """A global or static data object that differs between baseline and fix."""
+    """A global or static data object that differs between baseline and fix.
+
+    `anonymous`: no symbol names it (a stripped build); `old`/`new` then stand for the bytes of a
+    section that differ (`.data+0x10`), see anonymous_data.py.
+    """
 
     name: str
     change: DataChangeKind
     old: Symbol | None
     new: Symbol | None
+    anonymous: bool = False
 
 
 DataKey = tuple[int, str]  # a data object: (link address, name without @VERSION)

@@ -9,7 +9,16 @@ from __future__ import annotations
 import struct
 
 from hpkg.builder.baseline_index import is_read_only
-from hpkg.builder.model import DataChangeKind, DiffResult, FunctionPair, Image, Status, SymbolKind, TargetKind
+from hpkg.builder.model import (
+    DataChange,
+    DataChangeKind,
+    DiffResult,
+    FunctionPair,
+    Image,
+    Status,
+    SymbolKind,
+    TargetKind,
+)
 from hpkg.builder.unwind import UnwindSection
 from hpkg.builder.verdict import Reason
 from hpkg.elf.constants import STT_GNU_IFUNC
@@ -47,7 +56,9 @@ def data_reasons(diff: DiffResult) -> list[Reason]:
         image = diff.old if change.old is not None else diff.new
         section = image.section(sym.section)
         tls = sym.kind is SymbolKind.TLS or (section is not None and section.tls)
-        if tls and change.change is not DataChangeKind.VALUE:
+        if change.anonymous:
+            reason = _anonymous_reason(change, name)
+        elif tls and change.change is not DataChangeKind.VALUE:
             reason = Reason("tls-changed", name, f"thread-local '{name}' was {change.change.value}")
         elif change.change is DataChangeKind.SIZE and not is_read_only(image, sym):
             old_size = change.old.size if change.old else 0
@@ -69,6 +80,23 @@ def data_reasons(diff: DiffResult) -> list[Reason]:
             seen.add((reason.code, name))
             reasons.append(reason)
     return reasons
+
+
+def _anonymous_reason(change: DataChange, name: str) -> Reason:
+    """The reason for bytes of a variable section that no symbol names (anonymous_data.py)."""
+    if change.change is DataChangeKind.VALUE:
+        return Reason(
+            "data-value-changed", name,
+            f"the initial bytes at '{name}' changed (no symbol names the variable there); running"
+            " processes keep the value they hold",
+        )
+    old_size = change.old.size if change.old else 0
+    new_size = change.new.size if change.new else 0
+    return Reason(
+        "data-size-changed", name,
+        f"section '{name}' changed size from {old_size} to {new_size} bytes and no symbols tell its"
+        " variables apart: live data has the old layout (debug files of both builds may name them)",
+    )
 
 
 def function_reasons(diff: DiffResult, pairs: tuple[FunctionPair, ...]) -> list[Reason]:

@@ -1,11 +1,15 @@
 """Find every process of this machine that runs a given baseline, by the build-id of what it maps.
 
-The machine-wide verbs (`apply --all`, `status`, the agent) start here. A baseline is recognised by
-the GNU build-id of a mapped file, read once per file (device and inode) however many processes map
-it, through /proc/PID/map_files: that also reaches a library that `apt upgrade` deleted or replaced
-on disk while processes still run it (the `(deleted)` case `needrestart` reports). A process that
-exits during the scan is simply not listed; one whose maps cannot be read (another user's, without
-root) is listed apart, so that a caller can say why it was not looked at.
+The machine-wide verbs (`apply --all`, `revert --all`, `status`, the agent) start here. A baseline
+is recognised by the GNU build-id of a mapped file, read once per file (device and inode) however
+many processes map it, through /proc/PID/map_files: that also reaches a library that `apt upgrade`
+deleted or replaced on disk while processes still run it (the `(deleted)` case `needrestart`
+reports). A process that exits during the scan is simply not listed; one whose maps cannot be read
+(another user's, without root) is listed apart, so that a caller can say why it was not looked at.
+
+`scan_for_packages` is the other question asked of every process: which ones carry hpkg package
+memory (`/memfd:hpkg-…` in their maps)? It reads the maps alone, never the memory, so it is as cheap
+as `grep` over /proc and stops nothing; what a record says is for loader/status.py to read.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from hpkg.loader import procfs
+from hpkg.loader.alloc import Allocation, find_allocations
 from hpkg.loader.procfs import Mapping, RuntimeImage
 
 
@@ -98,3 +103,44 @@ def scan_for_baselines(build_ids: Iterable[str], pids: Iterable[int] | None = No
             if image.build_id in wanted:
                 affected.append(AffectedProcess(pid, command_of(pid), image))
     return Scan(tuple(affected), tuple(unreadable))
+
+
+@dataclass(frozen=True)
+class CarryingProcess:
+    """One process with hpkg package memory: its pid, command name and allocations (by name, unverified)."""
+
+    pid: int
+    command: str
+    allocations: tuple[Allocation, ...]
+
+    def may_carry(self, package_id: str) -> bool:
+        """Whether an allocation's name says it holds `package_id` (`hpkg-<id>-<image>-<nonce>`).
+
+        A name only narrows the search: what the record inside says is authenticated before anyone acts
+        on it, and a process is never skipped for a name it could not have chosen (the loader names its
+        memory; a target cannot rename another's memfd).
+        """
+        return any(a.name.startswith(f"hpkg-{package_id}-") for a in self.allocations)
+
+
+@dataclass(frozen=True)
+class PackageScan:
+    """The processes carrying hpkg package memory, and those whose maps could not be read."""
+
+    carrying: tuple[CarryingProcess, ...]
+    unreadable: tuple[int, ...]
+
+
+def scan_for_packages(pids: Iterable[int] | None = None) -> PackageScan:
+    """Every process (of `pids`, default all) whose mappings include hpkg package memory, by pid."""
+    carrying: list[CarryingProcess] = []
+    unreadable: list[int] = []
+    me = os.getpid()
+    for pid in process_ids() if pids is None else pids:
+        if pid == me:
+            continue
+        allocations = find_allocations(_maps_of(pid, unreadable))
+        if allocations:
+            ordered = tuple(sorted(allocations, key=lambda a: a.start))
+            carrying.append(CarryingProcess(pid, command_of(pid), ordered))
+    return PackageScan(tuple(carrying), tuple(unreadable))

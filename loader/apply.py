@@ -92,12 +92,38 @@ class ImageApplied:
 
 
 @dataclass(frozen=True)
+class ImageCarrying:
+    """A baseline image that already carries the package, or a higher level for the same baseline
+    (levels are cumulative: a higher one contains every fix of the lower ones): nothing to do there."""
+
+    image: RuntimeImage
+    package_id: str  # the applied record's package
+    patch_level: int
+
+    def detail(self, package: Package) -> str:
+        """"" when the image carries `package` itself, else which higher level (containing it) it carries."""
+        if self.package_id == package.identity.package_id:
+            return ""
+        return f"level {self.patch_level} (package {self.package_id}) is applied and contains it"
+
+
+@dataclass(frozen=True)
 class LiveApplyResult:
-    """What `apply --pid` did, for the CLI's human and JSON output."""
+    """What `apply --pid` did, for the CLI's human and JSON output.
+
+    `images` were switched now; `carrying` already had the package (or a higher level): an apply that
+    finds everything in place succeeds with nothing changed, so that repeating it is harmless.
+    """
 
     package: Package
     pid: int
     images: tuple[ImageApplied, ...]
+    carrying: tuple[ImageCarrying, ...] = ()
+
+    @property
+    def changed(self) -> bool:
+        """Whether this apply switched anything (False: every baseline image already carried it)."""
+        return bool(self.images)
 
     @property
     def pause_ms(self) -> float:
@@ -106,7 +132,15 @@ class LiveApplyResult:
 
     def lines(self) -> list[str]:
         identity = self.package.identity
-        out = [f"applied {identity.package_id} (level {identity.patch_level}) to process {self.pid}"]
+        out = []
+        for carrying in self.carrying:
+            path = printable(carrying.image.path)
+            detail = printable(carrying.detail(self.package))
+            head = f"already applied: {identity.package_id} in process {self.pid} ({path})"
+            out.append(f"{head}: {detail}" if detail else head)
+        if not self.images:
+            return out
+        out.append(f"applied {identity.package_id} (level {identity.patch_level}) to process {self.pid}")
         for applied in self.images:
             r = applied.record
             path = printable(applied.image.path)
@@ -128,6 +162,7 @@ class LiveApplyResult:
             "pid": self.pid,
             "package_id": identity.package_id,
             "patch_level": identity.patch_level,
+            "changed": self.changed,
             "pause_ms": round(self.pause_ms, 3),
             "images": [
                 {
@@ -148,6 +183,11 @@ class LiveApplyResult:
                 }
                 for a in self.images
             ],
+            "already_applied": [
+                {"path": c.image.path, "build_id": c.image.build_id, "package_id": c.package_id,
+                 "patch_level": c.patch_level}
+                for c in self.carrying
+            ],
         }
 
 
@@ -161,26 +201,62 @@ class Prepared:
 
 
 def apply_to_process(package: Package, pid: int, timeout: float = DEFAULT_TIMEOUT) -> LiveApplyResult:
-    """Apply `package` to every baseline image of process `pid`; refuse (nothing changed) when unsafe."""
+    """Apply `package` to every baseline image of process `pid`; refuse (nothing changed) when unsafe.
+
+    An image that already carries the package (or a higher level for its baseline), every site still
+    holding that record's jump, is left alone and reported: applying twice is not an error.
+    """
     process = open_process(pid)
     with deferred_interrupts(), process, target_lock(pid, timeout):
         # STEP 1: the baseline images, and what hpkg already applied to them (records it can authenticate).
         images = baseline_images(process, package)
         seal = RecordSeal.of(process)
         found = usable_records(find_records(process, seal), pid)
-        done = [
-            _apply_to_image(process, package, image, _records_of(found, image), timeout, seal)
-            for image in images
-        ]
-    return LiveApplyResult(package, pid, tuple(done))
+        done, carrying = [], []
+        for image in images:
+            records = _records_of(found, image)
+            carried = _carrying(process, package, image, records)
+            if carried is not None:
+                carrying.append(carried)
+            else:
+                done.append(_apply_to_image(process, package, image, records, timeout, seal))
+    return LiveApplyResult(package, pid, tuple(done), tuple(carrying))
+
+
+def _carrying(
+    process: Process, package: Package, image: RuntimeImage, records: list[FoundRecord]
+) -> ImageCarrying | None:
+    """The applied record on `image` that makes this apply a no-op: this very package, or a higher level
+    (which contains it), completely switched, every site still holding its jump. Anything else, from a
+    site changed by another to an interrupted apply, is left to the compatibility check to refuse."""
+    superseded = {f.record.supersedes for f in records if f.record is not None and f.record.supersedes}
+    identity = package.identity
+    for found in records:
+        record = found.record
+        if record is None or found.state is not RecordState.APPLIED or record.package_id in superseded:
+            continue
+        if record.package_id != identity.package_id and record.patch_level <= identity.patch_level:
+            continue
+        if all(process.read(s.address, len(s.jump)) == s.jump for s in record.sites):
+            return ImageCarrying(image, record.package_id, record.patch_level)
+    return None
 
 
 @dataclass(frozen=True)
 class ImageVerified:
-    """One baseline image of a process proven compatible with a package (apply's STEPS 1-2 alone)."""
+    """One baseline image of a process proven compatible with a package (apply's STEPS 1-2 alone), or
+    found already carrying it (apply would change nothing there: `carrying` set, `compat` None)."""
 
     image: RuntimeImage
-    compat: CompatReport
+    compat: CompatReport | None
+    carrying: ImageCarrying | None = None
+
+    def lines(self, package: Package) -> list[str]:
+        """The compatibility lines, or why there is nothing to apply."""
+        if self.carrying is not None:
+            detail = self.carrying.detail(package)
+            return [f"already applied{f': {printable(detail)}' if detail else ''} (apply changes nothing)"]
+        return self.compat.lines() if self.compat is not None else []
 
 
 def check_process(package: Package, pid: int) -> list[ImageVerified]:
@@ -192,6 +268,10 @@ def check_process(package: Package, pid: int) -> list[ImageVerified]:
         verified = []
         for image in images:
             records = _records_of(found, image)
+            carried = _carrying(process, package, image, records)
+            if carried is not None:
+                verified.append(ImageVerified(image, None, carried))
+                continue
             reader = ProcessImageReader(process, image)
             code = image_code_of_process(process.pid, image)
             compat = check_compatibility(package, reader, _applied_levels(records), code)

@@ -52,6 +52,7 @@ class ProcessEvent:
     pid: int  # the thread's id (a new thread is a FORK whose pid differs from its tgid)
     tgid: int  # the process (thread group) id: what /proc/PID names
     parent_tgid: int = 0  # FORK only
+    timestamp_ns: int = 0  # when the kernel saw it, on CLOCK_MONOTONIC (time.monotonic_ns's clock)
 
 
 @dataclass(frozen=True)
@@ -79,17 +80,18 @@ def _parse_event(datagram: bytes, body: int, end: int) -> ProcessEvent | None:
     if (idx, val) != (CN_IDX_PROC, CN_VAL_PROC):
         return None
     at = body + _CN_MSG.size
-    what, _cpu, _timestamp = _EVENT_HEADER.unpack_from(datagram, at)
+    # timestamp_ns is the kernel's ktime_get_ns(): CLOCK_MONOTONIC, comparable with time.monotonic_ns().
+    what, _cpu, timestamp = _EVENT_HEADER.unpack_from(datagram, at)
     data = at + _EVENT_HEADER.size
     if what == EventKind.EXEC and data + 8 <= end:
         pid, tgid = struct.unpack_from("=II", datagram, data)
-        return ProcessEvent(EventKind.EXEC, pid, tgid)
+        return ProcessEvent(EventKind.EXEC, pid, tgid, 0, timestamp)
     if what == EventKind.FORK and data + 16 <= end:
         _parent_pid, parent_tgid, child_pid, child_tgid = struct.unpack_from("=IIII", datagram, data)
-        return ProcessEvent(EventKind.FORK, child_pid, child_tgid, parent_tgid)
+        return ProcessEvent(EventKind.FORK, child_pid, child_tgid, parent_tgid, timestamp)
     if what == EventKind.EXIT and data + 8 <= end:
         pid, tgid = struct.unpack_from("=II", datagram, data)
-        return ProcessEvent(EventKind.EXIT, pid, tgid)
+        return ProcessEvent(EventKind.EXIT, pid, tgid, 0, timestamp)
     return None
 
 
@@ -135,6 +137,23 @@ class ExecEvents:
         with contextlib.suppress(OSError):  # the kernel drops the subscription with the socket anyway
             self._socket.send(_control(PROC_CN_MCAST_IGNORE))
         self._socket.close()
+
+    def drain(self) -> list[ProcessEvent | Overrun]:
+        """Every event already queued, without waiting (for a caller's own select loop)."""
+        found: list[ProcessEvent | Overrun] = []
+        while True:
+            try:
+                datagram = self._socket.recv(_RECEIVE_SIZE, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return found
+            except InterruptedError:
+                continue
+            except OSError as exc:
+                if exc.errno == errno.ENOBUFS:
+                    found.append(Overrun())
+                    continue
+                raise TargetError(f"process connector: {os.strerror(exc.errno or 0)}") from None
+            found.extend(parse_events(datagram))
 
     def events(self, timeout: float | None = None) -> Iterator[ProcessEvent | Overrun]:
         """Events as they arrive; ends after `timeout` seconds without a datagram (None: never)."""

@@ -1,15 +1,18 @@
 """The loader's own directories on the host: private to the user hpkg runs as, never world-writable.
 
 hpkg runs as root and other local users are not trusted, so every file the loader keeps on the host
-(per-process locks, the key that authenticates in-target records, later a package store) lives in a
+(per-process locks, the key that authenticates in-target records, the package store) lives in a
 directory that only the invoking user can write: a lock or key that another user could pre-create,
 replace or point elsewhere with a symlink would let them block or steer the loader.
 
 - `run_dir()`: volatile state (locks): `/run/hpkg` for root, `$XDG_RUNTIME_DIR/hpkg` otherwise.
 - `state_dir()`: state that survives a reboot (keys): `/var/lib/hpkg` for root,
   `$XDG_STATE_HOME/hpkg` (default `~/.local/state/hpkg`) otherwise.
+- `store_dir()`: the package store of `hpkg install` and `hpkg agent` (packages and the public keys
+  they must be signed by): `--store DIR`, else `$HPKG_STORE`, else the state directory.
 
-`HPKG_RUN_DIR` and `HPKG_STATE_DIR` override both (tests, containers); the same checks apply.
+`HPKG_RUN_DIR`, `HPKG_STATE_DIR` and `HPKG_STORE` override them (tests, containers); the same checks
+apply.
 """
 
 from __future__ import annotations
@@ -44,6 +47,15 @@ def state_dir() -> Path:
     if os.geteuid() == 0:
         return private_dir(Path("/var/lib/hpkg"))
     return private_dir(_user_state_root())
+
+
+def store_dir(override: str | os.PathLike[str] | None = None) -> Path:
+    """The private directory of the package store, created if missing: `override` (`--store DIR`), else
+    `$HPKG_STORE`, else `state_dir()` (so `/var/lib/hpkg` for root, and a test's `HPKG_STATE_DIR`)."""
+    chosen = override if override not in (None, "") else os.environ.get("HPKG_STORE")
+    if chosen:
+        return private_dir(Path(chosen))
+    return state_dir()
 
 
 def _user_state_root() -> Path:

@@ -73,3 +73,9 @@ def raise_if_interrupted() -> None:
     if _pending:
         _pending = False
         raise KeyboardInterrupt
+
+
+def pending() -> bool:
+    """Whether a Ctrl-C arrived during the current hold and was not raised yet (read from any thread:
+    a worker of a machine-wide run starts no new target once it is set)."""
+    return _pending

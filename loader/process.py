@@ -136,8 +136,8 @@ class Process:
             raise TargetError(f"process {self.pid} exited while hpkg was working on it") from exc
 
     def alive(self) -> bool:
-        """Whether the process still exists and is not a zombie."""
-        return procfs.thread_state(self.pid, self.pid) not in ("", "Z", "X")
+        """Whether the process still exists: not a zombie, not exiting, its pid not reused."""
+        return not procfs.has_exited(self.pid, self.start_time)
 
     # -- memory -------------------------------------------------------------------------------
 

@@ -19,7 +19,9 @@ from hpkg.elf.structs import ProgramHeader
 from hpkg.errors import ImageError, TargetError
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+_SIGKILL_BIT = 1 << (9 - 1)  # SIGKILL (9) in the pending-signal masks of /proc/PID/status
 _DELETED = " (deleted)"
+MAX_NOTE_SEGMENT = 1 << 16  # bytes of one PT_NOTE read to find a build-id
 
 
 @dataclass(frozen=True)
@@ -177,6 +179,27 @@ def thread_state(pid: int, tid: int) -> str:
     return thread_status(pid, tid).get("State", " ")[:1].strip()
 
 
+def has_exited(pid: int, started: int) -> bool:
+    """Whether the process that was `pid` when it had start time `started` has exited, or is exiting.
+
+    A process being killed has SIGKILL pending while its threads exit, and releases its memory map
+    before it turns zombie: /proc/PID/maps is then empty, which no running user process shows (its
+    refusals then read as "runs another build"). A different start time means the pid now names
+    another process.
+    """
+    status = thread_status(pid, pid)
+    if start_time(pid) != started or status.get("State", " ")[:1] in (" ", "Z", "X"):
+        return True
+    pending = int(status.get("ShdPnd", "0"), 16) | int(status.get("SigPnd", "0"), 16)
+    if pending & _SIGKILL_BIT:
+        return True
+    try:
+        with open(f"/proc/{pid}/maps", "rb") as maps:
+            return not maps.read(1)
+    except OSError:
+        return True
+
+
 def _read_headers(read: Reader, what: str) -> ElfHeaders | None:
     """The ELF and program headers through `read(file_offset, size)`; None if not an x86-64 image."""
     try:
@@ -244,10 +267,14 @@ def _open_image_file(pid: int, first: Mapping) -> _FileReader | None:
 def _note_reader(
     file: _FileReader | None, memory: Callable[[int, int], bytes], load_bias: int
 ) -> Callable[[ProgramHeader], bytes]:
-    """Notes come from where the headers came from: the file by offset, or memory by address."""
+    """Notes come from where the headers came from: the file by offset, or memory by address.
+
+    A note segment is read up to MAX_NOTE_SEGMENT bytes: the file (any file a process maps) chooses
+    p_filesz, and a huge one must not become a huge read (a build-id note is 36 bytes).
+    """
     if file is not None:
-        return lambda p: file.read(p.offset, p.filesz)
-    return lambda p: memory(load_bias + p.vaddr, p.filesz)
+        return lambda p: file.read(p.offset, min(p.filesz, MAX_NOTE_SEGMENT))
+    return lambda p: memory(load_bias + p.vaddr, min(p.filesz, MAX_NOTE_SEGMENT))
 
 
 def image_from(pid: int, mappings: list[Mapping], from_memory: bool = False) -> RuntimeImage | None:

@@ -20,9 +20,11 @@ Layout (little-endian), at the start of the allocation:
 
 The target can rewrite this memory, so nothing in a record is believed before its seal is: an
 HMAC-SHA256, under this host's record key (loader/record_key.py, which the target cannot read), of
-"hpkg-record-2", the process (pid and start time), the allocation's address, header bytes 8..24
-(version, state, size) and the body. A record copied from another process or allocation, or with any
-bit changed, fails. The switch rewrites bytes 12..56 (state and seal) in one write. Then the body is
+"hpkg-record-2", the memory it lives in (the allocation's address and the device and inode of the
+memfd behind it), header bytes 8..24 (version, state, size) and the body. A record copied into other
+memory, or with any bit changed, fails; a fork of the process, which maps the same memfd at the same
+address, carries a record that holds there too (`RecordSeal`). The switch rewrites bytes 12..56
+(state and seal) in one write. Then the body is
 validated against limits (nesting depth, sizes, types, counts; `_validate`) and against the
 allocation it was found in. Authenticating what revert reads was chosen over re-deriving it from the
 package and the image because revert has no package: it must work from what the process carries.
@@ -340,19 +342,34 @@ def _inside(record: PatchRecord, allocation: Allocation) -> str:
 
 @dataclass(frozen=True)
 class RecordSeal:
-    """What a record's seal binds: this host's key, and the one process (pid and start time) it is in."""
+    """What a record's seal binds: this host's key, and the memory the record lives in — the
+    allocation's address and the memfd behind it (device and inode, from /proc/PID/maps).
+
+    Not the pid: a fork of a patched process carries the same patched code and the same record in
+    the same memfd mapping (copy-on-write), and `status`/`revert` must be able to take it out there
+    too. Another process cannot have that memfd mapped at that address unless it was given it,
+    which takes the rights to change the first process's memory anyway; and a record copied into
+    any other memory fails.
+    """
 
     key: bytes
-    pid: int
-    start_time: int
+    process: Process
 
     @classmethod
     def of(cls, process: Process) -> RecordSeal:
-        return cls(record_key(), process.pid, process.start_time)
+        return cls(record_key(), process)
+
+    def _backing(self, allocation_start: int) -> tuple[bytes, int]:
+        """(device, inode) of the mapping at the allocation's start; empty if there is none."""
+        for mapping in self.process.maps():
+            if mapping.start == allocation_start:
+                return mapping.dev.encode("ascii", "replace"), mapping.inode
+        return b"", 0
 
     def mac(self, allocation_start: int, header: bytes, body: bytes) -> bytes:
-        """HMAC-SHA256 of the domain, the process, the allocation, header bytes 8..24 and the body."""
-        binding = struct.pack("<QQQ", self.pid, self.start_time, allocation_start)
+        """HMAC-SHA256 of the domain, the memory (memfd and address), header bytes 8..24 and the body."""
+        dev, inode = self._backing(allocation_start)
+        binding = struct.pack("<QQ", inode, allocation_start) + dev.ljust(16, b"\0")[:16]
         return hmac.new(self.key, _SEAL_DOMAIN + binding + header[8:24] + body, hashlib.sha256).digest()
 
 

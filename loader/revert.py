@@ -59,17 +59,35 @@ class ImageReverted:
 
 @dataclass(frozen=True)
 class LiveRevertResult:
-    """What `revert --pid` did."""
+    """What `revert --pid` did. Nothing to revert (no package, or not the one named) is a success with
+    nothing changed, so that repeating a revert is harmless; `package_id` is the one asked for, if any."""
 
     pid: int
     images: tuple[ImageReverted, ...]
     freed_orphans: tuple[Allocation, ...]
+    package_id: str | None = None
+
+    @property
+    def changed(self) -> bool:
+        """Whether anything was taken out (a package reverted or orphan memory freed)."""
+        return bool(self.images or self.freed_orphans)
 
     @property
     def pause_ms(self) -> float:
         return max((i.pause_seconds for i in self.images), default=0.0) * 1000
 
+    @property
+    def nothing_applied(self) -> str:
+        """Why nothing was reverted, in one line ("" when something was)."""
+        if self.changed:
+            return ""
+        if self.package_id is not None:
+            return f"package {printable(self.package_id)} is not applied in process {self.pid}"
+        return f"process {self.pid} carries no hpkg package"
+
     def lines(self) -> list[str]:
+        if not self.changed:
+            return [f"nothing to revert: {self.nothing_applied}"]
         out = []
         for image in self.images:
             ids = ", ".join(f"{printable(pid)} (level {level})" for pid, level in image.packages)
@@ -87,6 +105,7 @@ class LiveRevertResult:
     def to_json(self) -> dict[str, object]:
         return {
             "pid": self.pid,
+            "changed": self.changed,
             "pause_ms": round(self.pause_ms, 3),
             "images": [
                 {
@@ -118,11 +137,9 @@ def revert_process(
         stacks = _stacks(found)
         if package_id is not None:
             stacks = {k: s for k, s in stacks.items() if any(r.package_id == package_id for r in s)}
-            if not stacks:
-                raise RefusedError(f"package {package_id} is not applied in process {pid}")
         absent = [f.allocation for f in found if f.trust is RecordTrust.ABSENT]
-        if not stacks and not absent:
-            raise RefusedError(f"process {pid} carries no hpkg package")
+        if not stacks and (package_id is not None or not absent):
+            return LiveRevertResult(pid, (), (), package_id)  # nothing applied: nothing to do
         # STEP 2 (first half): every record of every image proven bounded before any image is reverted.
         images = [(_check_stack(process, stack, unauthenticated), stack) for stack in stacks.values()]
         done = [_revert_stack(process, stack, image, timeout) for image, stack in images]
@@ -130,7 +147,7 @@ def revert_process(
         if package_id is None:
             orphans = absent
             free_allocations(process, orphans)
-    return LiveRevertResult(pid, tuple(done), tuple(orphans))
+    return LiveRevertResult(pid, tuple(done), tuple(orphans), package_id)
 
 
 def _stacks(found: list[FoundRecord]) -> dict[tuple[str, int], list[PatchRecord]]:

@@ -5,12 +5,18 @@ every patch site is compared with the record, so a site someone else changed sho
 Records are authenticated first (loader/record.py): one written by an older hpkg is shown marked
 "unauthenticated"; one that fails its seal or validation is listed as refused, with why, and not
 interpreted (`hpkg status` then exits 4). Every name is escaped before it is printed.
+
+`machine_status` does the same for every process whose maps show hpkg package memory (`hpkg status`
+without `--pid`): one pass over /proc/*/maps, then the records of those processes alone.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
+from hpkg.errors import TargetError
+from hpkg.loader.affected import scan_for_packages
 from hpkg.loader.live import open_process
 from hpkg.loader.process import Process
 from hpkg.loader.record import FoundRecord, PatchRecord, RecordState, RecordTrust, SiteRecord, find_records
@@ -176,3 +182,79 @@ def process_status(pid: int) -> ProcessStatus:
             writable_code,
             tuple(f for f in found if f.trust is RecordTrust.REFUSED),
         )
+
+
+@dataclass(frozen=True)
+class CarrierStatus:
+    """One process of a machine-wide status: its command name and what its records say."""
+
+    command: str
+    status: ProcessStatus
+
+    def lines(self) -> list[str]:
+        """One line per package per image: pid, command, image, package id, level, state and sites."""
+        head = f"{self.status.pid} {printable(self.command) or '?'}"
+        out = []
+        for image in self.status.images:
+            for package in image.packages:
+                r = package.record
+                trust = " [unauthenticated record]" if package.trust is RecordTrust.UNAUTHENTICATED else ""
+                sites = ", ".join(f"{printable(s.function)} {s.state}" for s in package.sites)
+                out.append(
+                    f"{head} {printable(image.path)}: package {printable(r.package_id)} level {r.patch_level}"
+                    f" {package.state}{trust}; sites: {sites}"
+                )
+        for f in self.status.unreadable:
+            out.append(f"{head} /memfd:{printable(f.allocation.name)}: {printable(f.problem)}")
+        for f in self.status.refused:
+            out.append(f"{head} /memfd:{printable(f.allocation.name)}: refused: {printable(f.problem)}")
+        return out
+
+    def to_json(self) -> dict[str, object]:
+        return {"command": self.command, **self.status.to_json()}
+
+
+@dataclass(frozen=True)
+class MachineStatus:
+    """Every process of the machine carrying hpkg packages, and the pids whose maps could not be read."""
+
+    processes: tuple[CarrierStatus, ...]
+    unreadable: tuple[int, ...] = ()
+
+    @property
+    def refused(self) -> tuple[FoundRecord, ...]:
+        """Records, anywhere, that fail their seal or validation (listed, not interpreted)."""
+        return tuple(f for p in self.processes for f in p.status.refused)
+
+    def lines(self) -> list[str]:
+        out = [line for p in self.processes for line in p.lines()]
+        if not self.processes:
+            out.append("no process carries an hpkg package")
+        if self.unreadable:
+            count = len(self.unreadable)
+            what = f"{count} process{'es' * (count != 1)} not examined"
+            out.append(f"{what} (permission denied reading their maps)")
+        return out
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "processes": [p.to_json() for p in self.processes],
+            "unreadable_pids": list(self.unreadable),
+        }
+
+
+def machine_status(pids: Iterable[int] | None = None) -> MachineStatus:
+    """The status of every process (of `pids`, default all) with hpkg package memory; stops nothing.
+
+    Processes are found by their maps alone (loader/affected.py), then each one's records are read as
+    `status --pid` reads them. A process that exits in between is left out.
+    """
+    scan = scan_for_packages(pids)
+    processes = []
+    for carrying in scan.carrying:
+        try:
+            status = process_status(carrying.pid)
+        except TargetError:
+            continue  # exited since the scan (or became a zombie): it carries nothing any more
+        processes.append(CarrierStatus(carrying.command, status))
+    return MachineStatus(tuple(processes), scan.unreadable)

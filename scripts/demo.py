@@ -1,4 +1,5 @@
-"""`make demo`: patch a running multithreaded server live, show the fix with its state kept, revert.
+"""`make demo`: patch a running multithreaded server live, show the fix with its state kept, revert;
+then patch every process of the machine that runs a baseline at once, and take it out everywhere.
 
 Every step runs the real `hpkg` command line on the bundled threaded-server sample
 (samples/14-threaded-server) and prints what it did, as an operator would read it.
@@ -6,7 +7,9 @@ Every step runs the real `hpkg` command line on the bundled threaded-server samp
 
 from __future__ import annotations
 
+import json
 import re
+import secrets
 import shutil
 import socket
 import subprocess
@@ -19,21 +22,26 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "samples" / "14-threaded-server"
 HPKG = [sys.executable, "-m", "hpkg"]
 LONG_PATH = "GET /" + "x" * 40
+# samples/Makefile's hotpatch-ready flags, for the machine-wide step's own build of the server.
+READY_FLAGS = ["-O2", "-g", "-fno-omit-frame-pointer", "-flive-patching=inline-clone", "-fcf-protection=none",
+               "-Wl,--emit-relocs", "-pthread"]  # fmt: skip
 
 
 def step(number: int, title: str) -> None:
     print(f"\n== {number}. {title}", flush=True)
 
 
-def run(args: list[str], *, show: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run one command, echo it and its output, and stop the demo if it fails."""
+def run(
+    args: list[str], *, show: bool = True, accept: tuple[int, ...] = (0,)
+) -> subprocess.CompletedProcess[str]:
+    """Run one command, echo it and its output, and stop the demo if it fails (exits outside `accept`)."""
     printable = " ".join(["hpkg", *args[len(HPKG) :]] if args[: len(HPKG)] == HPKG else args)
     print(f"$ {printable}", flush=True)
     done = subprocess.run(args, capture_output=True, text=True, cwd=ROOT)
     if show:
         for line in (done.stdout + done.stderr).rstrip().splitlines():
             print(f"  {line}")
-    if done.returncode != 0:
+    if done.returncode not in accept:
         if not show:
             print((done.stdout + done.stderr).rstrip())
         raise SystemExit(f"demo: the command above failed with exit code {done.returncode}")
@@ -66,6 +74,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="hpkg-demo-"))
     out = (SAMPLE / "out").relative_to(ROOT)  # commands run in the repository root
     server: subprocess.Popen[str] | None = None
+    servers: list[subprocess.Popen[str]] = []
     try:
         step(1, "Build the sample: a baseline server and its fix (hotpatch-ready flags)")
         run(["make", "-s", "-C", "samples", SAMPLE.name], show=False)
@@ -105,11 +114,58 @@ def main() -> None:
         step(9, "Stop the server")
         server.terminate()
         server.wait(timeout=5)
-        print(f"  stopped; the demo took {time.monotonic() - began:.1f} s")
+        print("  stopped")
+
+        machine_wide(work, key, servers)
+        print(f"\n  the demo took {time.monotonic() - began:.1f} s")
     finally:
-        if server is not None and server.poll() is None:
-            server.kill()
+        for process in [server, *servers]:
+            if process is not None and process.poll() is None:
+                process.kill()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def machine_wide(work: Path, key: Path, servers: list[subprocess.Popen[str]]) -> None:
+    """Steps 10-13: three servers patched by one `apply --all`, listed by `status`, `revert --all`.
+
+    `--all` patches every process of the machine that runs the baseline. So that the demo touches no
+    server it did not start, this part builds the server once more with a build-id of its own.
+    """
+    step(10, "Three more servers of one baseline (built for this demo run: a build-id no one else runs)")
+    source = SAMPLE / "sample.c"
+    binaries = {}
+    for build, define in (("baseline", []), ("fixed", ["-DFIX"])):
+        binaries[build] = work / f"server.{build}"
+        build_id = f"-Wl,--build-id=0x{secrets.token_hex(20)}"
+        run(["gcc", *READY_FLAGS, *define, build_id, "-o", str(binaries[build]), str(source)], show=False)
+    package = work / "server-fix.hpkg"
+    built = run([*HPKG, "build", str(binaries["baseline"]), str(binaries["fixed"]), "-o", str(package),
+                 "--key", str(key), "--json"], show=False)  # fmt: skip
+    package_id = json.loads(built.stdout)["package_id"]
+    ports = []
+    for _ in range(3):
+        server, port = start_server(binaries["baseline"])
+        servers.append(server)
+        ports.append(port)
+    print(f"  server pids {', '.join(str(s.pid) for s in servers)}")
+
+    step(11, "Apply to every process running the baseline, each on its own (one line per process)")
+    run([*HPKG, "apply", str(package), "--all", "--key", f"{key}.pub"])
+    for port in ports:
+        ask(port, LONG_PATH)
+    print("  again: nothing to do, and that is success (a configuration-management run can repeat it)")
+    run([*HPKG, "apply", str(package), "--all", "--key", f"{key}.pub"])
+
+    step(12, "Every process with an hpkg package applied (exit 4 if a record anywhere fails its seal)")
+    run([*HPKG, "status"], accept=(0, 4))
+
+    step(13, "Revert it everywhere")
+    run([*HPKG, "revert", "--all", "--package", package_id])
+    ask(ports[0], LONG_PATH)
+    for server in servers:
+        server.terminate()
+        server.wait(timeout=5)
+    print("  stopped")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import subprocess
 
 import pytest
 from build_support import PROGRAMS, readelf_build_id, run_hpkg, symbol_address
@@ -239,3 +240,96 @@ def test_installed_debug_files_are_found_by_build_id(samples, tmp_path):
     )
     assert [d.name for d in result.package.data_objects] == ["failed_logins"]
     assert result.plan.mode == "disassembly"
+
+
+# --- stripped builds: initial values no symbol names ------------------------------------------------
+
+
+def test_changed_initializer_of_a_stripped_build_is_refused_not_nothing_to_patch(samples, tmp_path):
+    """Before, without symbols the changed `config` was invisible and `build` exited 5 "nothing to patch"."""
+    sample = samples["12-global-initializer"]
+    old, new = sample.binary("baseline", "stripped"), sample.binary("fixed", "stripped")
+    result = run_hpkg("build", old, new, "-o", tmp_path / "p.hpkg", "--no-debuginfod")
+    assert result.code == 4, result.err
+    reasons = _reasons(result.err)
+    assert list(reasons.values()) == ["data-value-changed"]
+    [region] = reasons
+    # the region is where `config` lies in the symbols twin (its debug flag inside it)
+    config = symbol_address(sample.symbols_twin("baseline", "stripped"), "config")
+    section, offset = region.split("+")
+    assert section == ".data"
+    data_start = int(re.search(
+        r"\.data\s+PROGBITS\s+([0-9a-f]+)", _readelf_sections(old)
+    ).group(1), 16)
+    assert config <= data_start + int(offset, 16) < config + 64
+    diff = run_hpkg("diff", old, new, "--json", "--no-debuginfod")
+    assert diff.json()["data"] == [{"name": region, "change": "value-changed"}]
+
+
+def test_resized_variable_section_of_a_stripped_build_is_refused_and_cannot_be_allowed(samples, tmp_path):
+    sample = samples["13-struct-layout"]
+    old, new = sample.binary("baseline", "stripped"), sample.binary("fixed", "stripped")
+    args = ("build", old, new, "-o", tmp_path / "p.hpkg", "--no-debuginfod")
+    result = run_hpkg(*args)
+    assert result.code == 4
+    assert _reasons(result.err)[".data"] == "data-size-changed"
+    assert run_hpkg(*args, "--allow", "data-size-changed").code == 2
+
+
+def test_stripped_table_pointing_at_other_functions_is_a_value_change(compiler, tmp_path):
+    old, new = compiler.pair("handler_table", (PROGRAMS / "handler_table.c").read_text(), strip=True)
+    result = run_hpkg("build", old, new, "-o", tmp_path / "p.hpkg", "--no-debuginfod")
+    assert result.code == 4, result.err
+    assert set(_reasons(result.err).values()) == {"data-value-changed"}
+    assert not (tmp_path / "p.hpkg").exists()
+
+
+def test_stripped_pointers_that_only_moved_with_their_functions_are_no_change(compiler, tmp_path):
+    """The fix grows `allow`, so `deny` and every pointer to it move: the table is still the same."""
+    source = (PROGRAMS / "handler_table.c").read_text().replace(
+        "#ifdef FIX\nint (*handlers[2])(int) = {deny, allow};\n#else\n", "#if 1\n"
+    ).replace(
+        "static int allow(int x) { return x + 1; }",
+        "static int allow(int x) {\n#ifdef FIX\n"
+        "    if (x > 1000) { printf(\"big %d\\n\", x); return 0; }\n#endif\n"
+        "    return x + 1;\n}",
+    )
+    old, new = compiler.pair("handler_table_moved", source, strip=True)
+    assert _data_bytes(old) != _data_bytes(new), "the pointers must move for this test to mean anything"
+    diff = run_hpkg("diff", old, new, "--json", "--no-debuginfod")
+    assert diff.code == 0, diff.err
+    assert diff.json()["data"] == []
+    assert len(diff.json()["changed"]) == 1 and not diff.json()["added"]
+
+
+def _readelf_sections(path) -> str:
+    return subprocess.run(["readelf", "-SW", str(path)], capture_output=True, text=True, check=True).stdout
+
+
+def _data_bytes(path) -> bytes:
+    return subprocess.run(
+        ["objcopy", "-O", "binary", "--only-section=.data", str(path), "/dev/stdout"],
+        capture_output=True, check=True,
+    ).stdout
+
+
+def test_changed_static_between_a_stripped_librarys_exported_variables_is_refused(compiler, tmp_path):
+    """.dynsym names `exported_count` in .data; `limit` beside it only its bytes name."""
+    old, new = compiler.pair(
+        "library_static", (PROGRAMS / "library_static.c").read_text(), ("-shared", "-fPIC"), strip=True
+    )
+    result = run_hpkg("build", old, new, "-o", tmp_path / "p.hpkg", "--no-debuginfod")
+    assert result.code == 4, result.err
+    reasons = _reasons(result.err)
+    assert list(reasons.values()) == ["data-value-changed"]
+    assert next(iter(reasons)).startswith(".data+0x")
+
+
+def test_changed_exported_variable_of_a_stripped_library_is_named_once(compiler, tmp_path):
+    """The symbol's bytes are its own: reported by name, not again as unnamed bytes of .data."""
+    source = (PROGRAMS / "library_static.c").read_text().replace("#ifdef FIX\n", "#ifdef NEVER\n")
+    source = source.replace("#ifdef FIX_EXPORTED", "#ifdef FIX")
+    old, new = compiler.pair("library_exported", source, ("-shared", "-fPIC"), strip=True)
+    diff = run_hpkg("diff", old, new, "--json", "--no-debuginfod")
+    assert diff.code == 0, diff.err
+    assert diff.json()["data"] == [{"name": "exported_count", "change": "value-changed"}]

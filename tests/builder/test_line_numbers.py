@@ -181,3 +181,63 @@ def test_build_ships_the_code_change_and_lists_the_line_shift_it_left_out(compil
     doc = json.loads(hpkg("build", old.path, new.path, "-o", out, "--json").stdout)
     assert [f["name"] for f in doc["functions"]] == ["set_name"]
     assert doc["left_out_line_number_only"] == ["checked"]
+
+
+# __LINE__ passed where no source path precedes it (a levelled logger): only the DWARF line tables
+# of a -g build prove it a line number — the whole function moved by the lines inserted above it.
+LEVELLED_LOG = """
+#include <stdio.h>
+__attribute__((noipa)) void log_line(int level, int line, const char *message)
+{{ fprintf(stderr, "%d:%d: %s\\n", level, line, message); }}
+{inserted}__attribute__((noinline)) long scaled(long n)
+{{
+    if (n > 1000)
+        log_line({level}, __LINE__, "large");
+    return n * 2;
+}}
+int main(int argc, char **argv)
+{{
+    printf("%ld\\n", scaled(argc * 600L));
+    return 0;
+}}
+"""
+
+
+def _kinds_with_debug_info(compiler, name: str, old_src: str, new_src: str, flavour: str):
+    """Change kinds of a pair built with -g (`name` must be unique per source pair: builds are cached)."""
+    old = compiler.build(f"{name}-old", old_src, flavour, ("-g",))
+    new = compiler.build(f"{name}-new", new_src, flavour, ("-g",))
+    result = diff_files(old.path, new.path)
+    image = load_image(old.unstripped)
+    addresses = {s.address: s.name for s in image.symbols if s.kind is SymbolKind.FUNCTION and s.defined}
+    return {addresses[p.old.function.address]: p.change_kind for p in result.changed}
+
+
+@pytest.mark.parametrize("flavour", ["relocs", "plain", "nopie", "shared"])
+def test_a_line_shift_the_line_tables_prove_is_line_numbers_only(compiler, flavour):
+    kinds = _kinds_with_debug_info(
+        compiler, "levelled",
+        LEVELLED_LOG.format(inserted="", level=2), LEVELLED_LOG.format(inserted=INSERTED, level=2), flavour,
+    )
+    assert kinds == {"scaled": ChangeKind.LINE_NUMBER_ONLY}
+
+
+def test_without_line_tables_the_same_shift_is_code(compiler):
+    """Stripped, nothing proves that `mov esi, 8` → `mov esi, 11` is a line: it is shipped as code."""
+    kinds = _kinds_with_debug_info(
+        compiler, "levelled",
+        LEVELLED_LOG.format(inserted="", level=2),
+        LEVELLED_LOG.format(inserted=INSERTED, level=2),
+        "stripped",
+    )
+    assert list(kinds.values()) == [ChangeKind.CODE]
+
+
+@pytest.mark.parametrize("flavour", ["relocs", "shared"])
+def test_a_constant_that_moves_by_the_shift_but_is_no_line_of_the_function_is_code(compiler, flavour):
+    """The level goes 2 → 5 as the lines move by 3: the delta fits, but 2 is no line of `scaled`."""
+    kinds = _kinds_with_debug_info(
+        compiler, "levelled-5",
+        LEVELLED_LOG.format(inserted="", level=2), LEVELLED_LOG.format(inserted=INSERTED, level=5), flavour,
+    )
+    assert kinds == {"scaled": ChangeKind.CODE}

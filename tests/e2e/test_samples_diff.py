@@ -10,6 +10,7 @@ code at the same addresses), which is independent of the engine's own function d
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -50,6 +51,32 @@ def _code_symbols(path: Path) -> dict[int, set[str]]:
         if len(fields) == 3 and fields[1] in "tTiW":
             names.setdefault(int(fields[0], 16), set()).add(fields[2])
     return names
+
+
+def _section_headers(path: Path) -> dict[int, tuple[str, int]]:
+    """Section index → (name, address), from binutils' readelf."""
+    out = subprocess.run(["readelf", "-SW", str(path)], capture_output=True, text=True, check=True).stdout
+    found = {}
+    for m in re.finditer(r"^\s*\[\s*(\d+)\]\s+(\S+)\s+\S+\s+([0-9a-f]+)", out, re.MULTILINE):
+        found[int(m.group(1))] = (m.group(2), int(m.group(3), 16))
+    return found
+
+
+def _section_addresses(path: Path) -> dict[str, int]:
+    return {name: address for name, address in _section_headers(path).values()}
+
+
+def _data_symbols(path: Path) -> dict[str, tuple[int, int, str]]:
+    """Data object name → (address, size, section name), from binutils' readelf of a full build."""
+    sections = _section_headers(path)
+    out = subprocess.run(["readelf", "-sW", str(path)], capture_output=True, text=True, check=True).stdout
+    found = {}
+    for line in out.splitlines():
+        fields = line.split()
+        if len(fields) >= 8 and fields[3] == "OBJECT" and fields[6].isdigit():
+            section = sections.get(int(fields[6]), ("", 0))[0]
+            found[fields[7].split("@")[0]] = (int(fields[1], 16), int(fields[2], 0), section)
+    return found
 
 
 def _named(
@@ -101,9 +128,24 @@ def test_diff_reports_exactly_the_expected_sets(corpus, sample: Sample, variant:
         "removed": set(expected.data_removed),
     }
     if variant == "stripped":
-        # Without a symbol table only exported (.dynsym) objects have names: what is reported must
-        # be expected, but a local object's change cannot be named.
+        # Without a symbol table only exported (.dynsym) objects have names; the bytes of others are
+        # reported by section offset (`.data+0x28`, or `.data` when the section changed size): each
+        # must lie in (or, for a section, hold) an expected object of the symbols twin, and no expected
+        # change of a variable may go unreported.
+        twin = _data_symbols(sample.symbols_twin("baseline", flavour))
+        sections = _section_addresses(sample.binary("baseline", flavour))
         for group, names in data.items():
-            assert names <= wanted[group], group
+            named = {n for n in names if not n.startswith(".")}
+            for region in names - named:
+                section, _, offset = region.partition("+")
+                if offset:
+                    address = sections[section] + int(offset, 16)
+                    owners = {n for n, (start, size, _) in twin.items() if start <= address < start + size}
+                else:
+                    owners = {n for n, (_, _, where) in twin.items() if where == section}
+                assert owners & wanted[group], (region, owners)
+                named |= owners & wanted[group]
+            assert named <= wanted[group], group
+        assert bool(data["changed"]) == bool(wanted["changed"])
     else:
         assert data == wanted

@@ -1,5 +1,6 @@
 """Patch levels live: a level 2 that supersedes level 1 replaces it in place (level 1's memory freed),
-a lower or equal level afterwards is refused (no silent downgrade), and revert goes back to the baseline."""
+level 1 or 2 applied afterwards is "already applied" (level 2 contains level 1; nothing changes, no
+silent downgrade), and revert goes back to the baseline."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ def _build(sample, keys, out: Path, *extra: str) -> str:
 
 
 @pytest.mark.parametrize("name", ["10-static-counter", "11-new-global"])
-def test_level_two_supersedes_level_one_and_no_downgrade(name, samples, keys, tmp_path) -> None:
+def test_level_two_supersedes_level_one_and_contains_it(name, samples, keys, tmp_path) -> None:
     """Level 1 at the sample's patch point, level 2 two steps later: the answers are those of one
     patch all along — the baseline's counter and level 1's new variable carry over both switches."""
     sample = samples[name]
@@ -49,9 +50,17 @@ def test_level_two_supersedes_level_one_and_no_downgrade(name, samples, keys, tm
                 assert carried == [(id2, 2, True)]
                 assert all(id1 not in line for line in hpkg_mappings(talk.pid))  # level 1's memory is gone
 
-                run = hpkg("apply", level1, "--pid", talk.pid, "--key", keys.public)
-                assert run.returncode == 4 and "no downgrade" in run.stderr
-                assert hpkg("apply", level2, "--pid", talk.pid, "--key", keys.public).returncode == 4
+                # Level 2 contains level 1: applying either again changes nothing and succeeds.
+                run = hpkg("apply", level1, "--pid", talk.pid, "--key", keys.public, "--json")
+                assert run.returncode == 0, run.stderr
+                document = run.json()
+                assert document["changed"] is False and document["images"] == []
+                carried = [(a["package_id"], a["patch_level"]) for a in document["already_applied"]]
+                assert carried == [(id2, 2)]
+                run = hpkg("apply", level2, "--pid", talk.pid, "--key", keys.public)
+                assert run.returncode == 0 and run.stdout.startswith(f"already applied: {id2}"), run.stderr
+                [image] = hpkg("status", "--pid", talk.pid, "--json").json()["images"]
+                assert [p["package_id"] for p in image["packages"]] == [id2]
             if number == sample.revert_after:
                 reverted = hpkg("revert", "--pid", talk.pid, "--package", id2, "--json")
                 assert reverted.returncode == 0, reverted.stderr

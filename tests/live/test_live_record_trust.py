@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
 import struct
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -208,3 +212,60 @@ def test_an_older_unsealed_record_needs_allow_unauthenticated_to_revert(applied)
     assert reverted.returncode == 0, reverted.stderr
     assert hpkg_mappings(pid) == []
     assert state.talk.ask(sample.steps[0].request) == sample.steps[0].baseline
+
+
+# --- a fork carries the patch and its record -------------------------------------------------------
+
+# Preloaded into the sample: on SIGUSR1 the process forks, and the child waits (a pre-fork worker).
+FORK_ON_SIGNAL = r"""
+#include <signal.h>
+#include <unistd.h>
+static void on_usr1(int sig) { (void)sig; if (fork() == 0) for (;;) pause(); }
+__attribute__((constructor)) static void install(void) { signal(SIGUSR1, on_usr1); }
+"""
+
+
+def _child_of(pid: int) -> int:
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    for _ in range(500):
+        found = children.read_text().split()
+        if found:
+            return int(found[0])
+        time.sleep(0.01)
+    raise AssertionError(f"process {pid} did not fork")
+
+
+def test_a_fork_of_a_patched_process_is_authenticated_and_reverted_on_its_own(
+    samples, keys, build_package, tmp_path: Path, monkeypatch
+) -> None:
+    """The child maps the same memfd at the same address: its record holds, as the patch does."""
+    source = tmp_path / "fork_on_signal.c"
+    source.write_text(FORK_ON_SIGNAL)
+    preload = tmp_path / "fork_on_signal.so"
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(preload), str(source)], check=True)
+    sample = samples["01-bounds-check"]
+    package = build_package(sample.binary("baseline", "ready"), sample.binary("fixed", "ready"))
+    monkeypatch.setenv("LD_PRELOAD", str(preload))
+    with Conversation(sample, "baseline", "ready") as talk:
+        monkeypatch.delenv("LD_PRELOAD")
+        applied = _Applied(talk, package, keys)
+        os.kill(talk.pid, signal.SIGUSR1)
+        child = _child_of(talk.pid)
+        try:
+            assert all(_read(child, a, 5) == jump for a, jump in applied.jumps.items())
+            status = hpkg("status", "--pid", child, "--json")
+            assert status.returncode == 0, status.stderr
+            [package_status] = [p for i in status.json()["images"] for p in i["packages"]]
+            assert package_status["record"] == "authenticated" and package_status["intact"], status.stdout
+            again = hpkg("apply", package, "--pid", child, "--key", keys.public, "--json")
+            assert again.returncode == 0 and again.json()["changed"] is False, again.stderr
+            revert = hpkg("revert", "--pid", child)
+            assert revert.returncode == 0, revert.stderr
+            assert not hpkg_mappings(child)
+            assert all(_read(child, a, 5) != jump for a, jump in applied.jumps.items())
+            assert_running_untraced(child)
+            # The parent keeps its patch and its record.
+            assert applied.sites_unchanged() and hpkg_mappings(talk.pid)
+            assert hpkg("status", "--pid", talk.pid).returncode == 0
+        finally:
+            os.kill(child, signal.SIGKILL)

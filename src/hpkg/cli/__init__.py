@@ -22,7 +22,8 @@ except KeyboardInterrupt:
 
 # One module per command under src/hpkg/cli/, each exposing `command` (a click.Command).
 COMMAND_MODULES: tuple[str, ...] = (
-    "keygen", "inspect", "verify", "diff", "apply", "build", "status", "revert",
+    "keygen", "inspect", "verify", "diff", "apply", "build", "status", "revert", "install", "uninstall",
+    "agent",
 )
 
 

@@ -105,6 +105,8 @@ KEY = InputFile(PackageError)  # the key readers cap the size they read
 
 # A pid names one process: 0 and negative numbers mean process groups to kill(2), never a target.
 PID = click.IntRange(min=1)
+# How many processes `--all` works on at once (each in its own thread, stopped only for its switch).
+JOBS = click.IntRange(min=1, max=64)
 
 
 class Seconds(click.FloatRange):
@@ -120,3 +122,23 @@ class Seconds(click.FloatRange):
 
 
 TIMEOUT = Seconds(0.0, 3600.0)
+
+
+class StoreDirectory(click.Path):
+    """`--store DIR`: a directory path (created, made private and checked by the store itself). With
+    `default_when_empty`, the option's flag value "" (`status --store` alone) names the default store."""
+
+    def __init__(self, default_when_empty: bool = False) -> None:
+        super().__init__(file_okay=False)
+        self.default_when_empty = default_when_empty
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if value == "":
+            if self.default_when_empty:
+                return ""
+            self.fail("an empty path names no directory", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+STORE = StoreDirectory()
+STORE_OR_DEFAULT = StoreDirectory(default_when_empty=True)

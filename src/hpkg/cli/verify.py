@@ -40,9 +40,11 @@ def command(
     With --against BINARY, also the compatibility check `apply --file` runs (build-id, patch-site
     pre-images, function SHA-256), changing nothing; exit 4 naming each function that does not match.
     With --pid PID, the same check against every baseline image in a running process (a site may also
-    hold the jump of the applied level the package supersedes); nothing is stopped or written; exit 6
-    when the process cannot be read. Both follow apply's signature policy: --key PUB, or
-    --allow-unsigned, or the package is refused (exit 3).
+    hold the jump of the applied level the package supersedes; an image that already carries the
+    package, or a higher level, is reported "already applied" and passes, as apply would succeed
+    changing nothing); nothing is stopped or written; exit 6 when the process cannot be read.
+    Both follow apply's signature policy: --key PUB, or --allow-unsigned, or the package is refused
+    (exit 3).
     """
     from hpkg.formats.verify import PackageCheck, check_package_file
 
@@ -69,5 +71,5 @@ def command(
 
         for verified in check_process(check.loaded.package, pid):
             app.display(f"process {pid}: {verified.image.path}")
-            for line in verified.compat.lines():
+            for line in verified.lines(check.loaded.package):
                 app.display(f"  {line}")
