@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from hpkg.builder.canon import canonicalize_images, cycle_collector_paused
+from hpkg.builder.canon import RELEASE_BYTES, canonicalize_images, cycle_collector_paused
 from hpkg.builder.compare import compare_pair
 from hpkg.builder.data import diff_data
 from hpkg.builder.data_twins import pair_data_objects
@@ -47,6 +47,7 @@ def pair_functions(
     new_by_address = {c.function.address: c for c in new}
     pairs: list[FunctionPair] = []
     memo: dict[int, bool] = {}
+    decoded = 0
     for c in old:
         twin_address = function_twins.get(c.function.address)
         if twin_address is None:
@@ -54,6 +55,12 @@ def pair_functions(
             continue
         twin = new_by_address[twin_address]
         kind = compare_pair(c, twin, function_map, old_image, new_image, memo)
+        if kind is not None:  # decoded again to be compared (libxul: 10,000 pairs, 120 MiB of pages)
+            decoded += c.function.size + twin.function.size
+            if decoded >= RELEASE_BYTES:
+                old_image.release_pages()
+                new_image.release_pages()
+                decoded = 0
         status = Status.SAME if kind is None else Status.CHANGED
         pairs.append(FunctionPair(c, twin, status, kind, how[c.function.address]))
     taken = set(function_map.values())

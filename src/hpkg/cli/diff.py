@@ -30,10 +30,11 @@ def _entry(pair) -> dict[str, Any]:
 
 
 def _document(result) -> dict[str, Any]:
+    """The `--json` document; its function lists are iterators, written an entry at a time."""
     return {
-        "changed": [_entry(p) for p in result.changed],
-        "added": [_entry(p) for p in result.added],
-        "removed": [_entry(p) for p in result.removed],
+        "changed": (_entry(p) for p in result.changed),
+        "added": (_entry(p) for p in result.added),
+        "removed": (_entry(p) for p in result.removed),
         "data": [{"name": d.name, "change": d.change.value} for d in result.data_changes],
         "unchanged_count": len(result.unchanged),
         "mode": result.mode,
