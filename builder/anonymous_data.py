@@ -16,7 +16,16 @@ linker's own tables.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from hpkg.builder.model import DataChange, DataChangeKind, Image, Section, Symbol, SymbolKind
+
+
+class PointerWords(Protocol):
+    """What each relocated pointer word of an image points to, by address (data.py builds it)."""
+
+    def get(self, address: int) -> str | None: ...
+
 
 # Writable sections the linker and the C runtime fill: their bytes say nothing about the fix. A PE
 # image's `.idata` holds its import tables and IAT (the loader fills it, like .got), `.CRT` mingw's
@@ -69,7 +78,7 @@ def _uncovered_content(image: Image, section: Section, covered: bytearray) -> bo
 
 def _differing_runs(
     old: Image, new: Image, before: Section, after: Section,
-    old_words: dict[int, str], new_words: dict[int, str], covered: bytearray,
+    old_words: PointerWords, new_words: PointerWords, covered: bytearray,
 ) -> list[tuple[int, int]]:
     """(offset, length) of each run of bytes no symbol names (`covered`, both sides) that differ
     between two sections of the same size, a relocated pointer word (on either side) compared as
@@ -103,7 +112,7 @@ def _region(section: Section, offset: int, size: int) -> Symbol:
 
 
 def diff_anonymous_data(
-    old: Image, new: Image, old_words: dict[int, str], new_words: dict[int, str]
+    old: Image, new: Image, old_words: PointerWords, new_words: PointerWords
 ) -> tuple[DataChange, ...]:
     """Changes of the initial bytes of variable sections that no symbol names on either side.
 

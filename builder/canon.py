@@ -11,25 +11,27 @@ from __future__ import annotations
 import bisect
 import gc
 import hashlib
-import multiprocessing
 import os
 import re
 from array import array
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 
 from hpkg.arch.x86_64 import is_padding
 from hpkg.builder.decode import Scan, decode_instructions, scan
+from hpkg.builder.forked import run_forked
 from hpkg.builder.functions import functions_at, unnamed_function
 from hpkg.builder.model import (
     REFERENCE_COLUMNS,
     CanonicalFunction,
+    FormStore,
     Function,
+    FunctionStore,
     Image,
     Instruction,
     Reference,
     Target,
+    TargetColumns,
     TargetKind,
     TargetTable,
 )
@@ -39,6 +41,13 @@ from hpkg.builder.symbolize import ALIASES, CODE_SUFFIX, TargetResolver
 _NUMERIC_SUFFIX = re.compile(r"\.\d+(?=\.|$)")
 # Below this many bytes of code (both images) a second process costs more than it saves.
 PARALLEL_MIN_BYTES = 400_000
+# From this many bytes of code (both images) on, each image is canonicalized in a child of its own
+# even without a spare CPU (one after the other): the memory its scratch leaves behind outweighs
+# the cost of sending the forms back.
+SEPARATE_MIN_BYTES = 16 << 20
+# Every this many bytes of code decoded, the file pages read so far leave the resident set: each
+# function is decoded once, so a large library's code would otherwise all stay counted.
+RELEASE_BYTES = 8 << 20
 
 
 def stable_name(name: str) -> str:
@@ -96,12 +105,17 @@ def _without_padding(buf: bytearray, padding: list[tuple[int, int]]) -> tuple[by
 
 
 def build_canonical(
-    fn: Function, decoded: Scan, found: dict[int, list[Reference]], table: TargetTable
+    fn: Function,
+    decoded: Scan,
+    found: dict[int, list[Reference]],
+    table: TargetTable,
+    forms: FormStore | None = None,
 ) -> CanonicalFunction:
-    """Mask every reference field, drop padding, and renumber in-function targets.
+    """Mask every reference field, drop padding, and renumber in-function targets; the form is a new
+    row of `forms` (the image's), or of a store of its own.
 
-    The result's `digest` is still pending (see `finish_canonical`): the masked bytes' digest,
-    then b"u" when the function's tail did not decode; the masked bytes themselves are dropped.
+    The result's `digest` is still pending (see `finish_canonical`): the masked bytes' digest, with
+    the store noting when the function's tail did not decode; the masked bytes themselves are dropped.
     """
     buf = bytearray(fn.code)
     references = _found_in_order(found)
@@ -133,7 +147,9 @@ def build_canonical(
     pending = hashlib.blake2b(masked, digest_size=16).digest()
     if decoded.end < fn.size:
         pending += b"u"
-    return CanonicalFunction(fn, target_column, table, pending, decoded.count, len(masked))
+    if forms is None:
+        forms = FormStore(table)
+    return forms.add(fn, target_column, pending, decoded.count, len(masked))
 
 
 def masked_form(canonical: CanonicalFunction) -> bytes:
@@ -151,7 +167,8 @@ def masked_form(canonical: CanonicalFunction) -> bytes:
 def finish_canonical(
     resolver: TargetResolver, functions: list[CanonicalFunction], table: TargetTable
 ) -> tuple[CanonicalFunction, ...]:
-    """Digest anonymous read-only data (bounded by every address the image references) and each form.
+    """Digest anonymous read-only data (bounded by every address the image references) and each form
+    (in place: the forms are rows of one store).
 
     A form's digest covers its masked bytes and its targets' hash keys, in order: equal digests mean
     equal masked bytes and equal keys."""
@@ -165,7 +182,6 @@ def finish_canonical(
             table.replace(i, Target(t[0], t[1], t[2], t[3], content))
     key_reprs = [repr(hash_key(t)) for t in targets]
     internal_reprs: dict[int, str] = {}
-    out = []
     for c in functions:
         parts = []
         for tid in c.target_ids():
@@ -176,13 +192,13 @@ def finish_canonical(
                 if text is None:
                     text = internal_reprs[tid] = repr(("i", -1 - tid))
                 parts.append(text)
-        h = hashlib.blake2b(c.digest[:16], digest_size=16)
+        forms, index = c._forms, c._index
+        h = hashlib.blake2b(c.digest, digest_size=16)
         h.update(f"[{', '.join(parts)}]".encode())  # the repr of the list of keys
-        if len(c.digest) > 16:
+        if forms.undecoded[index]:
             h.update(b"undecoded")
-        fn, column, count, size = c.function, c.target_column, c.instruction_count, c.masked_size
-        out.append(CanonicalFunction(fn, column, table, h.digest(), count, size))
-    return tuple(out)
+        forms.digests[16 * index : 16 * index + 16] = h.digest()
+    return tuple(functions)
 
 
 def _found_in_order(found: dict[int, list[Reference]]) -> list[Reference]:
@@ -191,16 +207,21 @@ def _found_in_order(found: dict[int, list[Reference]]) -> list[Reference]:
 
 
 def canonicalize_function(
-    fn: Function, resolver: TargetResolver, relocations: list | None, table: TargetTable
+    fn: Function,
+    resolver: TargetResolver,
+    relocations: list | None,
+    table: TargetTable,
+    forms: FormStore | None = None,
 ) -> CanonicalFunction:
-    """Decode one function, find its references (relocations when given, else decoding) and mask them."""
+    """Decode one function, find its references (relocations when given, else decoding) and mask them
+    (the form a new row of `forms`, when given)."""
     if relocations is not None:
         decoded = scan(fn, with_starts=True)
         found = relocation_references(fn, decoded, resolver, relocations)
     else:
         decoded = scan(fn, (resolver.low, resolver.high) if resolver.non_pic else None)
         found = disassembly_references(fn, decoded, resolver)
-    return build_canonical(fn, decoded, found, table)
+    return build_canonical(fn, decoded, found, table, forms)
 
 
 @contextmanager
@@ -242,21 +263,29 @@ def _canonicalize_image(
     resolver = TargetResolver(image, functions)
     relocations = relocations_by_function(image, functions) if use_relocations else None
     table = TargetTable()
+    forms = FormStore(table)
     out: list[CanonicalFunction] = []
+    decoded = 0
     for i, fn in enumerate(functions):
         relocs = relocations.get(fn.address, []) if relocations is not None else None
-        out.append(canonicalize_function(fn, resolver, relocs, table))
+        out.append(canonicalize_function(fn, resolver, relocs, table, forms))
         if progress and i % 256 == 255:
             progress(256)
+        decoded += fn.size
+        if decoded >= RELEASE_BYTES:
+            image.release_pages()  # the code decoded so far is not read again here
+            decoded = 0
     if progress:
         progress(len(functions) % 256)
     for _ in range(_DISCOVERY_ROUNDS):
         found = _uncovered_code(table)
         if not found:
             break
-        resolver, out = _add_functions(image, resolver, out, found, use_relocations, table)
+        resolver, out = _add_functions(image, resolver, out, found, use_relocations, table, forms)
     canonical = finish_canonical(resolver, out, table)
     table.finder = reference_finder(image, tuple(c.function for c in canonical), use_relocations)
+    table.seal()
+    image.release_pages()
     return canonical
 
 
@@ -305,6 +334,7 @@ def _add_functions(
     addresses: set[int],
     use_relocations: bool,
     table: TargetTable,
+    forms: FormStore,
 ) -> tuple[TargetResolver, list[CanonicalFunction]]:
     """Make functions of branch targets in uncovered code, and point the branches at them."""
     known = tuple(c.function for c in canonical)
@@ -319,44 +349,49 @@ def _add_functions(
             fn = resolver.function_at(t[3])
             if fn is not None:
                 table.replace(i, Target(TargetKind.FUNCTION, fn.name, t[3] - fn.address, t[3]))
-    added = [
-        canonicalize_function(fn, resolver, relocations.get(fn.address, []) if relocations else None, table)
-        for fn in extra
-    ]
+    added = []
+    for fn in extra:
+        relocs = relocations.get(fn.address, []) if relocations else None
+        added.append(canonicalize_function(fn, resolver, relocs, table, forms))
     return resolver, canonical + added
 
 
-# The baseline's share of the work in a forked child: set before the fork, so the images are
-# inherited by the child instead of being pickled to it.
-_CHILD_WORK: tuple[Image, tuple[Function, ...], bool] | None = None
-
-
 def _pack(functions: tuple[CanonicalFunction, ...], known: int) -> tuple:
-    """Plain values for the pipe: the table's targets as plain tuples (pickling NamedTuples costs
-    several times more), each form's columns and figures, and the functions found by following calls
-    by their bounds (a Function holds its section's bytes, which the parent has already)."""
-    table = functions[0].table if functions else TargetTable()
-    forms = [(c.target_column, c.digest, c.instruction_count, c.masked_size) for c in functions]
+    """Plain values for the pipe: the table's targets as columns (kept so by the parent: a tuple
+    each would cost several times more on both sides), the forms' columns (arrays: they pickle as
+    bytes), and the functions found by following calls by their bounds (a Function holds the file's
+    mapping, which the parent has)."""
+    if not functions:
+        return None
+    forms = functions[0]._forms
+    targets = TargetColumns.of(forms.table.targets)
+    columns = (bytes(forms.digests), forms.counts, forms.sizes, forms.offsets, forms.targets)
     extra = [(f.name, f.address, f.size, f.section) for f in (c.function for c in functions[known:])]
-    return [tuple(t) for t in table.targets], forms, extra
+    return targets, columns, extra
 
 
-def _unpack(image: Image, functions: tuple[Function, ...], packed: tuple) -> tuple[CanonicalFunction, ...]:
-    plain, forms, extra = packed
-    table = TargetTable(Target._make(t) for t in plain)
-    found = tuple(unnamed_function(image, *bounds) for bounds in extra)
-    return tuple(
-        CanonicalFunction(fn, column, table, digest, count, size)
-        for fn, (column, digest, count, size) in zip(functions + found, forms, strict=True)
-    )
+def _unpack(
+    image: Image, functions: tuple[Function, ...], packed: tuple | None
+) -> tuple[CanonicalFunction, ...]:
+    if packed is None:
+        return ()
+    targets, columns, extra = packed
+    forms = FormStore(TargetTable(targets))
+    digests, forms.counts, forms.sizes, forms.offsets, forms.targets = columns
+    forms.digests = bytearray(digests)
+    forms.undecoded = bytearray(len(forms.counts))
+    store = FunctionStore(image.section_bytes.data)
+    found = tuple(unnamed_function(image, *bounds, store) for bounds in extra)
+    everything = functions + found
+    if len(everything) != len(forms):
+        raise AssertionError("the child's forms and the functions differ in number")
+    # A form's row number is its function's (one int object for both views, when they agree).
+    return tuple(CanonicalFunction._at(fn, forms, _row(fn, i)) for i, fn in enumerate(everything))
 
 
-def _canonicalize_in_child() -> tuple:
-    """The baseline's canonical forms, packed."""
-    assert _CHILD_WORK is not None
-    image, functions, use_relocations = _CHILD_WORK
-    with cycle_collector_paused():
-        return _pack(canonicalize_image(image, functions, use_relocations), len(functions))
+def _row(function: Function, index: int) -> int:
+    """`index`, as the function's own row-number object when they are equal (ints are objects)."""
+    return function._index if function._index == index else index
 
 
 def _spare_cpu() -> bool:
@@ -377,37 +412,40 @@ def canonicalize_images(
     parallel: bool | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> tuple[tuple[CanonicalFunction, ...], tuple[CanonicalFunction, ...]]:
-    """Canonical forms of both images; big pairs use both cores (baseline in a forked child).
+    """Canonical forms of both images; big pairs are canonicalized in forked children, one per image.
 
-    One child per image rather than a pool of chunks: results cross the pipe once, and on
-    libcrypto (11,000 functions) shipping them costs ~0.2 s of CPU against ~1 s of canonicalizing saved.
+    `parallel`: True, both children at once; False, both images in this process; None, children
+    when the pair is big enough, at once when a CPU is spare, and for a large pair (SEPARATE_MIN_BYTES)
+    one after the other otherwise. A child frees what canonicalizing allocated when it exits and
+    sends back only the forms: on libwebkit2gtk (92 MB) its scratch is ~100 MiB per image that the
+    heap would otherwise keep. One child per image rather than a pool of chunks: results cross the
+    pipe once (on libcrypto, 11,000 functions, ~0.2 s of CPU against ~1 s of canonicalizing saved).
     """
-    global _CHILD_WORK
     total = sum(f.size for f in old_functions) + sum(f.size for f in new_functions)
-    if parallel is None:
-        parallel = total >= PARALLEL_MIN_BYTES and _spare_cpu()
-    if not parallel:
+    concurrent = parallel if parallel is not None else total >= PARALLEL_MIN_BYTES and _spare_cpu()
+    if not concurrent and (parallel is False or total < SEPARATE_MIN_BYTES):
         return (
             canonicalize_image(old, old_functions, use_relocations, progress),
             canonicalize_image(new, new_functions, use_relocations, progress),
         )
-    _CHILD_WORK = (old, old_functions, use_relocations)
-    try:
-        # Paused in both processes, also while the baseline's forms are packed, sent and unpacked.
-        with cycle_collector_paused():
-            context = multiprocessing.get_context("fork")
-            with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-                future = pool.submit(_canonicalize_in_child)
-                new_canonical = canonicalize_image(new, new_functions, use_relocations, progress)
-                old_canonical = _unpack(old, old_functions, future.result())
-                if old_canonical:
-                    everything = tuple(c.function for c in old_canonical)
-                    old_canonical[0].table.finder = reference_finder(old, everything, use_relocations)
-    finally:
-        _CHILD_WORK = None
-    if progress:
-        progress(len(old_functions))
-    return old_canonical, new_canonical
+
+    def job(image: Image, functions: tuple[Function, ...]) -> Callable[[Callable[[int], None]], tuple | None]:
+        def run(report: Callable[[int], None]) -> tuple | None:
+            return _pack(canonicalize_image(image, functions, use_relocations, report), len(functions))
+
+        return run
+
+    # Paused in every process, also while the forms are packed, sent and unpacked.
+    with cycle_collector_paused():
+        packed = run_forked([job(old, old_functions), job(new, new_functions)], concurrent, progress)
+        out = []
+        for image, functions, forms in zip((old, new), (old_functions, new_functions), packed, strict=True):
+            canonical = _unpack(image, functions, forms)
+            if canonical:
+                everything = tuple(c.function for c in canonical)
+                canonical[0].table.finder = reference_finder(image, everything, use_relocations)
+            out.append(canonical)
+    return out[0], out[1]
 
 
 def render_function(canonical: CanonicalFunction, names: dict[int, str] | None = None) -> list[str]:

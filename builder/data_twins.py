@@ -69,9 +69,8 @@ def _owners(functions: tuple[CanonicalFunction, ...], rename: dict[int, str]) ->
     owners: dict[int, set[str]] = defaultdict(set)
     for c in functions:
         name = rename.get(c.function.address, c.function.name)
-        for t in c.targets():
-            if t[0] is TargetKind.DATA:
-                owners[t[3] - t[2]].add(name)
+        for t in c.targets_of(TargetKind.DATA):
+            owners[t[3] - t[2]].add(name)
     return owners
 
 

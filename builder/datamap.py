@@ -33,8 +33,8 @@ def _section_users(
     section_kind = TargetKind.SECTION
     for c in functions:
         who = identity.get(c.function.address, -c.function.address - 1)
-        for t in c.targets():
-            if t[0] is section_kind and t[1] in writable:
+        for t in c.targets_of(section_kind):
+            if t[1] in writable:
                 users[t[3]].add(who)
                 sections[t[3]] = t[1]
     return {address: (sections[address], frozenset(found)) for address, found in users.items()}
@@ -115,13 +115,16 @@ def anonymous_twins(pairs: tuple[FunctionPair, ...]) -> dict[int, int]:
     for pair in pairs:
         if pair.status is not Status.SAME or pair.old is None or pair.new is None:
             continue
-        old_targets, new_targets = pair.old.targets(), pair.new.targets()
-        if len(old_targets) != len(new_targets):
+        old_ids, new_ids = pair.old.target_ids(), pair.new.target_ids()
+        if len(old_ids) != len(new_ids):
             continue
-        for a, b in zip(old_targets, new_targets, strict=True):
-            kind = a[0]
-            if (kind is section or kind is data) and b[0] is kind:
-                seen[b[3]].add(a[3])
+        old_table, new_table = pair.old.table, pair.new.table
+        for x, y in zip(old_ids, new_ids, strict=True):
+            if x < 0 or y < 0:
+                continue  # in-function targets
+            kind = old_table.kind_of(x)
+            if (kind is section or kind is data) and new_table.kind_of(y) is kind:
+                seen[new_table.address_of(y)].add(old_table.address_of(x))
     return {new: next(iter(old)) for new, old in seen.items() if len(old) == 1}
 
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from hpkg.builder.canon import canonicalize_images, cycle_collector_paused
+from hpkg.builder.canon import RELEASE_BYTES, canonicalize_images, cycle_collector_paused
 from hpkg.builder.compare import compare_pair
 from hpkg.builder.data import diff_data
 from hpkg.builder.data_twins import pair_data_objects
 from hpkg.builder.datamap import anonymous_twins, correspond_section_data
 from hpkg.builder.functions import discover_functions
+from hpkg.builder.heap import release_freed_memory
 from hpkg.builder.image import load_image
 from hpkg.builder.match import match_functions
 from hpkg.builder.model import CanonicalFunction, DiffResult, Function, FunctionPair, Image, Status
@@ -30,13 +31,14 @@ def choose_mode(old: Image, new: Image) -> str:
 def pair_functions(
     old: tuple[CanonicalFunction, ...],
     new: tuple[CanonicalFunction, ...],
-    matches: dict[int, tuple[int, str]],
+    how: dict[int, str],
     function_twins: dict[int, int],
     old_image: Image,
     new_image: Image,
     data_map: dict[int, int] | None = None,
 ) -> tuple[FunctionPair, ...]:
-    """Give every function a pair: twin and status, and for changed ones the change kind.
+    """Give every function a pair: twin and status, and for changed ones the change kind (`how`: how
+    the match made each pair, by baseline address).
 
     `data_map` ties anonymous data addresses of the two builds (see datamap); function starts and
     data addresses never coincide, so one mapping serves both.
@@ -45,15 +47,22 @@ def pair_functions(
     new_by_address = {c.function.address: c for c in new}
     pairs: list[FunctionPair] = []
     memo: dict[int, bool] = {}
+    decoded = 0
     for c in old:
-        match = matches.get(c.function.address)
-        if match is None:
+        twin_address = function_twins.get(c.function.address)
+        if twin_address is None:
             pairs.append(FunctionPair(c, None, Status.REMOVED))
             continue
-        twin = new_by_address[match[0]]
+        twin = new_by_address[twin_address]
         kind = compare_pair(c, twin, function_map, old_image, new_image, memo)
+        if kind is not None:  # decoded again to be compared (libxul: 10,000 pairs, 120 MiB of pages)
+            decoded += c.function.size + twin.function.size
+            if decoded >= RELEASE_BYTES:
+                old_image.release_pages()
+                new_image.release_pages()
+                decoded = 0
         status = Status.SAME if kind is None else Status.CHANGED
-        pairs.append(FunctionPair(c, twin, status, kind, match[1]))
+        pairs.append(FunctionPair(c, twin, status, kind, how[c.function.address]))
     taken = set(function_map.values())
     pairs.extend(FunctionPair(None, c, Status.NEW) for c in new if c.function.address not in taken)
     return tuple(pairs)
@@ -88,17 +97,23 @@ def diff_images(
     old_canonical, new_canonical = canonicalize_images(
         old, old_functions, new, new_functions, use_relocations, parallel, progress
     )
+    release_freed_memory()  # each stage's scratch, before the next stage's peak
     # Correlate functions; from here on nothing matches functions again (the twins are on the result).
-    matches = match_functions(old_canonical, new_canonical, old, new)
-    function_twins = {o: n for o, (n, _) in matches.items()}
+    function_twins, how = match_functions(old_canonical, new_canonical, old, new)
+    release_freed_memory()
     # Compare each pair, anonymous data tied by the functions that use it; what unchanged functions
     # then prove about anonymous data is the only tie kept.
     data_map = correspond_section_data(old_canonical, new_canonical, function_twins, old, new)
-    pairs = pair_functions(old_canonical, new_canonical, matches, function_twins, old, new, data_map)
+    pairs = pair_functions(old_canonical, new_canonical, how, function_twins, old, new, data_map)
     anonymous_data = anonymous_twins(pairs)
+    old.release_pages()  # the code of changed pairs, decoded again to compare them
+    new.release_pages()
+    release_freed_memory()
     # Data objects: paired once by symbol, then compared; the canonical forms are not used after this.
     data_twins = pair_data_objects(old, new, old_canonical, new_canonical, function_twins)
     data_changes = diff_data(old, new, old_canonical, new_canonical, function_twins, data_twins)
+    old.release_pages()
+    new.release_pages()
     return DiffResult(old, new, mode, pairs, data_changes, function_twins, data_twins, anonymous_data)
 
 

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import re
 
-from hpkg.builder.model import Function, FunctionOrigin, Image, LinkAddress, Section, SymbolKind
+from hpkg.builder.model import (
+    Function,
+    FunctionOrigin,
+    FunctionStore,
+    Image,
+    LinkAddress,
+    Section,
+    SymbolKind,
+)
 
 # GCC's names for pieces and copies of a function: foo.cold, foo.part.0, foo.constprop.0.isra.0 …
 _SUFFIX = re.compile(r"\.(cold|part|constprop|isra|lto_priv|localalias|specialized)(\.\d+)?")
@@ -72,6 +80,7 @@ def discover_functions(image: Image) -> tuple[Function, ...]:
             bounds[address] = 0
 
     starts = sorted(bounds)
+    store = FunctionStore(image.section_bytes.data)
     functions: list[Function] = []
     for i, address in enumerate(starts):
         section = section_of(address)
@@ -93,18 +102,17 @@ def discover_functions(image: Image) -> tuple[Function, ...]:
             name, aliases, local = unnamed(address), (), True
         parent, origin = split_clone_name(name)
         functions.append(
-            Function(
+            store.add(
                 name=name,
                 address=LinkAddress(address),
                 size=size,
                 section=section.name,
-                contents=image.section_bytes[section.name],
                 named=bool(syms),
                 parent=parent if origin is not FunctionOrigin.SOURCE else None,
                 origin=origin,
                 aliases=aliases,
                 local=local,
-                start=address - section.address,
+                start=image.section_bytes.spans[section.name][0] + address - section.address,
             )
         )
     return tuple(functions)
@@ -117,6 +125,7 @@ def functions_at(
     (crt glue like deregister_tm_clones, assembly without CFI); each ends at the next known start."""
     code_sections = _function_sections(image)
     starts = sorted({f.address for f in known} | set(addresses) | {a for a, _ in image.eh_frame})
+    store = FunctionStore(image.section_bytes.data)
     out: list[Function] = []
     for address in sorted(set(addresses)):
         section = _section_of(code_sections, address)
@@ -124,14 +133,18 @@ def functions_at(
             continue
         i = starts.index(address)
         limit = min(starts[i + 1] if i + 1 < len(starts) else section.end, section.end)
-        out.append(unnamed_function(image, unnamed(address), address, limit - address, section.name))
+        out.append(unnamed_function(image, unnamed(address), address, limit - address, section.name, store))
     return tuple(out)
 
 
-def unnamed_function(image: Image, name: str, address: int, size: int, section: str) -> Function:
-    """A function no symbol names, found by following calls, with its bytes in its section's."""
+def unnamed_function(
+    image: Image, name: str, address: int, size: int, section: str, store: FunctionStore | None = None
+) -> Function:
+    """A function no symbol names, found by following calls, with its bytes in its section's (a row of
+    `store` when given)."""
     header = image.section(section)
     assert header is not None
-    contents = image.section_bytes[section]
-    start = address - header.address
-    return Function(name, LinkAddress(address), size, section, contents, named=False, local=True, start=start)
+    start = image.section_bytes.spans[section][0] + address - header.address
+    if store is None:
+        store = FunctionStore(image.section_bytes.data)
+    return store.add(name, LinkAddress(address), size, section, named=False, local=True, start=start)

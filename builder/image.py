@@ -1,28 +1,37 @@
-"""Load an ELF x86-64 executable or shared library into an Image (LIEF for headers, one read for bytes)."""
+"""Load an ELF x86-64 executable or shared library into an Image, with the project's own ELF reader.
+
+The file is mapped, not read into memory (`SectionBytes`): a large library's sections are read where
+the diff needs them, and the pages it touched can be handed back. Headers, symbols and relocations
+are read by `hpkg.elf.tables` (the rules LIEF's parser follows, which this loader used before).
+"""
 
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import re
 import stat
 import struct
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from hpkg.arch.x86_64 import GOT_RELOCATIONS, RELOCATION_TYPES_BY_NUMBER
+from hpkg.arch.x86_64 import GOT_RELOCATIONS
+from hpkg.builder.heap import release_freed_memory
 from hpkg.builder.model import (
-    ElfRelocation,
+    AddressRanges,
+    ElfRelocations,
     FileOffset,
     GotSlot,
     Image,
     Import,
     LinkAddress,
     Section,
+    SectionBytes,
     Segment,
     Symbol,
     SymbolKind,
+    relocation_type_name,
 )
 from hpkg.elf.constants import (
     EI_CLASS,
@@ -46,29 +55,28 @@ from hpkg.elf.constants import (
     st_type,
 )
 from hpkg.elf.constants import MACHINE_NAMES as _MACHINES
-from hpkg.elf.ehframe import parse_eh_frame_records
+from hpkg.elf.ehframe import parse_eh_frame
 from hpkg.elf.file import read_build_id
 from hpkg.elf.plt import PLT_SECTIONS, plt_entries
-from hpkg.elf.structs import ElfHeader
+from hpkg.elf.structs import EHDR, ElfHeader
+from hpkg.elf.tables import (
+    ElfTables,
+    SymbolRecord,
+    dynamic_relocations,
+    dynamic_symbols,
+    dynamic_tags,
+    read_tables,
+    section_relocations,
+    static_symbols,
+)
 from hpkg.errors import ImageError
-
-
-def _lief():
-    import lief
-
-    lief.logging.disable()
-    # LIEF 1.0 warns (RuntimeWarning "N is not a valid TYPE.") and hands back the bare number for an
-    # enum value it does not know; 0.16 raises ValueError instead (`_member_name` catches that).
-    warnings.filterwarnings("ignore", message=r".* is not a valid ", category=RuntimeWarning)
-    return lief
-
 
 # Larger than any binary hpkg is meant to read whole (the CLI checks the same bound before parsing).
 MAX_IMAGE_FILE_SIZE = 4 << 30
 
 
-def _check_header(path: Path) -> bytes:
-    """Read the whole file and reject what is not a linked ELF x86-64 file, in one line each."""
+def _open(path: Path) -> bytes | mmap.mmap:
+    """The file's bytes, mapped read-only, once checked to be a linked ELF x86-64 file (one line each)."""
     try:
         info = path.stat()
         # A FIFO would block the read until a writer comes, a device or a huge sparse file never end.
@@ -78,18 +86,29 @@ def _check_header(path: Path) -> bytes:
             raise ImageError(f"{path}: not a regular file")
         if info.st_size > MAX_IMAGE_FILE_SIZE:
             raise ImageError(f"{path}: {info.st_size} bytes, larger than any binary hpkg reads")
-        data = path.read_bytes()
+        with open(path, "rb") as f:
+            head = f.read(EHDR.size)
+            _check_header(path, head, info.st_size)
+            data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     except FileNotFoundError:
         raise ImageError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise ImageError(f"{path}: is a directory") from None
     except OSError as exc:
         raise ImageError(f"{path}: cannot read: {exc.strerror}") from None
-    if data[:4] != ELF_MAGIC:
+    if len(data) != info.st_size:  # changed under our feet between the stat and the mapping
+        data.close()
+        raise ImageError(f"{path}: cannot read: the file changed while it was opened")
+    return data
+
+
+def _check_header(path: Path, head: bytes, size: int) -> None:
+    """Reject what is not a linked ELF x86-64 file, in one line each."""
+    if head[:4] != ELF_MAGIC:
         raise ImageError(f"{path}: not an ELF file")
-    if len(data) < 64:
+    if len(head) < EHDR.size:
         raise ImageError(f"{path}: truncated ELF header")
-    header = ElfHeader.unpack_from(data)
+    header = ElfHeader.unpack_from(head)
     elf_class, machine = header.ident[EI_CLASS], header.machine
     if machine != EM_X86_64 or elf_class != ELFCLASS64:
         name = _MACHINES.get(machine, f"machine {machine}")
@@ -99,101 +118,73 @@ def _check_header(path: Path) -> bytes:
     if elf_type not in (ET_EXEC, ET_DYN):
         raise ImageError(f"{path}: not a linked executable or shared library (ELF type {elf_type})")
     h = header
-    if h.phoff + h.phentsize * h.phnum > len(data) or h.shoff + h.shentsize * h.shnum > len(data):
-        raise ImageError(f"{path}: truncated ELF file ({len(data)} bytes)")
-    return data
+    if h.phoff + h.phentsize * h.phnum > size or h.shoff + h.shentsize * h.shnum > size:
+        raise ImageError(f"{path}: truncated ELF file ({size} bytes)")
 
 
-def _parse(path: Path):
-    try:
-        binary = _lief().ELF.parse(str(path))
-    except MemoryError:  # a size field asks LIEF for more than the process may have (std::bad_alloc)
-        raise ImageError(f"{path}: malformed ELF file: its headers ask for more memory than exists") from None
-    if binary is None:
-        raise ImageError(f"{path}: malformed ELF file")
-    return binary
+def _text(name: bytes) -> str:
+    """A symbol, section or version name as text; a name that is not UTF-8 keeps its bytes, escaped
+    (`\\xff`), so that such a name still pairs with itself."""
+    return name.decode("utf-8", "backslashreplace")
 
 
-def _text(name: str | bytes) -> str:
-    """A symbol, section or version name as text: LIEF hands back `bytes` for a name that is not UTF-8;
-    its bytes are kept, escaped (`\\xff`), so that such a name still pairs with itself."""
-    return name if isinstance(name, str) else name.decode("utf-8", "backslashreplace")
-
-
-def _relocation_type(relocation) -> str:
-    """The psABI name of a relocation's type without "R_" ("X86_64_PC32"), read from r_info: LIEF's
-    enum raises (0.16) or warns and returns an int (1.0) for a type number it does not know."""
-    number = relocation.r_info(_lief().ELF.Header.CLASS.ELF64) & 0xFFFFFFFF
-    known = RELOCATION_TYPES_BY_NUMBER.get(number)
-    return known.short_name if known is not None else f"X86_64_UNKNOWN_{number}"
-
-
-def _read_sections(binary, data: bytes, path: Path) -> tuple[tuple[Section, ...], dict[str, bytes]]:
+def _read_sections(
+    tables: ElfTables, size: int, path: Path, check: bool = True
+) -> tuple[tuple[Section, ...], dict[str, tuple[int, int]]]:
+    """Every named section, and where each name's bytes are in the file (the first with contents)."""
     sections: list[Section] = []
-    contents: dict[str, bytes] = {}
-    for s in binary.sections:
-        name = _text(s.name)
+    spans: dict[str, tuple[int, int]] = {}
+    for s, raw_name in zip(tables.sections, tables.section_names, strict=True):
+        name = _text(raw_name)
         if not name:
             continue
-        flags = _member_number(s, "flags")
-        nobits = _member_number(s, "type") == SHT_NOBITS
+        nobits = s.type == SHT_NOBITS
         section = Section(
             name=name,
-            address=LinkAddress(s.virtual_address),
-            offset=FileOffset(s.file_offset),
+            address=LinkAddress(s.addr),
+            offset=FileOffset(s.offset),
             size=s.size,
-            alloc=bool(flags & SHF_ALLOC),
-            writable=bool(flags & SHF_WRITE),
-            executable=bool(flags & SHF_EXECINSTR),
+            alloc=bool(s.flags & SHF_ALLOC),
+            writable=bool(s.flags & SHF_WRITE),
+            executable=bool(s.flags & SHF_EXECINSTR),
             nobits=nobits,
-            tls=bool(flags & SHF_TLS),
+            tls=bool(s.flags & SHF_TLS),
         )
-        if not nobits and section.size and s.file_offset + s.size > len(data) and data:
+        if check and not nobits and section.size and s.offset + s.size > size:
             raise ImageError(f"{path}: truncated ELF file: section {name} ends past its end")
         sections.append(section)
-        if not nobits and section.name not in contents:
-            contents[section.name] = data[s.file_offset : s.file_offset + s.size]
-    return tuple(sections), contents
+        if not nobits and name not in spans:
+            spans[name] = (s.offset, min(s.size, max(size - s.offset, 0)))
+    return tuple(sections), spans
 
 
-def _member_name(value: object, attribute: str) -> str:
-    """The name of a LIEF enum attribute ("LOAD", "X|R"); "UNKNOWN" for a value LIEF has no member for
-    (0.16 raises ValueError when it converts one, 1.0 gives the number, named by its digits)."""
-    try:
-        return str(getattr(value, attribute)).rsplit(".", 1)[-1]
-    except ValueError:
-        return "UNKNOWN"
+# p_type and p_flags as LIEF named them (an Image's segments keep those names).
+_SEGMENT_KINDS = {
+    0: "PT_NULL_", 1: "LOAD", 2: "DYNAMIC", 3: "INTERP", 4: "NOTE", 5: "SHLIB", 6: "PHDR", 7: "TLS",
+    0x6474E550: "GNU_EH_FRAME", 0x6474E551: "GNU_STACK", 0x6474E552: "GNU_RELRO",
+    0x6474E553: "GNU_PROPERTY", 0x65041580: "PAX_FLAGS",
+}
 
 
-def _member_number(value: object, attribute: str) -> int:
-    """The number of a LIEF enum attribute (sh_type, sh_flags); 0 where LIEF 0.16 has no member for it."""
-    try:
-        return int(getattr(value, attribute))
-    except ValueError:
-        return 0
+def _segment_flags(flags: int) -> str:
+    if flags & ~7:
+        return str(flags)
+    named = [name for bit, name in ((1, "X"), (2, "W"), (4, "R")) if flags & bit]
+    return "|".join(named) or "NONE"
 
 
-def _read_segments(binary) -> tuple[Segment, ...]:
+def _read_segments(tables: ElfTables) -> tuple[Segment, ...]:
     return tuple(
         Segment(
-            kind=_member_name(seg, "type"),
-            address=LinkAddress(seg.virtual_address),
-            offset=FileOffset(seg.file_offset),
-            file_size=seg.physical_size,
-            memory_size=seg.virtual_size,
-            flags=_member_name(seg, "flags"),
+            kind=_SEGMENT_KINDS.get(p.type, str(p.type)),
+            address=LinkAddress(p.vaddr),
+            offset=FileOffset(p.offset),
+            file_size=p.filesz,
+            memory_size=p.memsz,
+            flags=_segment_flags(p.flags),
         )
-        for seg in binary.segments
+        for p in tables.segments
     )
-
-
-def _symbol_version(sym) -> str | None:
-    if not sym.has_version:
-        return None
-    version = sym.symbol_version
-    if version.has_auxiliary_version:
-        return _text(version.symbol_version_auxiliary.name)
-    return None
 
 
 # st_type → what hpkg makes of the symbol (section, file and common symbols are dropped).
@@ -206,6 +197,10 @@ _SYMBOL_KINDS: dict[int, SymbolKind] = {
 }
 
 
+def _version(record: SymbolRecord) -> str | None:
+    return _text(record.version) if record.version is not None else None
+
+
 def _section_holding(sections: tuple[Section, ...], address: int) -> str | None:
     """The allocated section whose addresses include `address`."""
     for section in sections:
@@ -214,17 +209,17 @@ def _section_holding(sections: tuple[Section, ...], address: int) -> str | None:
     return None
 
 
-def _read_symbols(symbols, sections: tuple[Section, ...], dynamic: bool) -> list[Symbol]:
+def _read_symbols(records: list[SymbolRecord], sections: tuple[Section, ...], dynamic: bool) -> list[Symbol]:
     """Function, object and TLS symbols (section, file and unnamed entries dropped)."""
+    # Section indexes count the named sections from 1: the null section has no name.
     by_index = {i: s.name for i, s in enumerate(sections, start=1)}
     out: list[Symbol] = []
-    for sym in symbols:
-        # st_info read raw: LIEF's type and binding enums fail on values they have no member for.
-        info = sym.information
+    for sym in records:
+        info = sym.info
         kind = _SYMBOL_KINDS.get(st_type(info))
-        name = _text(sym.name)
-        if kind is None or not name:
+        if kind is None or not sym.name:
             continue
+        name = _text(sym.name)
         shndx = sym.shndx
         defined = shndx != 0
         if kind is SymbolKind.OTHER and (not defined or name.startswith((".L", "$"))):
@@ -242,7 +237,7 @@ def _read_symbols(symbols, sections: tuple[Section, ...], dynamic: bool) -> list
                 kind=kind,
                 local=st_bind(info) == STB_LOCAL,
                 section=section,
-                version=_symbol_version(sym) if dynamic else None,
+                version=_version(sym) if dynamic else None,
                 dynamic=dynamic,
                 defined=defined,
             )
@@ -250,49 +245,58 @@ def _read_symbols(symbols, sections: tuple[Section, ...], dynamic: bool) -> list
     return out
 
 
-_ENUM_NAMES: dict[object, str] = {}
-
-
-def _enum_name(value) -> str:
-    """A LIEF enum's member name (`TYPE.X86_64_PC32` → "X86_64_PC32"), cached: str() on them is slow."""
-    name = _ENUM_NAMES.get(value)
-    if name is None:
-        name = _ENUM_NAMES[value] = str(value).rsplit(".", 1)[-1]
-    return name
-
-
 def _read_relocations(
-    binary, sections: tuple[Section, ...]
-) -> tuple[list[ElfRelocation], list[ElfRelocation], list[GotSlot]]:
-    """(dynamic, static) relocations and the GOT slots the dynamic ones bind, in one pass over LIEF's list;
-    static ones are those `-Wl,--emit-relocs` kept in allocated sections."""
-    dynamic: list[ElfRelocation] = []
-    static: list[ElfRelocation] = []
+    data,
+    tables: ElfTables,
+    sections: tuple[Section, ...],
+    dynsym: list[SymbolRecord],
+    symtab: list[SymbolRecord],
+) -> tuple[ElfRelocations, ElfRelocations, list[GotSlot]]:
+    """(dynamic, static) relocations and the GOT slots the dynamic ones bind; static ones are those
+    `-Wl,--emit-relocs` kept in allocated sections."""
+    tags = dynamic_tags(data, tables)
+    records, _ = dynamic_relocations(data, tables, tags)
+    dynamic = ElfRelocations()
     slots: list[GotSlot] = []
-    alloc = {s.name for s in sections if s.alloc}
-    for r in binary.relocations:
-        purpose = _enum_name(r.purpose)
-        type_name = _relocation_type(r)
-        symbol = _text(r.symbol.name) if r.has_symbol else ""
-        if purpose in ("DYNAMIC", "PLTGOT"):
-            dynamic.append(ElfRelocation(LinkAddress(r.address), type_name, symbol, r.addend, ""))
-            if type_name in GOT_RELOCATIONS and symbol:
-                slots.append(GotSlot(LinkAddress(r.address), symbol, _symbol_version(r.symbol), type_name))
-            continue
-        section = _text(r.section.name) if r.has_section else ""
-        if section in alloc:
-            static.append(ElfRelocation(LinkAddress(r.address), type_name, symbol, r.addend, section))
+    ids: dict[str, int] = {"": 0}
+    names = [_text(s.name) for s in dynsym]
+    versions: dict[int, str | None] = {}  # by symbol index: one str per version, not per slot
+    columns = (records.offsets, records.types, records.addends, records.symbols)
+    for address, kind, addend, index in zip(*columns, strict=True):
+        symbol = names[index] if index < len(names) else ""
+        dynamic.append(address, kind, addend, symbol, "", ids)
+        if symbol:
+            type_name = relocation_type_name(kind)
+            if type_name in GOT_RELOCATIONS:
+                if index not in versions:
+                    versions[index] = _version(dynsym[index])
+                slots.append(GotSlot(LinkAddress(address), symbol, versions[index], type_name))
+    static = ElfRelocations()
+    found, from_dynsym = section_relocations(data, tables, bool(records), len(dynsym), len(symtab))
+    if len(found):
+        alloc = {s.name for s in sections if s.alloc}
+        section_names = [_text(n) for n in tables.section_names]
+        static_names = [_text(s.name) for s in symtab]
+        ids = {"": 0}
+        for i, (address, kind, addend, index, applies_to) in enumerate(
+            zip(found.offsets, found.types, found.addends, found.symbols, found.sections, strict=True)
+        ):
+            section = section_names[applies_to] if applies_to else ""
+            if section not in alloc:
+                continue
+            symbol = (names if from_dynsym[i] else static_names)[index] if index else ""
+            static.append(address, kind, addend, symbol, section, ids)
     return dynamic, static, slots
 
 
-def _read_plt_entries(binary, contents: dict[str, bytes]) -> dict[int, int]:
+def _read_plt_entries(tables: ElfTables, contents: SectionBytes) -> dict[int, int]:
     """PLT entry link address → the GOT slot its `jmp *slot(%rip)` goes through (`hpkg.elf.plt` reads
     .plt, .plt.sec and .plt.got, each by its sh_entsize)."""
     entries: dict[int, int] = {}
-    for s in binary.sections:
-        name = _text(s.name)
+    for s, raw_name in zip(tables.sections, tables.section_names, strict=True):
+        name = _text(raw_name)
         if name in PLT_SECTIONS:
-            found = plt_entries(name, s.virtual_address, contents.get(name, b""), s.entry_size)
+            found = plt_entries(name, s.addr, contents.get(name, b""), s.entsize)
             entries.update((e.address, e.slot) for e in found)
     return entries
 
@@ -334,14 +338,20 @@ def _read_imports(symbols: list[Symbol], slots: list[GotSlot], plt: dict[int, in
     return tuple(imports)
 
 
-def _read_build_id(data: bytes) -> str | None:
+def _read_build_id(data) -> str | None:
     """The GNU build-id as lowercase hex (`hpkg.elf` reads the notes), or None."""
     return read_build_id(data).hex() or None
 
 
-def _read_init_functions(binary, sections, contents, dynamic: list[ElfRelocation]) -> tuple[LinkAddress, ...]:
+def _read_init_functions(
+    sections: tuple[Section, ...], contents: SectionBytes, dynamic: ElfRelocations
+) -> tuple[LinkAddress, ...]:
     """Function addresses in .init_array/.fini_array (from RELATIVE addends in PIC, else the words)."""
-    relative = {r.address: r.addend for r in dynamic if r.type == "X86_64_RELATIVE"}
+    names = (".init_array", ".fini_array", ".preinit_array")
+    arrays = [(s.address, s.end) for s in sections if s.name in names]
+    if not arrays:
+        return ()
+    relative = {a: v for a, v in dynamic.relative() if any(low <= a < high for low, high in arrays)}
     found: list[LinkAddress] = []
     for section in sections:
         if section.name not in (".init_array", ".fini_array", ".preinit_array"):
@@ -403,16 +413,17 @@ def _shown(build_id: str | None) -> str:
 
 def _debug_symbols(debug: Path, build_id: str | None, sections: tuple[Section, ...]) -> list[Symbol]:
     """The .symtab of a separate debug file (objcopy --only-keep-debug) made from the same build."""
-    debug_data = _check_header(debug)
-    binary = _parse(debug)
-    debug_build_id = _read_build_id(debug_data)
-    if build_id and debug_build_id and build_id != debug_build_id:
-        raise ImageError(
-            f"{debug}: debug file is for build-id {_shown(debug_build_id)}, not {_shown(build_id)}"
-        )
-    debug_sections, _ = _read_sections(binary, b"", debug)
-    # Debug files keep the section headers (as NOBITS), so symbol section names still line up.
-    return _read_symbols(binary.symtab_symbols, debug_sections or sections, dynamic=False)
+    debug_data = _open(debug)
+    with debug_data:
+        debug_build_id = _read_build_id(debug_data)
+        if build_id and debug_build_id and build_id != debug_build_id:
+            raise ImageError(
+                f"{debug}: debug file is for build-id {_shown(debug_build_id)}, not {_shown(build_id)}"
+            )
+        tables = read_tables(debug_data)
+        debug_sections, _ = _read_sections(tables, len(debug_data), debug, check=False)
+        # Debug files keep the section headers (as NOBITS), so symbol section names still line up.
+        return _read_symbols(static_symbols(debug_data, tables), debug_sections or sections, dynamic=False)
 
 
 def _look_up_debug_file(
@@ -446,48 +457,64 @@ def load_image(
 
     if is_pe_file(path):  # MZ: the PE32+ backend produces the same Image (builder/pe_image.py)
         return load_pe_image(path, debug)
-    data = _check_header(path)
-    binary = _parse(path)
-    sections, contents = _read_sections(binary, data, path)
+    data = _open(path)
+    tables = read_tables(data)
+    sections, spans = _read_sections(tables, len(data), path)
     if not any(s.executable and not s.nobits and s.size for s in sections):
         raise ImageError(f"{path}: no code: the file has no executable section with contents")
-    segments = _read_segments(binary)
+    contents = SectionBytes(data, spans)
+    segments = _read_segments(tables)
     build_id = _read_build_id(data)
-    dynamic_symbols = _read_symbols(binary.dynamic_symbols, sections, dynamic=True)
-    static_symbols = _read_symbols(binary.symtab_symbols, sections, dynamic=False)
-    if debug is None and not static_symbols:
+    dynsym = dynamic_symbols(data, tables, dynamic_tags(data, tables))
+    symtab = static_symbols(data, tables)
+    dynamic_symbols_ = _read_symbols(dynsym, sections, dynamic=True)
+    static_symbols_ = _read_symbols(symtab, sections, dynamic=False)
+    if debug is None and not static_symbols_:
         debug = _look_up_debug_file(path, build_id, debug_roots, fetch_debug)
     if debug is not None:
-        static_symbols = _debug_symbols(Path(debug), build_id, sections)
-    dynamic_relocations, static_relocations, got_slots = _read_relocations(binary, sections)
-    plt = _read_plt_entries(binary, contents)
-    imports = _read_imports(dynamic_symbols, got_slots, plt)
+        static_symbols_ = _debug_symbols(Path(debug), build_id, sections)
+    relocations = _read_relocations(data, tables, sections, dynsym, symtab)
+    dynamic_relocations_, static_relocations, got_slots = relocations
+    plt = _read_plt_entries(tables, contents)
+    imports = _read_imports(dynamic_symbols_, got_slots, plt)
     eh = next((s for s in sections if s.name == ".eh_frame"), None)
-    frames = parse_eh_frame_records(contents.get(".eh_frame", b""), eh.address)[1] if eh is not None else []
+    frames = parse_eh_frame(contents.get(".eh_frame", b""), eh.address) if eh is not None else ()
     has_interp = any(s.name == ".interp" for s in sections)
-    if ElfHeader.unpack_from(data).type == ET_EXEC:
+    if tables.header.type == ET_EXEC:
         kind = "executable"
     elif has_interp:
         kind = "pie-executable"
     else:
         kind = "shared-library"
-    return Image(
+    image = Image(
         path=str(path),
         machine="x86-64",
         build_id=build_id,
         kind=kind,
-        entry=LinkAddress(binary.header.entrypoint),
+        entry=LinkAddress(tables.header.entry),
         sections=sections,
         segments=segments,
-        symbols=tuple(static_symbols + dynamic_symbols),
+        symbols=tuple(static_symbols_ + dynamic_symbols_),
         imports=imports,
         got_slots=tuple(got_slots),
-        dynamic_relocations=tuple(dynamic_relocations),
-        static_relocations=tuple(static_relocations),
+        dynamic_relocations=dynamic_relocations_,
+        static_relocations=static_relocations,
         section_bytes=contents,
-        init_functions=_read_init_functions(binary, sections, contents, dynamic_relocations),
-        eh_frame=tuple((LinkAddress(f.start), f.length) for f in frames if f.start and f.length),
-        stripped=not static_symbols,
-        file_sha256=hashlib.sha256(data).digest(),
+        init_functions=_read_init_functions(sections, contents, dynamic_relocations_),
+        eh_frame=AddressRanges(frames),
+        stripped=not static_symbols_,
+        file_sha256=_file_sha256(path),
         debug_path=str(debug) if debug is not None else None,
     )
+    image.release_pages()
+    release_freed_memory()  # the tables read whole while loading
+    return image
+
+
+def _file_sha256(path: Path) -> bytes:
+    """The SHA-256 of the whole file, read in chunks (hashing the mapping would make it all resident)."""
+    try:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").digest()
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot read: {exc.strerror}") from None

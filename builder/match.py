@@ -8,8 +8,9 @@ call-graph neighbourhood of already matched pairs, then by their position betwee
 from __future__ import annotations
 
 import difflib
+from array import array
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from hpkg.builder.canon import hash_key, stable_name
@@ -20,39 +21,64 @@ CalleeEntry = tuple[int, tuple]  # a called function: (address, hash key)
 
 @dataclass
 class Matching:
-    """old function address → (new function address, how it was matched)."""
+    """old function address → new function address (`pairs`), and how each pair was made (`how`).
+
+    Two dicts of objects that exist already (the functions' addresses, the pass names) rather than a
+    tuple per pair: a large image has hundreds of thousands of pairs, made while the passes'
+    scratch comes and goes, and small objects left among freed ones keep the heap from shrinking.
+    """
 
     old: tuple[CanonicalFunction, ...]
     new: tuple[CanonicalFunction, ...]
-    pairs: dict[int, tuple[int, str]] = field(default_factory=dict)
+    pairs: dict[int, int] = field(default_factory=dict)
+    how: dict[int, str] = field(default_factory=dict)
     taken: set[int] = field(default_factory=set)
-    _callees: dict[int, tuple[CalleeEntry, ...]] = field(default_factory=dict)
-    # Per target table (by id; both stay alive in `old` and `new`): each entry's callee entry, or
-    # None when it is no function start. Callee lists share these instead of building one per call
-    # site (large images hold millions).
-    _callee_entries: dict[int, list[CalleeEntry | None]] = field(default_factory=dict)
-    _hash_keys: dict[int, list[tuple]] = field(default_factory=dict)
+    _keys: dict[tuple, tuple] = field(default_factory=dict)  # one object per distinct hash key
+    # Per store of forms (by id; both stay alive in `old` and `new`), by row: each form's callee list.
+    _callees: dict[int, list[tuple[CalleeEntry, ...] | None]] = field(default_factory=dict)
+    # Per target table (by id): the callee entry of each entry read so far (_NOT_READ until then,
+    # None when it is no function start). Callee lists share these instead of building one per call
+    # site (large images hold millions); only the entries the passes read are made.
+    _callee_entries: dict[int, list] = field(default_factory=dict)
+    # `hash_key`s numbered: one number per distinct key of either image, and per table the number of
+    # each entry's key (-1 until read). A shape compares numbers, not tuples of keys.
+    _key_numbers: dict[tuple, int] = field(default_factory=dict)
+    _entry_numbers: dict[int, array] = field(default_factory=dict)
 
     def callees(self, c: CanonicalFunction) -> tuple[CalleeEntry, ...]:
         """The functions `c` refers to, in order, each once: (address, hash key); computed once."""
-        found = self._callees.get(id(c))
+        forms = c._forms
+        lists = self._callees.get(id(forms))
+        if lists is None:
+            lists = self._callees[id(forms)] = [None] * len(forms)
+        found = lists[c._index]
         if found is None:
             entries = self._callee_entries.get(id(c.table))
             if entries is None:
-                entries = self._callee_entries[id(c.table)] = _callee_entries(c.table)
-            found = self._callees[id(c)] = _find_callees(c, entries)
+                entries = self._callee_entries[id(c.table)] = [_NOT_READ] * len(c.table)
+            found = lists[c._index] = _find_callees(c, entries, self.key)
         return found
 
-    def hash_keys(self, table: TargetTable) -> list[tuple]:
-        """Every table entry's `hash_key`, computed once per table."""
-        found = self._hash_keys.get(id(table))
+    def key_number(self, key: tuple) -> int:
+        """The number of a hash key (equal keys, equal numbers)."""
+        return self._key_numbers.setdefault(key, len(self._key_numbers))
+
+    def entry_numbers(self, table: TargetTable) -> array:
+        """Per table entry, its hash key's number (-1 where not read yet: see `shape`)."""
+        found = self._entry_numbers.get(id(table))
         if found is None:
-            found = self._hash_keys[id(table)] = [hash_key(t) for t in table.targets]
+            found = self._entry_numbers[id(table)] = array("q", [-1]) * len(table)
         return found
 
     def add(self, old: CanonicalFunction, new: CanonicalFunction, how: str) -> None:
-        self.pairs[old.function.address] = (new.function.address, how)
+        self.pairs[old.function.address] = new.function.address
+        self.how[old.function.address] = how
         self.taken.add(new.function.address)
+
+    def key(self, key: tuple) -> tuple:
+        """`key` as the one object kept for its value (callee entries of unnamed functions share
+        ("function", "sub", 0))."""
+        return self._keys.setdefault(key, key)
 
     def unmatched_old(self) -> list[CanonicalFunction]:
         return [c for c in self.old if c.function.address not in self.pairs]
@@ -69,6 +95,9 @@ def _one_unnamed(o: CanonicalFunction, n: CanonicalFunction) -> bool:
 
 def _pair_groups(matching: Matching, key, how: str, unique_only: bool = False) -> None:
     """Pair unmatched functions whose key is equal, in address order within each key."""
+    if unique_only:
+        _pair_unique(matching, key, how)
+        return
     olds: dict[object, list[CanonicalFunction]] = defaultdict(list)
     news: dict[object, list[CanonicalFunction]] = defaultdict(list)
     for c in matching.unmatched_old():
@@ -81,28 +110,76 @@ def _pair_groups(matching: Matching, key, how: str, unique_only: bool = False) -
             news[k].append(c)
     for k, old_group in olds.items():
         new_group = news.get(k, [])
-        if unique_only and (len(old_group) != 1 or len(new_group) != 1):
-            continue
         for o, n in zip(old_group, new_group, strict=False):
             if how not in ("hash", "similar") or _one_unnamed(o, n):
                 matching.add(o, n, how)
 
 
-def _callee_entries(table: TargetTable) -> list[CalleeEntry | None]:
+_SEVERAL = object()  # stands for a key that more than one function has
+
+
+def _pair_unique(matching: Matching, key, how: str) -> None:
+    """Pair unmatched functions whose key is equal and unique on both sides (one dict per side of
+    key → function, no list per key: a large image has hundreds of thousands of keys)."""
+    olds: dict[object, object] = {}
+    for c in matching.unmatched_old():
+        k = key(c)
+        if k is not None:
+            olds[k] = _SEVERAL if k in olds else c
+    news: dict[object, object] = {}
+    for c in matching.unmatched_new():
+        k = key(c)
+        if k is not None and k in olds:
+            news[k] = _SEVERAL if k in news else c
+    for k, o in olds.items():
+        n = news.get(k)
+        if o is _SEVERAL or n is None or n is _SEVERAL:
+            continue
+        if how not in ("hash", "similar") or _one_unnamed(o, n):  # type: ignore[arg-type]
+            matching.add(o, n, how)  # type: ignore[arg-type]
+
+
+_NOT_READ = object()
+
+
+def _find_callees(
+    c: CanonicalFunction, entries: list, shared: Callable[[tuple], tuple]
+) -> tuple[CalleeEntry, ...]:
+    targets = c.table.targets
     function = TargetKind.FUNCTION
-    return [(t[3], hash_key(t)) if t[0] is function and t[2] == 0 else None for t in table.targets]
-
-
-def _find_callees(c: CanonicalFunction, entries: list[CalleeEntry | None]) -> tuple[CalleeEntry, ...]:
     seen: set[int] = set()
     out = []
     for tid in c.target_ids():
         if tid >= 0:
             entry = entries[tid]
+            if entry is _NOT_READ:
+                t = targets[tid]
+                entry = entries[tid] = (t[3], shared(hash_key(t))) if t[0] is function and t[2] == 0 else None
             if entry is not None and entry[0] not in seen:
                 seen.add(entry[0])
                 out.append(entry)
     return tuple(out)
+
+
+def _with_callee_without_twin(
+    functions: tuple[CanonicalFunction, ...], unpaired: Callable[[int], bool]
+) -> set[int]:
+    """ids of the functions that refer to a function start `unpaired` says has no twin yet.
+
+    Only their callee lists can pair anything in a call-graph pass: every callee of the others is
+    paired already, and stays so. One scan of each target column against the table entries of such
+    starts, instead of a callee list for every function of a large image.
+    """
+    starts: dict[int, set[int]] = {}
+    out: set[int] = set()
+    for c in functions:
+        table = c.table
+        tids = starts.get(id(table))
+        if tids is None:
+            tids = starts[id(table)] = {tid for tid, address in table.function_starts() if unpaired(address)}
+        if tids and not tids.isdisjoint(c.target_ids()):
+            out.add(id(c))
+    return out
 
 
 def _match_call_graph(matching: Matching) -> None:
@@ -112,21 +189,30 @@ def _match_call_graph(matching: Matching) -> None:
     old_by_address = {c.function.address: c for c in matching.old}
     new_by_address = {c.function.address: c for c in matching.new}
     # Each caller once per callee (callee lists hold each function once): lists, not sets, which cost
-    # twice as much for the hundreds of thousands of functions of a large image.
+    # twice as much. Only callers without a twin are ever used (and a function with one keeps it), so
+    # only theirs are listed.
     callers_old: dict[int, list[int]] = defaultdict(list)
     callers_new: dict[int, list[int]] = defaultdict(list)
-    for c in matching.old:
+    for c in matching.unmatched_old():
         for address, _ in matching.callees(c):
             callers_old[address].append(c.function.address)
-    for c in matching.new:
+    for c in matching.unmatched_new():
         for address, _ in matching.callees(c):
             callers_new[address].append(c.function.address)
-    pending = list(matching.pairs.items())
+    # A pair whose two sides do not both refer to a function without a twin aligns nothing; nor
+    # does one without callers without a twin on both sides pair callers: those are left out.
+    old_open = _with_callee_without_twin(matching.old, lambda a: a not in matching.pairs)
+    new_open = _with_callee_without_twin(matching.new, lambda a: a not in matching.taken)
+    pending = [
+        (old_address, new_address)
+        for old_address, new_address in matching.pairs.items()
+        if (old_address in callers_old and new_address in callers_new)
+        or (id(old_by_address[old_address]) in old_open and id(new_by_address[new_address]) in new_open)
+    ]
     while pending:
         next_round: list = []
-        for old_address, (new_address, _) in pending:
+        for old_address, new_address in pending:
             o, n = old_by_address[old_address], new_by_address[new_address]
-            a, b = matching.callees(o), matching.callees(n)
             # Callers too: a unique unmatched caller on each side of a matched pair is a pair.
             co = [x for x in callers_old.get(old_address, ()) if x not in matching.pairs]
             cn = [x for x in callers_new.get(new_address, ()) if x not in matching.taken]
@@ -134,7 +220,10 @@ def _match_call_graph(matching: Matching) -> None:
                 old_by_address[co[0]].function.named and new_by_address[cn[0]].function.named
             ):
                 matching.add(old_by_address[co[0]], new_by_address[cn[0]], "call-graph")
-                next_round.append((co[0], (cn[0], "call-graph")))
+                next_round.append((co[0], cn[0]))
+            if id(o) not in old_open or id(n) not in new_open:
+                continue  # every callee of one side had a twin already: nothing to align
+            a, b = matching.callees(o), matching.callees(n)
             if all(x in matching.pairs for x, _ in a) or all(x in matching.taken for x, _ in b):
                 continue  # nothing left to pair on one side: skip the alignment
             # A key that several callees share and whose count differs between the builds (one
@@ -155,7 +244,7 @@ def _match_call_graph(matching: Matching) -> None:
                         if old_by_address[oa].function.named and new_by_address[na].function.named:
                             continue  # two different names: the name pass already decided
                         matching.add(old_by_address[oa], new_by_address[na], "call-graph")
-                        next_round.append((oa, (na, "call-graph")))
+                        next_round.append((oa, na))
         pending = next_round
 
 
@@ -176,6 +265,8 @@ def _aligned(a: tuple[CalleeEntry, ...], b: tuple[CalleeEntry, ...]) -> list[tup
 
 def _match_by_order(matching: Matching) -> None:
     """Between two consecutive matched pairs, equal numbers of unmatched functions pair up in order."""
+    if not _both_unmatched(matching):
+        return  # nothing left to pair on one side
     old_sorted = sorted(matching.old, key=lambda c: c.function.address)
     new_sorted = sorted(matching.new, key=lambda c: c.function.address)
     new_index = {c.function.address: i for i, c in enumerate(new_sorted)}
@@ -185,7 +276,7 @@ def _match_by_order(matching: Matching) -> None:
         if c is not None and c.function.address not in matching.pairs:
             gap_old.append(c)
             continue
-        next_new = new_index[matching.pairs[c.function.address][0]] if c is not None else len(new_sorted)
+        next_new = new_index[matching.pairs[c.function.address]] if c is not None else len(new_sorted)
         if gap_old and next_new > last_new:
             gap_new = [
                 n for n in new_sorted[last_new + 1 : next_new] if n.function.address not in matching.taken
@@ -208,22 +299,28 @@ def function_pointers(image: Image) -> dict[str, list[int]]:
     Tables of function pointers (callbacks, vtables, dispatch arrays) keep their order between
     builds; they tie functions that no code calls directly to their twins.
     """
-    words: list[tuple[int, int]] = []
-    for r in image.dynamic_relocations:
-        if r.type == "X86_64_RELATIVE":
-            words.append((r.address, r.addend))
+    # Each word as one int (address << 64 | value), sorted: a tuple each would cost three times as much.
+    # RELATIVE addends are signed: biased by 2**63 so that the ints sort as the pairs would.
+    bias = _BIAS
+    words = [address << 64 | value + bias for address, value in image.dynamic_relocations.relative()]
     if not words:
+        bias = 0
         for r in image.static_relocations:
             if r.type == "X86_64_64":
                 section = image.section_at(r.address)
                 if section is not None and not section.executable:
-                    words.append((r.address, int.from_bytes(image.read(r.address, 8), "little")))
+                    words.append(r.address << 64 | int.from_bytes(image.read(r.address, 8), "little"))
+    words.sort()
     out: dict[str, list[int]] = defaultdict(list)
-    for address, value in sorted(words):
-        section = image.section_at(address)
+    for word in words:
+        section = image.section_at(word >> 64)
         if section is not None:
-            out[section.name].append(value)
+            out[section.name].append((word & _WORD) - bias)
     return out
+
+
+_WORD = (1 << 64) - 1
+_BIAS = 1 << 63
 
 
 def _match_pointer_tables(matching: Matching, old_pointers, new_pointers) -> None:
@@ -242,6 +339,13 @@ def _match_pointer_tables(matching: Matching, old_pointers, new_pointers) -> Non
                 matching.add(o, n, "pointer-table")
 
 
+def _both_unmatched(matching: Matching) -> bool:
+    """Whether each side has a function without a twin (else no later pass can pair anything)."""
+    return any(c.function.address not in matching.pairs for c in matching.old) and any(
+        c.function.address not in matching.taken for c in matching.new
+    )
+
+
 def _names(c: CanonicalFunction) -> Iterable[str]:
     yield c.function.name
     yield from c.function.aliases
@@ -252,8 +356,9 @@ def match_functions(
     new: tuple[CanonicalFunction, ...],
     old_image: Image | None = None,
     new_image: Image | None = None,
-) -> dict[int, tuple[int, str]]:
-    """old function address → (new function address, how matched) for every function with a twin."""
+) -> tuple[dict[int, int], dict[int, str]]:
+    """(old function address → new function address, old address → how matched) for every function
+    with a twin."""
     matching = Matching(old, new)
     # 1. The same symbol name (exported and static functions of unstripped builds).
     _pair_groups(matching, lambda c: c.function.name if c.function.named else None, "name")
@@ -294,8 +399,9 @@ def match_functions(
     _pair_groups(matching, lambda c: c.digest, "hash", unique_only=True)
     # 4. Call-graph neighbours of matched pairs.
     _match_call_graph(matching)
-    # 5. Position in function-pointer tables; 6. position between matched pairs.
-    if old_image is not None and new_image is not None:
+    # 5. Position in function-pointer tables (when both sides have functions left to pair: the tables
+    # of a large library hold hundreds of thousands of words); 6. position between matched pairs.
+    if old_image is not None and new_image is not None and _both_unmatched(matching):
         _match_pointer_tables(matching, function_pointers(old_image), function_pointers(new_image))
         _match_call_graph(matching)
     _match_by_order(matching)
@@ -304,14 +410,24 @@ def match_functions(
     # same shape (length, instruction count, targets) with other bytes: a changed constant, such
     # as a __LINE__ passed to an error routine.
     _pair_groups(matching, lambda c: c.digest, "hash", unique_only=True)
-    _pair_groups(matching, lambda c: _shape(c, matching.hash_keys(c.table)), "similar", unique_only=True)
+    _pair_groups(matching, lambda c: _shape(c, matching), "similar", unique_only=True)
     _match_call_graph(matching)
     _match_by_order(matching)
-    return matching.pairs
+    return matching.pairs, matching.how
 
 
-def _shape(c: CanonicalFunction, keys: list[tuple]) -> tuple:
-    """What stays when only immediates change: section, sizes, and the targets in order (`keys`:
-    the hash key of each entry of the form's target table)."""
-    targets = tuple(keys[t] if t >= 0 else ("i", -1 - t) for t in c.target_ids())
-    return (c.function.section, c.masked_size, c.instruction_count, targets)
+def _shape(c: CanonicalFunction, matching: Matching) -> tuple:
+    """What stays when only immediates change: section, sizes, and the targets in order, each by its
+    hash key's number (the keys of a large image's unmatched functions, as tuples, took gigabytes)."""
+    numbers = matching.entry_numbers(c.table)
+    targets = c.table.targets
+    shape = array("q")
+    for t in c.target_ids():
+        if t >= 0:
+            number = numbers[t]
+            if number < 0:
+                number = numbers[t] = matching.key_number(hash_key(targets[t]))
+        else:
+            number = matching.key_number(("i", -1 - t))
+        shape.append(number)
+    return (c.function.section, c.masked_size, c.instruction_count, shape.tobytes())

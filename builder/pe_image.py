@@ -34,13 +34,16 @@ import struct
 from pathlib import Path
 
 from hpkg.builder.model import (
+    AddressRanges,
     ElfRelocation,
+    ElfRelocations,
     FileOffset,
     GotSlot,
     Image,
     Import,
     LinkAddress,
     Section,
+    SectionBytes,
     Segment,
     Symbol,
     SymbolKind,
@@ -352,6 +355,17 @@ def _split_part_names(ranges: list[FunctionRange], symbols: list[Symbol]) -> lis
     return out
 
 
+def _section_bytes(contents: dict[str, bytes]) -> SectionBytes:
+    """The sections' bytes as the diff reads them (one buffer and spans, like a mapped ELF file): a PE
+    section's contents differ from its file bytes (virtual-size padding, cleared pointer words)."""
+    spans: dict[str, tuple[int, int]] = {}
+    offset = 0
+    for name, blob in contents.items():
+        spans[name] = (offset, len(blob))
+        offset += len(blob)
+    return SectionBytes(b"".join(contents.values()), spans)
+
+
 def load_pe_image(path: str | Path, debug: str | Path | None = None) -> Image:
     """Load a PE32+ x86-64 executable or DLL; the file is read once and parsed once by LIEF (symbols,
     imports, exports), the rest by hpkg.pe."""
@@ -390,10 +404,10 @@ def load_pe_image(path: str | Path, debug: str | Path | None = None) -> Image:
         got_slots=tuple(
             GotSlot(LinkAddress(a), name, None, "IMAGE_IAT") for a, name in sorted(slots.items())
         ),
-        dynamic_relocations=relocations,
-        static_relocations=(),
-        section_bytes=contents,
-        eh_frame=spans,
+        dynamic_relocations=ElfRelocations.of(relocations),
+        static_relocations=ElfRelocations(),
+        section_bytes=_section_bytes(contents),
+        eh_frame=AddressRanges(spans),
         stripped=not any(s.kind is SymbolKind.FUNCTION for s in symbols),
         file_sha256=hashlib.sha256(data).digest(),
     )

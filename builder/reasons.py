@@ -28,7 +28,7 @@ from hpkg.elf.structs import SYM
 def ifunc_resolvers(image: Image) -> set[int]:
     """Addresses of IFUNC resolvers: STT_GNU_IFUNC symbols (read raw, the model folds them into functions)
     and the resolvers of IRELATIVE relocations."""
-    found = {r.addend for r in image.dynamic_relocations if r.type == "X86_64_IRELATIVE"}
+    found = {addend for _, addend in image.dynamic_relocations.of_type("X86_64_IRELATIVE")}
     for name in (".symtab", ".dynsym"):
         table = image.section_bytes.get(name, b"")
         for offset in range(0, len(table) - SYM.size + 1, SYM.size):

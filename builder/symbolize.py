@@ -10,6 +10,8 @@ import bisect
 import hashlib
 import re
 import struct
+from array import array
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from hpkg.builder.model import Function, Image, Import, LinkAddress, SymbolKind, Target, TargetKind
@@ -57,6 +59,24 @@ def _markers(image: Image) -> dict[int, tuple[str, ...]]:
     return {address: tuple(sorted(names)) for address, names in found.items()}
 
 
+class RelocatedWords:
+    """The pointer words an image's R_X86_64_RELATIVE relocations fill, sorted by address, with the
+    link address each will hold (of several relocations of one word, the last counts, as ld.so
+    applies them). Two arrays: a large library has hundreds of thousands."""
+
+    __slots__ = ("addresses", "values")
+
+    def __init__(self, relative: Iterable[tuple[int, int]]) -> None:
+        last = dict(relative)
+        self.addresses = array("Q", sorted(last))
+        self.values = array("Q", (last[a] for a in self.addresses))
+
+    def index(self, address: int) -> int | None:
+        """The number of the word at `address`, if a relocation fills one there."""
+        i = bisect.bisect_left(self.addresses, address)
+        return i if i < len(self.addresses) and self.addresses[i] == address else None
+
+
 @dataclass
 class TargetResolver:
     """Names the thing at a link address of one image: a function, an import, a data object or bytes."""
@@ -95,10 +115,12 @@ class TargetResolver:
         alloc = [s for s in self._sections]
         self.low = min((s.address for s in alloc), default=0)
         self.high = max((s.end for s in alloc), default=0)
-        self._cache: dict[tuple[int, int], Target] = {}
-        self._words: dict[int, str] | None = None
-        self._word_addresses: list[int] = []
-        self._pointer_targets: list[int] | None = None
+        # By address << 16 | access size: an int key costs half a tuple's, and every external
+        # reference of the image looks one up.
+        self._cache: dict[int, Target] = {}
+        self._words: RelocatedWords | None = None
+        self._described: dict[int, str] = {}
+        self._pointer_targets: array | None = None
         self.code_sections = frozenset(s.name for s in self._sections if s.executable)
 
     def function_at(self, address: int) -> Function | None:
@@ -169,12 +191,11 @@ class TargetResolver:
             return None
         return ",".join(keys) + "|" + data[4 * len(keys) :].hex()
 
-    def _pointed_to(self) -> list[int]:
+    def _pointed_to(self) -> array:
         """Sorted addresses that relocated pointer words hold: starts of tables and strings."""
         if self._pointer_targets is None:
-            self._pointer_targets = sorted(
-                {r.addend for r in self.image.dynamic_relocations if r.type == "X86_64_RELATIVE"}
-            )
+            relative = self.image.dynamic_relocations.relative()
+            self._pointer_targets = array("Q", sorted({addend for _, addend in relative}))
         return self._pointer_targets
 
     def _digest_with_pointers(self, address: int, data: bytes) -> str:
@@ -185,26 +206,26 @@ class TargetResolver:
         the section it points into.
         """
         words = self._pointer_words()
-        if not words or not data:
+        if not words.addresses or not data:
             return _digest(data)
-        addresses = self._word_addresses
+        addresses = words.addresses
         first = bisect.bisect_left(addresses, address)
         last = bisect.bisect_left(addresses, address + len(data) - 7)
         if first >= last:
             return _digest(data)
         raw = bytearray(data)
         described = []
-        for word in addresses[first:last]:
-            offset = word - address
+        for i in range(first, last):
+            offset = addresses[i] - address
             raw[offset : offset + 8] = bytes(8)
-            described.append(f"{offset}:{words[word]}")
+            described.append(f"{offset}:{self._describe_word(i)}")
         return _digest(bytes(raw) + ",".join(described).encode())
 
     def _in_pointer_word(self, address: int) -> bool:
         """Whether an address falls inside a relocated pointer word (so its bytes are no string)."""
-        self._pointer_words()
-        i = bisect.bisect_right(self._word_addresses, address) - 1
-        return i >= 0 and address < self._word_addresses[i] + 8
+        addresses = self._pointer_words().addresses
+        i = bisect.bisect_right(addresses, address) - 1
+        return i >= 0 and address < addresses[i] + 8
 
     def _describe_pointee(self, address: int) -> str:
         """What a data pointer points at: a C string by its text, else the section it points into."""
@@ -218,25 +239,29 @@ class TargetResolver:
                 return "str:" + _digest(text[:nul])
         return f"at:{section.name}"
 
-    def _pointer_words(self) -> dict[int, str]:
+    def _pointer_words(self) -> RelocatedWords:
         if self._words is None:
-            self._words = {}
-            for r in self.image.dynamic_relocations:
-                if r.type != "X86_64_RELATIVE":
-                    continue
-                function = self.function_at(r.addend)
-                if function is not None and function.address == r.addend:
-                    self._words[r.address] = f"fn:{function.name if function.named else 'sub'}"
-                else:
-                    self._words[r.address] = self._describe_pointee(r.addend)
-            self._word_addresses = sorted(self._words)
+            self._words = RelocatedWords(self.image.dynamic_relocations.relative())
         return self._words
+
+    def _describe_word(self, i: int) -> str:
+        """What the relocated pointer word number `i` points to (described once, when first read)."""
+        text = self._described.get(i)
+        if text is None:
+            addend = self._pointer_words().values[i]
+            function = self.function_at(addend)
+            if function is not None and function.address == addend:
+                text = f"fn:{function.name if function.named else 'sub'}"
+            else:
+                text = self._describe_pointee(addend)
+            self._described[i] = text
+        return text
 
     def resolve(self, address: int, within: Function, access_size: int = 0) -> Target:
         """The symbolic target of a link address (cached per address for everything but INTERNAL)."""
         if within.address <= address < within.address + within.size:
             return Target(TargetKind.INTERNAL, within.name, address - within.address, LinkAddress(address))
-        key = (address, access_size)
+        key = address << 16 | access_size
         target = self._cache.get(key)
         if target is None:
             target = self._cache[key] = self._resolve(address, access_size)
@@ -259,7 +284,8 @@ class TargetResolver:
         if section is not None and section.name.startswith(".got"):
             # A GOT slot the dynamic linker fills with a local address (R_X86_64_RELATIVE): it is
             # named by what it will point to.
-            word = self._pointer_words().get(address)
+            i = self._pointer_words().index(address)
+            word = self._describe_word(i) if i is not None else None
             if word is not None:
                 return Target(TargetKind.SECTION, f"{section.name}:{word}", 0, address)
         sym = self.object_at(address)

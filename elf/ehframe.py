@@ -14,6 +14,7 @@ linker writes the pointers pc-relative and the table datarel (relative to the he
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 # DW_EH_PE_* pointer encodings (LSB Core, "DWARF Extensions"): the low nibble is the value's format,
@@ -142,10 +143,8 @@ def _parse_cie(data: bytes, offset: int, size: int, base: int) -> Cie:
     )
 
 
-def parse_eh_frame_records(data: bytes, base: int) -> tuple[dict[int, Cie], list[Fde]]:
-    """Every CIE (by section offset) and FDE of an .eh_frame at link address `base`."""
-    cies: dict[int, Cie] = {}
-    fdes: list[Fde] = []
+def _fde_records(data: bytes, base: int, cies: dict[int, Cie]) -> Iterator[tuple]:
+    """(offset, size, cie, start, length, lsda_field, lsda) of every FDE, CIEs collected in `cies`."""
     pos = 0
     while pos + 4 <= len(data):
         length = struct.unpack_from("<I", data, pos)[0]
@@ -171,17 +170,24 @@ def parse_eh_frame_records(data: bytes, base: int) -> tuple[dict[int, Cie], list
                         raw = struct.unpack_from("<i", data, after)[0] if sdata4 else 1
                         lsda_field = after
                         lsda = read_encoded_pointer(data, after, cie.lsda_encoding, base)[0] if raw else 0
-                fdes.append(Fde(pos, size, cie, start, length_, lsda_field, lsda))
+                yield pos, size, cie, start, length_, lsda_field, lsda
         except (IndexError, KeyError, ValueError, struct.error):
             pass  # a malformed entry proves nothing either way; the next one is read on its own
         pos += size
+
+
+def parse_eh_frame_records(data: bytes, base: int) -> tuple[dict[int, Cie], list[Fde]]:
+    """Every CIE (by section offset) and FDE of an .eh_frame at link address `base`."""
+    cies: dict[int, Cie] = {}
+    fdes = [Fde(*record) for record in _fde_records(data, base, cies)]
     return cies, fdes
 
 
 def parse_eh_frame(data: bytes, section_address: int) -> tuple[tuple[int, int], ...]:
-    """(start link address, size) of every FDE in an .eh_frame section, in section order."""
-    _, fdes = parse_eh_frame_records(data, section_address)
-    return tuple((f.start, f.length) for f in fdes if f.start and f.length)
+    """(start link address, size) of every FDE in an .eh_frame section, in section order (without
+    making an Fde record each: a large library has hundreds of thousands)."""
+    records = _fde_records(data, section_address, {})
+    return tuple((start, length) for _, _, _, start, length, _, _ in records if start and length)
 
 
 def count_fdes(unwind: bytes) -> int:

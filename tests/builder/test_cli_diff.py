@@ -25,6 +25,7 @@ def test_json_document_has_the_documented_shape(pair):
     out = hpkg("diff", str(pair[0]), str(pair[1]), "--json")
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
+    assert out.stdout == json.dumps(doc, indent=2) + "\n"  # written in pieces, the standard text
     assert set(doc) == {
         "schema", "old", "new", "changed", "added", "removed", "data", "unchanged_count", "mode"
     }

@@ -69,7 +69,7 @@ def _named(entries: list[dict], symbols: dict[str, dict[int, set[str]]]) -> set[
         name = entry["name"]
         if name.startswith("sub_"):
             side = "old" if "old_address" in entry else "new"
-            name = min(symbols[side].get(int(entry[f"{side}_address"], 16), {name}))
+            name = min(symbols[side].get(entry[f"{side}_address"], {name}))
         found.add(name)
     return found
 

@@ -42,15 +42,20 @@ def _entry(pair) -> dict[str, Any]:
     return entry
 
 
-def diff_document(result, old_image, new_image) -> dict[str, Any]:
-    """The `--json` document of one pair of binaries (also an entry of a .deb diff)."""
+def diff_document(result, old_image, new_image, stream: bool = False) -> dict[str, Any]:
+    """The `--json` document of one pair of binaries (also an entry of a .deb diff). With `stream`, the
+    function lists are iterators that `display_json` writes an entry at a time (top level only)."""
+
+    def entries(pairs) -> Any:
+        return (_entry(p) for p in pairs) if stream else [_entry(p) for p in pairs]
+
     return {
         "old": input_identity(old_image),
         "new": input_identity(new_image),
         "mode": result.mode,
-        "changed": [_entry(p) for p in result.changed],
-        "added": [_entry(p) for p in result.added],
-        "removed": [_entry(p) for p in result.removed],
+        "changed": entries(result.changed),
+        "added": entries(result.added),
+        "removed": entries(result.removed),
         "data": [{"name": d.name, "change": d.change.value} for d in result.data_changes],
         "unchanged_count": len(result.unchanged),
     }
@@ -194,6 +199,6 @@ def command(
             app.display(line)
         return
     if as_json:
-        app.display_json(diff_document(result, old_image, new_image))
+        app.display_json(diff_document(result, old_image, new_image, stream=True))
         return
     _table(app, result)

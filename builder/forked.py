@@ -1,0 +1,113 @@
+"""Run jobs in forked children and collect their results: the diff's way to keep a stage's scratch
+memory out of the process that holds the results.
+
+A job is a function of a progress callback; the child inherits everything the parent has (nothing
+is pickled to it), runs the job, and streams its pickled result back through a pipe, then exits and
+frees all it allocated: a large library's canonicalization leaves ~100 MiB of freed-but-fragmented
+heap behind, which would otherwise stay in the parent for the rest of the diff. Children run all at
+once, or one at a time (`concurrent=False`, a lock they take in turn) when no CPU is spare; either
+way every child is forked at the start, so none inherits another's result. Progress counts arrive
+on one shared pipe (small messages, written whole); an exception in a child is raised again in the
+parent, and a child that dies without a result is an error naming its signal or exit status.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pickle
+from collections.abc import Callable, Sequence
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+Progress = Callable[[int], None]
+Job = Callable[[Progress], Any]
+
+
+class ChildFailed(RuntimeError):
+    """A child process ended without sending its result (killed, or out of memory)."""
+
+
+def _child(job: Job, results: Connection, counts: Connection, turn: Any) -> None:
+    """The child's side: wait for its turn, run the job, send ("ok", result) or ("error", exception)."""
+
+    def report(count: int) -> None:
+        counts.send(count)
+
+    if turn is not None:
+        turn.acquire()
+    try:
+        outcome: tuple[str, Any] = ("ok", job(report))
+    except BaseException as exc:  # noqa: BLE001  (sent to the parent, which raises it)
+        outcome = ("error", exc)
+    finally:
+        if turn is not None:
+            turn.release()
+    try:
+        with os.fdopen(os.dup(results.fileno()), "wb") as stream:
+            pickle.dump(outcome, stream, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:  # an exception that does not pickle: its text does
+        with os.fdopen(os.dup(results.fileno()), "wb") as stream:
+            pickle.dump(("error", ChildFailed(f"{type(exc).__name__}: {exc}")), stream)
+
+
+def run_forked(jobs: Sequence[Job], concurrent: bool, progress: Progress | None = None) -> list[Any]:
+    """Each job's result, in order, each job run in a forked child of its own."""
+    context = multiprocessing.get_context("fork")
+    counts_reader, counts_writer = context.Pipe(duplex=False)
+    turn = None if concurrent else context.Lock()
+    children = []
+    try:
+        for job in jobs:
+            reader, writer = context.Pipe(duplex=False)
+            process = context.Process(target=_child, args=(job, writer, counts_writer, turn), daemon=True)
+            process.start()
+            writer.close()
+            children.append((process, reader))
+        counts_writer.close()
+        results: list[Any] = []
+        for process, reader in children:
+            results.append(_receive(process, reader, counts_reader, progress))
+        while counts_reader.poll() and _count(counts_reader, progress):
+            pass  # the last counts, up to the end of the pipe
+        return results
+    finally:
+        for process, reader in children:
+            reader.close()
+            if process.is_alive():
+                process.kill()
+            process.join()
+        counts_reader.close()
+
+
+def _count(counts: Connection, progress: Progress | None) -> bool:
+    """Pass one progress message on; False once every child closed the pipe."""
+    try:
+        count = counts.recv()
+    except EOFError:
+        return False
+    if progress is not None:
+        progress(count)
+    return True
+
+
+def _receive(process, reader: Connection, counts: Connection, progress: Progress | None) -> Any:  # noqa: ANN001
+    """One child's result, passing progress messages on while it works."""
+    counting = True
+    while True:
+        ready = wait([reader, counts] if counting else [reader])
+        if counts in ready:
+            counting = _count(counts, progress)
+        if reader in ready:
+            break
+    try:
+        with os.fdopen(os.dup(reader.fileno()), "rb") as stream:
+            status, value = pickle.load(stream)
+    except (EOFError, pickle.UnpicklingError):
+        process.join()
+        code = process.exitcode
+        how = f"signal {-code}" if code is not None and code < 0 else f"exit status {code}"
+        raise ChildFailed(f"a child process of the diff ended without its result ({how})") from None
+    if status == "error":
+        raise value
+    return value

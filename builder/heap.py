@@ -1,0 +1,34 @@
+"""Give freed heap memory back to the system between the diff's stages (glibc's `malloc_trim`).
+
+glibc keeps freed blocks for reuse, and a stage's scratch on a large library (the relocation tables
+read at load, match's callee lists) is tens of MiB that the next stage may not need: counted in the
+process's resident memory all the same. `malloc_trim(0)` returns the free pages in the middle of the
+heap as well as at its top. A no-op where the C library has no such call.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+from functools import cache
+
+
+@cache
+def _malloc_trim():  # noqa: ANN202
+    name = ctypes.util.find_library("c")
+    try:
+        library = ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+    trim = getattr(library, "malloc_trim", None)
+    if trim is not None:
+        trim.argtypes = [ctypes.c_size_t]
+        trim.restype = ctypes.c_int
+    return trim
+
+
+def release_freed_memory() -> None:
+    """Return the heap's free pages to the system (glibc); elsewhere, nothing."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
