@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -50,7 +51,7 @@ from hpkg.elf.file import ElfFile
 from hpkg.elf.structs import SYM, ProgramHeader
 from hpkg.errors import ImageError, IncompatibleTarget, TargetError
 from hpkg.formats.model import Package, ReplacedFunction, TargetSpace
-from hpkg.loader.procfs import RuntimeImage
+from hpkg.loader.procfs import RuntimeImage, permission_advice
 from hpkg.loader.terminal import printable
 
 _FUNCTION_TYPES = (STT_FUNC, STT_GNU_IFUNC)
@@ -199,6 +200,16 @@ def image_code_of_process(pid: int, image: RuntimeImage) -> ImageCode:
     """`image_code` of a process's image, from the file it mapped (/proc/PID/map_files), not its memory."""
     first = min(image.mappings, key=lambda m: m.start)
     path = f"/proc/{pid}/map_files/{first.start:x}-{first.end:x}"
+    try:
+        # map_files is guarded like ptrace itself: tell the refused user why, apart from an unreadable file.
+        os.close(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
+    except PermissionError:
+        raise TargetError(
+            f"permission denied reading the file of {image.path} mapped at {first.start:#x} ({path}); "
+            f"{permission_advice()}"
+        ) from None
+    except OSError:
+        pass  # reported with the file's own words below
     try:
         with ElfFile.mapped(path) as elf:
             return dataclasses.replace(image_code(elf), path=printable(image.path))

@@ -155,7 +155,7 @@ class Process:
                 raise TargetError(f"no such process: {self.pid}") from None
             except PermissionError:
                 raise TargetError(
-                    f"permission denied opening /proc/{self.pid}/mem; run as root or with CAP_SYS_PTRACE"
+                    f"permission denied opening /proc/{self.pid}/mem; {procfs.permission_advice()}"
                 ) from None
         return self._mem_fd
 

@@ -139,16 +139,18 @@ def read_maps(pid: int) -> tuple[Mapping, ...]:
     except FileNotFoundError:
         raise TargetError(f"no such process: {pid}") from None
     except PermissionError:
-        raise TargetError(f"permission denied reading /proc/{pid}/maps; {_maps_advice()}") from None
+        raise TargetError(f"permission denied reading /proc/{pid}/maps; {permission_advice()}") from None
 
 
-def _maps_advice() -> str:
-    """What the user who was refused can do: run as the target's user or root, unless already root."""
+def permission_advice() -> str:
+    """What a user refused access to a process can do: run as its user or root, unless already root."""
     if os.geteuid() == 0:
         # Root is refused only by a restriction of the machine: a /proc mounted with hidepid= in another
-        # namespace, a Yama or LSM policy, or a process of another user namespace.
-        return "refused even to root: a security module, a hidepid= /proc or another user namespace forbid it"
-    return "run as its user or root"
+        # namespace, a Yama or LSM policy, a process of another user namespace, or CAP_SYS_PTRACE dropped
+        # from this root's capability set (a container).
+        return ("refused even to root: a security module, a hidepid= /proc, another user namespace "
+                "or a dropped CAP_SYS_PTRACE forbids it")
+    return "run as the target's user or as root (CAP_SYS_PTRACE)"
 
 
 def list_tids(pid: int) -> tuple[int, ...]:

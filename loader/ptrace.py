@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from hpkg.errors import TargetError
+from hpkg.loader import procfs
 
 # Request numbers from <sys/ptrace.h> / <linux/ptrace.h>.
 PTRACE_CONT = 7
@@ -180,14 +181,18 @@ def _error(what: str, tid: int, err: int) -> TargetError:
                 f"{what} thread {tid}: already traced by process {tracer} (a debugger?); detach it and retry"
             )
         scope = _yama_ptrace_scope()
-        if scope > 0:
+        if scope >= 3:
+            # Yama's mode 3 forbids attaching to everyone, root included, and cannot be lowered until reboot.
+            return TargetError(
+                f"{what} thread {tid}: permission denied by kernel.yama.ptrace_scope=3, which no user "
+                "can pass; reboot with a lower setting"
+            )
+        if scope > 0 and os.geteuid() != 0:
             return TargetError(
                 f"{what} thread {tid}: permission denied by kernel.yama.ptrace_scope={scope}; "
                 "run as root (CAP_SYS_PTRACE) or set the sysctl to 0"
             )
-        return TargetError(
-            f"{what} thread {tid}: permission denied; run as the target's user or as root (CAP_SYS_PTRACE)"
-        )
+        return TargetError(f"{what} thread {tid}: permission denied; {procfs.permission_advice()}")
     return TargetError(f"{what} thread {tid}: {os.strerror(err)}")
 
 

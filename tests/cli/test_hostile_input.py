@@ -450,6 +450,18 @@ def test_not_root_is_told_permission_denied(
     argv = [*nobody, *hpkg_argv, *_argv(world, command)]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT, cwd="/", env=env)
     assert_one_error(Run(done.returncode, done.stdout, done.stderr), EXIT_TARGET, "permission denied")
+    assert "run as the target's user or as root" in done.stderr
+    assert_running_untraced(world.server)
+
+
+def test_root_without_cap_sys_ptrace_is_told_what_refuses_it(world: World) -> None:
+    """Root whose CAP_SYS_PTRACE was dropped (a container's root) is not told to "run as root": the
+    refusal names what can refuse root, and the process is left running and untraced."""
+    no_ptrace = ["setpriv", "--bounding-set=-sys_ptrace", "--inh-caps=-sys_ptrace"]
+    command = _argv(world, "apply {pkg} --key {pub} --pid {server}")
+    done = subprocess.run([*no_ptrace, *HPKG, *command], capture_output=True, text=True, timeout=TIMEOUT)
+    assert_one_error(Run(done.returncode, done.stdout, done.stderr), EXIT_TARGET, "permission denied")
+    assert "refused even to root" in done.stderr and "CAP_SYS_PTRACE" in done.stderr
     assert_running_untraced(world.server)
 
 
