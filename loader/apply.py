@@ -38,7 +38,7 @@ from hpkg.formats.model import Package
 from hpkg.loader import alloc
 from hpkg.loader.alloc import Allocation
 from hpkg.loader.bounds import check_record_sites, check_writes, image_code_of_process
-from hpkg.loader.compat import AppliedLevel, CompatReport, check_compatibility
+from hpkg.loader.compat import AppliedLevel, CompatReport, carried_detail, check_compatibility, contains
 from hpkg.loader.inject import PROT_EXEC, PROT_READ, PROT_WRITE, Injector
 from hpkg.loader.interrupts import deferred_interrupts, raise_if_interrupted
 from hpkg.loader.link import RelocatedImage, SiteJump, relocate
@@ -106,9 +106,7 @@ class ImageCarrying:
 
     def detail(self, package: Package) -> str:
         """"" when the image carries `package` itself, else which higher level (containing it) it carries."""
-        if self.package_id == package.identity.package_id:
-            return ""
-        return f"level {self.patch_level} (package {self.package_id}) is applied and contains it"
+        return carried_detail(package, self.package_id, self.patch_level)
 
 
 @dataclass(frozen=True)
@@ -240,12 +238,11 @@ def _carrying(
     (which contains it), completely switched, every site still holding its jump. Anything else, from a
     site changed by another to an interrupted apply, is left to the compatibility check to refuse."""
     superseded = {f.record.supersedes for f in records if f.record is not None and f.record.supersedes}
-    identity = package.identity
     for found in records:
         record = found.record
         if record is None or found.state is not RecordState.APPLIED or record.package_id in superseded:
             continue
-        if record.package_id != identity.package_id and record.patch_level <= identity.patch_level:
+        if not contains(package, record.package_id, record.patch_level):
             continue
         if all(process.read(s.address, len(s.jump)) == s.jump for s in record.sites):
             return ImageCarrying(image, record.package_id, record.patch_level)

@@ -20,7 +20,7 @@ from hpkg.elf.file import ElfFile
 from hpkg.errors import ImageError
 from hpkg.formats.model import Package
 from hpkg.loader.bounds import ImageCode, image_code
-from hpkg.loader.compat import AppliedLevel, CompatReport, check_compatibility
+from hpkg.loader.compat import AppliedLevel, CompatReport, carried_detail, check_compatibility, contains
 from hpkg.loader.file_dynamic import DynamicLinking
 from hpkg.loader.file_imports import file_import_resolver
 from hpkg.loader.file_write import RECORD_SECTION, plan_segments, write_patched
@@ -103,9 +103,7 @@ class FileCarrying:
     @property
     def detail(self) -> str:
         """"" when the file carries this package itself, else which higher level (containing it) it does."""
-        if self.package_id == self.package.identity.package_id:
-            return ""
-        return f"level {self.patch_level} (package {self.package_id}) is applied and contains it"
+        return carried_detail(self.package, self.package_id, self.patch_level)
 
     def verdict(self) -> str:
         """The one line `verify --against` gives for such a file."""
@@ -187,13 +185,12 @@ def carried_level(package: Package, elf: ElfFile, applied: list[dict[str, object
     after each jump still the pre-image's). Anything else is left to the compatibility check to refuse."""
     if elf.build_id != package.target.build_id:
         return None
-    identity = package.identity
     superseded = {e.get("supersedes") for e in applied}
     for entry in reversed(applied):
         package_id, level = entry["package_id"], entry["patch_level"]
         if package_id in superseded:
             continue
-        if package_id != identity.package_id and level <= identity.patch_level:
+        if not contains(package, package_id, level):
             continue
         start, end = entry["code"]
         if all(_jumps_into(elf, f.baseline_address, f.pre_image, start, end) for f in package.functions):
