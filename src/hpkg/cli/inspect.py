@@ -14,7 +14,7 @@ from hpkg.cli.command import HpkgCommand, json_option
 from hpkg.cli.paths import PACKAGE
 
 if TYPE_CHECKING:  # the formats package pulls in zstandard and cryptography: only load it when run
-    from hpkg.formats.model import LoadedPackage
+    from hpkg.formats.model import LoadedPackage, TargetRecord
 
 
 def inspect_document(loaded: LoadedPackage) -> dict[str, Any]:
@@ -63,10 +63,20 @@ def inspect_lines(loaded: LoadedPackage) -> list[str]:
     )
     hint = f", {t.soname_hint!r}" if t.soname_hint else ""
     major, minor = loaded.format_version
+    if t.image_base is not None:
+        # A PE32+ baseline: the identity is CodeView's (or the fallback rule's), addresses are RVAs.
+        baseline = (
+            f"baseline   {t.machine} {t.file_format}, identity {t.build_id.hex()}, image base"
+            f" {t.image_base:#x}, SizeOfImage {t.image_size} bytes{hint}"
+        )
+    else:
+        baseline = (
+            f"baseline   {t.machine} {t.file_format}, build-id {t.build_id.hex()},"
+            f" image {t.image_size} bytes{hint}"
+        )
     lines = [
         f"package    {i.package_id} (patch level {i.patch_level}{supersedes})",
-        f"baseline   {t.machine} {t.file_format}, build-id {t.build_id.hex()},"
-        f" image {t.image_size} bytes{hint}",
+        baseline,
         f"format     .hpkg {major}.{minor}, {loaded.file_size} bytes: payload {loaded.payload_size} bytes,"
         f" {loaded.compressed_size} compressed",
         f"sections   code {len(pkg.code)}, rodata {len(pkg.rodata)}, data {len(pkg.data)},"
@@ -76,7 +86,7 @@ def inspect_lines(loaded: LoadedPackage) -> list[str]:
         f"functions  {len(pkg.functions)} replaced",
     ]
     lines += [
-        f"  {f.baseline_address:#014x}  {f.name}  {f.baseline_size} -> {f.code_size} bytes"
+        f"  {_baseline_address(t, f.baseline_address)}  {f.name}  {f.baseline_size} -> {f.code_size} bytes"
         f" (pre-image {f.pre_image.hex()})"
         for f in pkg.functions
     ]
@@ -92,6 +102,13 @@ def inspect_lines(loaded: LoadedPackage) -> list[str]:
     if loaded.ignored_fields:
         lines.append(f"ignored    fields from a newer format minor: {', '.join(loaded.ignored_fields)}")
     return lines
+
+
+def _baseline_address(target: TargetRecord, address: int) -> str:
+    """A baseline address as a person compares it with objdump: a PE32+ RVA with its ImageBase-based VA."""
+    if target.image_base is None:
+        return f"{address:#014x}"
+    return f"rva {address:#x} ({target.image_base + address:#x})"
 
 
 _ELF_MAGIC = b"\x7fELF"
