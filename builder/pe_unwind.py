@@ -87,7 +87,8 @@ def pdata_unwind(
         if problem is not None:
             reasons.append(
                 Reason(
-                    "unwind-info-missing", name,
+                    "unwind-info-missing",
+                    name,
                     f"function '{name}' has no unwind rules the package can carry ({problem}): a stack"
                     " walk or an exception through it would read a wrong return address",
                 )

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from hpkg.arch.x86_64 import PAGE_SIZE
 from hpkg.elf.file import ElfFile
-from hpkg.errors import ImageError
+from hpkg.errors import ImageError, IncompatibleTarget
 from hpkg.formats.model import Package
 from hpkg.loader.bounds import ImageCode, image_code
 from hpkg.loader.compat import AppliedLevel, CompatReport, check_compatibility
@@ -23,6 +23,8 @@ from hpkg.loader.file_dynamic import DynamicLinking
 from hpkg.loader.file_imports import file_import_resolver
 from hpkg.loader.file_write import RECORD_SECTION, plan_segments, write_patched
 from hpkg.loader.link import RelocatedImage, relocate
+from hpkg.loader.pe_file import PeFile, is_pe_path
+from hpkg.loader.pe_file_apply import PeFileApplyResult, apply_to_pe_file, check_pe_file
 from hpkg.loader.placement import Placement, area_layout
 
 
@@ -136,15 +138,27 @@ def baseline_code(elf: ElfFile, applied: list[dict[str, object]], package: Packa
 
 def check_file(package: Package, binary: str | os.PathLike[str]) -> CompatReport:
     """The compatibility check alone against a file (`hpkg verify --against`); changes nothing."""
+    if is_pe_path(binary):
+        return check_pe_file(package, PeFile.open(binary))
+    _refuse_pe_package(package, binary)
     elf = ElfFile(binary)
     applied = applied_packages(elf)
     return check_compatibility(package, elf, _levels(applied), baseline_code(elf, applied, package))
 
 
+def _refuse_pe_package(package: Package, binary: str | os.PathLike[str]) -> None:
+    if package.target.is_pe:
+        raise IncompatibleTarget(f"{binary} is not a Windows PE image; the package is for a PE32+ baseline")
+
+
 def apply_to_file(
     package: Package, binary: str | os.PathLike[str], output: str | os.PathLike[str]
-) -> FileApplyResult:
-    """Write `output`: `binary` with `package` added and jumps at its patch sites; `binary` is not changed."""
+) -> FileApplyResult | PeFileApplyResult:
+    """Write `output`: `binary` with `package` added and jumps at its patch sites; `binary` is not changed.
+    A Windows PE32+ file goes to loader/pe_file_apply.py (same steps, PE sections instead of segments)."""
+    if is_pe_path(binary):
+        return apply_to_pe_file(package, PeFile.open(binary), output)
+    _refuse_pe_package(package, binary)
     # STEP 1: the file is the package's baseline, site by site (or carries the level this one supersedes),
     # and every site is a function entry in its code (loader/bounds.py): proven before anything is written.
     elf = ElfFile(binary)
