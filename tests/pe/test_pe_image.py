@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from json_contract import check_error_document  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -116,24 +115,6 @@ def test_a_switched_import_is_a_change_and_a_shifted_one_is_not(import_pair) -> 
 
 def _hpkg(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "hpkg", *args], capture_output=True, text=True)
-
-
-def test_build_of_a_pe_pair_refuses_with_its_own_exit_code(pe_corpus, tmp_path) -> None:
-    output = tmp_path / "fix.hpkg"
-    run = _hpkg(
-        "build",
-        str(BOUNDS.binary("baseline", "ready")),
-        str(BOUNDS.binary("fixed", "ready")),
-        "-o",
-        str(output),
-    )
-    assert run.returncode == EXIT_NOT_YET_SUPPORTED, run.stderr
-    assert run.stderr.count("\n") == 1 and run.stderr.startswith("error: ")
-    assert "PE packages are not built yet" in run.stderr and "Traceback" not in run.stderr
-    assert not output.exists()
-    as_json = _hpkg("build", str(BOUNDS.binary("baseline", "ready")), str(BOUNDS.binary("fixed", "ready")),
-                    "-o", str(output), "--json")
-    check_error_document(as_json.stdout, "build", EXIT_NOT_YET_SUPPORTED, "not-yet-supported")
 
 
 @pytest.mark.parametrize(
