@@ -2,7 +2,8 @@
 patch sites, pre-images, function digests and imports agree with binutils' view of the baseline
 (`x86_64-w64-mingw32-objdump -d` and `-p`), not with hpkg's own reader.
 
-Packages are built once per session (module fixture) and shared with tests/pe/test_pe_apply_file.py.
+Packages are built once per session (`pe_packages`, tests/pe/conftest.py) and shared with
+tests/pe/test_pe_apply_file.py.
 """
 
 from __future__ import annotations
@@ -63,18 +64,6 @@ def objdump_imports(binary: Path) -> tuple[int, frozenset[str]]:
         elif not line.strip():
             dll = None
     return base, frozenset(names)
-
-
-@pytest.fixture(scope="module")
-def pe_packages(pe_corpus, tmp_path_factory) -> dict[str, Path]:
-    """The package of every patchable sample (ready flavour), built once."""
-    out = tmp_path_factory.mktemp("pe-packages")
-    paths = {}
-    for sample in PATCHABLE:
-        result = build_package(sample.binary("baseline", "ready"), sample.binary("fixed", "ready"))
-        paths[sample.name] = out / f"{sample.name}.hpkg"
-        paths[sample.name].write_bytes(result.blob)
-    return paths
 
 
 @pytest.mark.parametrize("sample", PATCHABLE, ids=lambda s: s.name)

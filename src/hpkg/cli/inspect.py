@@ -122,14 +122,29 @@ def _is_elf(path: str) -> bool:
         return False  # the package reader says why, in one line
 
 
-def patched_file_document(path: str) -> dict[str, Any]:
-    """The packages an ELF file carries (recorded by `apply --file`, oldest first); a file that carries
-    none is no input for inspect (PackageError, exit 3), as any other file that is not a package."""
-    from hpkg.elf.file import ElfFile
-    from hpkg.errors import PackageError
-    from hpkg.loader.file_apply import applied_packages
+def _is_pe(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(2) == b"MZ"
+    except OSError:
+        return False
 
-    elf = ElfFile(path)
+
+def patched_file_document(path: str) -> dict[str, Any]:
+    """The packages an ELF or PE file carries (recorded by `apply --file`, oldest first); a file that
+    carries none is no input for inspect (PackageError, exit 3), as any other file that is not a package."""
+    from hpkg.errors import PackageError
+    from hpkg.loader.pe_file import PeFile, is_pe_path
+
+    if is_pe_path(path):
+        pe = PeFile.open(path)
+        entries, build_id, what = pe.applied_packages(), pe.build_id.hex(), "a PE file"
+    else:
+        from hpkg.elf.file import ElfFile
+        from hpkg.loader.file_apply import applied_packages
+
+        elf = ElfFile(path)
+        entries, build_id, what = applied_packages(elf), elf.build_id.hex() or None, "an ELF file"
     packages = [
         {
             "package_id": e["package_id"],
@@ -138,19 +153,19 @@ def patched_file_document(path: str) -> dict[str, Any]:
             "code": {"start": e["code"][0], "end": e["code"][1]},
             "functions": list(e.get("functions", [])),
         }
-        for e in applied_packages(elf)
+        for e in entries
     ]
     if not packages:
-        raise PackageError(f"{path}: not an .hpkg package, and an ELF file that carries none"
+        raise PackageError(f"{path}: not an .hpkg package, and {what} that carries none"
                            " (hpkg apply --file writes files that do)")
-    build_id = elf.build_id.hex() or None
     return {"kind": "patched-file", "path": path, "build_id": build_id, "packages": packages}
 
 
 def patched_file_lines(document: dict[str, Any]) -> list[str]:
     """The human summary of a patched file: one line per package it carries."""
     path, packages = document["path"], document["packages"]
-    lines = [f"{path}: ELF file patched by hpkg apply --file (build-id {document['build_id']}),"
+    kind = "PE" if _is_pe(path) else "ELF"
+    lines = [f"{path}: {kind} file patched by hpkg apply --file (build-id {document['build_id']}),"
              f" {len(packages)} package{'s' * (len(packages) != 1)}"]
     for p in packages:
         supersedes = f", supersedes {p['supersedes']}" if p["supersedes"] else ""
@@ -167,11 +182,11 @@ def patched_file_lines(document: dict[str, Any]) -> list[str]:
 def command(app: Application, package: str, as_json: bool) -> None:
     """Show what a .hpkg package holds: baseline, patch level, functions, relocations, signature.
 
-    Given an ELF file patched with `hpkg apply --file`, show the packages it carries.
+    Given an ELF or PE file patched with `hpkg apply --file`, show the packages it carries.
     """
     from hpkg.formats.package import read_package, read_package_file
 
-    if _is_elf(package):
+    if _is_elf(package) or _is_pe(package):
         document = patched_file_document(package)
         if as_json:
             app.display_json(document)

@@ -1,0 +1,130 @@
+"""`hpkg apply --file` of a PE package: the patched .exe runs under Wine (the session's one prefix) and
+answers every step like the fixed build; its exception directory covers the package code; a file
+that is not the package's baseline is refused (exit 4) and nothing is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from pe_corpus import PeSample, WineConversation, load_pe_samples, wine_environment  # noqa: E402
+from sample_corpus import Launch  # noqa: E402
+
+from hpkg.errors import EXIT_REFUSED  # noqa: E402
+from hpkg.formats import read_package  # noqa: E402
+from hpkg.loader.pe_file import PeFile  # noqa: E402
+from hpkg.pe.constants import IMAGE_DIRECTORY_ENTRY_EXCEPTION  # noqa: E402
+from hpkg.pe.imports import import_slots  # noqa: E402
+from hpkg.pe.package_unwind import decode_package_pdata  # noqa: E402
+from hpkg.pe.pdata import runtime_functions  # noqa: E402
+
+SAMPLES = {s.name: s for s in load_pe_samples()}
+PATCHABLE = [s for s in SAMPLES.values() if s.expectations["ready"].verdict == "patchable"]
+
+
+def _hpkg(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "hpkg", *args], capture_output=True, text=True)
+
+
+def _apply(package: Path, binary: Path, output: Path) -> subprocess.CompletedProcess:
+    return _hpkg("apply", str(package), "--allow-unsigned", "--file", str(binary), "-o", str(output))
+
+
+class _PatchedRun:
+    """A sample whose process is the patched copy: everything else (kind, banner) is the sample's."""
+
+    def __init__(self, sample: PeSample, path: Path) -> None:
+        self._sample, self._path = sample, path
+
+    def __getattr__(self, name: str):
+        return getattr(self._sample, name)
+
+    def launch(self, build: str, flavour: str) -> Launch:
+        return Launch(("wine", str(self._path), *self._sample.server_args), wine_environment())
+
+
+@pytest.mark.parametrize("sample", PATCHABLE, ids=lambda s: s.name)
+def test_the_patched_exe_answers_like_the_fixed_build_under_wine(
+    pe_packages, sample: PeSample, tmp_path
+) -> None:
+    output = tmp_path / "patched.exe"
+    run = _apply(pe_packages[sample.name], sample.binary("baseline", "ready"), output)
+    assert run.returncode == 0, run.stderr
+    with WineConversation(_PatchedRun(sample, output), "patched", "ready") as conversation:  # type: ignore[arg-type]
+        answers = [conversation.ask(step.request) for step in sample.steps]
+    assert answers == sample.answers("fixed")
+    assert answers != sample.answers("baseline")
+    listed = _hpkg("inspect", str(output))
+    assert (
+        listed.returncode == 0
+        and read_package(pe_packages[sample.name].read_bytes()).package.identity.package_id in listed.stdout
+    )
+
+
+def test_package_code_gets_exception_entries_and_new_imports_a_descriptor(pe_packages, tmp_path) -> None:
+    sample = SAMPLES["04-new-helper"]
+    output = tmp_path / "patched.exe"
+    assert _apply(pe_packages[sample.name], sample.binary("baseline", "ready"), output).returncode == 0
+    package = read_package(pe_packages[sample.name].read_bytes()).package
+    patched, baseline = PeFile.open(output), PeFile.open(sample.binary("baseline", "ready"))
+    entries = runtime_functions(patched.read_rva, *patched.headers.directory(IMAGE_DIRECTORY_ENTRY_EXCEPTION))
+    begins = [e.begin for e in entries]
+    assert begins == sorted(begins)
+    code = next(s for s in patched.headers.sections if s.name == ".hpkgtx")
+    carried = decode_package_pdata(package.unwind, len(package.code))
+    assert carried
+    for entry in carried:  # each package entry, moved to the new section, with its UNWIND_INFO bytes
+        moved = next(e for e in entries if e.begin == code.virtual_address + entry.begin)
+        assert moved.end == code.virtual_address + entry.end
+        assert patched.read(moved.unwind, 4) == package.unwind[entry.unwind : entry.unwind + 4]
+    # The baseline's entries are all still there.
+    old = runtime_functions(baseline.read_rva, *baseline.headers.directory(IMAGE_DIRECTORY_ENTRY_EXCEPTION))
+    assert set(old) <= set(entries)
+    # strchr, which the baseline never imported, has a slot now; the baseline's slots stayed where they were.
+    slots = {s.name: s.slot for s in import_slots(patched.read_rva, *patched.headers.directory(1), "patched")}
+    assert "msvcrt.dll!strchr" in slots
+    assert all(slots[name] == slot for name, slot in baseline.import_slots().items())
+    assert patched.build_id == baseline.build_id
+
+
+@pytest.mark.parametrize("other", ["fixed build", "another program", "a changed site"])
+def test_a_file_that_is_not_the_baseline_is_refused_and_left_unchanged(
+    pe_packages, other: str, tmp_path
+) -> None:
+    sample = SAMPLES["01-bounds-check"]
+    target = tmp_path / "target.exe"
+    if other == "fixed build":
+        shutil.copyfile(sample.binary("fixed", "ready"), target)
+    elif other == "another program":
+        shutil.copyfile(SAMPLES["08-jump-table"].binary("baseline", "ready"), target)
+    else:  # the baseline, its identity intact, with one byte of the replaced function's entry changed
+        shutil.copyfile(sample.binary("baseline", "ready"), target)
+        pe = PeFile.open(target)
+        site = read_package(pe_packages[sample.name].read_bytes()).package.functions[0].baseline_address
+        raw = bytearray(target.read_bytes())
+        raw[pe.headers.rva_to_offset(site)] ^= 0xFF
+        target.write_bytes(raw)
+    before = hashlib.sha256(target.read_bytes()).digest()
+    output = tmp_path / "out.exe"
+    run = _apply(pe_packages[sample.name], target, output)
+    assert run.returncode == EXIT_REFUSED, run.stderr
+    assert run.stderr.startswith("error: ") and "Traceback" not in run.stderr
+    assert not output.exists()
+    assert hashlib.sha256(target.read_bytes()).digest() == before
+
+
+def test_a_patched_file_is_not_patched_again(pe_packages, tmp_path) -> None:
+    sample = SAMPLES["01-bounds-check"]
+    once = tmp_path / "once.exe"
+    assert _apply(pe_packages[sample.name], sample.binary("baseline", "ready"), once).returncode == 0
+    run = _apply(pe_packages[sample.name], once, tmp_path / "twice.exe")
+    assert run.returncode == EXIT_REFUSED and "already patched" in run.stderr
+    assert not (tmp_path / "twice.exe").exists()
