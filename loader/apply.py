@@ -52,6 +52,7 @@ from hpkg.loader.live import (
     target_lock,
     wait_until_safe,
 )
+from hpkg.loader.live_formats import require_live_format
 from hpkg.loader.live_imports import ProcessImports
 from hpkg.loader.live_unwind import REASON, UnwindTarget, check_placement, find_unwind_target
 from hpkg.loader.placement import AreaLayout, Placement, area_layout
@@ -216,6 +217,7 @@ def apply_to_process(package: Package, pid: int, timeout: float = DEFAULT_TIMEOU
     An image that already carries the package (or a higher level for its baseline), every site still
     holding that record's jump, is left alone and reported: applying twice is not an error.
     """
+    require_live_format(package, "apply --pid")
     process = open_process(pid)
     with deferred_interrupts(), process, target_lock(pid, timeout):
         # STEP 1: the baseline images, and what hpkg already applied to them (records it can authenticate).

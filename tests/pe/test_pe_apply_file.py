@@ -6,6 +6,7 @@ that is not the package's baseline is refused (exit 4) and nothing is written.
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import subprocess
 import sys
@@ -15,10 +16,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from json_contract import check_error_document  # noqa: E402
 from pe_corpus import PeSample, WineConversation, load_pe_samples, wine_environment  # noqa: E402
 from sample_corpus import Launch  # noqa: E402
 
-from hpkg.errors import EXIT_REFUSED  # noqa: E402
+from hpkg.errors import EXIT_NOT_YET_SUPPORTED, EXIT_REFUSED  # noqa: E402
 from hpkg.formats import read_package  # noqa: E402
 from hpkg.loader.pe_file import PeFile  # noqa: E402
 from hpkg.pe.constants import IMAGE_DIRECTORY_ENTRY_EXCEPTION  # noqa: E402
@@ -128,3 +131,16 @@ def test_a_patched_file_is_not_patched_again(pe_packages, tmp_path) -> None:
     run = _apply(pe_packages[sample.name], once, tmp_path / "twice.exe")
     assert run.returncode == EXIT_REFUSED and "already patched" in run.stderr
     assert not (tmp_path / "twice.exe").exists()
+
+
+@pytest.mark.parametrize("target", [("--pid", str(os.getpid())), ("--all",)], ids=["pid", "all"])
+def test_a_live_apply_of_a_pe_package_is_not_supported_yet(pe_packages, target) -> None:
+    package = str(pe_packages["01-bounds-check"])
+    run = _hpkg("apply", package, "--allow-unsigned", *target)
+    assert run.returncode == EXIT_NOT_YET_SUPPORTED
+    assert [
+        line for line in run.stderr.splitlines() if line.startswith("error: ")
+    ] == run.stderr.splitlines()[-1:]
+    assert "apply --file" in run.stderr and "Traceback" not in run.stderr
+    as_json = _hpkg("apply", package, "--allow-unsigned", *target, "--json")
+    check_error_document(as_json.stdout, "apply", EXIT_NOT_YET_SUPPORTED, "not-yet-supported")
