@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from hpkg.arch.x86_64 import JMP_REL32_SIZE, decode_jmp_rel32
 from hpkg.atomic_output import write_output
 from hpkg.errors import IncompatibleTarget, RefusedError
 from hpkg.formats.model import ImportRecord, Package
@@ -75,6 +76,7 @@ class PeFileApplyResult:
             "patch_level": identity.patch_level,
             "target": {"file": str(self.binary), "build_id": self.compat.build_id.hex()},
             "output": str(self.output),
+            "changed": True,
             "position_independent": True,
             "areas": {
                 "code": {"address": placement.code, "size": layout.code_size},
@@ -94,14 +96,39 @@ class PeFileApplyResult:
         }
 
 
+def pe_carried_level(package: Package, pe: PeFile) -> tuple[str, int] | None:
+    """The recorded package that makes applying `package` to the file a no-op: this very package, or a
+    higher level, whose code every one of this package's sites jumps into (the rest of each pre-image
+    intact), as for ELF (loader/file_apply.carried_level). None otherwise."""
+    if not package.target.is_pe or pe.build_id != package.target.build_id:
+        return None
+    base = pe.headers.image_base
+    for entry in reversed(pe.applied_packages()):
+        package_id, level = entry["package_id"], entry["patch_level"]
+        if package_id != package.identity.package_id and level <= package.identity.patch_level:
+            continue
+        start, end = entry["code"]
+        if all(_jumps_into(pe, base, f.baseline_address, f.pre_image, start, end) for f in package.functions):
+            return package_id, level
+    return None
+
+
+def _jumps_into(pe: PeFile, base: int, site: int, pre_image: bytes, start: int, end: int) -> bool:
+    found = pe.read(site, len(pre_image))
+    target = decode_jmp_rel32(base + site, found)
+    return (
+        target is not None and start <= target < end and found[JMP_REL32_SIZE:] == pre_image[JMP_REL32_SIZE:]
+    )
+
+
 def check_pe_file(package: Package, pe: PeFile) -> CompatReport:
     """The compatibility check against a PE file (also `hpkg verify --against`); changes nothing."""
     if not package.target.is_pe:
         raise IncompatibleTarget(f"{pe.path} is a Windows PE image; the package is for an ELF baseline")
     if pe.applied_packages():
         raise IncompatibleTarget(
-            f"{pe.path} was already patched by hpkg apply --file; apply a package (a higher level is"
-            " cumulative) to the unpatched baseline instead"
+            f"{pe.path} was already patched by hpkg apply --file with another package; apply a package"
+            " (a higher level is cumulative) to the unpatched baseline instead"
         )
     return check_compatibility(package, pe, (), pe.image_code())
 
@@ -191,7 +218,6 @@ def _pointer_rvas(relocated: RelocatedImage, base: int) -> list[int]:
 
 def _check_written(pe: PeFile, relocated: RelocatedImage, output: Path, written: bytes) -> None:
     """The written copy parses, keeps the baseline's CodeView identity and jumps where it should."""
-    from hpkg.arch.x86_64 import decode_jmp_rel32
     from hpkg.pe.headers import file_reader, parse_headers
     from hpkg.pe.identity import read_codeview
 

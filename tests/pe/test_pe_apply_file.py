@@ -6,6 +6,7 @@ that is not the package's baseline is refused (exit 4) and nothing is written.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -124,13 +125,25 @@ def test_a_file_that_is_not_the_baseline_is_refused_and_left_unchanged(
     assert hashlib.sha256(target.read_bytes()).digest() == before
 
 
-def test_a_patched_file_is_not_patched_again(pe_packages, tmp_path) -> None:
+def test_applying_again_changes_nothing_and_another_package_is_refused(pe_packages, tmp_path) -> None:
     sample = SAMPLES["01-bounds-check"]
     once = tmp_path / "once.exe"
     assert _apply(pe_packages[sample.name], sample.binary("baseline", "ready"), once).returncode == 0
-    run = _apply(pe_packages[sample.name], once, tmp_path / "twice.exe")
-    assert run.returncode == EXIT_REFUSED and "already patched" in run.stderr
-    assert not (tmp_path / "twice.exe").exists()
+    again = _hpkg(
+        "apply",
+        str(pe_packages[sample.name]),
+        "--allow-unsigned",
+        "--file",
+        str(once),
+        "-o",
+        str(tmp_path / "again.exe"),
+        "--json",
+    )
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["changed"] is False
+    assert (tmp_path / "again.exe").read_bytes() == once.read_bytes()
+    other = _apply(pe_packages["08-jump-table"], once, tmp_path / "other.exe")
+    assert other.returncode == EXIT_REFUSED and not (tmp_path / "other.exe").exists()
 
 
 @pytest.mark.parametrize("target", [("--pid", str(os.getpid())), ("--all",)], ids=["pid", "all"])
