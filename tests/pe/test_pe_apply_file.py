@@ -18,7 +18,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from json_contract import check_error_document  # noqa: E402
+from json_contract import check_document, check_error_document  # noqa: E402
 from pe_corpus import PeSample, WineConversation, load_pe_samples, wine_environment  # noqa: E402
 from sample_corpus import Launch  # noqa: E402
 
@@ -76,7 +76,20 @@ def test_the_patched_exe_answers_like_the_fixed_build_under_wine(
 def test_package_code_gets_exception_entries_and_new_imports_a_descriptor(pe_packages, tmp_path) -> None:
     sample = SAMPLES["04-new-helper"]
     output = tmp_path / "patched.exe"
-    assert _apply(pe_packages[sample.name], sample.binary("baseline", "ready"), output).returncode == 0
+    run = _hpkg(
+        "apply",
+        str(pe_packages[sample.name]),
+        "--allow-unsigned",
+        "--file",
+        str(sample.binary("baseline", "ready")),
+        "-o",
+        str(output),
+        "--json",
+    )
+    assert run.returncode == 0, run.stderr
+    document = json.loads(run.stdout)
+    check_document(document, "apply")
+    assert document["bound_imports"] == ["msvcrt.dll!strchr"] and document["changed"] is True
     package = read_package(pe_packages[sample.name].read_bytes()).package
     patched, baseline = PeFile.open(output), PeFile.open(sample.binary("baseline", "ready"))
     entries = runtime_functions(patched.read_rva, *patched.headers.directory(IMAGE_DIRECTORY_ENTRY_EXCEPTION))
@@ -141,6 +154,7 @@ def test_applying_again_changes_nothing_and_another_package_is_refused(pe_packag
     )
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["changed"] is False
+    check_document(json.loads(again.stdout), "apply")
     assert (tmp_path / "again.exe").read_bytes() == once.read_bytes()
     other = _apply(pe_packages["08-jump-table"], once, tmp_path / "other.exe")
     assert other.returncode == EXIT_REFUSED and not (tmp_path / "other.exe").exists()
