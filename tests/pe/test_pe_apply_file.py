@@ -171,3 +171,45 @@ def test_a_live_apply_of_a_pe_package_is_not_supported_yet(pe_packages, target) 
     assert "apply --file" in run.stderr and "Traceback" not in run.stderr
     as_json = _hpkg("apply", package, "--allow-unsigned", *target, "--json")
     check_error_document(as_json.stdout, "apply", EXIT_NOT_YET_SUPPORTED, "not-yet-supported")
+
+
+PROGRAMS = Path(__file__).resolve().parent / "programs"
+
+
+def _wine_answer(binary: Path, request: str) -> str:
+    run = subprocess.run(
+        ["wine", str(binary)],
+        input=request + "\n",
+        capture_output=True,
+        text=True,
+        env={**os.environ, **wine_environment()},
+        timeout=120,
+    )
+    return run.stdout.strip()
+
+
+def test_the_windows_unwinder_walks_through_package_code(pe_corpus, tmp_path) -> None:
+    binaries = {}
+    for build, flags in (("baseline", ()), ("fixed", ("-DFIX",))):
+        binaries[build] = tmp_path / f"{build}.exe"
+        subprocess.run(
+            [
+                "x86_64-w64-mingw32-gcc",
+                "-O2",
+                "-Wl,--build-id",
+                *flags,
+                str(PROGRAMS / "stack_walk.c"),
+                "-o",
+                str(binaries[build]),
+            ],
+            check=True,
+            capture_output=True,
+        )
+    package = tmp_path / "walk.hpkg"
+    built = _hpkg("build", str(binaries["baseline"]), str(binaries["fixed"]), "-o", str(package))
+    assert built.returncode == 0, built.stderr
+    patched = tmp_path / "patched.exe"
+    assert _apply(package, binaries["baseline"], patched).returncode == 0
+    # frames_to_main() → work() (package code) → main: two frames up, as in the fixed build.
+    assert _wine_answer(binaries["fixed"], "7") == "2005"
+    assert _wine_answer(patched, "7") == "2005"
