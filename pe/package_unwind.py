@@ -14,7 +14,7 @@ import struct
 from dataclasses import dataclass
 
 from hpkg.errors import PackageError
-from hpkg.pe.pdata import RUNTIME_FUNCTION
+from hpkg.pe.pdata import RUNTIME_FUNCTION, UNWIND_INFO_HEADER
 
 COUNT = struct.Struct("<I")
 UNWIND_INFO_ALIGN = 4  # UNWIND_INFO is DWORD-aligned (Microsoft's x64 exception-handling documentation)
@@ -63,8 +63,13 @@ def decode_package_pdata(section: bytes, code_size: int) -> tuple[PackageRuntime
     for n, (begin, end, unwind) in enumerate(RUNTIME_FUNCTION.iter_unpack(section[COUNT.size : table_end])):
         if not begin < end <= code_size:
             raise PackageError(f"PE unwind section: entry {n} covers {begin}..{end}, outside the code")
-        if not table_end <= unwind < len(section) or unwind % UNWIND_INFO_ALIGN:
+        if not table_end <= unwind <= len(section) - UNWIND_INFO_HEADER.size or unwind % UNWIND_INFO_ALIGN:
             raise PackageError(f"PE unwind section: entry {n} names UNWIND_INFO at {unwind}, outside it")
+        version_flags, _, code_count, _ = UNWIND_INFO_HEADER.unpack_from(section, unwind)
+        size = UNWIND_INFO_HEADER.size + 2 * ((code_count + 1) & ~1)
+        if unwind + size > len(section) or version_flags >> 3:
+            # The builder copies only UNWIND_INFO without a handler or a chain (flags 0), whole.
+            raise PackageError(f"PE unwind section: entry {n}'s UNWIND_INFO is cut short or has flags")
         if out and begin < out[-1].end:
             raise PackageError(f"PE unwind section: entry {n} overlaps or precedes the one before")
         out.append(PackageRuntimeFunction(begin, end, unwind))

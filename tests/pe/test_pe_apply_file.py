@@ -184,8 +184,16 @@ def _wine_answer(binary: Path, request: str) -> str:
         text=True,
         env={**os.environ, **wine_environment()},
         timeout=120,
+        cwd=binary.parent,
     )
-    return run.stdout.strip()
+    return run.stdout.replace("\r", "").strip()
+
+
+def _mingw(output: Path, *arguments: str) -> Path:
+    output.parent.mkdir(parents=True, exist_ok=True)
+    command = ["x86_64-w64-mingw32-gcc", "-O2", *arguments, "-o", str(output)]
+    subprocess.run(command, check=True, capture_output=True)
+    return output
 
 
 def test_the_windows_unwinder_walks_through_package_code(pe_corpus, tmp_path) -> None:
@@ -213,3 +221,48 @@ def test_the_windows_unwinder_walks_through_package_code(pe_corpus, tmp_path) ->
     # frames_to_main() → work() (package code) → main: two frames up, as in the fixed build.
     assert _wine_answer(binaries["fixed"], "7") == "2005"
     assert _wine_answer(patched, "7") == "2005"
+
+
+def test_a_rebased_dll_finds_the_package_pointers_through_new_base_relocations(pe_corpus, tmp_path) -> None:
+    library = ("-shared", "-Wl,--build-id", "-Wl,--image-base,0x6f000000", str(PROGRAMS / "rebased_lib.c"))
+    baseline = _mingw(tmp_path / "baseline" / "lib.dll", *library)
+    fixed = _mingw(tmp_path / "fixed" / "lib.dll", "-DFIX", *library)
+    package = tmp_path / "lib.hpkg"
+    assert _hpkg("build", str(baseline), str(fixed), "-o", str(package)).returncode == 0
+    patched = tmp_path / "patched" / "lib.dll"
+    patched.parent.mkdir()
+    run = _hpkg(
+        "apply", str(package), "--allow-unsigned", "--file", str(baseline), "-o", str(patched), "--json"
+    )
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["relative_relocations"] == 4  # the four words of the new table
+    for directory in ("fixed", "patched"):
+        _mingw(tmp_path / directory / "host.exe", str(PROGRAMS / "rebased_host.c"))
+    fixed_answer = _wine_answer(tmp_path / "fixed" / "host.exe", "2\n9")
+    assert fixed_answer == "base moved\nTWO\nout of range"
+    assert _wine_answer(tmp_path / "patched" / "host.exe", "2\n9") == fixed_answer
+
+
+@pytest.mark.parametrize("damage", ["cut short", "entry outside the code", "a handler flag"])
+def test_a_damaged_pe_unwind_section_is_invalid_input(pe_packages, damage: str, tmp_path) -> None:
+    from dataclasses import replace
+
+    from hpkg.formats import write_package
+
+    sample = SAMPLES["14-threaded-server"]
+    package = read_package(pe_packages[sample.name].read_bytes()).package
+    unwind = bytearray(package.unwind)
+    if damage == "cut short":
+        unwind = unwind[:-2]
+    elif damage == "entry outside the code":
+        unwind[8:12] = (len(package.code) + 1).to_bytes(4, "little")  # EndAddress of the first entry
+    else:
+        first = int.from_bytes(unwind[12:16], "little")  # UnwindData of the first entry
+        unwind[first] |= 1 << 3  # UNW_FLAG_EHANDLER
+    damaged = tmp_path / "damaged.hpkg"
+    damaged.write_bytes(write_package(replace(package, unwind=bytes(unwind))))
+    output = tmp_path / "out.exe"
+    run = _apply(damaged, sample.binary("baseline", "ready"), output)
+    assert run.returncode == 3, run.stderr
+    assert "PE unwind section" in run.stderr and "Traceback" not in run.stderr
+    assert not output.exists()
