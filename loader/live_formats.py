@@ -1,9 +1,10 @@
-"""Which baselines the live loader handles: ELF. A Windows PE32+ package patches files only, for now.
+"""Which baselines the live loader applies to: ELF. A Windows PE32+ package patches files only, for now.
 
-Under Wine a PE image is mapped by a Linux process that ptrace reaches, but the live steps for it
-(finding the image by its header mapping, its IAT for imports, registering package `.pdata` with the
-process's unwinder) are not built (issue 12, item 4). Refused before anything is read from a process,
-with its own exit code (7), never as "no process maps the baseline".
+Under Wine a PE image is mapped by a Linux process that ptrace reaches, and `hpkg verify --pid` already
+finds it by its identity and checks its sites (loader/pe_process.py); the steps that change it (placement
+within ±2 GiB, imports through its IAT, registering package `.pdata` with Wine's unwinder, the switch)
+are not built (issue 12, item 4). Refused before anything is read from a process, with its own exit
+code (7), never as "no process maps the baseline".
 """
 
 from __future__ import annotations
