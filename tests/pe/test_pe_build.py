@@ -149,3 +149,22 @@ def test_a_stripped_pe_pair_builds_the_same_sites(pe_corpus, pe_packages) -> Non
         (f.baseline_address, f.pre_image) for f in ready.functions
     ]
     assert stripped.target.build_id == ready.target.build_id  # strip keeps the CodeView record
+
+
+def test_inspect_shows_a_pe_baseline_by_identity_image_base_and_rvas(pe_packages) -> None:
+    import json
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from json_contract import check_document
+
+    path = str(pe_packages["01-bounds-check"])
+    text = subprocess.run([sys.executable, "-m", "hpkg", "inspect", path], capture_output=True, text=True)
+    assert text.returncode == 0
+    assert "pe32+, identity " in text.stdout and "image base 0x140000000" in text.stdout
+    assert re.search(r"rva 0x[0-9a-f]+ \(0x1400[0-9a-f]+\)  read_slot", text.stdout)
+    as_json = subprocess.run(
+        [sys.executable, "-m", "hpkg", "inspect", path, "--json"], capture_output=True, text=True
+    )
+    document = json.loads(as_json.stdout)
+    check_document(document, "inspect")
+    assert document["format_version"] == "1.4" and document["target"]["image_base"] == 0x140000000
