@@ -33,7 +33,8 @@ from hpkg.loader.pe_file_write import (
     write_pe,
 )
 from hpkg.loader.placement import Placement, ResolvedImport, align, area_layout
-from hpkg.pe.constants import IMAGE_DIRECTORY_ENTRY_BASERELOC
+from hpkg.pe.constants import IMAGE_DIRECTORY_ENTRY_BASERELOC, IMAGE_DIRECTORY_ENTRY_SECURITY
+from hpkg.pe.identity import read_codeview
 from hpkg.pe.package_unwind import decode_package_pdata
 from hpkg.pe.pdata import RUNTIME_FUNCTION
 
@@ -51,6 +52,7 @@ class PeFileApplyResult:
     relocated: RelocatedImage
     added_imports: tuple[str, ...]
     base_relocations: int  # DIR64 entries added for absolute addresses in package data
+    signature_dropped: bool = False  # the baseline carried an Authenticode signature, which no longer matches
 
     def lines(self) -> list[str]:
         identity, placement = self.package.identity, self.relocated.placement
@@ -66,6 +68,10 @@ class PeFileApplyResult:
             result.append(f"{self.base_relocations} DIR64 base relocations added for absolute addresses")
         if self.added_imports:
             result.append(f"imports added to the import directory: {', '.join(self.added_imports)}")
+        if self.signature_dropped:
+            result.append(
+                "the baseline's Authenticode signature was dropped: it does not cover the patched file"
+            )
         return result
 
     def to_json(self) -> dict[str, object]:
@@ -100,7 +106,11 @@ def pe_carried_level(package: Package, pe: PeFile) -> tuple[str, int] | None:
     """The recorded package that makes applying `package` to the file a no-op: this very package, or a
     higher level, whose code every one of this package's sites jumps into (the rest of each pre-image
     intact), as for ELF (loader/file_apply.carried_level). None otherwise."""
-    if not package.target.is_pe or pe.build_id != package.target.build_id:
+    if not package.target.is_pe or not pe.applied_packages():
+        return None
+    # A CodeView identity survives patching; the fallback rule's (stamp, SizeOfImage, header digest) does
+    # not, and then the record and the jumps alone say what the file carries.
+    if read_codeview(pe.headers, pe.read_rva) is not None and pe.build_id != package.target.build_id:
         return None
     base = pe.headers.image_base
     for entry in reversed(pe.applied_packages()):
@@ -199,7 +209,10 @@ def apply_to_pe_file(package: Package, pe: PeFile, output: str | os.PathLike[str
     patched = write_pe(pe, relocated, additions)
     mode = pe.path.stat().st_mode & 0o777
     write_output(output, patched, mode, lambda written: _check_written(pe, relocated, Path(output), written))
-    return PeFileApplyResult(package, pe.path, Path(output), compat, relocated, missing, len(pointers))
+    signed = pe.headers.directory(IMAGE_DIRECTORY_ENTRY_SECURITY) != (0, 0)
+    return PeFileApplyResult(
+        package, pe.path, Path(output), compat, relocated, missing, len(pointers), signed
+    )
 
 
 def _pointer_rvas(relocated: RelocatedImage, base: int) -> list[int]:
@@ -219,7 +232,6 @@ def _pointer_rvas(relocated: RelocatedImage, base: int) -> list[int]:
 def _check_written(pe: PeFile, relocated: RelocatedImage, output: Path, written: bytes) -> None:
     """The written copy parses, keeps the baseline's CodeView identity and jumps where it should."""
     from hpkg.pe.headers import file_reader, parse_headers
-    from hpkg.pe.identity import read_codeview
 
     headers = parse_headers(file_reader(written), str(output))
     read = file_reader(written, headers)

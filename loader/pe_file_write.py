@@ -14,7 +14,8 @@ after the file's end:
   .hpkgrec  the record of what was applied (JSON), read-only
 
 The data directories IMPORT (when imports were added), EXCEPTION and BASERELOC point at the copies;
-NumberOfSections, SizeOfImage, SizeOfCode, SizeOfInitializedData and CheckSum are rewritten. The
+NumberOfSections, SizeOfImage, SizeOfCode, SizeOfInitializedData and CheckSum are rewritten; an
+Authenticode signature (the SECURITY directory), which no longer matches, is dropped. The
 header area must have room for three more section headers (mingw leaves it; MSVC leaves more).
 """
 
@@ -33,6 +34,7 @@ from hpkg.pe.constants import (
     IMAGE_DIRECTORY_ENTRY_BASERELOC,
     IMAGE_DIRECTORY_ENTRY_EXCEPTION,
     IMAGE_DIRECTORY_ENTRY_IMPORT,
+    IMAGE_DIRECTORY_ENTRY_SECURITY,
     IMAGE_REL_BASED_ABSOLUTE,
     IMAGE_REL_BASED_DIR64,
     IMAGE_SCN_CNT_CODE,
@@ -268,6 +270,10 @@ def write_pe(pe: PeFile, relocated: RelocatedImage, additions: PeAdditions) -> b
         )
     if additions.relocations[1]:
         directories[IMAGE_DIRECTORY_ENTRY_BASERELOC] = additions.relocations
+    if h.directory(IMAGE_DIRECTORY_ENTRY_SECURITY) != (0, 0):
+        # An Authenticode signature covers the bytes this copy changes: it would no longer verify, and a
+        # signature that fails is worse than none. The certificate bytes stay; the directory forgets them.
+        directories[IMAGE_DIRECTORY_ENTRY_SECURITY] = (0, 0)
     for index, (rva, size) in directories.items():
         if index >= len(h.directories):
             raise RefusedError(

@@ -266,3 +266,68 @@ def test_a_damaged_pe_unwind_section_is_invalid_input(pe_packages, damage: str, 
     assert run.returncode == 3, run.stderr
     assert "PE unwind section" in run.stderr and "Traceback" not in run.stderr
     assert not output.exists()
+
+
+def test_an_authenticode_signature_that_no_longer_matches_is_dropped(pe_packages, tmp_path) -> None:
+    sample = SAMPLES["01-bounds-check"]
+    key, certificate, signed = tmp_path / "key.pem", tmp_path / "cert.pem", tmp_path / "signed.exe"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(certificate),
+            "-days",
+            "2",
+            "-subj",
+            "/CN=hpkg test",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [
+            "osslsigncode",
+            "sign",
+            "-certs",
+            str(certificate),
+            "-key",
+            str(key),
+            "-in",
+            str(sample.binary("baseline", "ready")),
+            "-out",
+            str(signed),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    assert PeFile.open(signed).headers.directory(4) != (0, 0)  # IMAGE_DIRECTORY_ENTRY_SECURITY
+    output = tmp_path / "patched.exe"
+    run = _apply(pe_packages[sample.name], signed, output)
+    assert run.returncode == 0, run.stderr
+    assert "Authenticode signature was dropped" in run.stdout
+    assert PeFile.open(output).headers.directory(4) == (0, 0)
+    verified = subprocess.run(["osslsigncode", "verify", str(output)], capture_output=True, text=True)
+    assert "No signature found" in verified.stdout + verified.stderr
+
+
+def test_a_file_without_codeview_is_patched_once_and_then_carries_the_package(pe_corpus, tmp_path) -> None:
+    """Without a CodeView record the identity is the fallback rule's, which patching changes (the
+    headers do): the record and the jumps still say the file carries the package."""
+    source = PROGRAMS / "stack_walk.c"
+    baseline = _mingw(tmp_path / "baseline.exe", str(source))
+    fixed = _mingw(tmp_path / "fixed.exe", "-DFIX", str(source))
+    package = tmp_path / "walk.hpkg"
+    assert _hpkg("build", str(baseline), str(fixed), "-o", str(package)).returncode == 0
+    once, twice = tmp_path / "once.exe", tmp_path / "twice.exe"
+    assert _apply(package, baseline, once).returncode == 0
+    assert PeFile.open(once).build_id != PeFile.open(baseline).build_id
+    again = _hpkg("apply", str(package), "--allow-unsigned", "--file", str(once), "-o", str(twice), "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["changed"] is False and twice.read_bytes() == once.read_bytes()
