@@ -52,7 +52,12 @@ class PeFile:
             data = path.read_bytes()
         except OSError as exc:
             raise ImageError(f"{path}: cannot read: {exc.strerror}") from None
-        return cls(path, data, parse_headers(file_reader(data), str(path)))
+        headers = parse_headers(file_reader(data), str(path))
+        for s in headers.sections:
+            # A copy appends after the file's end: a section whose bytes the file lacks would overlap it.
+            if s.raw_size and s.raw_offset + s.raw_size > len(data):
+                raise ImageError(f"{path}: truncated PE file: section {s.name} ends past its end")
+        return cls(path, data, headers)
 
     @cached_property
     def read_rva(self) -> RvaReader:

@@ -33,7 +33,11 @@ from hpkg.loader.pe_file_write import (
     write_pe,
 )
 from hpkg.loader.placement import Placement, ResolvedImport, align, area_layout
-from hpkg.pe.constants import IMAGE_DIRECTORY_ENTRY_BASERELOC, IMAGE_DIRECTORY_ENTRY_SECURITY
+from hpkg.pe.constants import (
+    IMAGE_DIRECTORY_ENTRY_BASERELOC,
+    IMAGE_DIRECTORY_ENTRY_EXCEPTION,
+    IMAGE_DIRECTORY_ENTRY_SECURITY,
+)
 from hpkg.pe.identity import read_codeview
 from hpkg.pe.package_unwind import decode_package_pdata
 from hpkg.pe.pdata import RUNTIME_FUNCTION
@@ -244,7 +248,7 @@ def _check_written(pe: PeFile, relocated: RelocatedImage, output: Path, written:
         bytes_there = read(site.link_address, len(site.jump))
         if decode_jmp_rel32(site.address, bytes_there) != site.replacement:
             raise RefusedError(f"{output}: the jump of {site.name} did not land in the written copy")
-    rva, size = headers.directory(3)
+    rva, size = headers.directory(IMAGE_DIRECTORY_ENTRY_EXCEPTION)
     table = read(rva, size)
     begins = [b for b, _, _ in RUNTIME_FUNCTION.iter_unpack(table[: len(table) // 12 * 12])]
     if begins != sorted(begins):

@@ -22,10 +22,14 @@ from json_contract import check_document, check_error_document  # noqa: E402
 from pe_corpus import PeSample, WineConversation, load_pe_samples, wine_environment  # noqa: E402
 from sample_corpus import Launch  # noqa: E402
 
-from hpkg.errors import EXIT_NOT_YET_SUPPORTED, EXIT_REFUSED  # noqa: E402
+from hpkg.errors import EXIT_INVALID, EXIT_NOT_YET_SUPPORTED, EXIT_REFUSED  # noqa: E402
 from hpkg.formats import read_package  # noqa: E402
 from hpkg.loader.pe_file import PeFile  # noqa: E402
-from hpkg.pe.constants import IMAGE_DIRECTORY_ENTRY_EXCEPTION  # noqa: E402
+from hpkg.pe.constants import (  # noqa: E402
+    IMAGE_DIRECTORY_ENTRY_EXCEPTION,
+    IMAGE_DIRECTORY_ENTRY_IMPORT,
+    IMAGE_DIRECTORY_ENTRY_SECURITY,
+)
 from hpkg.pe.imports import import_slots  # noqa: E402
 from hpkg.pe.package_unwind import decode_package_pdata  # noqa: E402
 from hpkg.pe.pdata import runtime_functions  # noqa: E402
@@ -106,13 +110,18 @@ def test_package_code_gets_exception_entries_and_new_imports_a_descriptor(pe_pac
     old = runtime_functions(baseline.read_rva, *baseline.headers.directory(IMAGE_DIRECTORY_ENTRY_EXCEPTION))
     assert set(old) <= set(entries)
     # strchr, which the baseline never imported, has a slot now; the baseline's slots stayed where they were.
-    slots = {s.name: s.slot for s in import_slots(patched.read_rva, *patched.headers.directory(1), "patched")}
+    slots = {
+        s.name: s.slot
+        for s in import_slots(
+            patched.read_rva, *patched.headers.directory(IMAGE_DIRECTORY_ENTRY_IMPORT), "patched"
+        )
+    }
     assert "msvcrt.dll!strchr" in slots
     assert all(slots[name] == slot for name, slot in baseline.import_slots().items())
     assert patched.build_id == baseline.build_id
 
 
-@pytest.mark.parametrize("other", ["fixed build", "another program", "a changed site"])
+@pytest.mark.parametrize("other", ["fixed build", "another program", "a changed site", "truncated"])
 def test_a_file_that_is_not_the_baseline_is_refused_and_left_unchanged(
     pe_packages, other: str, tmp_path
 ) -> None:
@@ -122,6 +131,9 @@ def test_a_file_that_is_not_the_baseline_is_refused_and_left_unchanged(
         shutil.copyfile(sample.binary("fixed", "ready"), target)
     elif other == "another program":
         shutil.copyfile(SAMPLES["08-jump-table"].binary("baseline", "ready"), target)
+    elif other == "truncated":  # identity and sites intact, the last sections' bytes gone
+        data = sample.binary("baseline", "ready").read_bytes()
+        target.write_bytes(data[: len(data) * 3 // 4])
     else:  # the baseline, its identity intact, with one byte of the replaced function's entry changed
         shutil.copyfile(sample.binary("baseline", "ready"), target)
         pe = PeFile.open(target)
@@ -132,7 +144,7 @@ def test_a_file_that_is_not_the_baseline_is_refused_and_left_unchanged(
     before = hashlib.sha256(target.read_bytes()).digest()
     output = tmp_path / "out.exe"
     run = _apply(pe_packages[sample.name], target, output)
-    assert run.returncode == EXIT_REFUSED, run.stderr
+    assert run.returncode == (EXIT_INVALID if other == "truncated" else EXIT_REFUSED), run.stderr
     assert run.stderr.startswith("error: ") and "Traceback" not in run.stderr
     assert not output.exists()
     assert hashlib.sha256(target.read_bytes()).digest() == before
@@ -307,12 +319,12 @@ def test_an_authenticode_signature_that_no_longer_matches_is_dropped(pe_packages
         check=True,
         capture_output=True,
     )
-    assert PeFile.open(signed).headers.directory(4) != (0, 0)  # IMAGE_DIRECTORY_ENTRY_SECURITY
+    assert PeFile.open(signed).headers.directory(IMAGE_DIRECTORY_ENTRY_SECURITY) != (0, 0)
     output = tmp_path / "patched.exe"
     run = _apply(pe_packages[sample.name], signed, output)
     assert run.returncode == 0, run.stderr
     assert "Authenticode signature was dropped" in run.stdout
-    assert PeFile.open(output).headers.directory(4) == (0, 0)
+    assert PeFile.open(output).headers.directory(IMAGE_DIRECTORY_ENTRY_SECURITY) == (0, 0)
     verified = subprocess.run(["osslsigncode", "verify", str(output)], capture_output=True, text=True)
     assert "No signature found" in verified.stdout + verified.stderr
 
