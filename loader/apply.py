@@ -52,8 +52,10 @@ from hpkg.loader.live import (
     target_lock,
     wait_until_safe,
 )
+from hpkg.loader.live_formats import require_live_format
 from hpkg.loader.live_imports import ProcessImports
 from hpkg.loader.live_unwind import REASON, UnwindTarget, check_placement, find_unwind_target
+from hpkg.loader.pe_process import pe_baseline_images, pe_image_code_of_process
 from hpkg.loader.placement import AreaLayout, Placement, area_layout
 from hpkg.loader.process import Process, StoppedThreads
 from hpkg.loader.procfs import PAGE_SIZE, RuntimeImage, page_up
@@ -214,6 +216,7 @@ def apply_to_process(package: Package, pid: int, timeout: float = DEFAULT_TIMEOU
     An image that already carries the package (or a higher level for its baseline), every site still
     holding that record's jump, is left alone and reported: applying twice is not an error.
     """
+    require_live_format(package, "apply --pid")
     process = open_process(pid)
     with deferred_interrupts(), process, target_lock(pid, timeout):
         # STEP 1: the baseline images, and what hpkg already applied to them (records it can authenticate).
@@ -269,6 +272,9 @@ class ImageVerified:
 def check_process(package: Package, pid: int) -> list[ImageVerified]:
     """The compatibility check against every baseline image of process `pid`; stops and changes nothing."""
     process = open_process(pid)
+    if package.target.is_pe:
+        with process:
+            return _check_pe_process(process, package)
     with process:
         images = baseline_images(process, package)
         found = usable_records(find_records(process), pid)
@@ -288,6 +294,17 @@ def check_process(package: Package, pid: int) -> list[ImageVerified]:
                 find_unwind_target(process, image, current)
             verified.append(ImageVerified(image, compat))
         return verified
+
+
+def _check_pe_process(process: Process, package: Package) -> list[ImageVerified]:
+    """A Windows PE32+ package against a process under Wine: each image with the baseline's identity,
+    its sites proven function entries of its file and checked against its memory (loader/pe_process)."""
+    verified = []
+    for image in pe_baseline_images(process, package):
+        code = pe_image_code_of_process(process.pid, image)
+        compat = check_compatibility(package, ProcessImageReader(process, image), (), code)
+        verified.append(ImageVerified(image, compat))
+    return verified
 
 
 def _applied_levels(records: list[FoundRecord]) -> list[AppliedLevel]:

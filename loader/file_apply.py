@@ -17,7 +17,7 @@ from pathlib import Path
 from hpkg.arch.x86_64 import JMP_REL32_SIZE, PAGE_SIZE, decode_jmp_rel32
 from hpkg.atomic_output import write_output
 from hpkg.elf.file import ElfFile
-from hpkg.errors import ImageError
+from hpkg.errors import ImageError, IncompatibleTarget
 from hpkg.formats.model import Package
 from hpkg.loader.bounds import ImageCode, image_code
 from hpkg.loader.compat import AppliedLevel, CompatReport, carried_detail, check_compatibility, contains
@@ -25,6 +25,8 @@ from hpkg.loader.file_dynamic import DynamicLinking
 from hpkg.loader.file_imports import file_import_resolver
 from hpkg.loader.file_write import RECORD_SECTION, plan_segments, write_patched
 from hpkg.loader.link import RelocatedImage, relocate
+from hpkg.loader.pe_file import PeFile, is_pe_path
+from hpkg.loader.pe_file_apply import PeFileApplyResult, apply_to_pe_file, check_pe_file, pe_carried_level
 from hpkg.loader.placement import Placement, area_layout
 
 
@@ -208,7 +210,15 @@ def _jumps_into(elf: ElfFile, site: int, pre_image: bytes, start: int, end: int)
 
 def check_file(package: Package, binary: str | os.PathLike[str]) -> CompatReport | FileCarrying:
     """The compatibility check alone against a file (`hpkg verify --against`); changes nothing. A file
-    that already carries the package answers with what it carries."""
+    that already carries the package answers with what it carries. A Windows PE32+ file goes to
+    loader/pe_file_apply.py."""
+    if is_pe_path(binary):
+        pe = PeFile.open(binary)
+        pe_carried = pe_carried_level(package, pe)
+        if pe_carried is not None:
+            return FileCarrying(package, pe.path, pe.path, *pe_carried)
+        return check_pe_file(package, pe)
+    _refuse_pe_package(package, binary)
     elf = ElfFile(binary)
     applied = applied_packages(elf)
     carried = carried_level(package, elf, applied)
@@ -217,11 +227,25 @@ def check_file(package: Package, binary: str | os.PathLike[str]) -> CompatReport
     return check_compatibility(package, elf, _levels(applied), baseline_code(elf, applied, package))
 
 
+def _refuse_pe_package(package: Package, binary: str | os.PathLike[str]) -> None:
+    if package.target.is_pe:
+        raise IncompatibleTarget(f"{binary} is not a Windows PE image; the package is for a PE32+ baseline")
+
+
 def apply_to_file(
     package: Package, binary: str | os.PathLike[str], output: str | os.PathLike[str]
-) -> FileApplyResult | FileCarrying:
+) -> FileApplyResult | FileCarrying | PeFileApplyResult:
     """Write `output`: `binary` with `package` added and jumps at its patch sites; `binary` is not changed.
-    A file that already carries the package (or a higher level) is copied to `output` unchanged."""
+    A file that already carries the package (or a higher level) is copied to `output` unchanged. A
+    Windows PE32+ file goes to loader/pe_file_apply.py (same steps, PE sections instead of segments)."""
+    if is_pe_path(binary):
+        pe = PeFile.open(binary)
+        pe_carried = pe_carried_level(package, pe)
+        if pe_carried is not None:
+            write_output(output, pe.data, stat.S_IMODE(os.stat(pe.path).st_mode))
+            return FileCarrying(package, pe.path, Path(output), *pe_carried)
+        return apply_to_pe_file(package, pe, output)
+    _refuse_pe_package(package, binary)
     # STEP 1: the file is the package's baseline, site by site (or carries the level this one supersedes),
     # and every site is a function entry in its code (loader/bounds.py): proven before anything is written.
     elf = ElfFile(binary)
