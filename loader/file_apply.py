@@ -14,15 +14,16 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from hpkg.arch.x86_64 import JMP_REL32_SIZE, PAGE_SIZE, decode_jmp_rel32
+from hpkg.arch.x86_64 import PAGE_SIZE
 from hpkg.atomic_output import write_output
 from hpkg.elf.file import ElfFile
 from hpkg.errors import ImageError, IncompatibleTarget
 from hpkg.formats.model import Package
 from hpkg.loader.bounds import ImageCode, image_code
-from hpkg.loader.compat import AppliedLevel, CompatReport, carried_detail, check_compatibility, contains
+from hpkg.loader.compat import AppliedLevel, CompatReport, carried_detail, check_compatibility
 from hpkg.loader.file_dynamic import DynamicLinking
 from hpkg.loader.file_imports import file_import_resolver
+from hpkg.loader.file_result import applied_json, applied_lines, carried_entry
 from hpkg.loader.file_write import RECORD_SECTION, plan_segments, write_patched
 from hpkg.loader.link import RelocatedImage, relocate
 from hpkg.loader.pe_file import PeFile, is_pe_path
@@ -44,15 +45,10 @@ class FileApplyResult:
 
     def lines(self) -> list[str]:
         """Human summary for `hpkg apply`."""
-        identity, placement = self.package.identity, self.relocated.placement
-        result = [
-            f"applied {identity.package_id} (level {identity.patch_level}) to {self.binary}",
-            f"wrote {self.output}",
-            f"package code at {placement.code:#x} ({placement.layout.code_size} bytes), "
-            f"data at {placement.data:#x}, link addresses",
-        ]
-        for site in self.relocated.patch_sites:
-            result.append(f"  {site.name}: jmp at {site.link_address:#x} -> {site.replacement:#x}")
+        sites = [(s.name, s.link_address, s.replacement) for s in self.relocated.patch_sites]
+        result = applied_lines(
+            self.package, self.relocated, self.binary, self.output, "link addresses", sites
+        )
         if self.linking.relative:
             count = self.linking.relative
             result.append(f"{count} R_X86_64_RELATIVE relocations added for absolute addresses")
@@ -64,31 +60,19 @@ class FileApplyResult:
         return result
 
     def to_json(self) -> dict[str, object]:
-        identity, placement = self.package.identity, self.relocated.placement
-        layout = placement.layout
-        return {
-            "package_id": identity.package_id,
-            "patch_level": identity.patch_level,
-            "target": {"file": str(self.binary), "build_id": self.compat.build_id.hex()},
-            "output": str(self.output),
-            "changed": True,
-            "position_independent": self.position_independent,
-            "areas": {
-                "code": {"address": placement.code, "size": layout.code_size},
-                "rodata": {"address": placement.rodata, "size": layout.rodata_size},
-                "data": {"address": placement.data, "size": layout.data_size},
-                "bss": {"address": placement.bss, "size": layout.bss_size},
-            },
-            "patch_sites": [
-                {"function": s.name, "link_address": s.link_address, "replacement": s.replacement}
-                for s in self.relocated.patch_sites
-            ],
-            "relative_relocations": self.linking.relative,
-            "bound_imports": list(self.linking.bound_imports),
-            "relaxed_got_loads": self.relocated.relaxed,
-            "superseded": self.compat.superseded,
-            "compatibility": self.compat.to_json(),
-        }
+        sites = [(s.name, s.link_address, s.replacement) for s in self.relocated.patch_sites]
+        return applied_json(
+            self.package,
+            self.relocated,
+            self.compat,
+            self.binary,
+            self.output,
+            sites,
+            position_independent=self.position_independent,
+            relative_relocations=self.linking.relative,
+            bound_imports=self.linking.bound_imports,
+            superseded=self.compat.superseded,
+        )
 
 
 @dataclass(frozen=True)
@@ -104,7 +88,7 @@ class FileCarrying:
 
     @property
     def detail(self) -> str:
-        """"" when the file carries this package itself, else which higher level (containing it) it does."""
+        """ "" when the file carries this package itself, else which higher level (containing it) it does."""
         return carried_detail(self.package, self.package_id, self.patch_level)
 
     def verdict(self) -> str:
@@ -145,7 +129,9 @@ def applied_packages(elf: ElfFile) -> list[dict[str, object]]:
         document = json.loads(blob)
         entries = document["applied"]
         if document["format"] != RECORD_FORMAT or not all(
-            isinstance(e["package_id"], str) and isinstance(e["patch_level"], int) and len(e["code"]) == 2
+            isinstance(e["package_id"], str)
+            and isinstance(e["patch_level"], int)
+            and len(e["code"]) == 2
             and all(isinstance(a, int) and a >= 0 for a in e["code"])
             for e in entries
         ):
@@ -182,30 +168,11 @@ def baseline_code(elf: ElfFile, applied: list[dict[str, object]], package: Packa
 
 
 def carried_level(package: Package, elf: ElfFile, applied: list[dict[str, object]]) -> tuple[str, int] | None:
-    """The recorded package that makes applying `package` to the file a no-op: this very package, or a
-    higher level not superseded since, whose code every one of this package's sites jumps into (the bytes
-    after each jump still the pre-image's). Anything else is left to the compatibility check to refuse."""
+    """The recorded package that makes applying `package` to this ELF file a no-op (loader/file_result.py's
+    rule), for a file of the package's baseline; anything else is left to the compatibility check."""
     if elf.build_id != package.target.build_id:
         return None
-    superseded = {e.get("supersedes") for e in applied}
-    for entry in reversed(applied):
-        package_id, level = entry["package_id"], entry["patch_level"]
-        if package_id in superseded:
-            continue
-        if not contains(package, package_id, level):
-            continue
-        start, end = entry["code"]
-        if all(_jumps_into(elf, f.baseline_address, f.pre_image, start, end) for f in package.functions):
-            return package_id, level
-    return None
-
-
-def _jumps_into(elf: ElfFile, site: int, pre_image: bytes, start: int, end: int) -> bool:
-    found = elf.read(site, len(pre_image))
-    target = decode_jmp_rel32(site, found)
-    if target is None or not start <= target < end:
-        return False
-    return found[JMP_REL32_SIZE:] == pre_image[JMP_REL32_SIZE:]
+    return carried_entry(package, applied, elf.read)
 
 
 def check_file(package: Package, binary: str | os.PathLike[str]) -> CompatReport | FileCarrying:
@@ -286,4 +253,3 @@ def apply_to_file(
         position_independent=elf.position_independent,
         linking=linking,
     )
-

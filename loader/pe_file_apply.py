@@ -14,11 +14,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from hpkg.arch.x86_64 import JMP_REL32_SIZE, decode_jmp_rel32
+from hpkg.arch.x86_64 import decode_jmp_rel32
 from hpkg.atomic_output import write_output
 from hpkg.errors import IncompatibleTarget, RefusedError
 from hpkg.formats.model import ImportRecord, Package
 from hpkg.loader.compat import CompatReport, check_compatibility
+from hpkg.loader.file_result import applied_json, applied_lines, carried_entry
 from hpkg.loader.link import RelocatedImage, relocate
 from hpkg.loader.pe_file import PE_RECORD_FORMAT, PeFile
 from hpkg.loader.pe_file_write import (
@@ -59,15 +60,9 @@ class PeFileApplyResult:
     signature_dropped: bool = False  # the baseline carried an Authenticode signature, which no longer matches
 
     def lines(self) -> list[str]:
-        identity, placement = self.package.identity, self.relocated.placement
-        result = [
-            f"applied {identity.package_id} (level {identity.patch_level}) to {self.binary}",
-            f"wrote {self.output}",
-            f"package code at {placement.code:#x} ({placement.layout.code_size} bytes), "
-            f"data at {placement.data:#x}, at the image's preferred base (sections .hpkgtx, .hpkgdt)",
-        ]
-        for site in self.relocated.patch_sites:
-            result.append(f"  {site.name}: jmp at {site.address:#x} -> {site.replacement:#x}")
+        sites = [(s.name, s.address, s.replacement) for s in self.relocated.patch_sites]
+        where = "at the image's preferred base (sections .hpkgtx, .hpkgdt)"
+        result = applied_lines(self.package, self.relocated, self.binary, self.output, where, sites)
         if self.base_relocations:
             result.append(f"{self.base_relocations} DIR64 base relocations added for absolute addresses")
         if self.added_imports:
@@ -79,60 +74,31 @@ class PeFileApplyResult:
         return result
 
     def to_json(self) -> dict[str, object]:
-        identity, placement = self.package.identity, self.relocated.placement
-        layout = placement.layout
-        return {
-            "package_id": identity.package_id,
-            "patch_level": identity.patch_level,
-            "target": {"file": str(self.binary), "build_id": self.compat.build_id.hex()},
-            "output": str(self.output),
-            "changed": True,
-            "position_independent": True,
-            "areas": {
-                "code": {"address": placement.code, "size": layout.code_size},
-                "rodata": {"address": placement.rodata, "size": layout.rodata_size},
-                "data": {"address": placement.data, "size": layout.data_size},
-                "bss": {"address": placement.bss, "size": layout.bss_size},
-            },
-            "patch_sites": [
-                {"function": s.name, "link_address": s.address, "replacement": s.replacement}
-                for s in self.relocated.patch_sites
-            ],
-            "relative_relocations": self.base_relocations,
-            "bound_imports": list(self.added_imports),
-            "relaxed_got_loads": self.relocated.relaxed,
-            "superseded": None,
-            "compatibility": self.compat.to_json(),
-        }
+        sites = [(s.name, s.address, s.replacement) for s in self.relocated.patch_sites]
+        return applied_json(
+            self.package,
+            self.relocated,
+            self.compat,
+            self.binary,
+            self.output,
+            sites,
+            position_independent=True,
+            relative_relocations=self.base_relocations,
+            bound_imports=self.added_imports,
+            superseded=None,
+        )
 
 
 def pe_carried_level(package: Package, pe: PeFile) -> tuple[str, int] | None:
-    """The recorded package that makes applying `package` to the file a no-op: this very package, or a
-    higher level, whose code every one of this package's sites jumps into (the rest of each pre-image
-    intact), as for ELF (loader/file_apply.carried_level). None otherwise."""
+    """The recorded package that makes applying `package` to this PE file a no-op (loader/file_result.py's
+    rule, jumps relative to the preferred ImageBase). None otherwise."""
     if not package.target.is_pe or not pe.applied_packages():
         return None
     # A CodeView identity survives patching; the fallback rule's (stamp, SizeOfImage, header digest) does
     # not, and then the record and the jumps alone say what the file carries.
     if read_codeview(pe.headers, pe.read_rva) is not None and pe.build_id != package.target.build_id:
         return None
-    base = pe.headers.image_base
-    for entry in reversed(pe.applied_packages()):
-        package_id, level = entry["package_id"], entry["patch_level"]
-        if package_id != package.identity.package_id and level <= package.identity.patch_level:
-            continue
-        start, end = entry["code"]
-        if all(_jumps_into(pe, base, f.baseline_address, f.pre_image, start, end) for f in package.functions):
-            return package_id, level
-    return None
-
-
-def _jumps_into(pe: PeFile, base: int, site: int, pre_image: bytes, start: int, end: int) -> bool:
-    found = pe.read(site, len(pre_image))
-    target = decode_jmp_rel32(base + site, found)
-    return (
-        target is not None and start <= target < end and found[JMP_REL32_SIZE:] == pre_image[JMP_REL32_SIZE:]
-    )
+    return carried_entry(package, pe.applied_packages(), pe.read, pe.headers.image_base)
 
 
 def check_pe_file(package: Package, pe: PeFile) -> CompatReport:

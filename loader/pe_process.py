@@ -14,14 +14,13 @@ The first step of a live apply under Wine (issue 12, item 4); `hpkg verify --pid
 from __future__ import annotations
 
 import dataclasses
-import os
 
 from hpkg.errors import ImageError, IncompatibleTarget, TargetError
 from hpkg.formats.model import Package
-from hpkg.loader.bounds import ImageCode
+from hpkg.loader.bounds import ImageCode, mapped_file_of
 from hpkg.loader.pe_file import PeFile
 from hpkg.loader.process import Process
-from hpkg.loader.procfs import Mapping, RuntimeImage, permission_advice
+from hpkg.loader.procfs import Mapping, RuntimeImage
 from hpkg.loader.terminal import printable
 from hpkg.pe.constants import DOS_MAGIC
 from hpkg.pe.headers import memory_reader, parse_headers
@@ -81,15 +80,5 @@ def pe_baseline_images(process: Process, package: Package) -> list[RuntimeImage]
 
 def pe_image_code_of_process(pid: int, image: RuntimeImage) -> ImageCode:
     """The function entries of a process's PE image, from the file it mapped (its header mapping)."""
-    header = min(image.mappings, key=lambda m: m.start)
-    path = f"/proc/{pid}/map_files/{header.start:x}-{header.end:x}"
-    try:
-        os.close(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
-    except PermissionError:
-        raise TargetError(
-            f"permission denied reading the file of {image.path} mapped at {header.start:#x} ({path});"
-            f" {permission_advice()}"
-        ) from None
-    except OSError:
-        pass  # PeFile.open says why, in its words
+    path = mapped_file_of(pid, image)
     return dataclasses.replace(PeFile.open(path).image_code(), path=printable(image.path))
