@@ -69,7 +69,7 @@ class RelocatedWords:
     def __init__(self, relative: Iterable[tuple[int, int]]) -> None:
         last = dict(relative)
         self.addresses = array("Q", sorted(last))
-        self.values = array("Q", (last[a] for a in self.addresses))
+        self.values = array("q", (last[a] for a in self.addresses))
 
     def index(self, address: int) -> int | None:
         """The number of the word at `address`, if a relocation fills one there."""
@@ -195,7 +195,7 @@ class TargetResolver:
         """Sorted addresses that relocated pointer words hold: starts of tables and strings."""
         if self._pointer_targets is None:
             relative = self.image.dynamic_relocations.relative()
-            self._pointer_targets = array("Q", sorted({addend for _, addend in relative}))
+            self._pointer_targets = array("q", sorted({addend for _, addend in relative}))
         return self._pointer_targets
 
     def _digest_with_pointers(self, address: int, data: bytes) -> str:
