@@ -79,8 +79,9 @@ def pe_baseline_images(process: Process, package: Package) -> list[RuntimeImage]
     return found
 
 
-def pe_image_code_of_process(pid: int, image: RuntimeImage) -> ImageCode:
-    """The function entries of a process's PE image, from the file it mapped (its header mapping)."""
+def pe_image_file(pid: int, image: RuntimeImage) -> str:
+    """A path that opens the file a process's PE image was mapped from (its header mapping), checked
+    readable: /proc/PID/map_files reaches even a file since replaced or deleted."""
     header = min(image.mappings, key=lambda m: m.start)
     path = f"/proc/{pid}/map_files/{header.start:x}-{header.end:x}"
     try:
@@ -92,4 +93,10 @@ def pe_image_code_of_process(pid: int, image: RuntimeImage) -> ImageCode:
         ) from None
     except OSError:
         pass  # PeFile.open says why, in its words
-    return dataclasses.replace(PeFile.open(path).image_code(), path=printable(image.path))
+    return path
+
+
+def pe_image_code_of_process(pid: int, image: RuntimeImage) -> ImageCode:
+    """The function entries of a process's PE image, from the file it mapped (its header mapping)."""
+    code = PeFile.open(pe_image_file(pid, image)).image_code()
+    return dataclasses.replace(code, path=printable(image.path))
