@@ -37,7 +37,9 @@ load bias, the allocation and its areas, every patch site (runtime address, pre-
 replacement), the runtime range of every function of the package's code (the new code that
 `revert` must find no thread inside) and of every new variable (carried over to a superseding
 level), and, for a package with unwind rules, ld.so's `_dlfo_main` record address with its map_end
-and eh_frame words before and after (loader/live_unwind.py). Addresses are fixed-width hex strings,
+and eh_frame words before and after (loader/live_unwind.py), or, for a Windows package under Wine,
+ntdll's list of dynamic function tables, its lock and the package's entry in it (`wine_unwind`,
+loader/wine_unwind.py). Addresses are fixed-width hex strings,
 so the body's size is known before the allocation's address is.
 """
 
