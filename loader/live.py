@@ -246,11 +246,7 @@ def wait_until_safe(
     `freed` is memory the caller frees right after: no register or stack word may point into it.
     """
     try:
-        # A PE image runs under Wine: its threads' Windows frames may be off the stack rsp is on.
-        wine = not image.elf_type
-        with stop_when_safe(
-            process, replaced, windows, timeout=timeout, pointer_ranges=freed, wine_stacks=wine
-        ) as stopped:
+        with stop_when_safe(process, replaced, windows, timeout=timeout, pointer_ranges=freed) as stopped:
             yield stopped
     except ThreadsBusy as busy:
         raise explain_busy(process, busy, replaced, image, timeout) from None

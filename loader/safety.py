@@ -124,20 +124,17 @@ def check_threads(
     pointer_ranges: Sequence[CodeRange] = (),
     maps: StackMaps | None = None,
     log: RegisterLog | None = None,
-    wine_stacks: bool = False,
 ) -> SafetyReport:
     """Check every held thread's instruction pointer and stack against the replaced code.
 
     With `pointer_ranges`, also every general register and stack word against memory about to be freed.
     `maps` is an earlier read of the mappings, reused when they did not change; `log` holds registers
-    read as the threads stopped; `wine_stacks` adds the Windows stacks of Wine threads waiting on the Unix
-    side (loader/wine_threads.py).
+    read as the threads stopped.
     """
     scan_stacks = bool(replaced or pointer_ranges)
     maps = StackMaps.read(stopped.process.pid, maps) if scan_stacks else maps
     snapshot = take_snapshot(
-        stopped, maps or StackMaps(b"", (), (), ()), stack_scan_limit, bool(pointer_ranges), scan_stacks, log,
-        wine_stacks,
+        stopped, maps or StackMaps(b"", (), (), ()), stack_scan_limit, bool(pointer_ranges), scan_stacks, log
     )
     per_thread: dict[int, list[Offender]] = {t.tid: [] for t in snapshot.threads}
     for thread in snapshot.threads:
@@ -156,8 +153,8 @@ def check_threads(
             found.append(Offender(thread.tid, "(unreadable stack)", "stack pointer", thread.rsp))
     if scan_stacks:
         _check_stacks(snapshot, replaced, pointer_ranges, per_thread)
-    offenders = tuple(dict.fromkeys(o for t in snapshot.threads for o in per_thread[t.tid]))
-    return SafetyReport(offenders, len({t.tid for t in snapshot.threads}), maps)
+    offenders = tuple(o for t in snapshot.threads for o in per_thread[t.tid])
+    return SafetyReport(offenders, len(snapshot.threads), maps)
 
 
 def _check_stacks(
@@ -221,7 +218,6 @@ def stop_when_safe(
     retry_interval: float = 0.05,
     stack_scan_limit: int = DEFAULT_STACK_SCAN_LIMIT,
     pointer_ranges: Sequence[CodeRange] = (),
-    wine_stacks: bool = False,
 ) -> Iterator[StoppedThreads]:
     """Stop all threads at a moment when the check passes and hold them for the caller's switch.
 
@@ -246,7 +242,7 @@ def stop_when_safe(
             threads.stop(DEFAULT_STOP_TIMEOUT)
             threads.on_held = None
             report = check_threads(
-                threads, replaced, patch_windows, stack_scan_limit, pointer_ranges, maps, log, wine_stacks
+                threads, replaced, patch_windows, stack_scan_limit, pointer_ranges, maps, log
             )
             maps = report.maps
             if report.safe:

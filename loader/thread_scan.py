@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from hpkg.errors import TargetError
 from hpkg.loader import ptrace as pt
 from hpkg.loader.process import IOVec, StoppedThreads, libc
-from hpkg.loader.wine_threads import windows_frames
 
 IOV_MAX = 1024  # the kernel's limit of iovecs per process_vm_readv side
 WORD = 8
@@ -165,27 +164,21 @@ def take_snapshot(
     with_registers: bool,
     with_stacks: bool,
     log: RegisterLog | None = None,
-    wine_stacks: bool = False,
 ) -> Snapshot:
     """Read every held thread's rip, rsp (and general registers) and, with `with_stacks`, its stack.
 
-    Registers already in `log` (read at the thread's stop, unchanged since) are not read again. With
-    `wine_stacks` (a Windows program under Wine), a thread waiting on the Unix side gets a second entry
-    with the same tid: its saved Windows rip and its Windows stack (loader/wine_threads.py).
+    Registers already in `log` (read at the thread's stop, unchanged since) are not read again.
     """
     log = log if log is not None else RegisterLog(with_registers)
     values = log.values
     regs = [values[tid] if tid in values else log.record(tid) for tid in stopped.tids]
     spans: list[tuple[int, int] | None] = []
+    total = 0
     for _tid, _rip, rsp, _general in regs:
-        spans.append(maps.stack_span(rsp, stack_limit) if with_stacks else None)
-    if wine_stacks and with_stacks:
-        for tid, _rip, rsp, _general in list(regs):
-            frames = windows_frames(stopped, tid, rsp)
-            if frames is not None:
-                regs.append((tid, frames.rip or 0, frames.low, ()))
-                spans.append((frames.low, min(frames.high, frames.low + stack_limit)))
-    total = sum(span[1] - span[0] for span in spans if span is not None)
+        span = maps.stack_span(rsp, stack_limit) if with_stacks else None
+        spans.append(span)
+        if span is not None:
+            total += span[1] - span[0]
     buffer = bytearray(total)
     placed = _read_stacks(stopped, spans, buffer) if with_stacks else [None] * len(spans)
     threads = tuple(

@@ -175,19 +175,3 @@ def test_installing_a_windows_package_is_not_supported(pe_packages, tmp_path) ->
     check_error_document(run.stdout, "install", EXIT_NOT_YET_SUPPORTED, "not-yet-supported")
     assert "apply --all" in run.stdout
     assert not (store / "packages").exists() or not any((store / "packages").iterdir())
-
-
-def test_a_thread_waiting_on_the_unix_side_inside_a_replaced_function_is_found(pe_corpus, tmp_path) -> None:
-    """next_number() waits in fgets, its frames on the Windows stack while the thread's rsp is on Wine's
-    kernel stack: the safety check reads the saved Windows frame and refuses (exit 4), nothing changed."""
-    binaries = _builds(tmp_path, "blocked.c", {"baseline": (), "fixed": ("-DFIX",)})
-    package = _package(tmp_path, binaries["baseline"], binaries["fixed"])
-    with _Stdio(binaries["baseline"]) as program:
-        assert program.ask("41") == "41"  # now waiting for the next line, inside next_number
-        maps = Path(f"/proc/{program.pid}/maps").read_text()
-        run = hpkg("apply", package, "--allow-unsigned", "--pid", program.pid, "--timeout", "1")
-        assert run.returncode == EXIT_REFUSED, run.stderr
-        assert "next_number" in run.stderr and "unsafe to switch" in run.stderr
-        assert_running_untraced(program.pid)
-        assert Path(f"/proc/{program.pid}/maps").read_text() == maps
-        assert program.ask("41") == "41"
