@@ -117,8 +117,9 @@ def _walk(process: Process, head: int) -> list[int]:
 
 
 def entry_bytes(base: int, table: int, functions: list[tuple[int, int, int]]) -> bytes:
-    """The unlinked entry, then its RUNTIME_FUNCTIONs (RVAs from `base`), for an entry placed at `table`
-    - ENTRY.size; `functions` sorted by begin."""
+    """An unlinked entry (its links are written by `link_entry`) followed by its table: the
+    RUNTIME_FUNCTIONs `functions` (begin, end, unwind; offsets from `base`, sorted by begin), which the
+    entry expects at `table`, right after it."""
     end = base + (functions[-1][1] if functions else 0)
     head = ENTRY.pack(0, 0, base, end, table, len(functions), 0, 0, 0)
     return head + b"".join(RUNTIME_FUNCTION.pack(*f) for f in functions)
