@@ -18,8 +18,11 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from hpkg.errors import HpkgError
 from hpkg.loader import procfs
 from hpkg.loader.alloc import Allocation, find_allocations
+from hpkg.loader.pe_process import pe_images
+from hpkg.loader.process import Process
 from hpkg.loader.procfs import Mapping, RuntimeImage
 
 
@@ -103,6 +106,42 @@ def scan_for_baselines(build_ids: Iterable[str], pids: Iterable[int] | None = No
             if image.build_id in wanted:
                 affected.append(AffectedProcess(pid, command_of(pid), image))
     return Scan(tuple(affected), tuple(unreadable))
+
+
+def scan_for_pe_baselines(identities: Iterable[str], pids: Iterable[int] | None = None) -> Scan:
+    """Every process (of `pids`) running under Wine with a PE image whose identity is one of `identities`.
+
+    Wine maps a PE image's headers from its file at offset 0 (loader/pe_process.py); only processes
+    mapping such a file (a first page starting with MZ, read from the file) are read further, in memory.
+    """
+    wanted = {i.lower() for i in identities}
+    known: dict[tuple[str, int], bool] = {}  # file identity → starts with MZ
+    affected: list[AffectedProcess] = []
+    unreadable: list[int] = []
+    me = os.getpid()
+    for pid in process_ids() if pids is None else pids:
+        maps = _maps_of(pid, unreadable) if pid != me else ()
+        if not any(_is_mz(pid, m, known) for m in maps if m.offset == 0 and m.inode):
+            continue
+        try:
+            with Process(pid) as process:
+                images = pe_images(process)
+        except (HpkgError, OSError):
+            continue  # exited, or its memory cannot be read: not a target
+        affected += [AffectedProcess(pid, command_of(pid), i) for i in images if i.build_id in wanted]
+    return Scan(tuple(affected), tuple(unreadable))
+
+
+def _is_mz(pid: int, mapping: Mapping, known: dict[tuple[str, int], bool]) -> bool:
+    """Whether the file behind a mapping starts with the MZ magic (read once per file)."""
+    key = _file_key(mapping)
+    if key not in known:
+        try:
+            with open(f"/proc/{pid}/map_files/{mapping.start:x}-{mapping.end:x}", "rb") as f:
+                known[key] = f.read(2) == b"MZ"
+        except OSError:
+            return False
+    return known[key]
 
 
 @dataclass(frozen=True)

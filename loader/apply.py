@@ -37,7 +37,7 @@ from hpkg.errors import IncompatibleTarget, RefusedError, TargetError
 from hpkg.formats.model import Package
 from hpkg.loader import alloc
 from hpkg.loader.alloc import Allocation
-from hpkg.loader.bounds import check_record_sites, check_writes, image_code_of_process
+from hpkg.loader.bounds import ImageCode, check_record_sites, check_writes, image_code_of_process
 from hpkg.loader.compat import AppliedLevel, CompatReport, carried_detail, check_compatibility, contains
 from hpkg.loader.inject import PROT_EXEC, PROT_READ, PROT_WRITE, Injector
 from hpkg.loader.interrupts import deferred_interrupts, raise_if_interrupted
@@ -52,11 +52,11 @@ from hpkg.loader.live import (
     target_lock,
     wait_until_safe,
 )
-from hpkg.loader.live_formats import require_live_format
 from hpkg.loader.live_imports import ProcessImports
 from hpkg.loader.live_unwind import REASON, UnwindTarget, check_placement, find_unwind_target
+from hpkg.loader.pe_live_imports import PeProcessImports
 from hpkg.loader.pe_process import pe_baseline_images, pe_image_code_of_process
-from hpkg.loader.placement import AreaLayout, Placement, area_layout
+from hpkg.loader.placement import AreaLayout, ImportResolver, Placement, area_layout
 from hpkg.loader.process import Process, StoppedThreads
 from hpkg.loader.procfs import PAGE_SIZE, RuntimeImage, page_up
 from hpkg.loader.record import (
@@ -68,6 +68,7 @@ from hpkg.loader.record import (
     RecordState,
     SiteRecord,
     UnwindRegistration,
+    WineUnwindRegistration,
     encode,
     encoded_size,
     find_records,
@@ -78,6 +79,15 @@ from hpkg.loader.safety import CodeRange
 from hpkg.loader.switch import PreparedSwitch, SiteWrite, prepare_switch, switch_table
 from hpkg.loader.terminal import printable
 from hpkg.loader.unwind_table import merged_eh_frame_hdr, package_fdes
+from hpkg.loader.wine_unwind import (
+    ENTRY_SIZE,
+    WineUnwindList,
+    entry_bytes,
+    find_wine_unwind_list,
+    link_entry,
+    unlink_entry,
+)
+from hpkg.pe.package_unwind import decode_package_pdata
 
 RACED = "a patch site changed while hpkg prepared the package; nothing applied"
 
@@ -216,11 +226,11 @@ def apply_to_process(package: Package, pid: int, timeout: float = DEFAULT_TIMEOU
     An image that already carries the package (or a higher level for its baseline), every site still
     holding that record's jump, is left alone and reported: applying twice is not an error.
     """
-    require_live_format(package, "apply --pid")
     process = open_process(pid)
     with deferred_interrupts(), process, target_lock(pid, timeout):
         # STEP 1: the baseline images, and what hpkg already applied to them (records it can authenticate).
-        images = baseline_images(process, package)
+        # A Windows PE32+ baseline runs under Wine: its image is found by its identity (loader/pe_process).
+        images = _baseline_images(process, package)
         seal = RecordSeal.of(process)
         found = usable_records(find_records(process, seal), pid)
         done, carrying = [], []
@@ -272,11 +282,8 @@ class ImageVerified:
 def check_process(package: Package, pid: int) -> list[ImageVerified]:
     """The compatibility check against every baseline image of process `pid`; stops and changes nothing."""
     process = open_process(pid)
-    if package.target.is_pe:
-        with process:
-            return _check_pe_process(process, package)
     with process:
-        images = baseline_images(process, package)
+        images = _baseline_images(process, package)
         found = usable_records(find_records(process), pid)
         verified = []
         for image in images:
@@ -286,9 +293,11 @@ def check_process(package: Package, pid: int) -> list[ImageVerified]:
                 verified.append(ImageVerified(image, None, carried))
                 continue
             reader = ProcessImageReader(process, image)
-            code = image_code_of_process(process.pid, image)
+            code = _image_code(process, package, image)
             compat = check_compatibility(package, reader, _applied_levels(records), code)
-            if package.unwind:  # the unwind rules must be registrable too (refused here as apply would)
+            if package.unwind and package.target.is_pe:  # Wine's list must be found, as apply would
+                find_wine_unwind_list(process)
+            elif package.unwind:  # the unwind rules must be registrable too (refused here as apply would)
                 registered = _registered(records, _superseded(records, compat), package)
                 current = (registered.map_end, registered.eh_frame) if registered is not None else None
                 find_unwind_target(process, image, current)
@@ -296,15 +305,16 @@ def check_process(package: Package, pid: int) -> list[ImageVerified]:
         return verified
 
 
-def _check_pe_process(process: Process, package: Package) -> list[ImageVerified]:
-    """A Windows PE32+ package against a process under Wine: each image with the baseline's identity,
-    its sites proven function entries of its file and checked against its memory (loader/pe_process)."""
-    verified = []
-    for image in pe_baseline_images(process, package):
-        code = pe_image_code_of_process(process.pid, image)
-        compat = check_compatibility(package, ProcessImageReader(process, image), (), code)
-        verified.append(ImageVerified(image, compat))
-    return verified
+def _baseline_images(process: Process, package: Package) -> list[RuntimeImage]:
+    """The package's baseline images: by build-id (ELF), or by identity among a Wine process's PE images."""
+    return pe_baseline_images(process, package) if package.target.is_pe else baseline_images(process, package)
+
+
+def _image_code(process: Process, package: Package, image: RuntimeImage) -> ImageCode:
+    """The function entries of the image, from the file it was mapped from (ELF or PE, as the package's)."""
+    if package.target.is_pe:
+        return pe_image_code_of_process(process.pid, image)
+    return image_code_of_process(process.pid, image)
 
 
 def _applied_levels(records: list[FoundRecord]) -> list[AppliedLevel]:
@@ -340,7 +350,7 @@ def _apply_to_image(
         )
     # STEP 2: prove the running image is the baseline (or carries the level this package supersedes).
     # Every site is a function entry of the image, as its file says (loader/bounds.py).
-    code = image_code_of_process(process.pid, image)
+    code = _image_code(process, package, image)
     compat = check_compatibility(package, ProcessImageReader(process, image), _applied_levels(records), code)
     old = _superseded(records, compat)
     if old is not None:  # the superseded level's pre-images go back at its sites: entries of the image too
@@ -349,17 +359,21 @@ def _apply_to_image(
             f"the record of package {old.package_id}",
         )
 
-    # Unwind rules: proven registrable (or refused) before anything changes.
-    registered = _registered(records, old, package)
+    # Unwind rules: proven registrable (or refused) before anything changes. A Windows package's go into
+    # Wine's list of dynamic function tables (loader/wine_unwind.py), an ELF package's into ld.so's record.
+    wine_list = find_wine_unwind_list(process) if package.target.is_pe and package.unwind else None
+    if old is not None and old.wine_unwind is not None:
+        _same_wine_list(find_wine_unwind_list(process), old.wine_unwind)
+    registered = None if package.target.is_pe else _registered(records, old, package)
     target = None
-    if package.unwind or registered is not None:
+    if not package.target.is_pe and (package.unwind or registered is not None):
         current = (registered.map_end, registered.eh_frame) if registered is not None else None
         target = find_unwind_target(process, image, current)
 
     # STEP 3: place the package while the process runs. Ctrl-C is taken here or while waiting for a
     # safe moment (the allocation is then freed), never after the switch.
     raise_if_interrupted()
-    prepared = _prepare(process, package, image, seal, target if package.unwind else None, old)
+    prepared = _prepare(process, package, image, seal, target if package.unwind else None, old, wine_list)
     try:
         # STEP 4: a safe moment — no thread in a replaced function, nor in the superseded level's code.
         functions, windows = replaced_ranges(package, image)
@@ -387,6 +401,10 @@ def _apply_to_image(
             # every jump, checked, then the record marked applied. An exception undoes it all.
             if old is not None:
                 _carry_over(process, stopped, old, prepared.record)
+                if old.wine_unwind is not None:  # the superseded level's table leaves Wine's list
+                    unlink_entry(stopped, old.wine_unwind)
+            if prepared.record.wine_unwind is not None:  # Wine's unwinder finds the package's functions first
+                link_entry(stopped, prepared.record.wine_unwind)
             # The unwinder finds the package's FDEs before any jump leads there (or, when a lower level
             # registered some and this one has none, ld.so's record gets its startup words back).
             if prepared.record.unwind is not None:
@@ -434,6 +452,15 @@ def _registered(
     return old.unwind if old is not None else None
 
 
+def _same_wine_list(located: WineUnwindList, registered: WineUnwindRegistration) -> None:
+    """A record's Wine registration names the list ntdll has now; else it is not trusted to write there."""
+    if (located.list_head, located.lock) != (registered.list_head, registered.lock):
+        raise RefusedError(
+            f"{REASON}: a record names Wine's function-table list at {registered.list_head:#x}, ntdll's is at"
+            f" {located.list_head:#x}; nothing changed"
+        )
+
+
 def _site_writes(relocated: RelocatedImage, old: PatchRecord | None) -> list[SiteWrite]:
     """Every jump, and the pre-image back at each site of the superseded level this one no longer patches."""
     writes = [SiteWrite(s.address, s.jump) for s in relocated.patch_sites]
@@ -479,6 +506,8 @@ def _record_for(
     record_size: int,
     unwind: UnwindRegistration | None = None,
     index: tuple[int, int] | None = None,
+    wine_unwind: WineUnwindRegistration | None = None,
+    wine_entry: tuple[int, int] | None = None,
 ) -> PatchRecord:
     """The record of this placement (any placement gives the same encoded size)."""
     p, layout = relocated.placement, relocated.placement.layout
@@ -503,6 +532,7 @@ def _record_for(
             ("rodata", p.rodata, p.read_only_end),
             ("data", p.data, p.end),
             *((("unwind-index", *index),) if index is not None else ()),
+            *((("unwind-entry", *wine_entry),) if wine_entry is not None else ()),
         ),
         sites=tuple(
             SiteRecord(s.name, s.address, s.pre_image, s.jump, s.replacement) for s in relocated.patch_sites
@@ -510,6 +540,7 @@ def _record_for(
         code=tuple(code),
         objects=objects,
         unwind=unwind,
+        wine_unwind=wine_unwind,
     )
 
 
@@ -520,19 +551,27 @@ def _prepare(
     seal: RecordSeal,
     unwind: UnwindTarget | None = None,
     old: PatchRecord | None = None,
+    wine_list: WineUnwindList | None = None,
 ) -> Prepared:
     """Allocate near the image, relocate, write record, code and data, set protections; free on failure.
 
     With `unwind` (a package with unwind rules), the allocation lies above the image and ends with a
-    merged .eh_frame_hdr, which the switch registers in ld.so's record.
+    merged .eh_frame_hdr, which the switch registers in ld.so's record. With `wine_list` (a Windows
+    package with RUNTIME_FUNCTIONs), it ends with a read-write page holding the entry and table the
+    switch links into Wine's list.
     """
-    resolver = ProcessImports(process, image)
+    resolver: ImportResolver = PeProcessImports(process, image) if package.target.is_pe else ProcessImports(
+        process, image
+    )
     layout = area_layout(package, resolver)
+    functions = decode_package_pdata(package.unwind, len(package.code)) if wine_list is not None else ()
     # The record's size does not depend on addresses: measure it on a dry placement at 0.
     dry_unwind = UnwindRegistration(0, 0, 0, 0, 0) if unwind is not None else None
     dry_index = (0, 0) if unwind is not None else None
+    dry_wine = (WineUnwindRegistration(0, 0, 0), (0, 0)) if wine_list is not None else (None, None)
     sizing = _record_for(
-        package, image, Allocation(0, 0, ""), _dry_relocation(package, layout), 0, dry_unwind, dry_index
+        package, image, Allocation(0, 0, ""), _dry_relocation(package, layout), 0, dry_unwind, dry_index,
+        *dry_wine,
     )
     # The record, then room for the switch table (loader/switch.py) on the record's read-only pages.
     record_pages = page_up(encoded_size(sizing)) + PAGE_SIZE
@@ -542,6 +581,10 @@ def _prepare(
         entries = len(unwind.baseline.table) + count_fdes(package.unwind)
         index_size = EH_FRAME_HDR.size + EH_FRAME_HDR_ENTRY.size * entries
         size += page_up(index_size)
+    entry_offset, entry_size = size, 0
+    if wine_list is not None:  # Wine's list entry and its RUNTIME_FUNCTIONs, on a read-write page at the end
+        entry_size = len(entry_bytes(0, 0, [(0, 0, 0)] * len(functions)))
+        size += page_up(entry_size)
     # Unique per attempt: an allocation a killed loader left behind must never merge with this one
     # (/proc/PID/maps is grouped by name to find allocations).
     name = f"hpkg-{package.identity.package_id}-{image.start:x}-{secrets.token_hex(3)}"
@@ -560,7 +603,13 @@ def _prepare(
                     unwind.record_address, unwind.original_end, unwind.original_eh_frame,
                     map_end=allocation.end, eh_frame=index[0],
                 )
-            record = _record_for(package, image, allocation, relocated, record_pages, registration, index)
+            wine, wine_entry, entry_blob = None, None, b""
+            if wine_list is not None:
+                wine_entry = (allocation.start + entry_offset, allocation.start + entry_offset + entry_size)
+                wine = wine_list.registration(wine_entry[0])
+                entry_blob = _wine_entry(allocation, placement, functions, wine_entry[0])
+            record = _record_for(package, image, allocation, relocated, record_pages, registration, index,
+                                 wine, wine_entry)
             writes = [
                 (allocation.start, encode(record, RecordState.PREPARED, seal)),
                 (placement.code, relocated.code),
@@ -568,6 +617,7 @@ def _prepare(
                 (placement.unwind, relocated.unwind),
                 (placement.data, relocated.data),
                 *([(index[0], table)] if index is not None else []),
+                *([(wine_entry[0], entry_blob)] if wine_entry is not None else []),
             ]
             # Every byte goes inside the package's own allocation (proven before the first write), the
             # record first: from here on, whatever happens, the allocation says what it is.
@@ -581,6 +631,17 @@ def _prepare(
                 alloc.free(injector, allocation)
             raise
     return Prepared(allocation, relocated, record)
+
+
+def _wine_entry(allocation: Allocation, placement: Placement, functions, entry: int) -> bytes:
+    """Wine's list entry for the package's code and its RUNTIME_FUNCTIONs, relative to the allocation's
+    start (a RUNTIME_FUNCTION holds 32-bit offsets from its table's base)."""
+    base = allocation.start
+    table = [
+        (placement.code - base + f.begin, placement.code - base + f.end, placement.unwind - base + f.unwind)
+        for f in functions
+    ]
+    return entry_bytes(base, entry + ENTRY_SIZE, table)
 
 
 def _search_table(unwind: UnwindTarget, relocated: RelocatedImage, address: int) -> bytes:
@@ -605,7 +666,10 @@ def _dry_relocation(package: Package, layout: AreaLayout) -> RelocatedImage:
 def _protect(injector: Injector, allocation: Allocation, record: PatchRecord) -> None:
     """Final protections: record r--, code r-x, rodata r--, data and bss rw-."""
     rw, rx = PROT_READ | PROT_WRITE, PROT_READ | PROT_EXEC
-    prot = {"record": PROT_READ, "code": rx, "rodata": PROT_READ, "data": rw, "unwind-index": PROT_READ}
+    prot = {
+        "record": PROT_READ, "code": rx, "rodata": PROT_READ, "data": rw, "unwind-index": PROT_READ,
+        "unwind-entry": rw,  # Wine rewrites a list entry's links when its neighbours come and go
+    }
     for name, start, end in record.areas:
         start_page = start & ~(PAGE_SIZE - 1)
         length = page_up(end) - start_page

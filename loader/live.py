@@ -155,6 +155,8 @@ def replaced_ranges(package: Package, image: RuntimeImage) -> tuple[list[CodeRan
 
 def _entry_point(process: Process, image: RuntimeImage) -> int | None:
     """The runtime address of the image's ELF entry (e_entry), read from its mapped header."""
+    if not image.elf_type:  # a PE image under Wine (loader/pe_process): no ELF entry stub to step over
+        return None
     try:
         (entry,) = struct.unpack("<Q", process.read(image.start + 24, 8))
     except TargetError:

@@ -37,7 +37,9 @@ load bias, the allocation and its areas, every patch site (runtime address, pre-
 replacement), the runtime range of every function of the package's code (the new code that
 `revert` must find no thread inside) and of every new variable (carried over to a superseding
 level), and, for a package with unwind rules, ld.so's `_dlfo_main` record address with its map_end
-and eh_frame words before and after (loader/live_unwind.py). Addresses are fixed-width hex strings,
+and eh_frame words before and after (loader/live_unwind.py), or, for a Windows package under Wine,
+ntdll's list of dynamic function tables, its lock and the package's entry in it (`wine_unwind`,
+loader/wine_unwind.py). Addresses are fixed-width hex strings,
 so the body's size is known before the allocation's address is.
 """
 
@@ -125,6 +127,17 @@ class UnwindRegistration:
         ]
 
 
+@dataclass(frozen=True)
+class WineUnwindRegistration:
+    """A Windows package's function table linked into Wine's list of dynamic function tables (ntdll's
+    `dynamic_unwind_list`, under its `dynamic_unwind_section` lock): both addresses, and the entry's,
+    which lies in the package memory (loader/wine_unwind.py)."""
+
+    list_head: int
+    lock: int
+    entry: int
+
+
 def _q(value: int) -> bytes:
     return struct.pack("<Q", value)
 
@@ -145,6 +158,7 @@ class PatchRecord:
     code: tuple[CodeRecord, ...]
     objects: tuple[CodeRecord, ...] = ()  # the package's new variables: (name, start, end) in rodata/data/bss
     unwind: UnwindRegistration | None = None  # ld.so's record changed so the unwinder finds package FDEs
+    wine_unwind: WineUnwindRegistration | None = None  # under Wine: the package's table in ntdll's list
 
     def to_body(self) -> bytes:
         """The canonical JSON body, addresses as fixed-width hex so the size does not depend on them."""
@@ -170,6 +184,9 @@ class PatchRecord:
             u = self.unwind
             words = (u.address, u.original_end, u.original_eh_frame, u.map_end, u.eh_frame)
             document["unwind"] = [_hex(w) for w in words]
+        if self.wine_unwind is not None:
+            w = self.wine_unwind
+            document["wine_unwind"] = [_hex(v) for v in (w.list_head, w.lock, w.entry)]
         return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
 
     @classmethod
@@ -194,6 +211,11 @@ class PatchRecord:
             code=tuple(CodeRecord(str(n), int(s, 16), int(e, 16)) for n, s, e in d["code"]),
             objects=tuple(CodeRecord(str(n), int(s, 16), int(e, 16)) for n, s, e in d["objects"]),
             unwind=UnwindRegistration(*(int(v, 16) for v in d["unwind"])) if "unwind" in d else None,
+            wine_unwind=(
+                WineUnwindRegistration(*(int(v, 16) for v in d["wine_unwind"]))
+                if "wine_unwind" in d
+                else None
+            ),
         )
 
     def area(self, name: str) -> tuple[int, int]:
@@ -215,13 +237,14 @@ class RecordInvalid(ValueError):
 # Limits of a body `to_body` writes: its deepest nesting (object > list > object or list) and its sizes.
 MAX_DEPTH = 3
 MAX_AREAS = 8
-AREA_NAMES = frozenset({"record", "code", "rodata", "data", "unwind-index"})
+AREA_NAMES = frozenset({"record", "code", "rodata", "data", "unwind-index", "unwind-entry"})
 _HEX_WORD = re.compile(r"0x[0-9a-f]{16}")
 _HEX_BYTES = re.compile(r"(?:[0-9a-f]{2})*")
 _KEYS = frozenset({
     "package_id", "patch_level", "supersedes", "build_id", "image_path", "load_bias", "allocation", "areas",
-    "sites", "code", "objects", "unwind",
+    "sites", "code", "objects", "unwind", "wine_unwind",
 })
+_OPTIONAL_KEYS = frozenset({"unwind", "wine_unwind"})
 _SITE_KEYS = frozenset({"function", "address", "pre_image", "jump", "replacement"})
 
 
@@ -289,7 +312,7 @@ def _range(value: Any, where: str, names: frozenset[str] | None = None) -> None:
 
 def _validate(d: Any) -> dict[str, Any]:
     """Every field of a parsed body has the type, size and count `to_body` gives it; RecordInvalid if not."""
-    if not isinstance(d, dict) or not {k for k in _KEYS if k != "unwind"} <= d.keys() <= _KEYS:
+    if not isinstance(d, dict) or not _KEYS - _OPTIONAL_KEYS <= d.keys() <= _KEYS:
         raise RecordInvalid("not a record body (fields missing or unknown)")
     _text(d["package_id"], "package_id", 256)
     level = d["patch_level"]
@@ -325,6 +348,12 @@ def _validate(d: Any) -> dict[str, Any]:
             raise RecordInvalid("unwind: expected 5 words")
         for n, word in enumerate(words):
             _word(word, f"unwind[{n}]")
+    if "wine_unwind" in d:
+        words = _list(d["wine_unwind"], "wine_unwind", 3)
+        if len(words) != 3:
+            raise RecordInvalid("wine_unwind: expected 3 words")
+        for n, word in enumerate(words):
+            _word(word, f"wine_unwind[{n}]")
     return d
 
 
@@ -337,6 +366,11 @@ def _inside(record: PatchRecord, allocation: Allocation) -> str:
     for name, start, end in (*record.areas, *code):
         if not allocation.start <= start <= end <= allocation.end:
             return f"its {name} area lies outside its allocation"
+    if record.wine_unwind is not None:
+        names = {name for name, _, _ in record.areas}
+        start, end = record.area("unwind-entry") if "unwind-entry" in names else (0, 0)
+        if not start <= record.wine_unwind.entry < end:
+            return "its function table entry lies outside its unwind-entry area"
     return ""
 
 

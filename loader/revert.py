@@ -30,6 +30,7 @@ from hpkg.loader.alloc import Allocation
 from hpkg.loader.bounds import check_record_sites, image_code_of_process
 from hpkg.loader.interrupts import deferred_interrupts
 from hpkg.loader.live import DEFAULT_TIMEOUT, free_allocations, open_process, target_lock, wait_until_safe
+from hpkg.loader.pe_process import pe_image_code_of_process, pe_images
 from hpkg.loader.process import Process
 from hpkg.loader.procfs import RuntimeImage, list_images
 from hpkg.loader.record import (
@@ -43,6 +44,7 @@ from hpkg.loader.record import (
 from hpkg.loader.safety import CodeRange
 from hpkg.loader.switch import PreparedSwitch, SiteWrite, prepare_switch, switch_table
 from hpkg.loader.terminal import printable
+from hpkg.loader.wine_unwind import find_wine_unwind_list, unlink_entry
 
 
 @dataclass(frozen=True)
@@ -226,13 +228,21 @@ def _check_stack(process: Process, stack: list[PatchRecord], unauthenticated: se
     top = stack[-1]
     key = (top.build_id, top.load_bias)
     image = next((i for i in list_images(process.pid) if (i.build_id, i.load_bias) == key), None)
-    if image is None:
+    code = image_code_of_process(process.pid, image) if image is not None else None
+    if image is None:  # a Windows program under Wine: its PE image, by identity and base
+        image = next((i for i in pe_images(process) if (i.build_id, i.load_bias) == key), None)
+        code = pe_image_code_of_process(process.pid, image) if image is not None else None
+    if image is None or code is None:
         raise TargetError(f"image {printable(top.image_path)} is no longer mapped in process {process.pid}")
-    code = image_code_of_process(process.pid, image)
     for record in stack:
         what = f"the record of package {printable(record.package_id)}"
-        if record.package_id in unauthenticated and record.unwind is not None:
-            raise RefusedError(f"{what} is unauthenticated and names ld.so's unwind record; nothing written")
+        names_unwinder = record.unwind is not None or record.wine_unwind is not None
+        if record.package_id in unauthenticated and names_unwinder:
+            raise RefusedError(f"{what} is unauthenticated and names an unwinder's record; nothing written")
+        if record.wine_unwind is not None:  # it writes only into the list ntdll has now
+            located = find_wine_unwind_list(process)
+            if (located.list_head, located.lock) != (record.wine_unwind.list_head, record.wine_unwind.lock):
+                raise RefusedError(f"{what} names a function-table list ntdll does not have; nothing written")
         sites = [(s.function, image.link_address(s.address), len(s.pre_image)) for s in record.sites]
         check_record_sites(sites, code, what)
     return image
@@ -264,6 +274,9 @@ def _revert_stack(
         # stop, get their pre-images back, checked. An exception undoes it all.
         for address, word in _unwind_restores(process, stack):
             stopped.write(address, word)
+        for record in stack:  # Wine's unwinder stops looking in the package's tables
+            if record.wine_unwind is not None:
+                unlink_entry(stopped, record.wine_unwind)
         method = switch.run(stopped, "patch sites changed while hpkg waited for a safe moment; none reverted")
     pause = stopped.pause
     # STEP 6: nothing jumps into the package memory any more, and no thread was inside it.

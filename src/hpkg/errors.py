@@ -114,7 +114,7 @@ class TargetError(HpkgError):
 
 
 class NotYetSupported(HpkgError):
-    """A package this command does not handle yet: a Windows PE one given to a live apply or install."""
+    """A package this command does not handle yet: a Windows PE one given to install (the agent)."""
 
     code: str = "not-yet-supported"
     exit_code = EXIT_NOT_YET_SUPPORTED

@@ -18,11 +18,11 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from json_contract import check_document, check_error_document  # noqa: E402
+from json_contract import check_document  # noqa: E402
 from pe_corpus import PeSample, WineConversation, load_pe_samples, wine_environment  # noqa: E402
 from sample_corpus import Launch  # noqa: E402
 
-from hpkg.errors import EXIT_INVALID, EXIT_NOT_YET_SUPPORTED, EXIT_REFUSED  # noqa: E402
+from hpkg.errors import EXIT_INVALID, EXIT_REFUSED  # noqa: E402
 from hpkg.formats import read_package  # noqa: E402
 from hpkg.loader.pe_file import PeFile  # noqa: E402
 from hpkg.pe.constants import (  # noqa: E402
@@ -170,19 +170,6 @@ def test_applying_again_changes_nothing_and_another_package_is_refused(pe_packag
     assert (tmp_path / "again.exe").read_bytes() == once.read_bytes()
     other = _apply(pe_packages["08-jump-table"], once, tmp_path / "other.exe")
     assert other.returncode == EXIT_REFUSED and not (tmp_path / "other.exe").exists()
-
-
-@pytest.mark.parametrize("target", [("--pid", str(os.getpid())), ("--all",)], ids=["pid", "all"])
-def test_a_live_apply_of_a_pe_package_is_not_supported_yet(pe_packages, target) -> None:
-    package = str(pe_packages["01-bounds-check"])
-    run = _hpkg("apply", package, "--allow-unsigned", *target)
-    assert run.returncode == EXIT_NOT_YET_SUPPORTED
-    assert [
-        line for line in run.stderr.splitlines() if line.startswith("error: ")
-    ] == run.stderr.splitlines()[-1:]
-    assert "apply --file" in run.stderr and "Traceback" not in run.stderr
-    as_json = _hpkg("apply", package, "--allow-unsigned", *target, "--json")
-    check_error_document(as_json.stdout, "apply", EXIT_NOT_YET_SUPPORTED, "not-yet-supported")
 
 
 PROGRAMS = Path(__file__).resolve().parent / "programs"

@@ -65,7 +65,9 @@ def command(
     --pid, switch a running process to the fix (all threads stopped only for the safety check and the
     switch; the pause is reported); with --all, every process of the machine that maps the baseline,
     including a file deleted or replaced on disk since it started, each on its own (one line per
-    process: pid, command, image, outcome, reason, pause; then a summary).
+    process: pid, command, image, outcome, reason, pause; then a summary). A Windows PE32+ package
+    patches a .exe (--file) or a Windows program running under Wine (--pid, --all), found by its
+    image's identity (CodeView GUID and age).
 
     Applying is idempotent: a process or a --file input that already carries the package, or a higher
     level for the same baseline, is reported "already applied" (changed: false in --json) and counts as

@@ -36,7 +36,8 @@ def command(
     (changed: false in --json).
 
     Exit codes: 0 installed or already installed, 2 usage, 3 invalid, tampered, unsigned or wrongly
-    signed package (or a package id that cannot name a file), 6 the store cannot be written.
+    signed package (or a package id that cannot name a file), 6 the store cannot be written, 7 a Windows
+    PE32+ package (the agent does not patch programs under Wine; `hpkg apply PKG --all` does).
     """
     if key is not None and allow_unsigned:
         raise click.UsageError("--key and --allow-unsigned exclude each other")

@@ -18,6 +18,10 @@
 
 int main(void);
 
+#ifdef TAG /* a string that makes one test run's build (and so its identity) its own */
+const char build_tag[] __attribute__((used)) = TAG;
+#endif
+
 __attribute__((noinline)) int frames_to_main(void)
 {
     void *frames[62];
