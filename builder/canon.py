@@ -180,7 +180,11 @@ def finish_canonical(
         if t[0] is rodata and t[4] and t[4].startswith("?"):
             content = resolver.rodata_content(t[3], int(t[4][1:]), boundaries)
             table.replace(i, Target(t[0], t[1], t[2], t[3], content))
-    key_reprs = [repr(hash_key(t)) for t in targets]
+    # One text per distinct key (every unnamed function's start is ("function", "sub", 0)): a large
+    # library's table has hundreds of thousands of entries and a fraction of that many distinct keys.
+    distinct: dict[str, str] = {}
+    key_reprs = [distinct.setdefault(text, text) for text in map(repr, map(hash_key, targets))]
+    del distinct
     internal_reprs: dict[int, str] = {}
     for c in functions:
         parts = []

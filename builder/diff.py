@@ -114,6 +114,7 @@ def diff_images(
     data_changes = diff_data(old, new, old_canonical, new_canonical, function_twins, data_twins)
     old.release_pages()
     new.release_pages()
+    release_freed_memory()  # the data stages' scratch, before the caller's report is written
     return DiffResult(old, new, mode, pairs, data_changes, function_twins, data_twins, anonymous_data)
 
 

@@ -188,17 +188,10 @@ def _match_call_graph(matching: Matching) -> None:
         return  # nothing left to pair (a rebuild, or a fix that only changed code)
     old_by_address = {c.function.address: c for c in matching.old}
     new_by_address = {c.function.address: c for c in matching.new}
-    # Each caller once per callee (callee lists hold each function once): lists, not sets, which cost
-    # twice as much. Only callers without a twin are ever used (and a function with one keeps it), so
-    # only theirs are listed.
-    callers_old: dict[int, list[int]] = defaultdict(list)
-    callers_new: dict[int, list[int]] = defaultdict(list)
-    for c in matching.unmatched_old():
-        for address, _ in matching.callees(c):
-            callers_old[address].append(c.function.address)
-    for c in matching.unmatched_new():
-        for address, _ in matching.callees(c):
-            callers_new[address].append(c.function.address)
+    # Each caller once per callee (callee lists hold each function once). Only callers without a twin
+    # are ever used (and a function with one keeps it), so only theirs are listed.
+    callers_old = _callers(matching, matching.unmatched_old())
+    callers_new = _callers(matching, matching.unmatched_new())
     # A pair whose two sides do not both refer to a function without a twin aligns nothing; nor
     # does one without callers without a twin on both sides pair callers: those are left out.
     old_open = _with_callee_without_twin(matching.old, lambda a: a not in matching.pairs)
@@ -214,8 +207,8 @@ def _match_call_graph(matching: Matching) -> None:
         for old_address, new_address in pending:
             o, n = old_by_address[old_address], new_by_address[new_address]
             # Callers too: a unique unmatched caller on each side of a matched pair is a pair.
-            co = [x for x in callers_old.get(old_address, ()) if x not in matching.pairs]
-            cn = [x for x in callers_new.get(new_address, ()) if x not in matching.taken]
+            co = [x for x in _callers_of(callers_old, old_address) if x not in matching.pairs]
+            cn = [x for x in _callers_of(callers_new, new_address) if x not in matching.taken]
             if len(co) == 1 and len(cn) == 1 and not (
                 old_by_address[co[0]].function.named and new_by_address[cn[0]].function.named
             ):
@@ -246,6 +239,35 @@ def _match_call_graph(matching: Matching) -> None:
                         matching.add(old_by_address[oa], new_by_address[na], "call-graph")
                         next_round.append((oa, na))
         pending = next_round
+
+
+Callers = dict[int, "int | list[int]"]  # callee address → its caller's address, or a list of several
+
+
+def _callers(matching: Matching, functions: list[CanonicalFunction]) -> Callers:
+    """Who calls each function, among `functions`. Most functions have one caller: its address is
+    the entry itself, and only a second caller makes a list (a list per callee cost ~90 bytes, and a
+    large image's call-graph pass lists hundreds of thousands of callees)."""
+    callers: Callers = {}
+    for c in functions:
+        caller = c.function.address
+        for address, _ in matching.callees(c):
+            found = callers.get(address)
+            if found is None:
+                callers[address] = caller
+            elif isinstance(found, list):
+                found.append(caller)
+            else:
+                callers[address] = [found, caller]
+    return callers
+
+
+def _callers_of(callers: Callers, address: int) -> tuple[int, ...] | list[int]:
+    """The callers listed for `address`, in the order they were listed."""
+    found = callers.get(address)
+    if found is None:
+        return ()
+    return found if isinstance(found, list) else (found,)
 
 
 def _aligned(a: tuple[CalleeEntry, ...], b: tuple[CalleeEntry, ...]) -> list[tuple[int, int]]:
