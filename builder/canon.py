@@ -281,11 +281,15 @@ def _canonicalize_image(
             decoded = 0
     if progress:
         progress(len(functions) % 256)
+    relocations = None  # each round indexes them again, with the functions it adds
     for _ in range(_DISCOVERY_ROUNDS):
         found = _uncovered_code(table)
         if not found:
             break
-        resolver, out = _add_functions(image, resolver, out, found, use_relocations, table, forms)
+        # Each round resolves with a resolver of its own (its cache knows the uncovered code as
+        # such): the last one's cache goes first, or both would be held at once (tens of MiB).
+        resolver = None
+        resolver, out = _add_functions(image, out, found, use_relocations, table, forms)
     canonical = finish_canonical(resolver, out, table)
     table.finder = reference_finder(image, tuple(c.function for c in canonical), use_relocations)
     table.seal()
@@ -333,7 +337,6 @@ def _uncovered_code(table: TargetTable) -> set[int]:
 
 def _add_functions(
     image: Image,
-    resolver: TargetResolver,
     canonical: list[CanonicalFunction],
     addresses: set[int],
     use_relocations: bool,
