@@ -422,14 +422,19 @@ def canonicalize_images(
     """Canonical forms of both images; big pairs are canonicalized in forked children, one per image.
 
     `parallel`: True, both children at once; False, both images in this process; None, children
-    when the pair is big enough, at once when a CPU is spare, and for a large pair (SEPARATE_MIN_BYTES)
-    one after the other otherwise. A child frees what canonicalizing allocated when it exits and
+    when the pair is big enough: at once when a CPU is spare, and for a large pair (SEPARATE_MIN_BYTES)
+    always one after the other. A child frees what canonicalizing allocated when it exits and
     sends back only the forms: on libwebkit2gtk (92 MB) its scratch is ~100 MiB per image that the
     heap would otherwise keep. One child per image rather than a pool of chunks: results cross the
     pipe once (on libcrypto, 11,000 functions, ~0.2 s of CPU against ~1 s of canonicalizing saved).
     """
     total = sum(f.size for f in old_functions) + sum(f.size for f in new_functions)
-    concurrent = parallel if parallel is not None else total >= PARALLEL_MIN_BYTES and _spare_cpu()
+    # A large pair's children run one after the other even with a CPU spare: each copies the pages
+    # of the parent's functions it touches (reference counts are writes), so two at once hold two
+    # images' scratch and two such copies. libwebkit2gtk (92 MB): the tree peaked at 571 MiB with
+    # both at once, 393 MiB one after the other, for 13 s more (18 s against 31 s).
+    small = total < SEPARATE_MIN_BYTES
+    concurrent = parallel if parallel is not None else small and total >= PARALLEL_MIN_BYTES and _spare_cpu()
     if not concurrent and (parallel is False or total < SEPARATE_MIN_BYTES):
         return (
             canonicalize_image(old, old_functions, use_relocations, progress),
