@@ -71,7 +71,7 @@ class RelocatedWords:
         # The linker sorts them by address (`-z combreloc`; RELR is sorted by construction): then
         # they go straight into the arrays. Only a table out of order takes a dict of every word
         # (~100 bytes each: tens of MiB for a large library, made once per image and process).
-        self.addresses, self.values = array("Q"), array("Q")
+        self.addresses, self.values = array("Q"), array("q")
         words = iter(relative)
         previous = -1
         for address, value in words:
@@ -79,7 +79,7 @@ class RelocatedWords:
                 rest = chain(zip(self.addresses, self.values, strict=True), ((address, value),), words)
                 last = dict(rest)
                 self.addresses = array("Q", sorted(last))
-                self.values = array("Q", (last[a] for a in self.addresses))
+                self.values = array("q", (last[a] for a in self.addresses))
                 return
             self.addresses.append(address)
             self.values.append(value)
@@ -213,7 +213,7 @@ class TargetResolver:
         """Sorted addresses that relocated pointer words hold: starts of tables and strings."""
         if self._pointer_targets is None:
             relative = self.image.dynamic_relocations.relative()
-            self._pointer_targets = array("Q", sorted({addend for _, addend in relative}))
+            self._pointer_targets = array("q", sorted({addend for _, addend in relative}))
         return self._pointer_targets
 
     def _digest_with_pointers(self, address: int, data: bytes) -> str:

@@ -196,12 +196,12 @@ def _site_problem(f: ReplacedFunction, code: ImageCode) -> str | None:
     return None
 
 
-def image_code_of_process(pid: int, image: RuntimeImage) -> ImageCode:
-    """`image_code` of a process's image, from the file it mapped (/proc/PID/map_files), not its memory."""
+def mapped_file_of(pid: int, image: RuntimeImage) -> str:
+    """The /proc/PID/map_files path of the file `image` was mapped from (its lowest mapping); a refusal to
+    open it is a TargetError that says why (map_files is guarded like ptrace itself)."""
     first = min(image.mappings, key=lambda m: m.start)
     path = f"/proc/{pid}/map_files/{first.start:x}-{first.end:x}"
     try:
-        # map_files is guarded like ptrace itself: tell the refused user why, apart from an unreadable file.
         os.close(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
     except PermissionError:
         raise TargetError(
@@ -209,12 +209,19 @@ def image_code_of_process(pid: int, image: RuntimeImage) -> ImageCode:
             f"{permission_advice()}"
         ) from None
     except OSError:
-        pass  # reported with the file's own words below
+        pass  # the file's reader says why, in its own words
+    return path
+
+
+def image_code_of_process(pid: int, image: RuntimeImage) -> ImageCode:
+    """`image_code` of a process's image, from the file it mapped (/proc/PID/map_files), not its memory."""
+    path = mapped_file_of(pid, image)
     try:
         with ElfFile.mapped(path) as elf:
             return dataclasses.replace(image_code(elf), path=printable(image.path))
     except ImageError as exc:  # the file behind the mapping cannot be read
-        raise TargetError(f"cannot read the file of {image.path} mapped at {first.start:#x}: {exc}") from None
+        start = min(m.start for m in image.mappings)
+        raise TargetError(f"cannot read the file of {image.path} mapped at {start:#x}: {exc}") from None
 
 
 def check_record_sites(sites: Iterable[tuple[str, int, int]], code: ImageCode, what: str) -> None:

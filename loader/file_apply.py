@@ -10,19 +10,24 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from hpkg.arch.x86_64 import PAGE_SIZE
+from hpkg.atomic_output import write_output
 from hpkg.elf.file import ElfFile
-from hpkg.errors import ImageError
+from hpkg.errors import ImageError, IncompatibleTarget
 from hpkg.formats.model import Package
 from hpkg.loader.bounds import ImageCode, image_code
-from hpkg.loader.compat import AppliedLevel, CompatReport, check_compatibility
+from hpkg.loader.compat import AppliedLevel, CompatReport, carried_detail, check_compatibility
 from hpkg.loader.file_dynamic import DynamicLinking
 from hpkg.loader.file_imports import file_import_resolver
+from hpkg.loader.file_result import applied_json, applied_lines, carried_entry
 from hpkg.loader.file_write import RECORD_SECTION, plan_segments, write_patched
 from hpkg.loader.link import RelocatedImage, relocate
+from hpkg.loader.pe_file import PeFile, is_pe_path
+from hpkg.loader.pe_file_apply import PeFileApplyResult, apply_to_pe_file, check_pe_file, pe_carried_level
 from hpkg.loader.placement import Placement, area_layout
 
 
@@ -40,15 +45,10 @@ class FileApplyResult:
 
     def lines(self) -> list[str]:
         """Human summary for `hpkg apply`."""
-        identity, placement = self.package.identity, self.relocated.placement
-        result = [
-            f"applied {identity.package_id} (level {identity.patch_level}) to {self.binary}",
-            f"wrote {self.output}",
-            f"package code at {placement.code:#x} ({placement.layout.code_size} bytes), "
-            f"data at {placement.data:#x}, link addresses",
-        ]
-        for site in self.relocated.patch_sites:
-            result.append(f"  {site.name}: jmp at {site.link_address:#x} -> {site.replacement:#x}")
+        sites = [(s.name, s.link_address, s.replacement) for s in self.relocated.patch_sites]
+        result = applied_lines(
+            self.package, self.relocated, self.binary, self.output, "link addresses", sites
+        )
         if self.linking.relative:
             count = self.linking.relative
             result.append(f"{count} R_X86_64_RELATIVE relocations added for absolute addresses")
@@ -60,29 +60,60 @@ class FileApplyResult:
         return result
 
     def to_json(self) -> dict[str, object]:
-        identity, placement = self.package.identity, self.relocated.placement
-        layout = placement.layout
+        sites = [(s.name, s.link_address, s.replacement) for s in self.relocated.patch_sites]
+        return applied_json(
+            self.package,
+            self.relocated,
+            self.compat,
+            self.binary,
+            self.output,
+            sites,
+            position_independent=self.position_independent,
+            relative_relocations=self.linking.relative,
+            bound_imports=self.linking.bound_imports,
+            superseded=self.compat.superseded,
+        )
+
+
+@dataclass(frozen=True)
+class FileCarrying:
+    """A file that already carries the package, or a higher level containing it (levels are cumulative):
+    `apply --file` then writes `output` as an unchanged copy, so repeating a pipeline step is harmless."""
+
+    package: Package
+    binary: Path
+    output: Path
+    package_id: str  # the recorded package found in place
+    patch_level: int
+
+    @property
+    def detail(self) -> str:
+        """ "" when the file carries this package itself, else which higher level (containing it) it does."""
+        return carried_detail(self.package, self.package_id, self.patch_level)
+
+    def verdict(self) -> str:
+        """The one line `verify --against` gives for such a file."""
+        return f"already applied{f': {self.detail}' if self.detail else ''} (apply changes nothing)"
+
+    def against_json(self) -> dict[str, object]:
+        """What `verify --against --json` says of such a file."""
+        carried = {"package_id": self.package_id, "patch_level": self.patch_level}
+        return {"build_id": self.package.target.build_id.hex(), "already_applied": carried}
+
+    def lines(self) -> list[str]:
+        """Human summary for `hpkg apply`."""
+        head = f"already applied: {self.package.identity.package_id} in {self.binary}"
+        return [f"{head}: {self.detail}" if self.detail else head, f"wrote {self.output} (an unchanged copy)"]
+
+    def to_json(self) -> dict[str, object]:
+        identity = self.package.identity
         return {
             "package_id": identity.package_id,
             "patch_level": identity.patch_level,
-            "target": {"file": str(self.binary), "build_id": self.compat.build_id.hex()},
+            "target": {"file": str(self.binary), "build_id": self.package.target.build_id.hex()},
             "output": str(self.output),
-            "position_independent": self.position_independent,
-            "areas": {
-                "code": {"address": placement.code, "size": layout.code_size},
-                "rodata": {"address": placement.rodata, "size": layout.rodata_size},
-                "data": {"address": placement.data, "size": layout.data_size},
-                "bss": {"address": placement.bss, "size": layout.bss_size},
-            },
-            "patch_sites": [
-                {"function": s.name, "link_address": s.link_address, "replacement": s.replacement}
-                for s in self.relocated.patch_sites
-            ],
-            "relative_relocations": self.linking.relative,
-            "bound_imports": list(self.linking.bound_imports),
-            "relaxed_got_loads": self.relocated.relaxed,
-            "superseded": self.compat.superseded,
-            "compatibility": self.compat.to_json(),
+            "changed": False,
+            "already_applied": {"package_id": self.package_id, "patch_level": self.patch_level},
         }
 
 
@@ -98,7 +129,9 @@ def applied_packages(elf: ElfFile) -> list[dict[str, object]]:
         document = json.loads(blob)
         entries = document["applied"]
         if document["format"] != RECORD_FORMAT or not all(
-            isinstance(e["package_id"], str) and isinstance(e["patch_level"], int) and len(e["code"]) == 2
+            isinstance(e["package_id"], str)
+            and isinstance(e["patch_level"], int)
+            and len(e["code"]) == 2
             and all(isinstance(a, int) and a >= 0 for a in e["code"])
             for e in entries
         ):
@@ -134,21 +167,62 @@ def baseline_code(elf: ElfFile, applied: list[dict[str, object]], package: Packa
     return image_code(elf, [p for p in elf.loads if p.vaddr < limit])
 
 
-def check_file(package: Package, binary: str | os.PathLike[str]) -> CompatReport:
-    """The compatibility check alone against a file (`hpkg verify --against`); changes nothing."""
+def carried_level(package: Package, elf: ElfFile, applied: list[dict[str, object]]) -> tuple[str, int] | None:
+    """The recorded package that makes applying `package` to this ELF file a no-op (loader/file_result.py's
+    rule), for a file of the package's baseline; anything else is left to the compatibility check."""
+    if elf.build_id != package.target.build_id:
+        return None
+    return carried_entry(package, applied, elf.read)
+
+
+def check_file(package: Package, binary: str | os.PathLike[str]) -> CompatReport | FileCarrying:
+    """The compatibility check alone against a file (`hpkg verify --against`); changes nothing. A file
+    that already carries the package answers with what it carries. A Windows PE32+ file goes to
+    loader/pe_file_apply.py."""
+    if is_pe_path(binary):
+        pe = PeFile.open(binary)
+        pe_carried = pe_carried_level(package, pe)
+        if pe_carried is not None:
+            return FileCarrying(package, pe.path, pe.path, *pe_carried)
+        return check_pe_file(package, pe)
+    _refuse_pe_package(package, binary)
     elf = ElfFile(binary)
     applied = applied_packages(elf)
+    carried = carried_level(package, elf, applied)
+    if carried is not None:
+        return FileCarrying(package, elf.path, elf.path, *carried)  # `output`: nothing is written
     return check_compatibility(package, elf, _levels(applied), baseline_code(elf, applied, package))
+
+
+def _refuse_pe_package(package: Package, binary: str | os.PathLike[str]) -> None:
+    if package.target.is_pe:
+        raise IncompatibleTarget(f"{binary} is not a Windows PE image; the package is for a PE32+ baseline")
 
 
 def apply_to_file(
     package: Package, binary: str | os.PathLike[str], output: str | os.PathLike[str]
-) -> FileApplyResult:
-    """Write `output`: `binary` with `package` added and jumps at its patch sites; `binary` is not changed."""
+) -> FileApplyResult | FileCarrying | PeFileApplyResult:
+    """Write `output`: `binary` with `package` added and jumps at its patch sites; `binary` is not changed.
+    A file that already carries the package (or a higher level) is copied to `output` unchanged. A
+    Windows PE32+ file goes to loader/pe_file_apply.py (same steps, PE sections instead of segments)."""
+    if is_pe_path(binary):
+        pe = PeFile.open(binary)
+        pe_carried = pe_carried_level(package, pe)
+        if pe_carried is not None:
+            write_output(output, pe.data, stat.S_IMODE(os.stat(pe.path).st_mode))
+            return FileCarrying(package, pe.path, Path(output), *pe_carried)
+        return apply_to_pe_file(package, pe, output)
+    _refuse_pe_package(package, binary)
     # STEP 1: the file is the package's baseline, site by site (or carries the level this one supersedes),
     # and every site is a function entry in its code (loader/bounds.py): proven before anything is written.
     elf = ElfFile(binary)
     applied = applied_packages(elf)
+    carried = carried_level(package, elf, applied)
+    if carried is not None:
+        image = bytes(elf.data)
+        mode = stat.S_IMODE(os.stat(elf.path).st_mode)
+        write_output(output, image, mode)  # read back and compared before it replaces `output`
+        return FileCarrying(package, elf.path, Path(output), *carried)
     compat = check_compatibility(package, elf, _levels(applied), baseline_code(elf, applied, package))
 
     # STEP 2: imports, placement after the image, relocation with link addresses (bias 0).
@@ -179,4 +253,3 @@ def apply_to_file(
         position_independent=elf.position_independent,
         linking=linking,
     )
-
