@@ -46,7 +46,7 @@ def pair_functions(
     function_map = {**data_map, **function_twins} if data_map else function_twins
     new_by_address = {c.function.address: c for c in new}
     pairs: list[FunctionPair] = []
-    memo: dict[int, bool] = {}
+    memo: dict[int, int] = {}  # see references_correspond
     decoded = 0
     for c in old:
         twin_address = function_twins.get(c.function.address)
