@@ -11,7 +11,7 @@ from hpkg.builder.data import diff_data
 from hpkg.builder.data_twins import pair_data_objects
 from hpkg.builder.datamap import anonymous_twins, correspond_section_data
 from hpkg.builder.functions import discover_functions
-from hpkg.builder.heap import release_freed_memory
+from hpkg.builder.heap import release_freed_memory, resident_file_bytes
 from hpkg.builder.image import load_image
 from hpkg.builder.match import match_functions
 from hpkg.builder.model import CanonicalFunction, DiffResult, Function, FunctionPair, Image, Status
@@ -47,7 +47,9 @@ def pair_functions(
     new_by_address = {c.function.address: c for c in new}
     pairs: list[FunctionPair] = []
     memo: dict[int, int] = {}  # see references_correspond
-    decoded = 0
+    # File pages made resident since the last hand-back: changed pairs are decoded again, and the
+    # line proof and the reference finder read data too (libxul: 10,000 pairs, 120 MiB of pages).
+    resident = resident_file_bytes()
     for c in old:
         twin_address = function_twins.get(c.function.address)
         if twin_address is None:
@@ -55,12 +57,10 @@ def pair_functions(
             continue
         twin = new_by_address[twin_address]
         kind = compare_pair(c, twin, function_map, old_image, new_image, memo)
-        if kind is not None:  # decoded again to be compared (libxul: 10,000 pairs, 120 MiB of pages)
-            decoded += c.function.size + twin.function.size
-            if decoded >= RELEASE_BYTES:
-                old_image.release_pages()
-                new_image.release_pages()
-                decoded = 0
+        if kind is not None and resident_file_bytes() - resident >= RELEASE_BYTES:
+            old_image.release_pages()
+            new_image.release_pages()
+            resident = resident_file_bytes()
         status = Status.SAME if kind is None else Status.CHANGED
         pairs.append(FunctionPair(c, twin, status, kind, how[c.function.address]))
     taken = set(function_map.values())
