@@ -21,6 +21,7 @@ from hpkg.arch.x86_64 import is_padding
 from hpkg.builder.decode import Scan, decode_instructions, scan
 from hpkg.builder.forked import run_forked
 from hpkg.builder.functions import functions_at, unnamed_function
+from hpkg.builder.heap import resident_file_bytes
 from hpkg.builder.model import (
     REFERENCE_COLUMNS,
     CanonicalFunction,
@@ -45,8 +46,8 @@ PARALLEL_MIN_BYTES = 400_000
 # even without a spare CPU (one after the other): the memory its scratch leaves behind outweighs
 # the cost of sending the forms back.
 SEPARATE_MIN_BYTES = 16 << 20
-# Every this many bytes of code decoded, the file pages read so far leave the resident set: each
-# function is decoded once, so a large library's code would otherwise all stay counted.
+# Every this many bytes of file pages made resident (code decoded, data read), they leave the
+# resident set: each function is decoded once, so a large library's code would otherwise all stay counted.
 RELEASE_BYTES = 8 << 20
 
 
@@ -269,16 +270,18 @@ def _canonicalize_image(
     table = TargetTable()
     forms = FormStore(table)
     out: list[CanonicalFunction] = []
-    decoded = 0
+    resident = resident_file_bytes()
     for i, fn in enumerate(functions):
         relocs = relocations.get(fn.address, []) if relocations is not None else None
         out.append(canonicalize_function(fn, resolver, relocs, table, forms))
-        if progress and i % 256 == 255:
-            progress(256)
-        decoded += fn.size
-        if decoded >= RELEASE_BYTES:
-            image.release_pages()  # the code decoded so far is not read again here
-            decoded = 0
+        if i % 256 == 255:
+            if progress:
+                progress(256)
+            # The code decoded so far is not read again here, nor mostly the data read to name
+            # targets: handed back by what is resident (reading data made pages resident too).
+            if resident_file_bytes() - resident >= RELEASE_BYTES:
+                image.release_pages()
+                resident = resident_file_bytes()
     if progress:
         progress(len(functions) % 256)
     relocations = None  # each round indexes them again, with the functions it adds

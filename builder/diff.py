@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import ChainMap
 from collections.abc import Callable
 
 from hpkg.builder.canon import RELEASE_BYTES, canonicalize_images, cycle_collector_paused
@@ -13,7 +14,7 @@ from hpkg.builder.datamap import anonymous_twins, correspond_section_data
 from hpkg.builder.functions import discover_functions
 from hpkg.builder.heap import release_freed_memory, resident_file_bytes
 from hpkg.builder.image import load_image
-from hpkg.builder.match import match_functions
+from hpkg.builder.match import AddressIndex, match_functions
 from hpkg.builder.model import CanonicalFunction, DiffResult, Function, FunctionPair, Image, Status
 from hpkg.errors import ImageError
 
@@ -43,8 +44,9 @@ def pair_functions(
     `data_map` ties anonymous data addresses of the two builds (see datamap); function starts and
     data addresses never coincide, so one mapping serves both.
     """
-    function_map = {**data_map, **function_twins} if data_map else function_twins
-    new_by_address = {c.function.address: c for c in new}
+    # One view of both mappings (a function's twin wins), not a merged copy of a dict per function.
+    function_map = ChainMap(function_twins, data_map) if data_map else function_twins
+    new_by_address = AddressIndex(new)  # two columns, not a dict of every function
     pairs: list[FunctionPair] = []
     memo: dict[int, int] = {}  # see references_correspond
     # File pages made resident since the last hand-back: changed pairs are decoded again, and the
