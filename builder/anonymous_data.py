@@ -84,6 +84,8 @@ def _differing_runs(
     between two sections of the same size, a relocated pointer word (on either side) compared as
     what it points to; runs closer than a word are joined."""
     old_raw, new_raw = old.read(before.address, before.size), new.read(after.address, after.size)
+    old.release_pages()  # copied: the sections' file pages are not read again
+    new.release_pages()
     runs: list[tuple[int, int]] = []
     offset = 0
     while offset < len(old_raw):

@@ -16,7 +16,16 @@ from functools import cached_property
 
 from hpkg.builder.data_twins import data_objects
 from hpkg.builder.datamap import unchanged_layouts
-from hpkg.builder.model import DiffResult, FunctionPair, GotSlot, Image, Import, Symbol, TargetKind
+from hpkg.builder.model import (
+    DiffResult,
+    FunctionPair,
+    GotSlot,
+    Image,
+    Import,
+    Symbol,
+    TargetKind,
+    TargetTable,
+)
 from hpkg.elf.plt import PLT_SECTIONS, plt_entries
 
 
@@ -76,17 +85,28 @@ class BaselineIndex:
 
     # -- anonymous read-only data by content -----------------------------------------------------
     def _old_rodata(self) -> dict[str, int]:
-        """Content digest → OLD address, from OLD code's references: where the baseline keeps that datum."""
+        """Content digest → OLD address, from OLD code's references: where the baseline keeps that datum.
+
+        Read from each target table's entries that some OLD function names (the references as ints,
+        gathered in C), not from every reference made into a Target."""
+        named: dict[int, tuple[TargetTable, set[int]]] = {}
+        for pair in self.diff.pairs:
+            if pair.old is not None:
+                table = pair.old.table
+                entry = named.get(id(table))
+                if entry is None:
+                    entry = named[id(table)] = (table, set())
+                entry[1].update(pair.old.target_ids())
         found: dict[str, int] = {}
         rodata = TargetKind.RODATA
-        for pair in self.diff.pairs:
-            if pair.old is None:
-                continue
-            for t in pair.old.targets():
-                content = t[4]
-                if t[0] is rodata and content and content[0] != "?":
-                    address = t[3]
-                    found[content] = min(found.get(content, address), address)
+        for table, ids in named.values():
+            for tid in ids:
+                if tid >= 0 and table.kind_of(tid) is rodata:
+                    t = table.targets[tid]
+                    content = t[4]
+                    if content and content[0] != "?":
+                        address = t[3]
+                        found[content] = min(found.get(content, address), address)
         return found
 
     def old_rodata(self, content: str | None) -> int | None:

@@ -21,6 +21,7 @@ from hpkg.arch.x86_64 import is_padding
 from hpkg.builder.decode import Scan, decode_instructions, scan
 from hpkg.builder.forked import run_forked
 from hpkg.builder.functions import functions_at, unnamed_function
+from hpkg.builder.heap import resident_file_bytes
 from hpkg.builder.model import (
     REFERENCE_COLUMNS,
     CanonicalFunction,
@@ -45,8 +46,8 @@ PARALLEL_MIN_BYTES = 400_000
 # even without a spare CPU (one after the other): the memory its scratch leaves behind outweighs
 # the cost of sending the forms back.
 SEPARATE_MIN_BYTES = 16 << 20
-# Every this many bytes of code decoded, the file pages read so far leave the resident set: each
-# function is decoded once, so a large library's code would otherwise all stay counted.
+# Every this many bytes of file pages made resident (code decoded, data read), they leave the
+# resident set: each function is decoded once, so a large library's code would otherwise all stay counted.
 RELEASE_BYTES = 8 << 20
 
 
@@ -180,7 +181,11 @@ def finish_canonical(
         if t[0] is rodata and t[4] and t[4].startswith("?"):
             content = resolver.rodata_content(t[3], int(t[4][1:]), boundaries)
             table.replace(i, Target(t[0], t[1], t[2], t[3], content))
-    key_reprs = [repr(hash_key(t)) for t in targets]
+    # One text per distinct key (every unnamed function's start is ("function", "sub", 0)): a large
+    # library's table has hundreds of thousands of entries and a fraction of that many distinct keys.
+    distinct: dict[str, str] = {}
+    key_reprs = [distinct.setdefault(text, text) for text in map(repr, map(hash_key, targets))]
+    del distinct
     internal_reprs: dict[int, str] = {}
     for c in functions:
         parts = []
@@ -265,23 +270,29 @@ def _canonicalize_image(
     table = TargetTable()
     forms = FormStore(table)
     out: list[CanonicalFunction] = []
-    decoded = 0
+    resident = resident_file_bytes()
     for i, fn in enumerate(functions):
         relocs = relocations.get(fn.address, []) if relocations is not None else None
         out.append(canonicalize_function(fn, resolver, relocs, table, forms))
-        if progress and i % 256 == 255:
-            progress(256)
-        decoded += fn.size
-        if decoded >= RELEASE_BYTES:
-            image.release_pages()  # the code decoded so far is not read again here
-            decoded = 0
+        if i % 256 == 255:
+            if progress:
+                progress(256)
+            # The code decoded so far is not read again here, nor mostly the data read to name
+            # targets: handed back by what is resident (reading data made pages resident too).
+            if resident_file_bytes() - resident >= RELEASE_BYTES:
+                image.release_pages()
+                resident = resident_file_bytes()
     if progress:
         progress(len(functions) % 256)
+    relocations = None  # each round indexes them again, with the functions it adds
     for _ in range(_DISCOVERY_ROUNDS):
         found = _uncovered_code(table)
         if not found:
             break
-        resolver, out = _add_functions(image, resolver, out, found, use_relocations, table, forms)
+        # Each round resolves with a resolver of its own (its cache knows the uncovered code as
+        # such): the last one's cache goes first, or both would be held at once (tens of MiB).
+        resolver = None
+        resolver, out = _add_functions(image, out, found, use_relocations, table, forms)
     canonical = finish_canonical(resolver, out, table)
     table.finder = reference_finder(image, tuple(c.function for c in canonical), use_relocations)
     table.seal()
@@ -329,7 +340,6 @@ def _uncovered_code(table: TargetTable) -> set[int]:
 
 def _add_functions(
     image: Image,
-    resolver: TargetResolver,
     canonical: list[CanonicalFunction],
     addresses: set[int],
     use_relocations: bool,
@@ -415,14 +425,19 @@ def canonicalize_images(
     """Canonical forms of both images; big pairs are canonicalized in forked children, one per image.
 
     `parallel`: True, both children at once; False, both images in this process; None, children
-    when the pair is big enough, at once when a CPU is spare, and for a large pair (SEPARATE_MIN_BYTES)
-    one after the other otherwise. A child frees what canonicalizing allocated when it exits and
+    when the pair is big enough: at once when a CPU is spare, and for a large pair (SEPARATE_MIN_BYTES)
+    always one after the other. A child frees what canonicalizing allocated when it exits and
     sends back only the forms: on libwebkit2gtk (92 MB) its scratch is ~100 MiB per image that the
     heap would otherwise keep. One child per image rather than a pool of chunks: results cross the
     pipe once (on libcrypto, 11,000 functions, ~0.2 s of CPU against ~1 s of canonicalizing saved).
     """
     total = sum(f.size for f in old_functions) + sum(f.size for f in new_functions)
-    concurrent = parallel if parallel is not None else total >= PARALLEL_MIN_BYTES and _spare_cpu()
+    # A large pair's children run one after the other even with a CPU spare: each copies the pages
+    # of the parent's functions it touches (reference counts are writes), so two at once hold two
+    # images' scratch and two such copies. libwebkit2gtk (92 MB): the tree peaked at 571 MiB with
+    # both at once, 393 MiB one after the other, for 13 s more (18 s against 31 s).
+    small = total < SEPARATE_MIN_BYTES
+    concurrent = parallel if parallel is not None else small and total >= PARALLEL_MIN_BYTES and _spare_cpu()
     if not concurrent and (parallel is False or total < SEPARATE_MIN_BYTES):
         return (
             canonicalize_image(old, old_functions, use_relocations, progress),

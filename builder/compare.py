@@ -65,26 +65,30 @@ def _names(target: tuple) -> set[str]:
 
 
 def references_correspond(
-    old: CanonicalFunction, new: CanonicalFunction, function_map: dict[int, int], memo: dict[int, bool]
+    old: CanonicalFunction, new: CanonicalFunction, function_map: dict[int, int], memo: dict[int, int]
 ) -> bool:
     """Whether the two forms' targets correspond one by one (`targets_correspond`), read from their
-    target columns; `memo` keeps each pair of table entries' answer for one function map."""
+    target columns.
+
+    `memo` (for one function map and pair of tables): per baseline table entry, the first fix entry
+    found to correspond to it. Only answers that go on are kept: an entry that does not correspond
+    ends the comparison, so its answer is asked once per pair at most; and one entry per baseline
+    entry, not per pair of entries (libxul: a dict of every pair compared took ~100 MiB for a while).
+    An entry that corresponds to several is tested again for the others."""
     a, b = old.target_ids(), new.target_ids()
     if len(a) != len(b):
         return False
     old_targets, new_targets = old.table.targets, new.table.targets
-    width = len(new_targets)
     for x, y in zip(a, b, strict=True):
         if x < 0 or y < 0:  # in-function targets: equal padding-free offsets
             if x != y:
                 return False
             continue
-        key = x * width + y
-        same = memo.get(key)
-        if same is None:
-            same = memo[key] = targets_correspond(old_targets[x], new_targets[y], function_map)
-        if not same:
+        if memo.get(x) == y:
+            continue
+        if not targets_correspond(old_targets[x], new_targets[y], function_map):
             return False
+        memo.setdefault(x, y)
     return True
 
 
@@ -101,7 +105,7 @@ def compare_pair(
     function_map: dict[int, int],
     old_image: Image,
     new_image: Image,
-    memo: dict[int, bool] | None = None,
+    memo: dict[int, int] | None = None,
 ) -> ChangeKind | None:
     """None if the pair behaves the same, else how it changed (`memo`: see references_correspond)."""
     same_targets = references_correspond(old, new, function_map, {} if memo is None else memo)

@@ -9,10 +9,11 @@ from __future__ import annotations
 import bisect
 import struct
 from array import array
+from itertools import pairwise
 
 from hpkg.builder.anonymous_data import diff_anonymous_data
 from hpkg.builder.canon import stable_name
-from hpkg.builder.data_twins import RUNTIME_OBJECTS, twin_names
+from hpkg.builder.data_twins import RUNTIME_OBJECTS, TwinNames, twin_names
 from hpkg.builder.model import (
     CanonicalFunction,
     DataChange,
@@ -57,7 +58,7 @@ class _PointerWords:
     """
 
     def __init__(
-        self, image: Image, functions: tuple[CanonicalFunction, ...], rename: dict[int, str]
+        self, image: Image, functions: tuple[CanonicalFunction, ...], rename: TwinNames | dict[int, str]
     ) -> None:
         self.image = image
         self.rename = rename
@@ -85,7 +86,11 @@ class _PointerWords:
                     symbols.append(names[symbol])
         self.symbols = symbols
         self.addresses, self.values, self.named = array("Q"), array("q"), bytearray()
-        for j in sorted(range(len(places)), key=places.__getitem__):
+        # The relocation tables come sorted by address, as the linker writes them (`-z combreloc`):
+        # then table order is address order, without a list of every word's number (and its key) to
+        # sort (a large library has hundreds of thousands of words).
+        in_order = all(a <= b for a, b in pairwise(places))
+        for j in range(len(places)) if in_order else sorted(range(len(places)), key=places.__getitem__):
             if self.addresses and self.addresses[-1] == places[j]:
                 self.values[-1], self.named[-1] = values[j], named[j]
             else:

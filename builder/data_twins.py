@@ -13,6 +13,7 @@ from collections import defaultdict
 from dataclasses import replace
 
 from hpkg.builder.canon import stable_name
+from hpkg.builder.match import AddressIndex
 from hpkg.builder.model import (
     CanonicalFunction,
     DataKey,
@@ -56,22 +57,54 @@ def data_objects(image: Image, *, distinct: bool = False) -> list[Symbol]:
     return out
 
 
-def twin_names(
-    old_functions: tuple[CanonicalFunction, ...], function_twins: dict[int, int]
-) -> dict[int, str]:
-    """NEW function address → its baseline twin's name: a fix function named as the baseline knows it."""
-    old_names = {c.function.address: c.function.name for c in old_functions}
-    return {new_address: old_names[old_address] for old_address, new_address in function_twins.items()}
+class TwinNames:
+    """NEW function address → its baseline twin's name: a fix function named as the baseline knows it.
+
+    Each name is made when asked (the name of an unnamed function is made from its address): the
+    data stages ask for the few functions that own static locals or whose address a pointer holds,
+    and a dict of every pair's name took tens of MiB on a large library."""
+
+    __slots__ = ("_old_of", "_old")
+
+    def __init__(self, old_functions: tuple[CanonicalFunction, ...], function_twins: dict[int, int]) -> None:
+        self._old_of = {new_address: old_address for old_address, new_address in function_twins.items()}
+        self._old = AddressIndex(old_functions)
+
+    def get(self, new_address: int, default: str | None = None) -> str | None:
+        old_address = self._old_of.get(new_address)
+        if old_address is None:
+            return default
+        return self._old[old_address].function.name
 
 
-def _owners(functions: tuple[CanonicalFunction, ...], rename: dict[int, str]) -> dict[int, set[str]]:
-    """Object start address → names (baseline names, via the match) of the functions referencing it."""
+def twin_names(old_functions: tuple[CanonicalFunction, ...], function_twins: dict[int, int]) -> TwinNames:
+    """The baseline names of the fix's functions that have a twin (see TwinNames)."""
+    return TwinNames(old_functions, function_twins)
+
+
+def _owners(
+    functions: tuple[CanonicalFunction, ...], objects: list[Symbol], rename: TwinNames | dict
+) -> dict[int, set[str]]:
+    """Object start address → names (baseline names, via the match) of the functions referencing it,
+    for the static locals among `objects` (the only ones keyed by their owners, see `_keyed`)."""
+    wanted = {sym.address for sym in objects if _is_static_local(sym)}
     owners: dict[int, set[str]] = defaultdict(set)
+    if not wanted:
+        return owners
     for c in functions:
-        name = rename.get(c.function.address, c.function.name)
+        name = None
         for t in c.targets_of(TargetKind.DATA):
-            owners[t[3] - t[2]].add(name)
+            start = t[3] - t[2]
+            if start in wanted:
+                if name is None:
+                    name = rename.get(c.function.address, c.function.name)
+                owners[start].add(name)
     return owners
+
+
+def _is_static_local(sym: Symbol) -> bool:
+    """A function's static variable (`count.0`): local, with GCC's numbering."""
+    return sym.local and stable_name(sym.name) != sym.name
 
 
 def _keyed(objects: list[Symbol], owners: dict[int, set[str]]) -> dict[tuple, Symbol]:
@@ -151,9 +184,9 @@ def pair_data_objects(
 ) -> DataTwins:
     """Every data object's twin; the runtime's objects are paired apart, by name, so they never sway
     which of the program's own statics pair up."""
-    old_owners = _owners(old_functions, {})
-    new_owners = _owners(new_functions, twin_names(old_functions, function_twins))
     old_objects, new_objects = data_objects(old, distinct=True), data_objects(new, distinct=True)
+    old_owners = _owners(old_functions, old_objects, {})
+    new_owners = _owners(new_functions, new_objects, twin_names(old_functions, function_twins))
     pairs: list[tuple[Symbol | None, Symbol | None]] = []
     for runtime in (False, True):
         pairs += _pair(

@@ -70,7 +70,7 @@ class Destinations:
     def _copy_relocated(self) -> dict[int, str]:
         """NEW address of each copy the fix makes of a library's object → the symbol its R_X86_64_COPY
         names (what the dynamic linker looked up: `__environ` where the code says `environ`)."""
-        copies = (r for r in self.diff.new.dynamic_relocations if r.type == "X86_64_COPY")
+        copies = self.diff.new.dynamic_relocations.records(("X86_64_COPY",))
         return {r.address: r.symbol.split("@")[0] for r in copies}
 
     def library_object(self, address: int) -> LibraryObject | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import ChainMap
 from collections.abc import Callable
 
 from hpkg.builder.canon import RELEASE_BYTES, canonicalize_images, cycle_collector_paused
@@ -11,9 +12,9 @@ from hpkg.builder.data import diff_data
 from hpkg.builder.data_twins import pair_data_objects
 from hpkg.builder.datamap import anonymous_twins, correspond_section_data
 from hpkg.builder.functions import discover_functions
-from hpkg.builder.heap import release_freed_memory
+from hpkg.builder.heap import release_freed_memory, resident_file_bytes
 from hpkg.builder.image import load_image
-from hpkg.builder.match import match_functions
+from hpkg.builder.match import AddressIndex, match_functions
 from hpkg.builder.model import CanonicalFunction, DiffResult, Function, FunctionPair, Image, Status
 from hpkg.errors import ImageError
 
@@ -43,11 +44,14 @@ def pair_functions(
     `data_map` ties anonymous data addresses of the two builds (see datamap); function starts and
     data addresses never coincide, so one mapping serves both.
     """
-    function_map = {**data_map, **function_twins} if data_map else function_twins
-    new_by_address = {c.function.address: c for c in new}
+    # One view of both mappings (a function's twin wins), not a merged copy of a dict per function.
+    function_map = ChainMap(function_twins, data_map) if data_map else function_twins
+    new_by_address = AddressIndex(new)  # two columns, not a dict of every function
     pairs: list[FunctionPair] = []
-    memo: dict[int, bool] = {}
-    decoded = 0
+    memo: dict[int, int] = {}  # see references_correspond
+    # File pages made resident since the last hand-back: changed pairs are decoded again, and the
+    # line proof and the reference finder read data too (libxul: 10,000 pairs, 120 MiB of pages).
+    resident = resident_file_bytes()
     for c in old:
         twin_address = function_twins.get(c.function.address)
         if twin_address is None:
@@ -55,12 +59,10 @@ def pair_functions(
             continue
         twin = new_by_address[twin_address]
         kind = compare_pair(c, twin, function_map, old_image, new_image, memo)
-        if kind is not None:  # decoded again to be compared (libxul: 10,000 pairs, 120 MiB of pages)
-            decoded += c.function.size + twin.function.size
-            if decoded >= RELEASE_BYTES:
-                old_image.release_pages()
-                new_image.release_pages()
-                decoded = 0
+        if kind is not None and resident_file_bytes() - resident >= RELEASE_BYTES:
+            old_image.release_pages()
+            new_image.release_pages()
+            resident = resident_file_bytes()
         status = Status.SAME if kind is None else Status.CHANGED
         pairs.append(FunctionPair(c, twin, status, kind, how[c.function.address]))
     taken = set(function_map.values())
@@ -114,6 +116,7 @@ def diff_images(
     data_changes = diff_data(old, new, old_canonical, new_canonical, function_twins, data_twins)
     old.release_pages()
     new.release_pages()
+    release_freed_memory()  # the data stages' scratch, before the caller's report is written
     return DiffResult(old, new, mode, pairs, data_changes, function_twins, data_twins, anonymous_data)
 
 

@@ -40,7 +40,7 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass, field
 
-from hpkg.builder.model import ElfRelocation, Function, Image, LinkAddress
+from hpkg.builder.model import ElfRelocation, ElfRelocations, Function, Image, LinkAddress
 from hpkg.builder.verdict import Reason
 from hpkg.formats.model import DataSection, ImportRecord, PackageSection, RelocationKind, TargetSpace
 
@@ -124,21 +124,42 @@ class PackageCode:
 
 
 class FixRelocations:
-    """The fix's static and dynamic relocations sorted by address: one index per build."""
+    """The fix's static and dynamic relocations sorted by address: one index per build. Records are
+    made only for the ranges asked (a library has tens of thousands of relocations; a package reads
+    the few inside its functions and copied data)."""
 
     def __init__(self, image: Image) -> None:
-        self.static = sorted(image.static_relocations, key=lambda r: r.address)
-        self.static_addresses = [r.address for r in self.static]
-        self.dynamic = sorted(image.dynamic_relocations, key=lambda r: r.address)
-        self.dynamic_addresses = [r.address for r in self.dynamic]
+        self.static = _SortedRelocations(image.static_relocations)
+        self.static_addresses = self.static.addresses
+        self.dynamic = _SortedRelocations(image.dynamic_relocations)
+        self.dynamic_addresses = self.dynamic.addresses
 
     def static_in(self, start: int, end: int) -> list[ElfRelocation]:
-        first = bisect.bisect_left(self.static_addresses, start)
-        return self.static[first : bisect.bisect_left(self.static_addresses, end)]
+        return self.static.between(start, end)
 
     def dynamic_in(self, start: int, end: int) -> list[ElfRelocation]:
-        first = bisect.bisect_left(self.dynamic_addresses, start)
-        return self.dynamic[first : bisect.bisect_left(self.dynamic_addresses, end)]
+        return self.dynamic.between(start, end)
+
+
+class _SortedRelocations:
+    """One relocation table in address order (stable: entries at one address keep table order)."""
+
+    __slots__ = ("addresses", "_order", "_table")
+
+    def __init__(self, table: ElfRelocations) -> None:
+        columns = table.addresses
+        self._table = table
+        self._order = sorted(range(len(columns)), key=columns.__getitem__)
+        self.addresses = [columns[i] for i in self._order]
+
+    def between(self, start: int, end: int) -> list[ElfRelocation]:
+        """The records at addresses in [start, end), in address order."""
+        first = bisect.bisect_left(self.addresses, start)
+        return self[first : bisect.bisect_left(self.addresses, end)]
+
+    def __getitem__(self, index: slice) -> list[ElfRelocation]:
+        table = self._table
+        return [table[i] for i in self._order[index]]
 
 
 @dataclass

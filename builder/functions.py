@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import re
 
 from hpkg.builder.model import (
@@ -124,15 +125,19 @@ def functions_at(
     """Unnamed functions starting at code addresses that calls reach but no symbol or FDE covers
     (crt glue like deregister_tm_clones, assembly without CFI); each ends at the next known start."""
     code_sections = _function_sections(image)
-    starts = sorted({f.address for f in known} | set(addresses) | {a for a, _ in image.eh_frame})
+    wanted = sorted(set(addresses))
+    # Each list of starts sorted on its own, searched for the next start after an address: one set
+    # of every start of a large library (known functions and FDEs) costs ~20 MiB for a few lookups.
+    start_lists = (sorted(f.address for f in known), wanted, sorted(image.eh_frame.starts))
     store = FunctionStore(image.section_bytes.data)
     out: list[Function] = []
-    for address in sorted(set(addresses)):
+    for address in wanted:
         section = _section_of(code_sections, address)
         if section is None:
             continue
-        i = starts.index(address)
-        limit = min(starts[i + 1] if i + 1 < len(starts) else section.end, section.end)
+        after = (bisect.bisect_right(found, address) for found in start_lists)
+        following = (found[i] for found, i in zip(start_lists, after, strict=True) if i < len(found))
+        limit = min(min(following, default=section.end), section.end)
         out.append(unnamed_function(image, unnamed(address), address, limit - address, section.name, store))
     return tuple(out)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 from functools import cache
 
 
@@ -32,3 +33,17 @@ def release_freed_memory() -> None:
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
+
+
+def resident_file_bytes() -> int:
+    """Bytes of this process's resident set that are file pages (shared and mapped: the third field
+    of /proc/self/statm), or 0 where that is not readable. Reading a mapped image's code or data
+    makes its pages resident; this tells when to hand them back."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[2]) * _PAGE_SIZE
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096

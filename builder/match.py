@@ -7,16 +7,51 @@ call-graph neighbourhood of already matched pairs, then by their position betwee
 
 from __future__ import annotations
 
+import bisect
 import difflib
 from array import array
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 from hpkg.builder.canon import hash_key, stable_name
 from hpkg.builder.model import CanonicalFunction, Image, TargetKind, TargetTable
 
 CalleeEntry = tuple[int, tuple]  # a called function: (address, hash key)
+
+
+class AddressIndex:
+    """Functions by their address as two sorted columns (address, row), searched by bisection: a dict
+    of a large image's functions costs ~60 bytes each, these 12. Of functions sharing an address, the
+    last one given is found (as a dict built in order would keep it)."""
+
+    __slots__ = ("functions", "addresses", "rows")
+
+    def __init__(self, functions: tuple[CanonicalFunction, ...]) -> None:
+        self.functions = functions
+        addresses = array("Q", (c.function.address for c in functions))
+        if all(a <= b for a, b in pairwise(addresses)):  # discovery's order, usually
+            self.rows = array("I", range(len(functions)))
+        else:  # stable: equal addresses keep their order
+            self.rows = array("I", sorted(range(len(functions)), key=addresses.__getitem__))
+            addresses = array("Q", (addresses[i] for i in self.rows))
+        self.addresses = addresses
+
+    def get(self, address: int) -> CanonicalFunction | None:
+        i = bisect.bisect_right(self.addresses, address) - 1
+        if i >= 0 and self.addresses[i] == address:
+            return self.functions[self.rows[i]]
+        return None
+
+    def __getitem__(self, address: int) -> CanonicalFunction:
+        found = self.get(address)
+        if found is None:
+            raise KeyError(address)
+        return found
+
+    def __contains__(self, address: object) -> bool:
+        return isinstance(address, int) and self.get(address) is not None
 
 
 @dataclass
@@ -44,6 +79,13 @@ class Matching:
     # each entry's key (-1 until read). A shape compares numbers, not tuples of keys.
     _key_numbers: dict[tuple, int] = field(default_factory=dict)
     _entry_numbers: dict[int, array] = field(default_factory=dict)
+    _by_address: tuple[AddressIndex, AddressIndex] | None = None
+
+    def by_address(self) -> tuple[AddressIndex, AddressIndex]:
+        """Each side's functions by address, made once (the call-graph passes run up to four times)."""
+        if self._by_address is None:
+            self._by_address = (AddressIndex(self.old), AddressIndex(self.new))
+        return self._by_address
 
     def callees(self, c: CanonicalFunction) -> tuple[CalleeEntry, ...]:
         """The functions `c` refers to, in order, each once: (address, hash key); computed once."""
@@ -186,19 +228,11 @@ def _match_call_graph(matching: Matching) -> None:
     """Pair the unmatched callees of matched pairs at corresponding positions, until nothing moves."""
     if not matching.unmatched_old() or not matching.unmatched_new():
         return  # nothing left to pair (a rebuild, or a fix that only changed code)
-    old_by_address = {c.function.address: c for c in matching.old}
-    new_by_address = {c.function.address: c for c in matching.new}
-    # Each caller once per callee (callee lists hold each function once): lists, not sets, which cost
-    # twice as much. Only callers without a twin are ever used (and a function with one keeps it), so
-    # only theirs are listed.
-    callers_old: dict[int, list[int]] = defaultdict(list)
-    callers_new: dict[int, list[int]] = defaultdict(list)
-    for c in matching.unmatched_old():
-        for address, _ in matching.callees(c):
-            callers_old[address].append(c.function.address)
-    for c in matching.unmatched_new():
-        for address, _ in matching.callees(c):
-            callers_new[address].append(c.function.address)
+    old_by_address, new_by_address = matching.by_address()
+    # Each caller once per callee (callee lists hold each function once). Only callers without a twin
+    # are ever used (and a function with one keeps it), so only theirs are listed.
+    callers_old = _callers(matching, matching.unmatched_old())
+    callers_new = _callers(matching, matching.unmatched_new())
     # A pair whose two sides do not both refer to a function without a twin aligns nothing; nor
     # does one without callers without a twin on both sides pair callers: those are left out.
     old_open = _with_callee_without_twin(matching.old, lambda a: a not in matching.pairs)
@@ -214,8 +248,8 @@ def _match_call_graph(matching: Matching) -> None:
         for old_address, new_address in pending:
             o, n = old_by_address[old_address], new_by_address[new_address]
             # Callers too: a unique unmatched caller on each side of a matched pair is a pair.
-            co = [x for x in callers_old.get(old_address, ()) if x not in matching.pairs]
-            cn = [x for x in callers_new.get(new_address, ()) if x not in matching.taken]
+            co = [x for x in _callers_of(callers_old, old_address) if x not in matching.pairs]
+            cn = [x for x in _callers_of(callers_new, new_address) if x not in matching.taken]
             if len(co) == 1 and len(cn) == 1 and not (
                 old_by_address[co[0]].function.named and new_by_address[cn[0]].function.named
             ):
@@ -246,6 +280,35 @@ def _match_call_graph(matching: Matching) -> None:
                         matching.add(old_by_address[oa], new_by_address[na], "call-graph")
                         next_round.append((oa, na))
         pending = next_round
+
+
+Callers = dict[int, "int | list[int]"]  # callee address → its caller's address, or a list of several
+
+
+def _callers(matching: Matching, functions: list[CanonicalFunction]) -> Callers:
+    """Who calls each function, among `functions`. Most functions have one caller: its address is
+    the entry itself, and only a second caller makes a list (a list per callee cost ~90 bytes, and a
+    large image's call-graph pass lists hundreds of thousands of callees)."""
+    callers: Callers = {}
+    for c in functions:
+        caller = c.function.address
+        for address, _ in matching.callees(c):
+            found = callers.get(address)
+            if found is None:
+                callers[address] = caller
+            elif isinstance(found, list):
+                found.append(caller)
+            else:
+                callers[address] = [found, caller]
+    return callers
+
+
+def _callers_of(callers: Callers, address: int) -> tuple[int, ...] | list[int]:
+    """The callers listed for `address`, in the order they were listed."""
+    found = callers.get(address)
+    if found is None:
+        return ()
+    return found if isinstance(found, list) else (found,)
 
 
 def _aligned(a: tuple[CalleeEntry, ...], b: tuple[CalleeEntry, ...]) -> list[tuple[int, int]]:
@@ -293,7 +356,7 @@ def _match_by_order(matching: Matching) -> None:
             last_new = max(last_new, next_new)
 
 
-def function_pointers(image: Image) -> dict[str, list[int]]:
+def function_pointers(image: Image) -> dict[str, array]:
     """Per data section, the function addresses its relocated pointer words hold, in address order.
 
     Tables of function pointers (callbacks, vtables, dispatch arrays) keep their order between
@@ -311,11 +374,16 @@ def function_pointers(image: Image) -> dict[str, list[int]]:
                 if section is not None and not section.executable:
                     words.append(r.address << 64 | int.from_bytes(image.read(r.address, 8), "little"))
     words.sort()
-    out: dict[str, list[int]] = defaultdict(list)
+    # The values as unsigned words (a negative addend names no function either way): an array per
+    # section, not a list of int objects (a large library has hundreds of thousands of words).
+    out: dict[str, array] = {}
     for word in words:
         section = image.section_at(word >> 64)
         if section is not None:
-            out[section.name].append((word & _WORD) - bias)
+            values = out.get(section.name)
+            if values is None:
+                values = out[section.name] = array("Q")
+            values.append((word & _WORD) - bias & _WORD)
     return out
 
 
@@ -325,8 +393,7 @@ _BIAS = 1 << 63
 
 def _match_pointer_tables(matching: Matching, old_pointers, new_pointers) -> None:
     """Pair unmatched unnamed functions at the same position of the same data section's pointers."""
-    old_by_address = {c.function.address: c for c in matching.old}
-    new_by_address = {c.function.address: c for c in matching.new}
+    old_by_address, new_by_address = matching.by_address()
     for section, old_list in old_pointers.items():
         new_list = new_pointers.get(section, [])
         if len(old_list) != len(new_list):

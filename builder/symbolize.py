@@ -13,6 +13,7 @@ import struct
 from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import chain
 
 from hpkg.builder.model import Function, Image, Import, LinkAddress, SymbolKind, Target, TargetKind
 
@@ -67,9 +68,22 @@ class RelocatedWords:
     __slots__ = ("addresses", "values")
 
     def __init__(self, relative: Iterable[tuple[int, int]]) -> None:
-        last = dict(relative)
-        self.addresses = array("Q", sorted(last))
-        self.values = array("q", (last[a] for a in self.addresses))
+        # The linker sorts them by address (`-z combreloc`; RELR is sorted by construction): then
+        # they go straight into the arrays. Only a table out of order takes a dict of every word
+        # (~100 bytes each: tens of MiB for a large library, made once per image and process).
+        self.addresses, self.values = array("Q"), array("q")
+        words = iter(relative)
+        previous = -1
+        for address, value in words:
+            if address <= previous:
+                rest = chain(zip(self.addresses, self.values, strict=True), ((address, value),), words)
+                last = dict(rest)
+                self.addresses = array("Q", sorted(last))
+                self.values = array("q", (last[a] for a in self.addresses))
+                return
+            self.addresses.append(address)
+            self.values.append(value)
+            previous = address
 
     def index(self, address: int) -> int | None:
         """The number of the word at `address`, if a relocation fills one there."""
@@ -119,7 +133,11 @@ class TargetResolver:
         # reference of the image looks one up.
         self._cache: dict[int, Target] = {}
         self._words: RelocatedWords | None = None
-        self._described: dict[int, str] = {}
+        # Per relocated pointer word (by its number), its description once read: a list rather than a
+        # dict by number (a large library has hundreds of thousands of words, and a dict entry with its
+        # int key costs ~80 bytes against 8), each distinct text kept once ("fn:sub" stands for most).
+        self._described: list[str | None] = []
+        self._texts: dict[str, str] = {}
         self._pointer_targets: array | None = None
         self.code_sections = frozenset(s.name for s in self._sections if s.executable)
 
@@ -246,7 +264,10 @@ class TargetResolver:
 
     def _describe_word(self, i: int) -> str:
         """What the relocated pointer word number `i` points to (described once, when first read)."""
-        text = self._described.get(i)
+        described = self._described
+        if not described:
+            described.extend([None] * len(self._pointer_words().addresses))
+        text = described[i]
         if text is None:
             addend = self._pointer_words().values[i]
             function = self.function_at(addend)
@@ -254,7 +275,7 @@ class TargetResolver:
                 text = f"fn:{function.name if function.named else 'sub'}"
             else:
                 text = self._describe_pointee(addend)
-            self._described[i] = text
+            text = described[i] = self._texts.setdefault(text, text)
         return text
 
     def resolve(self, address: int, within: Function, access_size: int = 0) -> Target:

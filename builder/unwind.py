@@ -25,6 +25,7 @@ from hpkg.elf.ehframe import (
     DW_EH_PE_OMIT,
     DW_EH_PE_PCREL_SDATA4,
     Fde,
+    personality_used,
     read_encoded_pointer,
     read_sleb128,
     read_uleb128,
@@ -49,7 +50,11 @@ class UnwindSection:
 
 
 def exception_frames(image: Image) -> set[int]:
-    """Start addresses of the functions whose .eh_frame entry names a personality routine."""
+    """Start addresses of the functions whose .eh_frame entry names a personality routine (none
+    without parsing the FDEs when no CIE names one: C code, most of the time)."""
+    eh = image.section(".eh_frame")
+    if eh is None or not personality_used(image.section_bytes.get(".eh_frame", b""), eh.address):
+        return set()
     return {f.start for f in image.frames if f.cie.personality_encoding != DW_EH_PE_OMIT}
 
 

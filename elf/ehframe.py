@@ -176,6 +176,27 @@ def _fde_records(data: bytes, base: int, cies: dict[int, Cie]) -> Iterator[tuple
         pos += size
 
 
+def personality_used(data: bytes, base: int) -> bool:
+    """Whether a CIE of an .eh_frame names a personality routine, reading the CIEs only (their FDEs,
+    tens of thousands in a library, are what `parse_eh_frame_records` would spend its time on)."""
+    pos = 0
+    while pos + 4 <= len(data):  # the walk of `_fde_records`, stopping where it stops
+        length = struct.unpack_from("<I", data, pos)[0]
+        if length == 0 or length == 0xFFFFFFFF:
+            break
+        size = 4 + length
+        if pos + size > len(data):
+            break
+        if struct.unpack_from("<I", data, pos + 4)[0] == 0:
+            try:
+                if _parse_cie(data, pos, size, base).personality_encoding != DW_EH_PE_OMIT:
+                    return True
+            except (IndexError, KeyError, ValueError, struct.error):
+                pass
+        pos += size
+    return False
+
+
 def parse_eh_frame_records(data: bytes, base: int) -> tuple[dict[int, Cie], list[Fde]]:
     """Every CIE (by section offset) and FDE of an .eh_frame at link address `base`."""
     cies: dict[int, Cie] = {}

@@ -138,3 +138,25 @@ def test_split_parts_and_clones_know_their_origin(compiler):
     assert functions["helper.constprop.0"].parent == "helper"
     assert functions["helper.constprop.0"].origin is FunctionOrigin.CLONE
     assert functions["work"].parent is None and functions["work"].origin is FunctionOrigin.SOURCE
+
+
+def test_relocated_words_keep_the_last_value_of_each_word_in_any_table_order(compiler):
+    """The pointer words R_X86_64_RELATIVE fills: a linker's table (sorted by address) goes straight
+    into the arrays, and a table out of order or relocating a word twice reads as ld.so applies it."""
+    from hpkg.builder.symbolize import RelocatedWords
+
+    image = load_image(compiler.build("mixed", MIXED, "shared", ("-Wl,--emit-relocs",)).path)
+    relative = list(image.dynamic_relocations.relative())
+    assert len(relative) > 2  # the switch and callback tables of a PIC library
+    expected = dict(relative)
+    words = RelocatedWords(relative)
+    assert list(words.addresses) == sorted(expected)
+    assert list(words.values) == [expected[a] for a in sorted(expected)]
+    first_address, first_value = relative[0]
+    shuffled = relative[::-1] + [(first_address, first_value + 8)]  # a word relocated twice: the last wins
+    words = RelocatedWords(shuffled)
+    assert list(words.addresses) == sorted(expected)
+    assert words.values[words.index(first_address)] == first_value + 8
+    assert [words.values[words.index(a)] for a in expected if a != first_address] == [
+        v for a, v in expected.items() if a != first_address
+    ]
