@@ -278,6 +278,8 @@ class StoppedThreads:
     on_held: Callable[[int], None] | None = None
     attempts: int = 1  # stops made to find a safe moment, this one included (stop_when_safe)
     stopped_before: float = 0.0  # seconds the earlier, unsafe attempts held the threads stopped
+    # (step, perf_counter at its end) inside the window, for the bench's breakdown (`window_steps`).
+    marks: list[tuple[str, float]] = field(default_factory=list)
     _seized: set[int] = field(default_factory=set)
     _original_regs: dict[int, Registers] = field(default_factory=dict)
     _journal: list[tuple[int, bytes]] = field(default_factory=list)
@@ -292,6 +294,20 @@ class StoppedThreads:
         """Seconds from the first interrupt to the last detach (valid after release)."""
         end = self.resumed_at or time.perf_counter()
         return end - self.stopped_at if self.stopped_at else 0.0
+
+    def mark(self, step: str) -> None:
+        """Note that `step` of the window ends now (one list append: cheap enough for inside it)."""
+        self.marks.append((step, time.perf_counter()))
+
+    def window_steps(self) -> tuple[tuple[str, float], ...]:
+        """Each marked step of the last stop and the time it took, in seconds, ending with the release
+        (valid after release); their sum is `pause`."""
+        steps, previous = [], self.stopped_at
+        for step, at in (*self.marks, ("release", self.resumed_at)):
+            if at >= previous:
+                steps.append((step, at - previous))
+                previous = at
+        return tuple(steps)
 
     def regs(self, tid: int) -> Registers:
         """The registers of a held thread."""
@@ -355,18 +371,22 @@ class StoppedThreads:
         whose creation raced with its creator's seize; such a thread is seized and stopped too.
         """
         deadline = time.monotonic() + timeout
+        self.marks.clear()
         self.stopped_at = time.perf_counter()
         running = [tid for tid in self._seized if tid not in self.held]
         for tid in running:
             with contextlib.suppress(TargetError):
                 pt.interrupt(tid)  # fails only when exiting: wait_stopped then reports the exit
+        self.mark("interrupt")
         with sharing():
             self.wait_stopped(running, deadline)
+        self.mark("wait")
         for _round in range(MAX_ATTACH_ROUNDS):
             new = [tid for tid in self.process.threads() if tid not in self._seized and tid not in self.gone]
             if not new:
                 if not self.held:
                     raise TargetError(f"process {self.process.pid} exited")
+                self.mark("list threads")
                 return
             for tid in new:
                 self._seize_one(tid, trace_clone=True)

@@ -133,9 +133,11 @@ def check_threads(
     """
     scan_stacks = bool(replaced or pointer_ranges)
     maps = StackMaps.read(stopped.process.pid, maps) if scan_stacks else maps
+    stopped.mark("maps")
     snapshot = take_snapshot(
         stopped, maps or StackMaps(b"", (), (), ()), stack_scan_limit, bool(pointer_ranges), scan_stacks, log
     )
+    stopped.mark("stacks")
     per_thread: dict[int, list[Offender]] = {t.tid: [] for t in snapshot.threads}
     for thread in snapshot.threads:
         found = per_thread[thread.tid]
@@ -154,6 +156,7 @@ def check_threads(
     if scan_stacks:
         _check_stacks(snapshot, replaced, pointer_ranges, per_thread)
     offenders = tuple(o for t in snapshot.threads for o in per_thread[t.tid])
+    stopped.mark("check")
     return SafetyReport(offenders, len(snapshot.threads), maps)
 
 
