@@ -1,14 +1,17 @@
-"""What the safety check reads of every held thread, in as few system calls as the kernel allows.
+"""What the safety check reads of every held thread, in as few system calls and Python objects as it can.
 
-Inside the stop-the-world window the loader reads, per thread, its registers (one PTRACE_GETREGS
-into one reused buffer: the kernel has no call for several threads) and the stack from rsp to the
-end of its mapping. The stacks of all threads come in one process_vm_readv with an iovec per thread
-(IOV_MAX per call) into one buffer; the stack mappings come from one read of /proc/PID/maps, parsed
-again only when its text changed since the last read.
+A `ThreadScan` is set up before the stop, while the process runs: /proc/PID/maps opened and read, the
+register array and the stack buffer allocated (and the buffer's pages touched, so that the kernel does
+not fault them in while the world is stopped). Inside the window it costs, per thread, one
+PTRACE_GETREGS into the thread's slot of one array, read as the thread reaches its stop (the kernel has
+no call for several threads), and the stack from rsp to the end of its mapping: every thread's stack
+comes in one process_vm_readv with an iovec per thread (IOV_MAX per call) into the one buffer. The
+mappings come from one pread of the already open /proc/PID/maps into a reused buffer, parsed again only
+when its text changed since the last read. No object is made per thread unless something is found.
 
-The words of that buffer are searched in C, not word by word in Python: every address of
-[low, high) shares its upper five bytes with one of a few prefixes, so `bytes.find` of each prefix
-yields the few candidate words, and only those are compared with the ranges.
+The words of a buffer are searched in C, not word by word in Python: every address of [low, high)
+shares its upper bytes with one of a few prefixes, so `bytes.find` of each prefix yields the few
+candidate words, and only those are compared with the range. The registers are searched the same way.
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ import ctypes
 import errno
 import os
 from array import array
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from hpkg.errors import TargetError
@@ -29,6 +31,12 @@ IOV_MAX = 1024  # the kernel's limit of iovecs per process_vm_readv side
 WORD = 8
 _PREFIX_SHIFTS = (8, 16, 24, 32, 64)  # a word's upper bytes from byte 1, 2, 3, 4 (none: word by word)
 _MAX_PREFIXES = 8  # the fewest bytes shared by every word of the range in at most this many prefixes
+STACK_ESTIMATE = 8 << 10  # bytes per thread the stack buffer starts with (an idle glibc thread: ~4.5 kB)
+# Bytes frequent in stacks (zeros, all-ones, the top byte of stack and library addresses): a memchr for
+# one of them would stop everywhere.
+_COMMON_BYTES = frozenset((0x00, 0xFF, 0x7F))
+CANDIDATE_BUDGET = 64  # candidates of the one-byte search allowed beyond one per 256 bytes of data
+_MAPS_BUFFER = 64 << 10  # the first size of the maps buffer; doubled when the text fills it
 
 
 @dataclass(frozen=True)
@@ -42,11 +50,8 @@ class StackMaps:
     readable: tuple[bool, ...]
 
     @staticmethod
-    def read(pid: int, previous: StackMaps | None = None) -> StackMaps:
-        """Read /proc/PID/maps; reuse `previous` when the text is the same (the common case)."""
-        raw = _read_all(f"/proc/{pid}/maps")
-        if previous is not None and previous.raw == raw:
-            return previous
+    def parse(raw: bytes) -> StackMaps:
+        """The mappings of a /proc/PID/maps text."""
         starts, ends, readable = [], [], []
         for line in raw.splitlines():
             span, _, rest = line.partition(b" ")
@@ -65,176 +70,246 @@ class StackMaps:
         return start, min(self.ends[index], start + limit)
 
 
-def _read_all(path: str) -> bytes:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as exc:
-        raise TargetError(f"cannot read {path}: {exc.strerror}") from None
-    try:
-        chunks = []
-        while chunk := os.read(fd, 1 << 20):
-            chunks.append(chunk)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
+class MapsReader:
+    """/proc/PID/maps opened once (before the stop), read again with one pread into a reused buffer.
 
-
-@dataclass(frozen=True)
-class ThreadStack:
-    """One held thread as read in the window: its registers and where its stack words are in the buffer.
-
-    `stack` is None when the stack cannot be read (rsp in no readable mapping, or the read failed):
-    such a stack cannot be shown to be safe.
+    A pread at offset 0 of a seq_file makes the kernel generate the text anew: it is the mappings now.
     """
 
-    tid: int
-    rip: int
-    rsp: int
-    registers: tuple[int, ...]  # the general registers, when the check looks at them
-    stack: tuple[int, int] | None  # [offset, end) of its words in the snapshot's buffer
+    def __init__(self, pid: int) -> None:
+        path = f"/proc/{pid}/maps"
+        try:
+            self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise TargetError(f"cannot read {path}: {exc.strerror}") from None
+        self._path = path
+        self._buffer = bytearray(_MAPS_BUFFER)
+        self.maps = StackMaps.parse(self._read())
+
+    def _read(self) -> bytes:
+        # A seq_file read returns at most its internal buffer (a page, for maps) at a time: read on until
+        # it returns nothing, continuing at the offset reached (a pread at 0 starts the text anew).
+        size = 0
+        while True:
+            if size == len(self._buffer):
+                self._buffer += bytes(len(self._buffer))
+            try:
+                got = os.preadv(self._fd, [memoryview(self._buffer)[size:]], size)
+            except OSError as exc:
+                if exc.errno == errno.ESRCH:
+                    raise TargetError(f"no such process: {self._path.split('/')[2]}") from None
+                raise TargetError(f"cannot read {self._path}: {exc.strerror}") from None
+            if got == 0:
+                return bytes(self._buffer[:size])
+            size += got
+
+    def refresh(self) -> StackMaps:
+        """The mappings now; the previous parse when the text is the same (the common case)."""
+        raw = self._read()
+        if raw != self.maps.raw:
+            self.maps = StackMaps.parse(raw)
+        return self.maps
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+def find_words(buffer: memoryview | bytearray, end: int, low: int, high: int) -> list[tuple[int, int]]:
+    """(offset, word) of every 8-aligned word of buffer[:end] in [low, high), in buffer order."""
+    if high <= low or end <= 0:
+        return []
+    # The shared upper bytes of the range's words, as long as a few prefixes cover the range, without
+    # their high zero bytes: stacks are mostly zeros, and a pattern ending in a zero byte defeats the
+    # skip of the C search (measured: 4x slower on a 75 kB stack buffer); longer patterns skip more.
+    shift = next(s for s in _PREFIX_SHIFTS if ((high - 1) >> s) - (low >> s) < _MAX_PREFIXES)
+    skip = shift // 8
+    prefixes = range(low >> shift, ((high - 1) >> shift) + 1)
+    patterns = [p.to_bytes(WORD - skip, "little").rstrip(b"\0") for p in prefixes]
+    view = memoryview(buffer)[:end]
+    if any(len(p) < 2 for p in patterns):
+        words = view[: end - end % WORD].cast("Q")
+        return [(index * WORD, word) for index, word in enumerate(words) if low <= word < high]
+    data = view.obj if isinstance(view.obj, bytearray) and view.nbytes == end else bytes(view)
+    hits: list[tuple[int, int]] = []
+    for pattern in patterns:
+        _find_prefix(data, end, pattern, skip, low, high, hits)
+    hits.sort()
+    return hits
+
+
+def _find_prefix(
+    data: bytes | bytearray,
+    end: int,
+    pattern: bytes,
+    skip: int,
+    low: int,
+    high: int,
+    hits: list[tuple[int, int]],
+) -> None:
+    """Append (offset, word) for every aligned word of data[:end] in [low, high) whose bytes from `skip`
+    on are `pattern`.
+
+    The search looks for one byte of the pattern with memchr (bytes.find of one byte: ~1 µs per 100 kB,
+    against ~40 µs for a 5-byte pattern, whose skip loop steps a few bytes at a time) and compares the
+    pattern only where that byte sits at the right place in a word: every word sought has that byte
+    there, so none is missed. A byte common in the data (more candidates than CANDIDATE_BUDGET allows)
+    hands the rest of the buffer over to the pattern search.
+    """
+    k = next((i for i, b in enumerate(pattern) if b not in _COMMON_BYTES), 0)
+    needle, at = pattern[k : k + 1], skip + k
+    budget = CANDIDATE_BUDGET + end // 256
+    size = len(pattern)
+    position = data.find(needle, at, end)
+    while position >= 0 and budget > 0:
+        budget -= 1
+        offset = position - at
+        in_word = offset % WORD == 0 and offset + WORD <= end
+        if in_word and data[offset + skip : offset + skip + size] == pattern:
+            word = int.from_bytes(data[offset : offset + WORD], "little")
+            if low <= word < high:
+                hits.append((offset, word))
+        position = data.find(needle, position + 1, end)
+    if position < 0:
+        return
+    position = data.find(pattern, max(position - k, skip), end)  # the rest, by the pattern itself
+    while position >= 0:
+        offset = position - skip
+        if offset % WORD == 0 and offset + WORD <= end:
+            word = int.from_bytes(data[offset : offset + WORD], "little")
+            if low <= word < high:
+                hits.append((offset, word))
+        position = data.find(pattern, position + 1, end)
 
 
 @dataclass(frozen=True)
 class Snapshot:
-    """Every held thread's registers and stack words, read once in the window."""
+    """Every held thread's registers and stack words, read once in the window, as parallel lists.
 
-    threads: tuple[ThreadStack, ...]
-    buffer: bytearray  # the stack words of all threads, each thread's words 8-aligned
-
-    def words_in(self, low: int, high: int) -> Iterator[tuple[int, int]]:
-        """(buffer offset, word) of every aligned word in [low, high), in buffer order."""
-        buffer = self.buffer
-        if high <= low:
-            return
-        # The shared upper bytes of the range's words, as long as a few prefixes cover the range, without
-        # their high zero bytes: stacks are mostly zeros, and a pattern ending in a zero byte defeats the
-        # skip of the C search (measured: 4x slower on a 75 kB stack buffer); longer patterns skip more.
-        shift = next(s for s in _PREFIX_SHIFTS if ((high - 1) >> s) - (low >> s) < _MAX_PREFIXES)
-        skip = shift // 8
-        patterns = [
-            p.to_bytes(WORD - skip, "little").rstrip(b"\0")
-            for p in range(low >> shift, ((high - 1) >> shift) + 1)
-        ]
-        if any(len(p) < 2 for p in patterns):
-            view = memoryview(buffer).cast("Q")
-            for index, word in enumerate(view):
-                if low <= word < high:
-                    yield index * WORD, word
-            return
-        hits = []
-        for pattern in patterns:
-            position = buffer.find(pattern, skip)
-            while position >= 0:
-                offset = position - skip
-                if offset % WORD == 0:
-                    word = int.from_bytes(buffer[offset : offset + WORD], "little")
-                    if low <= word < high:
-                        hits.append((offset, word))
-                position = buffer.find(pattern, position + 1)
-        hits.sort()
-        yield from hits
-
-
-_GENERAL_REGISTERS = (
-    "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15",
-)  # fmt: skip
-
-
-class RegisterLog:
-    """Registers of held threads, read as each thread reaches its stop (`StoppedThreads.on_held`), so
-    that reading them overlaps with the wait for the other threads' stops."""
-
-    def __init__(self, with_registers: bool) -> None:
-        self._reader = pt.RegisterReader()
-        self._with_registers = with_registers
-        self.values: dict[int, tuple[int, int, int, tuple[int, ...]]] = {}
-
-    def record(self, tid: int) -> tuple[int, int, int, tuple[int, ...]]:
-        """Read one held thread's rip, rsp (and general registers) and keep them."""
-        raw = self._reader.read(tid)
-        general = tuple(getattr(raw, name) for name in _GENERAL_REGISTERS) if self._with_registers else ()
-        self.values[tid] = value = (tid, raw.rip, raw.rsp, general)
-        return value
-
-
-def take_snapshot(
-    stopped: StoppedThreads,
-    maps: StackMaps,
-    stack_limit: int,
-    with_registers: bool,
-    with_stacks: bool,
-    log: RegisterLog | None = None,
-) -> Snapshot:
-    """Read every held thread's rip, rsp (and general registers) and, with `with_stacks`, its stack.
-
-    Registers already in `log` (read at the thread's stop, unchanged since) are not read again.
+    `places[i]` is [offset, end) of thread i's stack words in `buffer`, or None when its stack cannot be
+    read (rsp in no readable mapping, or the read failed): such a stack cannot be shown to be safe.
+    `slots[i]` is thread i's slot in the register file.
     """
-    log = log if log is not None else RegisterLog(with_registers)
-    values = log.values
-    regs = [values[tid] if tid in values else log.record(tid) for tid in stopped.tids]
-    spans: list[tuple[int, int] | None] = []
-    total = 0
-    for _tid, _rip, rsp, _general in regs:
-        span = maps.stack_span(rsp, stack_limit) if with_stacks else None
-        spans.append(span)
-        if span is not None:
-            total += span[1] - span[0]
-    buffer = bytearray(total)
-    placed = _read_stacks(stopped, spans, buffer) if with_stacks else [None] * len(spans)
-    threads = tuple(
-        ThreadStack(tid, rip, rsp, general, where)
-        for (tid, rip, rsp, general), where in zip(regs, placed, strict=True)
-    )
-    return Snapshot(threads, buffer)
+
+    tids: list[int]
+    rips: list[int]
+    rsps: list[int]
+    slots: list[int]
+    places: list[tuple[int, int] | None]
+    buffer: bytearray
+    used: int  # bytes of `buffer` holding stack words
+    registers: pt.RegisterFile
+
+
+class ThreadScan:
+    """The safety check's reading of held threads, set up before the stop and reused by every attempt."""
+
+    def __init__(self, pid: int, threads: int = 1) -> None:
+        self.pid = pid
+        self.registers = pt.RegisterFile(threads + 8)
+        self._buffer = _touched(max(threads, 1) * STACK_ESTIMATE)
+        self.maps_reader = MapsReader(pid)
+
+    def on_held(self, tid: int) -> None:
+        """A thread reached its stop: read its registers now, while the others are on their way."""
+        self.registers.record(tid)
+
+    def start_attempt(self) -> None:
+        """A new stop: every thread's registers are read again."""
+        self.registers.clear()
+
+    def close(self) -> None:
+        self.maps_reader.close()
+
+    def snapshot(self, stopped: StoppedThreads, stack_limit: int, with_stacks: bool) -> Snapshot:
+        """Every held thread's rip and rsp (registers read at its stop, or now) and, with `with_stacks`,
+        its stack from rsp to the end of its mapping (at most `stack_limit` bytes)."""
+        registers = self.registers
+        slot_of = registers.slot_of
+        held = stopped.held
+        for tid in held.keys() - slot_of.keys():  # stopped before the hand-over of `on_held`
+            registers.record(tid)
+        words = registers.words()
+        size = registers.SLOT_WORDS
+        if len(held) == len(registers.tids):  # every thread read is still held: one slice each
+            tids = list(registers.tids)
+            slots = list(range(len(tids)))
+            rips = words[registers.RIP :: size].tolist()
+            rsps = words[registers.RSP :: size].tolist()
+        else:
+            tids = [tid for tid in registers.tids if tid in held]
+            slots = [slot_of[tid] for tid in tids]
+            rips = [words[s * size + registers.RIP] for s in slots]
+            rsps = [words[s * size + registers.RSP] for s in slots]
+        if not with_stacks:
+            return Snapshot(tids, rips, rsps, slots, [None] * len(tids), self._buffer, 0, registers)
+        maps = self.maps_reader.refresh()
+        stopped.mark("maps")
+        starts, ends, readable = maps.starts, maps.ends, maps.readable
+        remote: list[int] = []
+        places: list[tuple[int, int] | None] = []
+        total = 0
+        find = bisect.bisect_right
+        for rsp in rsps:
+            index = find(starts, rsp) - 1
+            if index < 0 or rsp >= ends[index] or not readable[index]:
+                places.append(None)
+                continue
+            start = rsp & -WORD
+            end = ends[index]
+            length = (end if end - start < stack_limit else start + stack_limit) - start
+            remote += (start, length)
+            places.append((total, total + length))
+            total += length
+        if total > len(self._buffer):
+            self._buffer = bytearray(2 * total)
+        _read_stacks(stopped, array("Q", remote), places, self._buffer)
+        return Snapshot(tids, rips, rsps, slots, places, self._buffer, total, registers)
+
+
+def _touched(size: int) -> bytearray:
+    """A zeroed buffer whose pages are already mapped (written once), so that filling it faults nothing."""
+    buffer = bytearray(size)
+    if size:
+        ctypes.memset((ctypes.c_char * size).from_buffer(buffer), 0, size)
+    return buffer
 
 
 def _read_stacks(
-    stopped: StoppedThreads, spans: Sequence[tuple[int, int] | None], buffer: bytearray
-) -> list[tuple[int, int] | None]:
-    """Fill `buffer` with every span, one process_vm_readv per IOV_MAX spans; where a span fails, that
-    thread's stack is read on its own (through /proc/PID/mem for pages process_vm_readv refuses)."""
-    places: list[tuple[int, int] | None] = []
-    offset = 0
-    for span in spans:
-        places.append(None if span is None else (offset, offset + span[1] - span[0]))
-        if span is not None:
-            offset += span[1] - span[0]
-    base = ctypes.addressof((ctypes.c_char * len(buffer)).from_buffer(buffer)) if buffer else 0
-    todo = [i for i, span in enumerate(spans) if span is not None]
-    while todo:
-        batch = todo[:IOV_MAX]
-        # Both iovec arrays at once from flat (base, length) pairs: no ctypes field access per thread.
-        local_words, remote_words = array("Q"), array("Q")
-        size = 0
-        for index in batch:
-            start, end = spans[index]  # type: ignore[misc]
-            length = end - start
-            local_words.extend((base + places[index][0], length))  # type: ignore[index]
-            remote_words.extend((start, length))
-            size += length
-        local = (IOVec * len(batch)).from_buffer(local_words)
-        remote = (IOVec * len(batch)).from_buffer(remote_words)
-        got = libc.process_vm_readv(stopped.process.pid, local, len(batch), remote, len(batch), 0)
+    stopped: StoppedThreads, remote: array, places: list[tuple[int, int] | None], buffer: bytearray
+) -> None:
+    """Fill `buffer` at every place from its (start, length) pair of `remote`, one process_vm_readv per
+    IOV_MAX stacks; where a stack fails, it is read on its own (through /proc/PID/mem for pages
+    process_vm_readv refuses), and its place becomes None when that fails too."""
+    located = [index for index, place in enumerate(places) if place is not None]
+    if not located:
+        return
+    base = ctypes.addressof((ctypes.c_char * len(buffer)).from_buffer(buffer))
+    local = array("Q", remote)  # the same lengths, at the buffer's offsets
+    for pair, index in enumerate(located):
+        local[2 * pair] = base + places[index][0]  # type: ignore[index]
+    done_pairs = 0
+    while done_pairs < len(located):
+        count = min(IOV_MAX, len(located) - done_pairs)
+        local_iov = (IOVec * count).from_buffer(local, 16 * done_pairs)
+        remote_iov = (IOVec * count).from_buffer(remote, 16 * done_pairs)
+        size = sum(remote[2 * pair + 1] for pair in range(done_pairs, done_pairs + count))
+        got = libc.process_vm_readv(stopped.process.pid, local_iov, count, remote_iov, count, 0)
         if got == size:
-            todo = todo[IOV_MAX:]
+            done_pairs += count
             continue
         if got < 0 and ctypes.get_errno() == errno.ESRCH:
             raise TargetError(f"no such process: {stopped.process.pid}")
-        # The read stopped inside one span: the ones before it are in; that one is read alone.
-        done, failed = max(got, 0), len(batch) - 1
-        for slot, index in enumerate(batch):
-            start, end = spans[index]  # type: ignore[misc]
-            if done < end - start:
-                failed = slot
-                break
-            done -= end - start
-        index = batch[failed]
-        start, end = spans[index]  # type: ignore[misc]
-        place = places[index]
-        assert place is not None
+        # The read stopped inside one stack: the ones before it are in; that one is read alone.
+        got = max(got, 0)
+        failed = done_pairs
+        while got >= remote[2 * failed + 1]:
+            got -= remote[2 * failed + 1]
+            failed += 1
+        index = located[failed]
+        start, length = remote[2 * failed], remote[2 * failed + 1]
+        offset = places[index][0]  # type: ignore[index]
         try:
-            buffer[place[0] : place[1]] = stopped.process.read(start, end - start)
+            buffer[offset : offset + length] = stopped.process.read(start, length)
         except TargetError:
             places[index] = None
-        todo = todo[failed + 1 :]
-    return places
+        done_pairs = failed + 1
