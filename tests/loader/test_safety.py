@@ -7,8 +7,9 @@ import time
 import pytest
 
 from hpkg.errors import UnsafeNow
-from hpkg.loader import safety
+from hpkg.loader import safety, thread_scan
 from hpkg.loader.process import Process
+from hpkg.loader.thread_scan import ThreadScan
 
 
 def code_range(process: Process, target, name: str) -> safety.CodeRange:
@@ -197,4 +198,49 @@ def test_a_busy_refusal_counts_the_attempts_and_where_threads_were(start_target)
     assert busy.stopped_seconds > 0
     where = f"{busy.attempts} attempts found threads inside: hold_here (return address) on {busy.attempts}"
     assert where in busy.tally()
+    target.assert_running_untraced()
+
+
+@pytest.mark.parametrize(
+    "budget", [thread_scan.CANDIDATE_BUDGET, -(10**9)], ids=["byte-search", "pattern-search"]
+)
+def test_both_word_searches_find_what_a_word_by_word_scan_finds(start_target, monkeypatch, budget):
+    """The one-byte search hands over to the pattern search when its byte is common: either way, every
+    offender a word-by-word scan of each stack finds (a budget below zero hands over at once)."""
+    monkeypatch.setattr(thread_scan, "CANDIDATE_BUDGET", budget)
+    target = start_target("threads")
+    process = Process(target.pid)
+    ranges = [code_range(process, target, name) for name in ("hold_here", "sleeper_wait", "spin_work")]
+    image = next(i for i in process.images() if i.path == str(target.binary.path))
+    memory = [safety.CodeRange("image", image.start, image.end)]
+    with process.stop_all_threads() as stopped:
+        report = safety.check_threads(stopped, ranges, [], pointer_ranges=memory)
+        expected = _reference_offenders(process, stopped, ranges, memory)
+    assert {(o.tid, o.range_name, o.kind, o.address) for o in report.offenders} == expected
+    assert {o.range_name for o in report.offenders} >= {"hold_here", "image"}
+
+
+def test_a_stack_mapped_after_the_scan_was_set_up_is_read_in_the_window(start_target):
+    """The scan opens and reads /proc/PID/maps before the stop; a thread whose stack was mapped since
+    (here: a thread created afterwards, sitting in hold_here) is still found by its return address,
+    because the window reads the mappings again."""
+    target = start_target("threads")
+    process = Process(target.pid)
+    hold = code_range(process, target, "hold_here")
+    scan = ThreadScan(process.pid, 8)
+    before = set(target.tids())
+    target.send("spawn\n")
+    deadline = time.monotonic() + 20
+    while True:
+        new = set(target.tids()) - before
+        if new:
+            with process.stop_all_threads() as stopped:
+                report = safety.check_threads(stopped, [hold], scan=scan)
+            found = {(o.tid, o.range_name, o.kind) for o in report.offenders}
+            if (*new, "hold_here", "return address") in found:
+                break
+        assert time.monotonic() < deadline, "the new thread was never found in hold_here"
+        time.sleep(0.01)
+    scan.close()
+    assert report.threads_checked == 9
     target.assert_running_untraced()
