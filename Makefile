@@ -16,10 +16,11 @@ deps:
 # patches to functions with ctags, host a real Debian libxml2 update (headers), feed hpkg
 # hostile inputs (a core file made by gdb's gcore, an aarch64 ELF) and fetch debug files from a
 # real elfutils debuginfod server; build the Windows x64 samples with mingw-w64 and run them under Wine
-# (`wine` holds the wine, wineboot and wineserver commands, `wine64` the 64-bit loader).
+# (`wine` holds the wine, wineboot and wineserver commands, `wine64` the 64-bit loader), and sign one
+# with osslsigncode (a patched copy drops the Authenticode signature it no longer matches).
 test-deps: deps
 	@scripts/ensure-debian-packages.sh bsdiff xdelta3 zstd universal-ctags libxml2-dev gdb gcc-aarch64-linux-gnu \
-		debuginfod gcc-mingw-w64-x86-64 wine wine64
+		debuginfod gcc-mingw-w64-x86-64 wine wine64 osslsigncode openssl
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)

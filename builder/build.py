@@ -17,10 +17,11 @@ from hpkg import __version__
 from hpkg.builder.diff import Progress, diff_images
 from hpkg.builder.image import DEBUG_ROOTS, DebugLookup, load_image
 from hpkg.builder.model import Function, Image
+from hpkg.builder.pe_target import as_rvas, pe_baseline_record
 from hpkg.builder.plan import PatchPlan, PlanOptions, check_plan, plan_patch
 from hpkg.elf.constants import DT_SONAME
 from hpkg.elf.structs import DYN
-from hpkg.errors import ImageError, NotYetSupported
+from hpkg.errors import ImageError
 from hpkg.formats import (
     AddedFunction,
     DataObject,
@@ -61,20 +62,11 @@ def soname(image: Image) -> str | None:
     return None
 
 
-def require_buildable_format(old: Image, new: Image) -> None:
-    """Refuse a Windows PE pair before anything is planned: the diff reads PE images, but no package
-    format, loader or file writer for them exists yet, and a package the loader cannot use is worse
-    than none (NotYetSupported, exit 7)."""
-    for image in (old, new):
-        if image.kind.startswith("pe-"):
-            raise NotYetSupported(
-                f"{image.path}: Windows PE packages are not built yet: `hpkg diff` compares PE pairs;"
-                " build, apply and revert handle ELF only"
-            )
-
-
 def baseline_record(image: Image) -> TargetRecord:
-    """The baseline a package applies to: build-id, image size, file digest and a name to find it by."""
+    """The baseline a package applies to: build-id, image size, file digest and a name to find it by
+    (a PE32+ image: its CodeView identity, SizeOfImage and ImageBase, builder/pe_target.py)."""
+    if image.is_pe:
+        return pe_baseline_record(image)
     if not image.build_id:
         raise ImageError(f"{image.path}: the baseline has no GNU build-id (link with -Wl,--build-id)")
     return TargetRecord(
@@ -110,7 +102,7 @@ def package_from_plan(plan: PatchPlan, target: TargetRecord) -> Package:
         supersedes=plan.options.supersedes,
         builder_version=f"hpkg {__version__}",
     )
-    return Package(
+    package = Package(
         target=target,
         identity=identity,
         functions=tuple(
@@ -137,6 +129,7 @@ def package_from_plan(plan: PatchPlan, target: TargetRecord) -> Package:
         relocations=plan.relocations,
         unwind=plan.unwind,
     )
+    return as_rvas(package) if target.is_pe else package
 
 
 @dataclass(frozen=True)
@@ -161,7 +154,6 @@ def build_images(
 
     `progress` and `functions` are passed to diff_images (a progress bar, and the functions it sized).
     """
-    require_buildable_format(old, new)
     target = baseline_record(old)
     diff = diff_images(old, new, progress=progress, functions=functions)
     plan = check_plan(plan_patch(diff, options))

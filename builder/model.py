@@ -28,6 +28,7 @@ from hpkg.elf.ehframe import Fde, parse_eh_frame_records
 
 if TYPE_CHECKING:
     from hpkg.builder.line_table import LineTable
+    from hpkg.pe.headers import PeHeaders
 
 LinkAddress = NewType("LinkAddress", int)
 FileOffset = NewType("FileOffset", int)
@@ -314,6 +315,12 @@ class Image:
     stripped: bool = False
     file_sha256: bytes = b""  # of the whole file, taken when it was loaded
     debug_path: str | None = None  # the separate debug file the symbols came from, if any
+    # A Windows PE32+ image's headers (ImageBase, SizeOfImage, data directories); None for ELF.
+    pe_headers: PeHeaders | None = None
+
+    @property
+    def is_pe(self) -> bool:
+        return self.pe_headers is not None
 
     @cached_property
     def line_table(self) -> LineTable:

@@ -55,6 +55,7 @@ from hpkg.pe.constants import (
     IMAGE_DIRECTORY_ENTRY_EXCEPTION,
     IMAGE_DIRECTORY_ENTRY_IAT,
     IMAGE_DIRECTORY_ENTRY_IMPORT,
+    IMAGE_DIRECTORY_ENTRY_TLS,
     IMAGE_SCN_CNT_UNINITIALIZED_DATA,
     IMAGE_SYM_CLASS_EXTERNAL,
     IMAGE_SYM_CLASS_STATIC,
@@ -74,6 +75,9 @@ _THUNK_SIZE = 6
 MAX_ZERO_FILL = 256 << 20
 # The derived type "function" of a COFF symbol's Type field, as LIEF names it.
 _FUNCTION_TYPE = "FUNCTION"
+# IMAGE_TLS_DIRECTORY64: StartAddressOfRawData, EndAddressOfRawData, AddressOfIndex, AddressOfCallBacks
+# (VAs), SizeOfZeroFill, Characteristics.
+TLS_DIRECTORY64 = struct.Struct("<QQQQII")
 
 
 def is_pe_file(path: str | Path) -> bool:
@@ -160,6 +164,19 @@ def _segments(headers: PeHeaders) -> tuple[Segment, ...]:
             )
         )
     return tuple(out)
+
+
+def _tls_segment(headers: PeHeaders, data: bytes) -> tuple[Segment, ...]:
+    """The TLS directory's template as a TLS segment (file size: the initialised template, memory size:
+    with SizeOfZeroFill): the static TLS block every thread of a running process already has."""
+    rva, size = headers.directory(IMAGE_DIRECTORY_ENTRY_TLS)
+    raw = file_reader(data, headers)(rva, TLS_DIRECTORY64.size) if rva and size else b""
+    if len(raw) < TLS_DIRECTORY64.size:
+        return ()
+    start, end, _, _, zero_fill, _ = TLS_DIRECTORY64.unpack(raw)
+    template = max(end - start, 0)
+    offset = headers.rva_to_offset(start - headers.image_base) if start >= headers.image_base else None
+    return (Segment("TLS", LinkAddress(start), FileOffset(offset or 0), template, template + zero_fill, "R"),)
 
 
 def _coff_symbols(binary, sections: tuple[Section, ...], linker_tables: set[str]) -> list[Symbol]:
@@ -398,7 +415,7 @@ def load_pe_image(path: str | Path, debug: str | Path | None = None) -> Image:
         kind="pe-library" if headers.is_dll else "pe-executable",
         entry=LinkAddress(headers.image_base + headers.entry_rva),
         sections=sections,
-        segments=_segments(headers),
+        segments=_segments(headers) + _tls_segment(headers, data),
         symbols=tuple(symbols + exported),
         imports=_imports(slots, thunks),
         got_slots=tuple(
@@ -410,4 +427,5 @@ def load_pe_image(path: str | Path, debug: str | Path | None = None) -> Image:
         eh_frame=AddressRanges(spans),
         stripped=not any(s.kind is SymbolKind.FUNCTION for s in symbols),
         file_sha256=hashlib.sha256(data).digest(),
+        pe_headers=headers,
     )

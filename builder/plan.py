@@ -18,7 +18,8 @@ from hpkg.builder.coverage import OperandCoverage
 from hpkg.builder.destinations import Destinations
 from hpkg.builder.fixups import FixRelocations, Fixups, PackageCode
 from hpkg.builder.layout import SectionLayout, lay_out_package
-from hpkg.builder.model import DiffResult, FunctionPair
+from hpkg.builder.model import DiffResult, Function, FunctionPair
+from hpkg.builder.pe_unwind import pdata_unwind
 from hpkg.builder.reasons import data_reasons, function_reasons, unwind_reasons
 from hpkg.builder.records import relocation_records, short_jump_reasons
 from hpkg.builder.select import select_functions, spurious_changes
@@ -138,6 +139,12 @@ def plan_patch(diff: DiffResult, options: PlanOptions | None = None) -> PatchPla
     frames = exception_frames(diff.new)
     unwind = _unwind(diff, package, code, placement) if frames else UnwindSection(b"", (), frozenset(), {})
     reasons += unwind_reasons(diff, selection.pairs, frames, unwind)
+    if diff.new.pe_headers is not None:
+        # A PE image has no .eh_frame: every package function that uses the stack needs its `.pdata`
+        # entry, exceptions or not (the Windows unwinder takes a function without one for a leaf).
+        pdata = pdata_unwind(diff.new, diff.new.pe_headers, _named(selection.pairs), code.offset_of)
+        unwind = UnwindSection(pdata.content, (), pdata.covered, {})
+        reasons += pdata.reasons
     reasons += short_jump_reasons(placement, code)
     # The plan: functions with their sites, objects with their offsets.
     functions = _planned_functions(selection.pairs, selection.why, sites, code)
@@ -176,6 +183,10 @@ def _place(
         fixups.fix_function(pair.new.function, pair.new.references, pair.name)
     CopiedPointers(destinations, package, placement, relocations).scan()
     return package, placement
+
+
+def _named(pairs: tuple[FunctionPair, ...]) -> tuple[tuple[str, Function], ...]:
+    return tuple((pair.name, pair.new.function) for pair in pairs)
 
 
 def _unwind(

@@ -43,6 +43,15 @@ def _tls_layout(image: Image) -> tuple:
     return tuple((s.file_size, s.memory_size) for s in image.segments if s.kind == "TLS")
 
 
+# mingw-w64's GCC compiles `__thread` to emulated TLS: a control object `__emutls_v.NAME` (size, align,
+# index, template) in .data that `__emutls_get_address` turns into each thread's copy.
+EMUTLS_CONTROL_PREFIX = "__emutls_v."
+
+
+def _emulated_tls(name: str) -> bool:
+    return name.startswith(EMUTLS_CONTROL_PREFIX)
+
+
 def data_reasons(diff: DiffResult) -> list[Reason]:
     """Variables present in both builds that changed (live state), and any change of thread-local storage."""
     reasons: list[Reason] = []
@@ -55,7 +64,7 @@ def data_reasons(diff: DiffResult) -> list[Reason]:
         name = sym.name.split("@")[0]
         image = diff.old if change.old is not None else diff.new
         section = image.section(sym.section)
-        tls = sym.kind is SymbolKind.TLS or (section is not None and section.tls)
+        tls = sym.kind is SymbolKind.TLS or (section is not None and section.tls) or _emulated_tls(name)
         if change.anonymous:
             reason = _anonymous_reason(change, name)
         elif tls and change.change is not DataChangeKind.VALUE:

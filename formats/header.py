@@ -14,12 +14,15 @@ from hpkg.formats import limits
 
 MAGIC = b"\x89HPKG\r\n\x1a"  # PNG-style: a high byte and CR LF catch text-mode and 7-bit mangling
 FORMAT_MAJOR = 1
-FORMAT_MINOR = 3  # the newest minor this hpkg reads and writes
+FORMAT_MINOR = 4  # the newest minor this hpkg reads and writes
 # 1.1 added the optional unwind section; a package without one is written as 1.0, byte for byte as before.
 UNWIND_MINOR = 1
 # 1.3: an unsigned package carries a digest of its header and manifest in the key id field, which it
 # does not otherwise use (a signed package is written as before: its signature covers both).
 DIGEST_MINOR = 3
+# 1.4: a Windows PE32+ baseline (target.file_format "pe32+", target.image_base, baseline addresses as
+# RVAs, the unwind section as RUNTIME_FUNCTIONs); ELF packages are written as before.
+PE_MINOR = 4
 FLAG_SIGNED = 0x1
 KNOWN_FLAGS = FLAG_SIGNED
 KEY_ID_OFFSET = 16

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from hpkg.errors import PackageError
 from hpkg.formats import limits
+from hpkg.formats.header import PE_MINOR
 from hpkg.formats.model import (
     AddedFunction,
     DataObject,
@@ -72,6 +73,8 @@ def package_document(pkg: Package) -> dict[str, Any]:
             "image_size": t.image_size,
             "file_sha256": None if t.file_sha256 is None else t.file_sha256.hex(),
             "soname_hint": t.soname_hint,
+            # Only a PE32+ target has the key (format 1.4): an ELF package's manifest stays byte for byte.
+            **({} if t.image_base is None else {"image_base": t.image_base}),
         },
         "identity": {
             "package_id": i.package_id,
@@ -209,7 +212,9 @@ def _parse(manifest: bytes) -> Any:
     return document
 
 
-def _decode_target(r: _Reader) -> TargetRecord:
+def _decode_target(r: _Reader, minor: int) -> TargetRecord:
+    # target.image_base exists from 1.4 on (a PE32+ baseline); in an older minor it is an unknown key.
+    image_base = r.integer("image_base") if minor >= PE_MINOR and "image_base" in r.value else None
     target = TargetRecord(
         file_format=r.text("file_format"),
         machine=r.text("machine"),
@@ -217,6 +222,7 @@ def _decode_target(r: _Reader) -> TargetRecord:
         image_size=r.integer("image_size", 1),
         file_sha256=r.optional_hex("file_sha256", 32),
         soname_hint=r.text("soname_hint", allow_empty=True),
+        image_base=image_base,
     )
     r.done()
     return target
@@ -313,7 +319,7 @@ def decode_manifest(manifest: bytes, lenient: bool = False, minor: int = 0) -> M
     """
     ignored: list[str] = []
     root = _Reader(_parse(manifest), "", lenient, ignored)
-    target = _decode_target(root.child("target"))
+    target = _decode_target(root.child("target"), minor)
     identity = _decode_identity(root.child("identity"))
     functions = _records(root, "functions", _decode_function)
     added = _records(root, "added_functions", _decode_added)

@@ -69,6 +69,10 @@ class DataSection(StrEnum):
     BSS = "bss"
 
 
+ELF_FILE_FORMAT = "elf64"
+PE_FILE_FORMAT = "pe32+"
+
+
 @dataclass(frozen=True)
 class TargetRecord:
     """The one baseline build a package applies to; the loader proves a target matches it."""
@@ -79,6 +83,14 @@ class TargetRecord:
     machine: str = "x86_64"
     file_sha256: bytes | None = None  # SHA-256 of the whole baseline file, when the builder knew it
     soname_hint: str = ""  # soname or path of the baseline, to help find it in a process
+    # A PE32+ baseline only (format 1.4): its preferred ImageBase. Its baseline addresses are RVAs, so a
+    # loader adds the image's actual base (ImageBase for a file, the header mapping in a process).
+    image_base: int | None = None
+
+    @property
+    def is_pe(self) -> bool:
+        """Whether the baseline is a Windows PE32+ image (addresses are RVAs; unwind rules are .pdata)."""
+        return self.file_format == PE_FILE_FORMAT
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from hpkg.formats.header import (
     FORMAT_MINOR,
     HEADER_SIZE,
     KEY_ID_SIZE,
+    PE_MINOR,
     SIGNATURE_SIZE,
     UNWIND_MINOR,
     Header,
@@ -52,8 +53,11 @@ MAX_FILE_SIZE = HEADER_SIZE + limits.MAX_MANIFEST_FRAME_SIZE + limits.MAX_COMPRE
 def _minor(pkg: Package, signed: bool) -> int:
     """The minor version `pkg` is written as: 1.1 only when it carries unwind rules, so a 1.0 reader
     still reads every package without them and refuses one with them (its sections add up wrong);
-    1.3 for every unsigned package, which ends with a digest (a signed package is written as before)."""
+    1.3 for every unsigned package, which ends with a digest (a signed package is written as before);
+    1.4 for a PE32+ baseline, signed or not (an unsigned one keeps the digest of 1.3)."""
     minor = UNWIND_MINOR if pkg.unwind else 0
+    if pkg.target.is_pe:
+        return PE_MINOR  # 1.4 on: a 1.3 reader refuses the pe32+ target it does not know
     return minor if signed else max(minor, DIGEST_MINOR)
 
 

@@ -11,7 +11,9 @@ import unicodedata
 from hpkg.errors import PackageError
 from hpkg.formats import limits
 from hpkg.formats.model import (
+    ELF_FILE_FORMAT,
     FIELD_WIDTH,
+    PE_FILE_FORMAT,
     DataSection,
     Package,
     PackageSection,
@@ -24,7 +26,8 @@ U32_MAX = (1 << 32) - 1
 U64_MAX = (1 << 64) - 1
 I64_MIN, I64_MAX = -(1 << 63), (1 << 63) - 1
 SHA256_SIZE = 32
-SUPPORTED_FILE_FORMATS = ("elf64",)
+PE_IMAGE_BASE_ALIGN = 0x10000
+SUPPORTED_FILE_FORMATS = (ELF_FILE_FORMAT, PE_FILE_FORMAT)
 SUPPORTED_MACHINES = ("x86_64",)
 
 
@@ -71,7 +74,15 @@ def _check_target(pkg: Package) -> None:
     check_bytes(t.build_id, 1, limits.MAX_BUILD_ID, "target.build_id")
     check_int(t.image_size, 1, U64_MAX, "target.image_size")
     if t.file_format not in SUPPORTED_FILE_FORMATS:
-        raise PackageError(f"target.file_format: {t.file_format!r} is not supported (expected elf64)")
+        raise PackageError(f"target.file_format: {t.file_format!r} is not supported (elf64 or pe32+)")
+    if t.is_pe != (t.image_base is not None):
+        what = "a pe32+ target needs" if t.is_pe else "an elf64 target has no"
+        raise PackageError(f"target.image_base: {what} image base")
+    if t.image_base is not None:
+        # Windows maps an image at a 64 KiB boundary (the allocation granularity).
+        check_int(t.image_base, 0, U64_MAX, "target.image_base")
+        if t.image_base % PE_IMAGE_BASE_ALIGN:
+            raise PackageError(f"target.image_base: {t.image_base:#x} is not a multiple of 64 KiB")
     if t.machine not in SUPPORTED_MACHINES:
         raise PackageError(f"target.machine: {t.machine!r} is not supported (expected x86_64)")
     if t.file_sha256 is not None:

@@ -38,7 +38,7 @@ from hpkg.formats.model import Package
 from hpkg.loader import alloc
 from hpkg.loader.alloc import Allocation
 from hpkg.loader.bounds import check_record_sites, check_writes, image_code_of_process
-from hpkg.loader.compat import AppliedLevel, CompatReport, check_compatibility
+from hpkg.loader.compat import AppliedLevel, CompatReport, carried_detail, check_compatibility, contains
 from hpkg.loader.inject import PROT_EXEC, PROT_READ, PROT_WRITE, Injector
 from hpkg.loader.interrupts import deferred_interrupts, raise_if_interrupted
 from hpkg.loader.link import RelocatedImage, SiteJump, relocate
@@ -52,8 +52,10 @@ from hpkg.loader.live import (
     target_lock,
     wait_until_safe,
 )
+from hpkg.loader.live_formats import require_live_format
 from hpkg.loader.live_imports import ProcessImports
 from hpkg.loader.live_unwind import REASON, UnwindTarget, check_placement, find_unwind_target
+from hpkg.loader.pe_process import pe_baseline_images, pe_image_code_of_process
 from hpkg.loader.placement import AreaLayout, Placement, area_layout
 from hpkg.loader.process import Process, StoppedThreads
 from hpkg.loader.procfs import PAGE_SIZE, RuntimeImage, page_up
@@ -107,9 +109,7 @@ class ImageCarrying:
 
     def detail(self, package: Package) -> str:
         """"" when the image carries `package` itself, else which higher level (containing it) it carries."""
-        if self.package_id == package.identity.package_id:
-            return ""
-        return f"level {self.patch_level} (package {self.package_id}) is applied and contains it"
+        return carried_detail(package, self.package_id, self.patch_level)
 
 
 @dataclass(frozen=True)
@@ -217,6 +217,7 @@ def apply_to_process(package: Package, pid: int, timeout: float = DEFAULT_TIMEOU
     An image that already carries the package (or a higher level for its baseline), every site still
     holding that record's jump, is left alone and reported: applying twice is not an error.
     """
+    require_live_format(package, "apply --pid")
     process = open_process(pid)
     with deferred_interrupts(), process, target_lock(pid, timeout):
         # STEP 1: the baseline images, and what hpkg already applied to them (records it can authenticate).
@@ -241,12 +242,11 @@ def _carrying(
     (which contains it), completely switched, every site still holding its jump. Anything else, from a
     site changed by another to an interrupted apply, is left to the compatibility check to refuse."""
     superseded = {f.record.supersedes for f in records if f.record is not None and f.record.supersedes}
-    identity = package.identity
     for found in records:
         record = found.record
         if record is None or found.state is not RecordState.APPLIED or record.package_id in superseded:
             continue
-        if record.package_id != identity.package_id and record.patch_level <= identity.patch_level:
+        if not contains(package, record.package_id, record.patch_level):
             continue
         if all(process.read(s.address, len(s.jump)) == s.jump for s in record.sites):
             return ImageCarrying(image, record.package_id, record.patch_level)
@@ -273,6 +273,9 @@ class ImageVerified:
 def check_process(package: Package, pid: int) -> list[ImageVerified]:
     """The compatibility check against every baseline image of process `pid`; stops and changes nothing."""
     process = open_process(pid)
+    if package.target.is_pe:
+        with process:
+            return _check_pe_process(process, package)
     with process:
         images = baseline_images(process, package)
         found = usable_records(find_records(process), pid)
@@ -292,6 +295,17 @@ def check_process(package: Package, pid: int) -> list[ImageVerified]:
                 find_unwind_target(process, image, current)
             verified.append(ImageVerified(image, compat))
         return verified
+
+
+def _check_pe_process(process: Process, package: Package) -> list[ImageVerified]:
+    """A Windows PE32+ package against a process under Wine: each image with the baseline's identity,
+    its sites proven function entries of its file and checked against its memory (loader/pe_process)."""
+    verified = []
+    for image in pe_baseline_images(process, package):
+        code = pe_image_code_of_process(process.pid, image)
+        compat = check_compatibility(package, ProcessImageReader(process, image), (), code)
+        verified.append(ImageVerified(image, compat))
+    return verified
 
 
 def _applied_levels(records: list[FoundRecord]) -> list[AppliedLevel]:

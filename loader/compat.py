@@ -101,6 +101,19 @@ class CompatReport:
         }
 
 
+def contains(package: Package, package_id: str, patch_level: int) -> bool:
+    """Whether an applied package makes applying `package` a no-op: the package itself, or a higher level
+    for the same baseline (levels are cumulative, so it contains this one)."""
+    return package_id == package.identity.package_id or patch_level > package.identity.patch_level
+
+
+def carried_detail(package: Package, package_id: str, patch_level: int) -> str:
+    """"" when the applied package is `package` itself, else which higher level (containing it) it is."""
+    if package_id == package.identity.package_id:
+        return ""
+    return f"level {patch_level} (package {package_id}) is applied and contains it"
+
+
 def _superseding_level(target: int, applied: Sequence[AppliedLevel]) -> AppliedLevel | None:
     for level in applied:
         if any(start <= target < end for start, end in level.areas):

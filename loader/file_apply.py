@@ -10,19 +10,23 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from hpkg.arch.x86_64 import PAGE_SIZE
+from hpkg.arch.x86_64 import JMP_REL32_SIZE, PAGE_SIZE, decode_jmp_rel32
+from hpkg.atomic_output import write_output
 from hpkg.elf.file import ElfFile
-from hpkg.errors import ImageError
+from hpkg.errors import ImageError, IncompatibleTarget
 from hpkg.formats.model import Package
 from hpkg.loader.bounds import ImageCode, image_code
-from hpkg.loader.compat import AppliedLevel, CompatReport, check_compatibility
+from hpkg.loader.compat import AppliedLevel, CompatReport, carried_detail, check_compatibility, contains
 from hpkg.loader.file_dynamic import DynamicLinking
 from hpkg.loader.file_imports import file_import_resolver
 from hpkg.loader.file_write import RECORD_SECTION, plan_segments, write_patched
 from hpkg.loader.link import RelocatedImage, relocate
+from hpkg.loader.pe_file import PeFile, is_pe_path
+from hpkg.loader.pe_file_apply import PeFileApplyResult, apply_to_pe_file, check_pe_file, pe_carried_level
 from hpkg.loader.placement import Placement, area_layout
 
 
@@ -67,6 +71,7 @@ class FileApplyResult:
             "patch_level": identity.patch_level,
             "target": {"file": str(self.binary), "build_id": self.compat.build_id.hex()},
             "output": str(self.output),
+            "changed": True,
             "position_independent": self.position_independent,
             "areas": {
                 "code": {"address": placement.code, "size": layout.code_size},
@@ -83,6 +88,48 @@ class FileApplyResult:
             "relaxed_got_loads": self.relocated.relaxed,
             "superseded": self.compat.superseded,
             "compatibility": self.compat.to_json(),
+        }
+
+
+@dataclass(frozen=True)
+class FileCarrying:
+    """A file that already carries the package, or a higher level containing it (levels are cumulative):
+    `apply --file` then writes `output` as an unchanged copy, so repeating a pipeline step is harmless."""
+
+    package: Package
+    binary: Path
+    output: Path
+    package_id: str  # the recorded package found in place
+    patch_level: int
+
+    @property
+    def detail(self) -> str:
+        """"" when the file carries this package itself, else which higher level (containing it) it does."""
+        return carried_detail(self.package, self.package_id, self.patch_level)
+
+    def verdict(self) -> str:
+        """The one line `verify --against` gives for such a file."""
+        return f"already applied{f': {self.detail}' if self.detail else ''} (apply changes nothing)"
+
+    def against_json(self) -> dict[str, object]:
+        """What `verify --against --json` says of such a file."""
+        carried = {"package_id": self.package_id, "patch_level": self.patch_level}
+        return {"build_id": self.package.target.build_id.hex(), "already_applied": carried}
+
+    def lines(self) -> list[str]:
+        """Human summary for `hpkg apply`."""
+        head = f"already applied: {self.package.identity.package_id} in {self.binary}"
+        return [f"{head}: {self.detail}" if self.detail else head, f"wrote {self.output} (an unchanged copy)"]
+
+    def to_json(self) -> dict[str, object]:
+        identity = self.package.identity
+        return {
+            "package_id": identity.package_id,
+            "patch_level": identity.patch_level,
+            "target": {"file": str(self.binary), "build_id": self.package.target.build_id.hex()},
+            "output": str(self.output),
+            "changed": False,
+            "already_applied": {"package_id": self.package_id, "patch_level": self.patch_level},
         }
 
 
@@ -134,21 +181,81 @@ def baseline_code(elf: ElfFile, applied: list[dict[str, object]], package: Packa
     return image_code(elf, [p for p in elf.loads if p.vaddr < limit])
 
 
-def check_file(package: Package, binary: str | os.PathLike[str]) -> CompatReport:
-    """The compatibility check alone against a file (`hpkg verify --against`); changes nothing."""
+def carried_level(package: Package, elf: ElfFile, applied: list[dict[str, object]]) -> tuple[str, int] | None:
+    """The recorded package that makes applying `package` to the file a no-op: this very package, or a
+    higher level not superseded since, whose code every one of this package's sites jumps into (the bytes
+    after each jump still the pre-image's). Anything else is left to the compatibility check to refuse."""
+    if elf.build_id != package.target.build_id:
+        return None
+    superseded = {e.get("supersedes") for e in applied}
+    for entry in reversed(applied):
+        package_id, level = entry["package_id"], entry["patch_level"]
+        if package_id in superseded:
+            continue
+        if not contains(package, package_id, level):
+            continue
+        start, end = entry["code"]
+        if all(_jumps_into(elf, f.baseline_address, f.pre_image, start, end) for f in package.functions):
+            return package_id, level
+    return None
+
+
+def _jumps_into(elf: ElfFile, site: int, pre_image: bytes, start: int, end: int) -> bool:
+    found = elf.read(site, len(pre_image))
+    target = decode_jmp_rel32(site, found)
+    if target is None or not start <= target < end:
+        return False
+    return found[JMP_REL32_SIZE:] == pre_image[JMP_REL32_SIZE:]
+
+
+def check_file(package: Package, binary: str | os.PathLike[str]) -> CompatReport | FileCarrying:
+    """The compatibility check alone against a file (`hpkg verify --against`); changes nothing. A file
+    that already carries the package answers with what it carries. A Windows PE32+ file goes to
+    loader/pe_file_apply.py."""
+    if is_pe_path(binary):
+        pe = PeFile.open(binary)
+        pe_carried = pe_carried_level(package, pe)
+        if pe_carried is not None:
+            return FileCarrying(package, pe.path, pe.path, *pe_carried)
+        return check_pe_file(package, pe)
+    _refuse_pe_package(package, binary)
     elf = ElfFile(binary)
     applied = applied_packages(elf)
+    carried = carried_level(package, elf, applied)
+    if carried is not None:
+        return FileCarrying(package, elf.path, elf.path, *carried)  # `output`: nothing is written
     return check_compatibility(package, elf, _levels(applied), baseline_code(elf, applied, package))
+
+
+def _refuse_pe_package(package: Package, binary: str | os.PathLike[str]) -> None:
+    if package.target.is_pe:
+        raise IncompatibleTarget(f"{binary} is not a Windows PE image; the package is for a PE32+ baseline")
 
 
 def apply_to_file(
     package: Package, binary: str | os.PathLike[str], output: str | os.PathLike[str]
-) -> FileApplyResult:
-    """Write `output`: `binary` with `package` added and jumps at its patch sites; `binary` is not changed."""
+) -> FileApplyResult | FileCarrying | PeFileApplyResult:
+    """Write `output`: `binary` with `package` added and jumps at its patch sites; `binary` is not changed.
+    A file that already carries the package (or a higher level) is copied to `output` unchanged. A
+    Windows PE32+ file goes to loader/pe_file_apply.py (same steps, PE sections instead of segments)."""
+    if is_pe_path(binary):
+        pe = PeFile.open(binary)
+        pe_carried = pe_carried_level(package, pe)
+        if pe_carried is not None:
+            write_output(output, pe.data, stat.S_IMODE(os.stat(pe.path).st_mode))
+            return FileCarrying(package, pe.path, Path(output), *pe_carried)
+        return apply_to_pe_file(package, pe, output)
+    _refuse_pe_package(package, binary)
     # STEP 1: the file is the package's baseline, site by site (or carries the level this one supersedes),
     # and every site is a function entry in its code (loader/bounds.py): proven before anything is written.
     elf = ElfFile(binary)
     applied = applied_packages(elf)
+    carried = carried_level(package, elf, applied)
+    if carried is not None:
+        image = bytes(elf.data)
+        mode = stat.S_IMODE(os.stat(elf.path).st_mode)
+        write_output(output, image, mode)  # read back and compared before it replaces `output`
+        return FileCarrying(package, elf.path, Path(output), *carried)
     compat = check_compatibility(package, elf, _levels(applied), baseline_code(elf, applied, package))
 
     # STEP 2: imports, placement after the image, relocation with link addresses (bias 0).

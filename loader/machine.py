@@ -27,6 +27,7 @@ from hpkg.formats.model import Package
 from hpkg.loader import interrupts, procfs
 from hpkg.loader.affected import AffectedProcess, command_of, scan_for_baselines, scan_for_packages
 from hpkg.loader.apply import apply_to_process
+from hpkg.loader.live_formats import require_live_format
 from hpkg.loader.revert import revert_process
 from hpkg.loader.terminal import printable
 
@@ -251,6 +252,7 @@ def apply_everywhere(
     report: Report | None = None,
 ) -> MachineResult:
     """Apply `package` to every process (of `pids`, default all) that maps its baseline, by build-id."""
+    require_live_format(package, "apply --all")
     scan = scan_for_baselines([package.target.build_id.hex()], pids)
     by_pid: dict[int, AffectedProcess] = {}
     for found in scan.affected:  # a process mapping the baseline twice is one apply (it takes both)

@@ -45,6 +45,7 @@ from hpkg.formats.model import LoadedPackage, Package
 from hpkg.formats.package import MAX_FILE_SIZE, read_package
 from hpkg.formats.signing import key_id, load_public_key, public_key_from_bytes
 from hpkg.loader.hostdirs import private_dir, store_dir
+from hpkg.loader.live_formats import require_live_format
 
 # A package id names files of the store: a plain name, never a path, a dot-file or an option.
 SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
@@ -241,6 +242,7 @@ class Store:
         blob = read_package_file(source)
         given = load_public_key(key_file) if key_file is not None else None
         loaded = self._trusted(blob, os.fspath(source), given, allow_unsigned)
+        require_live_format(loaded.package, "install (the agent applies stored packages to processes)")
         package_id = check_package_id(loaded.package.identity.package_id)
         signature = Signature.WAIVED if allow_unsigned else Signature.ED25519
         signer = loaded.key_id.hex() if signature is Signature.ED25519 and loaded.key_id else ""

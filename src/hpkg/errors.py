@@ -114,7 +114,7 @@ class TargetError(HpkgError):
 
 
 class NotYetSupported(HpkgError):
-    """The input's format is one `hpkg diff` reads but this command does not handle yet (PE: build)."""
+    """A package this command does not handle yet: a Windows PE one given to a live apply or install."""
 
     code: str = "not-yet-supported"
     exit_code = EXIT_NOT_YET_SUPPORTED

@@ -104,15 +104,48 @@ def test_a_changed_function_body_is_refused_by_its_sha256(package: Path, keys: K
     assert "encode_field" not in result.stderr.split("\n", 1)[1]  # the intact function is not blamed
 
 
-def test_the_same_package_twice_is_refused(package: Path, keys: Keys, tmp_path: Path) -> None:
+def test_the_same_package_twice_writes_an_unchanged_copy(package: Path, keys: Keys, tmp_path: Path) -> None:
+    """Re-running a pipeline step is harmless: a file that carries the package is copied as it is, exit 0,
+    reported "already applied" and `changed: false`; `verify --against` says the same."""
     first = tmp_path / "patched"
     applied = _apply(package, TWO_FUNCTIONS.binary("baseline", "ready"), first, "--key", keys.public)
     assert applied.returncode == 0, applied.stderr
 
-    result = _apply(package, first, tmp_path / "twice", "--key", keys.public)
+    twice = _apply(package, first, tmp_path / "twice", "--key", keys.public, "--json")
+    verified = run_hpkg("verify", package, "--key", keys.public, "--against", first)
 
-    assert result.returncode == 4
-    assert "no downgrade or re-apply" in result.stderr
+    assert twice.returncode == 0, twice.stderr
+    document = json.loads(twice.stdout)
+    package_id = read_package(package.read_bytes()).package.identity.package_id
+    assert document["changed"] is False
+    assert document["already_applied"] == {"package_id": package_id, "patch_level": 1}
+    assert (tmp_path / "twice").read_bytes() == first.read_bytes()
+    assert (tmp_path / "twice").stat().st_mode & 0o777 == first.stat().st_mode & 0o777
+    assert verified.returncode == 0 and "already applied (apply changes nothing)" in verified.stdout
+
+
+def test_a_recorded_package_whose_jump_was_redirected_is_refused(
+    package: Path, keys: Keys, tmp_path: Path
+) -> None:
+    """The record alone does not make a file "already applied": every site must still jump into the
+    recorded package's code. A redirected jump is refused as a foreign patch, and nothing is written."""
+    first = tmp_path / "patched"
+    applied = _apply(package, TWO_FUNCTIONS.binary("baseline", "ready"), first, "--key", keys.public)
+    assert applied.returncode == 0, applied.stderr
+    data = bytearray(first.read_bytes())
+    site = _file_offset(first, _symbol(first, "decode_field"))
+    assert data[site] == 0xE9  # the package's jmp rel32
+    rel32 = int.from_bytes(data[site + 1 : site + 5], "little", signed=True) + 0x100000
+    data[site + 1 : site + 5] = rel32.to_bytes(4, "little", signed=True)
+    redirected = tmp_path / "redirected"
+    redirected.write_bytes(bytes(data))
+    out = tmp_path / "out"
+
+    result = _apply(package, redirected, out, "--key", keys.public)
+
+    assert result.returncode == 4, result.stderr
+    assert "function decode_field at" in result.stderr and "not into an applied hpkg package" in result.stderr
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("where", ["header", "manifest", "payload", "signature"])

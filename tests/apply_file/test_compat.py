@@ -90,9 +90,11 @@ def test_the_file_records_what_was_applied(levels: dict) -> None:
     assert applied_levels(levels["baseline"]) == ()
 
 
-def test_a_file_carrying_level_1_takes_level_2_and_refuses_level_1_again(
+def test_a_file_carrying_level_1_takes_level_2_which_then_contains_level_1(
     levels: dict, keys: Keys, tmp_path: Path
 ) -> None:
+    """Levels are cumulative, as live: level 1 applied to a file carrying level 2 (which supersedes it)
+    changes nothing and says that level 2 contains it; the output is the level-2 file as it was."""
     level2_file, again = tmp_path / "level2", tmp_path / "again"
 
     key = ("--key", keys.public, "--json")
@@ -107,7 +109,14 @@ def test_a_file_carrying_level_1_takes_level_2_and_refuses_level_1_again(
     copy.chmod(0o755)
     assert answers(patched_sample, "ready") == SAMPLE.answers("fixed")
     assert [level.patch_level for level in applied_levels(ElfFile(level2_file))] == [1, 2]
-    assert downgraded.returncode == 4 and "no downgrade" in downgraded.stderr
+    assert downgraded.returncode == 0, downgraded.stderr
+    document = json.loads(downgraded.stdout)
+    level2_id = levels["level2"].identity.package_id
+    assert document["changed"] is False
+    assert document["already_applied"] == {"package_id": level2_id, "patch_level": 2}
+    assert again.read_bytes() == level2_file.read_bytes()
+    shown = run_hpkg("apply", levels["level1_path"], "--file", level2_file, "-o", again, "--key", keys.public)
+    assert f"level 2 (package {level2_id}) is applied and contains it" in shown.stdout
 
 
 def test_a_level_not_above_the_applied_one_is_refused(levels: dict) -> None:

@@ -90,6 +90,13 @@ def test_file_commands_print_documents_their_schemas_accept_with_one_address_spe
     assert [(p["package_id"], p["functions"]) for p in carried["packages"]] == [
         (built["package_id"], [f["name"] for f in inspected["functions"]])
     ]
+    assert applied["changed"] is True
+    again = document("apply", work / "fix.hpkg", "--key", f"{work / 'release'}.pub",
+                     "--file", work / "patched", "-o", work / "again")  # fmt: skip
+    assert again["changed"] is False and again["already_applied"]["package_id"] == built["package_id"]
+    carrying = document("verify", work / "fix.hpkg", "--key", f"{work / 'release'}.pub", "--against",
+                        work / "patched")  # fmt: skip
+    assert carrying["against"]["already_applied"] == again["already_applied"]
     text = hpkg("inspect", work / "patched")
     assert text.returncode == 0 and built["package_id"] in text.stdout and "magic" not in text.stdout
     unpatched = hpkg("inspect", work / "baseline", "--json")

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from json_contract import check_error_document  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -28,7 +27,7 @@ from hpkg.builder.model import Status, TargetKind  # noqa: E402
 
 PROGRAMS = Path(__file__).resolve().parent / "programs"
 CC = "x86_64-w64-mingw32-gcc"
-EXIT_INVALID, EXIT_NOT_YET_SUPPORTED = 3, 7
+EXIT_INVALID, EXIT_REFUSED = 3, 4
 BOUNDS = next(s for s in load_pe_samples() if s.name == "01-bounds-check")
 
 
@@ -118,24 +117,6 @@ def _hpkg(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "hpkg", *args], capture_output=True, text=True)
 
 
-def test_build_of_a_pe_pair_refuses_with_its_own_exit_code(pe_corpus, tmp_path) -> None:
-    output = tmp_path / "fix.hpkg"
-    run = _hpkg(
-        "build",
-        str(BOUNDS.binary("baseline", "ready")),
-        str(BOUNDS.binary("fixed", "ready")),
-        "-o",
-        str(output),
-    )
-    assert run.returncode == EXIT_NOT_YET_SUPPORTED, run.stderr
-    assert run.stderr.count("\n") == 1 and run.stderr.startswith("error: ")
-    assert "PE packages are not built yet" in run.stderr and "Traceback" not in run.stderr
-    assert not output.exists()
-    as_json = _hpkg("build", str(BOUNDS.binary("baseline", "ready")), str(BOUNDS.binary("fixed", "ready")),
-                    "-o", str(output), "--json")
-    check_error_document(as_json.stdout, "build", EXIT_NOT_YET_SUPPORTED, "not-yet-supported")
-
-
 @pytest.mark.parametrize(
     ("damage", "message"),
     [
@@ -170,16 +151,17 @@ def test_a_stripped_dll_is_named_by_its_exports(tmp_path) -> None:
 
 
 @pytest.mark.parametrize(
-    "command",
+    ("command", "exit_code"),
     [
-        "diff {elf_old} {pe_new}",
-        "verify {package} --allow-unsigned --against {pe_old}",
-        "apply {package} --allow-unsigned --file {pe_old} -o {out}",
+        ("diff {elf_old} {pe_new}", EXIT_INVALID),
+        ("verify {package} --allow-unsigned --against {pe_old}", EXIT_REFUSED),
+        ("apply {package} --allow-unsigned --file {pe_old} -o {out}", EXIT_REFUSED),
     ],
     ids=["diff-elf-with-pe", "verify-against-pe", "apply-file-to-pe"],
 )
-def test_pe_files_where_only_elf_goes_are_one_error_line(pe_corpus, tmp_path, command) -> None:
-    """An ELF package never meets a PE file quietly: the loader's ELF reader says what it got (exit 3)."""
+def test_pe_files_where_only_elf_goes_are_one_error_line(pe_corpus, tmp_path, command, exit_code) -> None:
+    """An ELF pair never meets a PE file quietly (the diff says what it got: exit 3), nor an ELF package
+    a PE file (the file is not its baseline: exit 4, nothing written)."""
     build_corpus()  # the ELF samples, under the corpus's build lock
     elf = SAMPLES_DIR / "01-bounds-check" / "out"
     package = tmp_path / "elf.hpkg"
@@ -194,7 +176,7 @@ def test_pe_files_where_only_elf_goes_are_one_error_line(pe_corpus, tmp_path, co
         out=tmp_path / "patched.exe",
     ).split()
     run = _hpkg(*args)
-    assert run.returncode == EXIT_INVALID, run.stderr
+    assert run.returncode == exit_code, run.stderr
     assert run.stderr.startswith("error: ") and "Traceback" not in run.stderr
     assert not (tmp_path / "patched.exe").exists()
 

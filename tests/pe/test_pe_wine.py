@@ -9,14 +9,18 @@ live loader makes before it touches anything (issue 12, item 4).
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from json_contract import check_document  # noqa: E402
 from pe_corpus import PeSample, WineConversation, load_pe_samples  # noqa: E402
 
 from hpkg.builder.image import load_image  # noqa: E402
@@ -65,3 +69,37 @@ def test_a_running_image_is_found_by_its_identity(pe_corpus) -> None:
         threads = len(os.listdir(f"/proc/{pid}/task"))
     assert found.hex() == identity
     assert threads > 8
+
+
+def test_verify_pid_proves_a_wine_process_runs_the_baseline(pe_packages) -> None:
+    """The first steps of a live apply under Wine, read-only: the image found by its identity among the
+    process's mappings, every site a function entry of its file, pre-images and digests read from memory."""
+    sample = next(s for s in SAMPLES if s.name == "14-threaded-server")
+    package = str(pe_packages[sample.name])
+    for build, exit_code in (("baseline", 0), ("fixed", 4)):
+        with WineConversation(sample, build, "ready") as conversation:
+            assert conversation.ask(sample.steps[0].request) == getattr(sample.steps[0], build)
+            run = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "hpkg",
+                    "verify",
+                    package,
+                    "--allow-unsigned",
+                    "--pid",
+                    str(conversation.pid),
+                    "--json",
+                ],
+                capture_output=True,
+                text=True,
+            )
+        assert run.returncode == exit_code, run.stderr
+        if build == "baseline":
+            document = json.loads(run.stdout)
+            check_document(document, "verify")
+            (image,) = document["process"]["images"]
+            assert image["path"] == str(sample.binary("baseline", "ready").resolve())
+            assert [s["state"] for s in image["compatibility"]["sites"]] == ["pre-image"]
+        else:
+            assert "maps no PE image with identity" in run.stderr

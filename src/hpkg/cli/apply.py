@@ -67,8 +67,9 @@ def command(
     including a file deleted or replaced on disk since it started, each on its own (one line per
     process: pid, command, image, outcome, reason, pause; then a summary).
 
-    Applying is idempotent: a process that already carries the package, or a higher level for the same
-    baseline, is reported "already applied" (changed: false in --json) and counts as success.
+    Applying is idempotent: a process or a --file input that already carries the package, or a higher
+    level for the same baseline, is reported "already applied" (changed: false in --json) and counts as
+    success; with --file, OUT is then an unchanged copy of the input.
 
     Exit codes: 0 applied or already applied (--all: in every affected process; a process that exited
     meanwhile is reported gone, and no affected process at all is success too), 2 usage (also -o naming
@@ -108,15 +109,16 @@ def _apply_to_file(
     app: Application, trusted: TrustedPackage, binary: str, output: str, as_json: bool
 ) -> None:
     """The --file branch: compatibility, relocation at link addresses, a new ELF written to `output`."""
-    from hpkg.loader.file_apply import apply_to_file
+    from hpkg.loader.file_apply import FileCarrying, apply_to_file
 
     result = apply_to_file(trusted.package, binary, output)
     if as_json:
         app.display_json({**result.to_json(), "signature_checked": trusted.signature_checked})
         return
     app.info(trusted.signature_line())
-    for line in result.compat.lines():
-        app.info(line)
+    if not isinstance(result, FileCarrying):
+        for line in result.compat.lines():
+            app.info(line)
     for line in result.lines():
         app.display(line)
 

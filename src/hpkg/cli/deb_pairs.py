@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from hpkg.cli.app import Application
@@ -21,6 +22,7 @@ from hpkg.errors import EXIT_NO_CHANGE, EXIT_REFUSED, ImageError, NoChange, Unsu
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+    from hpkg.builder.model import Image
     from hpkg.builder.plan import PlanOptions
 
 
@@ -54,7 +56,7 @@ class _PairLoader:
         self.roots = (*debug_root(old_dbg), *debug_root(new_dbg), *DEBUG_ROOTS)
         self.fetch = debuginfod_fetch(no_debuginfod)
 
-    def load(self, old_path: str, new_path: str):
+    def load(self, old_path: str, new_path: str) -> tuple[Image, Image]:
         from hpkg.builder.image import load_image
 
         return load_image(old_path, None, self.roots, self.fetch), load_image(new_path, None, self.roots,
@@ -75,6 +77,27 @@ def _check_same_package(app: Application, old: UnpackedDeb, new: UnpackedDeb) ->
         app.warning(f"OLD is {old.package} and NEW is {new.package}: pairing their ELF files by path anyway")
 
 
+def _changed_images(
+    old: UnpackedDeb, new: UnpackedDeb, loader: _PairLoader, entries: list[dict[str, Any]]
+) -> Iterator[tuple[str, Image, Image]]:
+    """The ELF paths of both packages whose bytes differ, loaded; every other path (added, removed,
+    byte-identical, unreadable) goes to `entries` with its status as the pairs are walked."""
+    for path, known in _pairs(old, new):
+        if known != "both":
+            entries.append(_entry(path, known))
+            continue
+        old_path, new_path = old.path_of(path), new.path_of(path)
+        if _sha256(old_path) == _sha256(new_path):
+            entries.append(_entry(path, "unchanged"))
+            continue
+        try:
+            old_image, new_image = loader.load(old_path, new_path)
+        except ImageError as exc:
+            entries.append(_entry(path, "unreadable", reason=_relative_message(exc, old, new)))
+            continue
+        yield path, old_image, new_image
+
+
 def diff_debs(app: Application, old_deb: str, new_deb: str, old_dbgsym: str | None, new_dbgsym: str | None,
               no_debuginfod: bool, as_json: bool) -> None:
     """The diff of every ELF path of two .deb files: a table (or one JSON document)."""
@@ -84,20 +107,8 @@ def diff_debs(app: Application, old_deb: str, new_deb: str, old_dbgsym: str | No
         assert old is not None and new is not None
         _check_same_package(app, old, new)
         loader = _PairLoader(old_dbg, new_dbg, no_debuginfod)
-        entries = []
-        for path, known in _pairs(old, new):
-            if known != "both":
-                entries.append(_entry(path, known))
-                continue
-            old_path, new_path = old.path_of(path), new.path_of(path)
-            if _sha256(old_path) == _sha256(new_path):
-                entries.append(_entry(path, "unchanged"))
-                continue
-            try:
-                old_image, new_image = loader.load(old_path, new_path)
-            except ImageError as exc:
-                entries.append(_entry(path, "unreadable", reason=_relative_message(exc, old, new)))
-                continue
+        entries: list[dict[str, Any]] = []
+        for path, old_image, new_image in _changed_images(old, new, loader, entries):
             result = diff_loaded(app, old_image, new_image, False)
             document = diff_document(result, old_image, new_image)
             for side in ("old", "new"):
@@ -124,20 +135,8 @@ def build_debs(app: Application, old_deb: str, new_deb: str, output_dir: str, ol
         assert old is not None and new is not None
         _check_same_package(app, old, new)
         loader = _PairLoader(old_dbg, new_dbg, no_debuginfod)
-        entries = []
-        for path, known in _pairs(old, new):
-            if known != "both":
-                entries.append(_entry(path, known))
-                continue
-            old_path, new_path = old.path_of(path), new.path_of(path)
-            if _sha256(old_path) == _sha256(new_path):
-                entries.append(_entry(path, "unchanged"))
-                continue
-            try:
-                old_image, new_image = loader.load(old_path, new_path)
-            except ImageError as exc:
-                entries.append(_entry(path, "unreadable", reason=_relative_message(exc, old, new)))
-                continue
+        entries: list[dict[str, Any]] = []
+        for path, old_image, new_image in _changed_images(old, new, loader, entries):
             try:
                 result = build_loaded(app, old_image, new_image, options, signing_key, False)
             except UnsupportedChange as exc:

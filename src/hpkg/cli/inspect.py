@@ -14,7 +14,7 @@ from hpkg.cli.command import HpkgCommand, json_option
 from hpkg.cli.paths import PACKAGE
 
 if TYPE_CHECKING:  # the formats package pulls in zstandard and cryptography: only load it when run
-    from hpkg.formats.model import LoadedPackage
+    from hpkg.formats.model import LoadedPackage, TargetRecord
 
 
 def inspect_document(loaded: LoadedPackage) -> dict[str, Any]:
@@ -63,10 +63,20 @@ def inspect_lines(loaded: LoadedPackage) -> list[str]:
     )
     hint = f", {t.soname_hint!r}" if t.soname_hint else ""
     major, minor = loaded.format_version
+    if t.image_base is not None:
+        # A PE32+ baseline: the identity is CodeView's (or the fallback rule's), addresses are RVAs.
+        baseline = (
+            f"baseline   {t.machine} {t.file_format}, identity {t.build_id.hex()}, image base"
+            f" {t.image_base:#x}, SizeOfImage {t.image_size} bytes{hint}"
+        )
+    else:
+        baseline = (
+            f"baseline   {t.machine} {t.file_format}, build-id {t.build_id.hex()},"
+            f" image {t.image_size} bytes{hint}"
+        )
     lines = [
         f"package    {i.package_id} (patch level {i.patch_level}{supersedes})",
-        f"baseline   {t.machine} {t.file_format}, build-id {t.build_id.hex()},"
-        f" image {t.image_size} bytes{hint}",
+        baseline,
         f"format     .hpkg {major}.{minor}, {loaded.file_size} bytes: payload {loaded.payload_size} bytes,"
         f" {loaded.compressed_size} compressed",
         f"sections   code {len(pkg.code)}, rodata {len(pkg.rodata)}, data {len(pkg.data)},"
@@ -76,7 +86,7 @@ def inspect_lines(loaded: LoadedPackage) -> list[str]:
         f"functions  {len(pkg.functions)} replaced",
     ]
     lines += [
-        f"  {f.baseline_address:#014x}  {f.name}  {f.baseline_size} -> {f.code_size} bytes"
+        f"  {_baseline_address(t, f.baseline_address)}  {f.name}  {f.baseline_size} -> {f.code_size} bytes"
         f" (pre-image {f.pre_image.hex()})"
         for f in pkg.functions
     ]
@@ -94,6 +104,13 @@ def inspect_lines(loaded: LoadedPackage) -> list[str]:
     return lines
 
 
+def _baseline_address(target: TargetRecord, address: int) -> str:
+    """A baseline address as a person compares it with objdump: a PE32+ RVA with its ImageBase-based VA."""
+    if target.image_base is None:
+        return f"{address:#014x}"
+    return f"rva {address:#x} ({target.image_base + address:#x})"
+
+
 _ELF_MAGIC = b"\x7fELF"
 
 
@@ -105,14 +122,29 @@ def _is_elf(path: str) -> bool:
         return False  # the package reader says why, in one line
 
 
-def patched_file_document(path: str) -> dict[str, Any]:
-    """The packages an ELF file carries (recorded by `apply --file`, oldest first); a file that carries
-    none is no input for inspect (PackageError, exit 3), as any other file that is not a package."""
-    from hpkg.elf.file import ElfFile
-    from hpkg.errors import PackageError
-    from hpkg.loader.file_apply import applied_packages
+def _is_pe(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(2) == b"MZ"
+    except OSError:
+        return False
 
-    elf = ElfFile(path)
+
+def patched_file_document(path: str) -> dict[str, Any]:
+    """The packages an ELF or PE file carries (recorded by `apply --file`, oldest first); a file that
+    carries none is no input for inspect (PackageError, exit 3), as any other file that is not a package."""
+    from hpkg.errors import PackageError
+    from hpkg.loader.pe_file import PeFile, is_pe_path
+
+    if is_pe_path(path):
+        pe = PeFile.open(path)
+        entries, build_id, what = pe.applied_packages(), pe.build_id.hex(), "a PE file"
+    else:
+        from hpkg.elf.file import ElfFile
+        from hpkg.loader.file_apply import applied_packages
+
+        elf = ElfFile(path)
+        entries, build_id, what = applied_packages(elf), elf.build_id.hex() or None, "an ELF file"
     packages = [
         {
             "package_id": e["package_id"],
@@ -121,19 +153,19 @@ def patched_file_document(path: str) -> dict[str, Any]:
             "code": {"start": e["code"][0], "end": e["code"][1]},
             "functions": list(e.get("functions", [])),
         }
-        for e in applied_packages(elf)
+        for e in entries
     ]
     if not packages:
-        raise PackageError(f"{path}: not an .hpkg package, and an ELF file that carries none"
+        raise PackageError(f"{path}: not an .hpkg package, and {what} that carries none"
                            " (hpkg apply --file writes files that do)")
-    build_id = elf.build_id.hex() or None
     return {"kind": "patched-file", "path": path, "build_id": build_id, "packages": packages}
 
 
 def patched_file_lines(document: dict[str, Any]) -> list[str]:
     """The human summary of a patched file: one line per package it carries."""
     path, packages = document["path"], document["packages"]
-    lines = [f"{path}: ELF file patched by hpkg apply --file (build-id {document['build_id']}),"
+    kind = "PE" if _is_pe(path) else "ELF"
+    lines = [f"{path}: {kind} file patched by hpkg apply --file (build-id {document['build_id']}),"
              f" {len(packages)} package{'s' * (len(packages) != 1)}"]
     for p in packages:
         supersedes = f", supersedes {p['supersedes']}" if p["supersedes"] else ""
@@ -150,11 +182,11 @@ def patched_file_lines(document: dict[str, Any]) -> list[str]:
 def command(app: Application, package: str, as_json: bool) -> None:
     """Show what a .hpkg package holds: baseline, patch level, functions, relocations, signature.
 
-    Given an ELF file patched with `hpkg apply --file`, show the packages it carries.
+    Given an ELF or PE file patched with `hpkg apply --file`, show the packages it carries.
     """
     from hpkg.formats.package import read_package, read_package_file
 
-    if _is_elf(package):
+    if _is_elf(package) or _is_pe(package):
         document = patched_file_document(package)
         if as_json:
             app.display_json(document)

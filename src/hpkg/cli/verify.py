@@ -72,11 +72,15 @@ def command(
     document: dict[str, Any] = {**_package_facts(package, check), "against": None, "process": None}
     lines = check.lines()
     if against is not None:
-        from hpkg.loader.file_apply import check_file
+        from hpkg.loader.file_apply import FileCarrying, check_file
 
         report = check_file(check.loaded.package, against)
-        document["against"] = {"path": against, **report.to_json()}
-        lines += report.lines()
+        if isinstance(report, FileCarrying):
+            document["against"] = {"path": against, **report.against_json()}
+            lines.append(report.verdict())
+        else:
+            document["against"] = {"path": against, **report.to_json()}
+            lines += report.lines()
     if pid is not None:
         from hpkg.loader.apply import check_process
 
