@@ -12,8 +12,10 @@ import dataclasses
 import errno
 import os
 import signal
+from array import array
 from dataclasses import dataclass
 from enum import Enum
+from typing import Protocol
 
 from hpkg.errors import TargetError
 from hpkg.loader import procfs
@@ -248,6 +250,12 @@ def get_regs(tid: int) -> Registers:
     return Registers(**{name: getattr(raw, name) for name in _REG_NAMES})
 
 
+class BatchRegisterReader(Protocol):
+    """What reads many stopped threads' registers in one call (loader/window_native.WindowHelper)."""
+
+    def read_registers(self, tids: array, slots_address: int) -> int: ...
+
+
 class RegisterFile:
     """PTRACE_GETREGS of many threads into one preallocated array, one slot per thread in the order read:
     no Python object is made per thread while the world is stopped (`words` views them all at once)."""
@@ -282,6 +290,29 @@ class RegisterFile:
         self.tids.append(tid)
         self.slot_of[tid] = slot
         return slot
+
+    def record_all(self, tids: list[int], helper: BatchRegisterReader | None) -> None:
+        """Read every one of `tids` (all stopped) into the next slots: in one call of the window's helper
+        when there is one, else one `record` each. A thread the helper could not read is read alone, so
+        its error is the one `record` reports."""
+        if helper is None:
+            for tid in tids:
+                self.record(tid)
+            return
+        while len(self.tids) + len(tids) > self._capacity:
+            self._allocate(2 * self._capacity)
+        first = len(self.tids)
+        done = helper.read_registers(array("i", tids), self._base + first * self.SLOT_WORDS * 8)
+        self.tids += tids[:done]
+        self.slot_of.update(zip(tids[:done], range(first, first + done), strict=True))
+        if done < len(tids):
+            self.record(tids[done])  # raises the thread's error (or reads it, if that was transient)
+            self.record_all(tids[done + 1 :], helper)
+
+    @property
+    def address(self) -> int:
+        """The address of slot 0 (valid until the file grows)."""
+        return self._base
 
     def words(self) -> memoryview:
         """Every recorded slot as 64-bit words (slot i at [i * SLOT_WORDS, (i + 1) * SLOT_WORDS))."""

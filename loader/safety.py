@@ -20,7 +20,6 @@ since a thread blocked in a library call may still hold a pointer to a package s
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import time
 from collections.abc import Iterator, Sequence
@@ -147,10 +146,9 @@ def check_threads(
     if pointer_ranges:
         _check_registers(snapshot, pointer_ranges, per_thread)
     if scan_stacks:
-        for index, place in enumerate(snapshot.places):
-            if place is None:
-                offender = Offender(tids[index], "(unreadable stack)", "stack pointer", snapshot.rsps[index])
-                per_thread.setdefault(index, []).append(offender)
+        for index in snapshot.unreadable():
+            offender = Offender(tids[index], "(unreadable stack)", "stack pointer", snapshot.rsps[index])
+            per_thread.setdefault(index, []).append(offender)
         _check_stacks(snapshot, replaced, pointer_ranges, per_thread)
     offenders = tuple(o for index in sorted(per_thread) for o in per_thread[index])
     stopped.mark("check")
@@ -194,23 +192,16 @@ def _check_stacks(
 ) -> None:
     """Stack words into replaced code (a return address, once per function and thread) and into memory
     about to be freed (the first word per range and thread), in stack order per thread."""
-    located = sorted((place[0], place[1], index) for index, place in enumerate(snapshot.places) if place)
-    starts = [start for start, _end, _index in located]
-
-    def owner(offset: int) -> int | None:
-        at = bisect.bisect_right(starts, offset) - 1
-        if at >= 0 and offset < located[at][1]:
-            return located[at][2]
-        return None
-
     # One search per stretch of address space the ranges cover together (on revert, the package's code
     # lies inside the memory to be freed: one search finds both kinds of word).
     returns: dict[int, list[Offender]] = {}
     words: dict[int, list[Offender]] = {}
     seen: set[tuple[int, str]] = set()
     tids = snapshot.tids
+    owner = None
     for low, high in _covering(list(replaced) + list(pointer_ranges)):
         for offset, word in find_words(snapshot.buffer, snapshot.used, low, high):
+            owner = owner or snapshot.owner()  # built on the first word found
             index = owner(offset)
             if index is None:
                 continue
@@ -286,7 +277,7 @@ def _stop_when_safe(
         raise_if_interrupted()  # every thread runs and nothing is switched yet: Ctrl-C may end it here
         with process.seize_all_threads() as threads:
             scan.start_attempt()
-            threads.on_held = scan.on_held
+            threads.on_held = scan.hand_over
             threads.stop(DEFAULT_STOP_TIMEOUT)
             threads.on_held = None
             report = check_threads(threads, replaced, patch_windows, stack_scan_limit, pointer_ranges, scan)

@@ -12,6 +12,11 @@ when its text changed since the last read. No object is made per thread unless s
 The words of a buffer are searched in C, not word by word in Python: every address of [low, high)
 shares its upper bytes with one of a few prefixes, so `bytes.find` of each prefix yields the few
 candidate words, and only those are compared with the range. The registers are searched the same way.
+
+When the window's C helper is built (loader/window_native.py), the loops over the threads run there
+instead: every held thread's registers read in one call once all are stopped (not one ctypes call per
+thread as each stops), every stack placed in one call, and every word compared in one pass. The check is
+the same either way; tests compare both with a word-by-word scan.
 """
 
 from __future__ import annotations
@@ -21,10 +26,13 @@ import ctypes
 import errno
 import os
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import accumulate
 
 from hpkg.errors import TargetError
 from hpkg.loader import ptrace as pt
+from hpkg.loader import window_native
 from hpkg.loader.process import IOVec, StoppedThreads, libc
 
 IOV_MAX = 1024  # the kernel's limit of iovecs per process_vm_readv side
@@ -37,6 +45,8 @@ STACK_ESTIMATE = 8 << 10  # bytes per thread the stack buffer starts with (an id
 _COMMON_BYTES = frozenset((0x00, 0xFF, 0x7F))
 CANDIDATE_BUDGET = 64  # candidates of the one-byte search allowed beyond one per 256 bytes of data
 _MAPS_BUFFER = 64 << 10  # the first size of the maps buffer; doubled when the text fills it
+# The window's C helper, or None (the Python path); tests set it to compare both.
+HELPER: window_native.WindowHelper | None = window_native.load()
 
 
 @dataclass(frozen=True)
@@ -48,6 +58,7 @@ class StackMaps:
     starts: tuple[int, ...]
     ends: tuple[int, ...]
     readable: tuple[bool, ...]
+    columns: tuple[array, array, bytes]  # starts, ends (64-bit words), readable (bytes): for the helper
 
     @staticmethod
     def parse(raw: bytes) -> StackMaps:
@@ -59,7 +70,8 @@ class StackMaps:
             starts.append(int(low, 16))
             ends.append(int(high, 16))
             readable.append(rest[:1] == b"r")
-        return StackMaps(raw, tuple(starts), tuple(ends), tuple(readable))
+        columns = (array("Q", starts), array("Q", ends), bytes(readable))
+        return StackMaps(raw, tuple(starts), tuple(ends), tuple(readable), columns)
 
     def stack_span(self, rsp: int, limit: int) -> tuple[int, int] | None:
         """[rsp & ~7, min(end of rsp's mapping, start + limit)); None when rsp is in no readable mapping."""
@@ -116,6 +128,18 @@ class MapsReader:
 
 def find_words(buffer: memoryview | bytearray, end: int, low: int, high: int) -> list[tuple[int, int]]:
     """(offset, word) of every 8-aligned word of buffer[:end] in [low, high), in buffer order."""
+    if high <= low or end <= 0:
+        return []
+    if HELPER is not None:  # one pass in C over every word
+        view = memoryview(buffer)
+        address = ctypes.addressof((ctypes.c_char * view.nbytes).from_buffer(view))
+        offsets = HELPER.find_words(address, end, low, high)
+        return [(offset, int.from_bytes(view[offset : offset + WORD], "little")) for offset in offsets]
+    return find_words_python(buffer, end, low, high)
+
+
+def find_words_python(buffer: memoryview | bytearray, end: int, low: int, high: int) -> list[tuple[int, int]]:
+    """`find_words` without the helper: candidates by `bytes.find`, compared in Python."""
     if high <= low or end <= 0:
         return []
     # The shared upper bytes of the range's words, as long as a few prefixes cover the range, without
@@ -185,19 +209,40 @@ def _find_prefix(
 class Snapshot:
     """Every held thread's registers and stack words, read once in the window, as parallel lists.
 
-    `places[i]` is [offset, end) of thread i's stack words in `buffer`, or None when its stack cannot be
-    read (rsp in no readable mapping, or the read failed): such a stack cannot be shown to be safe.
-    `slots[i]` is thread i's slot in the register file.
+    [place_starts[i], place_ends[i]) are the offsets of thread i's stack words in `buffer`, both -1 when
+    its stack cannot be read (rsp in no readable mapping, or the read failed): such a stack cannot be
+    shown to be safe. The located stacks lie in `buffer` in thread order. `slots[i]` is thread i's slot
+    in the register file.
     """
 
     tids: list[int]
     rips: list[int]
     rsps: list[int]
     slots: list[int]
-    places: list[tuple[int, int] | None]
+    place_starts: array  # of 'q'
+    place_ends: array
     buffer: bytearray
     used: int  # bytes of `buffer` holding stack words
     registers: pt.RegisterFile
+
+    def unreadable(self) -> list[int]:
+        """The indexes of the threads whose stack could not be read."""
+        return [index for index, start in enumerate(self.place_starts) if start < 0]
+
+    def owner(self) -> Callable[[int], int | None]:
+        """A lookup from a buffer offset to the index of the thread whose stack holds it (built on demand:
+        only when a search found something)."""
+        located = [(start, index) for index, start in enumerate(self.place_starts) if start >= 0]
+        starts = [start for start, _index in located]
+        ends = self.place_ends
+
+        def owner(offset: int) -> int | None:
+            at = bisect.bisect_right(starts, offset) - 1
+            if at >= 0 and offset < ends[located[at][1]]:
+                return located[at][1]
+            return None
+
+        return owner
 
 
 class ThreadScan:
@@ -213,6 +258,13 @@ class ThreadScan:
         """A thread reached its stop: read its registers now, while the others are on their way."""
         self.registers.record(tid)
 
+    @property
+    def hand_over(self) -> Callable[[int], None] | None:
+        """What the stop calls as each thread reaches it: `on_held` on the Python path; nothing with the
+        helper, which reads every thread's registers in one call once all are stopped (a held thread's
+        registers do not change, so the values are the same)."""
+        return self.on_held if HELPER is None else None
+
     def start_attempt(self) -> None:
         """A new stop: every thread's registers are read again."""
         self.registers.clear()
@@ -226,11 +278,14 @@ class ThreadScan:
         registers = self.registers
         slot_of = registers.slot_of
         held = stopped.held
-        for tid in held.keys() - slot_of.keys():  # stopped before the hand-over of `on_held`
-            registers.record(tid)
+        unread = [tid for tid in held if tid not in slot_of] if slot_of else list(held)
+        if unread:  # stopped before the hand-over of `on_held`, or every thread with the helper
+            registers.record_all(unread, HELPER)
+        stopped.mark("registers")
         words = registers.words()
         size = registers.SLOT_WORDS
-        if len(held) == len(registers.tids):  # every thread read is still held: one slice each
+        contiguous = len(held) == len(registers.tids)  # every thread read is still held: one slice each
+        if contiguous:
             tids = list(registers.tids)
             slots = list(range(len(tids)))
             rips = words[registers.RIP :: size].tolist()
@@ -240,30 +295,51 @@ class ThreadScan:
             slots = [slot_of[tid] for tid in tids]
             rips = [words[s * size + registers.RIP] for s in slots]
             rsps = [words[s * size + registers.RSP] for s in slots]
+        count = len(tids)
+        place_starts, place_ends = array("q", bytes(8 * count)), array("q", bytes(8 * count))
         if not with_stacks:
-            return Snapshot(tids, rips, rsps, slots, [None] * len(tids), self._buffer, 0, registers)
+            place_starts[:] = place_ends[:] = array("q", [-1]) * count
+            return Snapshot(tids, rips, rsps, slots, place_starts, place_ends, self._buffer, 0, registers)
         maps = self.maps_reader.refresh()
         stopped.mark("maps")
-        starts, ends, readable = maps.starts, maps.ends, maps.readable
-        remote: list[int] = []
-        places: list[tuple[int, int] | None] = []
-        total = 0
-        find = bisect.bisect_right
-        for rsp in rsps:
-            index = find(starts, rsp) - 1
-            if index < 0 or rsp >= ends[index] or not readable[index]:
-                places.append(None)
-                continue
-            start = rsp & -WORD
-            end = ends[index]
-            length = (end if end - start < stack_limit else start + stack_limit) - start
-            remote += (start, length)
-            places.append((total, total + length))
-            total += length
+        remote = array("Q", bytes(16 * count))
+        if HELPER is not None:
+            if contiguous:
+                rsps_address, stride = registers.address + registers.RSP * WORD, size
+            else:
+                rsp_words = array("Q", rsps)
+                rsps_address, stride = rsp_words.buffer_info()[0], 1
+            total = HELPER.stack_places(rsps_address, count, stride, maps.columns, stack_limit,
+                                        place_starts, place_ends, remote)  # fmt: skip
+        else:
+            total = _place_stacks(maps, rsps, stack_limit, place_starts, place_ends, remote)
         if total > len(self._buffer):
             self._buffer = bytearray(2 * total)
-        _read_stacks(stopped, array("Q", remote), places, self._buffer)
-        return Snapshot(tids, rips, rsps, slots, places, self._buffer, total, registers)
+        _read_stacks(stopped, remote, place_starts, place_ends, self._buffer)
+        return Snapshot(tids, rips, rsps, slots, place_starts, place_ends, self._buffer, total, registers)
+
+
+def _place_stacks(
+    maps: StackMaps, rsps: list[int], stack_limit: int, place_starts: array, place_ends: array, remote: array
+) -> int:
+    """The Python path of the helper's `stack_places`: each thread's place (or -1) and the located
+    stacks' (address, length) pairs in `remote`; the bytes needed in all."""
+    starts, ends, readable = maps.starts, maps.ends, maps.readable
+    total = located = 0
+    find = bisect.bisect_right
+    for thread, rsp in enumerate(rsps):
+        index = find(starts, rsp) - 1
+        if index < 0 or rsp >= ends[index] or not readable[index]:
+            place_starts[thread] = place_ends[thread] = -1
+            continue
+        start = rsp & -WORD
+        end = ends[index]
+        length = (end if end - start < stack_limit else start + stack_limit) - start
+        remote[2 * located], remote[2 * located + 1] = start, length
+        place_starts[thread], place_ends[thread] = total, total + length
+        total += length
+        located += 1
+    return total
 
 
 def _touched(size: int) -> bytearray:
@@ -275,24 +351,24 @@ def _touched(size: int) -> bytearray:
 
 
 def _read_stacks(
-    stopped: StoppedThreads, remote: array, places: list[tuple[int, int] | None], buffer: bytearray
+    stopped: StoppedThreads, remote: array, place_starts: array, place_ends: array, buffer: bytearray
 ) -> None:
-    """Fill `buffer` at every place from its (start, length) pair of `remote`, one process_vm_readv per
-    IOV_MAX stacks; where a stack fails, it is read on its own (through /proc/PID/mem for pages
-    process_vm_readv refuses), and its place becomes None when that fails too."""
-    located = [index for index, place in enumerate(places) if place is not None]
+    """Fill `buffer` with every located stack, from its (address, length) pair of `remote` (in thread
+    order, placed one after the other), one process_vm_readv per IOV_MAX stacks; where a stack fails, it
+    is read on its own (through /proc/PID/mem for pages process_vm_readv refuses), and its place becomes
+    -1 when that fails too."""
+    located = len(place_starts) - place_starts.count(-1)
     if not located:
         return
     base = ctypes.addressof((ctypes.c_char * len(buffer)).from_buffer(buffer))
-    local = array("Q", remote)  # the same lengths, at the buffer's offsets
-    for pair, index in enumerate(located):
-        local[2 * pair] = base + places[index][0]  # type: ignore[index]
+    local = array("Q", remote[: 2 * located])  # the same lengths, at the buffer's offsets
+    local[0 : 2 * located : 2] = array("Q", accumulate(remote[1 : 2 * located - 1 : 2], initial=base))
     done_pairs = 0
-    while done_pairs < len(located):
-        count = min(IOV_MAX, len(located) - done_pairs)
+    while done_pairs < located:
+        count = min(IOV_MAX, located - done_pairs)
         local_iov = (IOVec * count).from_buffer(local, 16 * done_pairs)
         remote_iov = (IOVec * count).from_buffer(remote, 16 * done_pairs)
-        size = sum(remote[2 * pair + 1] for pair in range(done_pairs, done_pairs + count))
+        size = sum(remote[2 * done_pairs + 1 : 2 * (done_pairs + count) : 2])
         got = libc.process_vm_readv(stopped.process.pid, local_iov, count, remote_iov, count, 0)
         if got == size:
             done_pairs += count
@@ -305,11 +381,11 @@ def _read_stacks(
         while got >= remote[2 * failed + 1]:
             got -= remote[2 * failed + 1]
             failed += 1
-        index = located[failed]
         start, length = remote[2 * failed], remote[2 * failed + 1]
-        offset = places[index][0]  # type: ignore[index]
+        offset = local[2 * failed] - base
         try:
             buffer[offset : offset + length] = stopped.process.read(start, length)
         except TargetError:
-            places[index] = None
+            thread = [index for index, place in enumerate(place_starts) if place == offset][0]
+            place_starts[thread] = place_ends[thread] = -1
         done_pairs = failed + 1
