@@ -13,9 +13,9 @@ import errno
 import os
 import signal
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Protocol
 
 from hpkg.errors import TargetError
 from hpkg.loader import procfs
@@ -250,10 +250,9 @@ def get_regs(tid: int) -> Registers:
     return Registers(**{name: getattr(raw, name) for name in _REG_NAMES})
 
 
-class BatchRegisterReader(Protocol):
-    """What reads many stopped threads' registers in one call (loader/window_native.WindowHelper)."""
-
-    def read_registers(self, tids: array, slots_address: int) -> int: ...
+# Reads many stopped threads' registers (an array of tids) into consecutive slots at an address in one call
+# (loader/window_native.WindowHelper.read_registers); how many it read (fewer: that one failed).
+BatchRegisterReader = Callable[[array, int], int]
 
 
 class RegisterFile:
@@ -302,7 +301,7 @@ class RegisterFile:
         while len(self.tids) + len(tids) > self._capacity:
             self._allocate(2 * self._capacity)
         first = len(self.tids)
-        done = helper.read_registers(array("i", tids), self._base + first * self.SLOT_WORDS * 8)
+        done = helper(array("i", tids), self._base + first * self.SLOT_WORDS * 8)
         self.tids += tids[:done]
         self.slot_of.update(zip(tids[:done], range(first, first + done), strict=True))
         if done < len(tids):

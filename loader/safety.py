@@ -173,7 +173,8 @@ def _check_registers(
     buffer = snapshot.registers.buffer()
     for memory in pointer_ranges:
         first: dict[int, tuple[int, int]] = {}  # thread index -> (rank, value)
-        for offset, value in find_words(buffer, len(buffer), memory.start, memory.end):
+        found = find_words(buffer, len(buffer), memory.start, memory.end, snapshot.registers.address)
+        for offset, value in found:
             slot, word = divmod(offset, slot_bytes)
             rank = _GENERAL_ORDER.get(word // 8)
             index = index_of.get(slot)
@@ -200,7 +201,7 @@ def _check_stacks(
     tids = snapshot.tids
     owner = None
     for low, high in _covering(list(replaced) + list(pointer_ranges)):
-        for offset, word in find_words(snapshot.buffer, snapshot.used, low, high):
+        for offset, word in find_words(snapshot.buffer, snapshot.used, low, high, snapshot.buffer_address):
             owner = owner or snapshot.owner()  # built on the first word found
             index = owner(offset)
             if index is None:

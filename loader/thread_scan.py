@@ -45,6 +45,11 @@ STACK_ESTIMATE = 8 << 10  # bytes per thread the stack buffer starts with (an id
 _COMMON_BYTES = frozenset((0x00, 0xFF, 0x7F))
 CANDIDATE_BUDGET = 64  # candidates of the one-byte search allowed beyond one per 256 bytes of data
 _MAPS_BUFFER = 64 << 10  # the first size of the maps buffer; doubled when the text fills it
+# With the helper, the maps are read by a second thread while the registers are (from this many threads),
+# and the stacks in two halves at once (from this many bytes): below, starting a thread costs more than
+# it saves (measured in bench/RESULTS.md, issue 15, third round).
+PARALLEL_THREADS = 128
+PARALLEL_BYTES = 512 << 10
 # The window's C helper, or None (the Python path); tests set it to compare both.
 HELPER: window_native.WindowHelper | None = window_native.load()
 
@@ -96,6 +101,7 @@ class MapsReader:
             raise TargetError(f"cannot read {path}: {exc.strerror}") from None
         self._path = path
         self._buffer = bytearray(_MAPS_BUFFER)
+        self._target = (self._fd, 0, 0)
         self.maps = StackMaps.parse(self._read())
 
     def _read(self) -> bytes:
@@ -115,27 +121,42 @@ class MapsReader:
                 return bytes(self._buffer[:size])
             size += got
 
-    def refresh(self) -> StackMaps:
-        """The mappings now; the previous parse when the text is the same (the common case)."""
-        raw = self._read()
+    def refresh(self, read_length: int = -1) -> StackMaps:
+        """The mappings now; the previous parse when the text is the same (the common case). A
+        `read_length` of 0 or more says the text was just read into the buffer (by the helper)."""
+        raw = bytes(self._buffer[:read_length]) if read_length >= 0 else self._read()
         if raw != self.maps.raw:
             self.maps = StackMaps.parse(raw)
         return self.maps
+
+    def target(self) -> tuple[int, int, int]:
+        """(descriptor, buffer address, buffer size): where the helper reads the text into."""
+        if self._target[2] != len(self._buffer):  # grown (and maybe moved) by a read of longer text
+            self._target = (self._fd, _address_of(self._buffer), len(self._buffer))
+        return self._target
 
     def close(self) -> None:
         os.close(self._fd)
 
 
-def find_words(buffer: memoryview | bytearray, end: int, low: int, high: int) -> list[tuple[int, int]]:
-    """(offset, word) of every 8-aligned word of buffer[:end] in [low, high), in buffer order."""
+def find_words(
+    buffer: memoryview | bytearray, end: int, low: int, high: int, address: int = 0
+) -> list[tuple[int, int]]:
+    """(offset, word) of every 8-aligned word of buffer[:end] in [low, high), in buffer order; `address`
+    is the buffer's, when the caller knows it."""
     if high <= low or end <= 0:
         return []
     if HELPER is not None:  # one pass in C over every word
         view = memoryview(buffer)
-        address = ctypes.addressof((ctypes.c_char * view.nbytes).from_buffer(view))
-        offsets = HELPER.find_words(address, end, low, high)
+        offsets = HELPER.find_words(address or _address_of(view), end, low, high)
         return [(offset, int.from_bytes(view[offset : offset + WORD], "little")) for offset in offsets]
     return find_words_python(buffer, end, low, high)
+
+
+def _address_of(buffer: memoryview | bytearray) -> int:
+    """The address of a writable buffer's first byte (valid until a bytearray is resized)."""
+    view = memoryview(buffer)
+    return ctypes.addressof((ctypes.c_char * view.nbytes).from_buffer(view))
 
 
 def find_words_python(buffer: memoryview | bytearray, end: int, low: int, high: int) -> list[tuple[int, int]]:
@@ -224,6 +245,7 @@ class Snapshot:
     buffer: bytearray
     used: int  # bytes of `buffer` holding stack words
     registers: pt.RegisterFile
+    buffer_address: int = 0  # of `buffer`'s first byte
 
     def unreadable(self) -> list[int]:
         """The indexes of the threads whose stack could not be read."""
@@ -252,6 +274,7 @@ class ThreadScan:
         self.pid = pid
         self.registers = pt.RegisterFile(threads + 8)
         self._buffer = _touched(max(threads, 1) * STACK_ESTIMATE)
+        self._buffer_address = _address_of(self._buffer)
         self.maps_reader = MapsReader(pid)
 
     def on_held(self, tid: int) -> None:
@@ -279,8 +302,20 @@ class ThreadScan:
         slot_of = registers.slot_of
         held = stopped.held
         unread = [tid for tid in held if tid not in slot_of] if slot_of else list(held)
-        if unread:  # stopped before the hand-over of `on_held`, or every thread with the helper
-            registers.record_all(unread, HELPER)
+        maps_length = -1
+        if HELPER is None:  # the ones stopped before the hand-over of `on_held`
+            registers.record_all(unread, None)
+        elif with_stacks and len(unread) >= PARALLEL_THREADS:  # the maps by a second thread meanwhile
+            fd, address, room = self.maps_reader.target()
+
+            def read(tids: array, slots_address: int) -> int:
+                nonlocal maps_length
+                done, maps_length = HELPER.read_registers_and_maps(tids, slots_address, fd, address, room)
+                return done
+
+            registers.record_all(unread, read)
+        elif unread:
+            registers.record_all(unread, HELPER.read_registers)
         stopped.mark("registers")
         words = registers.words()
         size = registers.SLOT_WORDS
@@ -300,7 +335,7 @@ class ThreadScan:
         if not with_stacks:
             place_starts[:] = place_ends[:] = array("q", [-1]) * count
             return Snapshot(tids, rips, rsps, slots, place_starts, place_ends, self._buffer, 0, registers)
-        maps = self.maps_reader.refresh()
+        maps = self.maps_reader.refresh(maps_length)
         stopped.mark("maps")
         remote = array("Q", bytes(16 * count))
         if HELPER is not None:
@@ -315,8 +350,10 @@ class ThreadScan:
             total = _place_stacks(maps, rsps, stack_limit, place_starts, place_ends, remote)
         if total > len(self._buffer):
             self._buffer = bytearray(2 * total)
-        _read_stacks(stopped, remote, place_starts, place_ends, self._buffer)
-        return Snapshot(tids, rips, rsps, slots, place_starts, place_ends, self._buffer, total, registers)
+            self._buffer_address = _address_of(self._buffer)
+        _read_stacks(stopped, remote, place_starts, place_ends, self._buffer, self._buffer_address)
+        return Snapshot(tids, rips, rsps, slots, place_starts, place_ends, self._buffer, total, registers,
+                        self._buffer_address)  # fmt: skip
 
 
 def _place_stacks(
@@ -351,7 +388,12 @@ def _touched(size: int) -> bytearray:
 
 
 def _read_stacks(
-    stopped: StoppedThreads, remote: array, place_starts: array, place_ends: array, buffer: bytearray
+    stopped: StoppedThreads,
+    remote: array,
+    place_starts: array,
+    place_ends: array,
+    buffer: bytearray,
+    base: int,
 ) -> None:
     """Fill `buffer` with every located stack, from its (address, length) pair of `remote` (in thread
     order, placed one after the other), one process_vm_readv per IOV_MAX stacks; where a stack fails, it
@@ -360,9 +402,13 @@ def _read_stacks(
     located = len(place_starts) - place_starts.count(-1)
     if not located:
         return
-    base = ctypes.addressof((ctypes.c_char * len(buffer)).from_buffer(buffer))
     local = array("Q", remote[: 2 * located])  # the same lengths, at the buffer's offsets
     local[0 : 2 * located : 2] = array("Q", accumulate(remote[1 : 2 * located - 1 : 2], initial=base))
+    total = local[2 * located - 2] + local[2 * located - 1] - base
+    pid, parallel = stopped.process.pid, total >= PARALLEL_BYTES
+    if HELPER is not None and HELPER.read_stacks(pid, local, remote, located, total, parallel):
+        return
+    # Without the helper, or again when a stack fell short in it: this finds the one that failed.
     done_pairs = 0
     while done_pairs < located:
         count = min(IOV_MAX, located - done_pairs)

@@ -7,10 +7,15 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <sys/ptrace.h>
 #include <sys/types.h>
+#include <sys/uio.h>
 #include <sys/user.h>
+#include <unistd.h>
+
+#define IOV_MAX_PER_CALL 1024 /* the kernel's limit of iovecs per process_vm_readv side */
 
 /* PTRACE_GETREGS of every held thread into consecutive slots of struct user_regs_struct.
  * Returns how many were read: fewer than `count` when thread tids[returned] failed (errno is set). */
@@ -21,6 +26,109 @@ long hpkg_read_registers(const int32_t *tids, long count, struct user_regs_struc
             return i;
     }
     return count;
+}
+
+/* /proc/PID/maps read again from offset 0 into buf (a seq_file hands out about a page per call: read on
+ * until it returns nothing). */
+struct maps_job {
+    int fd;
+    char *buf;
+    long size;
+    long length; /* the text's length; -1 on an error or when it does not fit */
+};
+
+static void *read_maps(void *arg)
+{
+    struct maps_job *job = arg;
+    long length = 0;
+    for (;;) {
+        if (length == job->size) {
+            job->length = -1;
+            return NULL;
+        }
+        ssize_t got = pread(job->fd, job->buf + length, job->size - length, length);
+        if (got < 0) {
+            job->length = -1;
+            return NULL;
+        }
+        if (got == 0)
+            break;
+        length += got;
+    }
+    job->length = length;
+    return NULL;
+}
+
+/* hpkg_read_registers, while a second thread reads /proc/PID/maps (opened before the stop) into buf: the
+ * machine's other CPU is idle while the target is stopped. ptrace requests must come from the tracing
+ * thread, so the registers are read here; the maps can be read by any thread. *maps_length is the text's
+ * length, -1 when it was not read (an error, or more than `size` bytes: the caller reads it itself). */
+long hpkg_read_registers_and_maps(const int32_t *tids, long count, struct user_regs_struct *slots,
+                                  int maps_fd, char *buf, long size, long *maps_length)
+{
+    struct maps_job job = {maps_fd, buf, size, -1};
+    pthread_t worker;
+    int started = pthread_create(&worker, NULL, read_maps, &job) == 0;
+    long done = hpkg_read_registers(tids, count, slots);
+    int saved = errno;
+    if (started)
+        pthread_join(worker, NULL);
+    *maps_length = started ? job.length : -1;
+    errno = saved;
+    return done;
+}
+
+/* process_vm_readv of `count` (local, remote) pairs, IOV_MAX at a time; whether every byte came in. */
+struct stacks_job {
+    pid_t pid;
+    const struct iovec *local;
+    const struct iovec *remote;
+    long count;
+    int complete;
+};
+
+static void *read_stacks(void *arg)
+{
+    struct stacks_job *job = arg;
+    job->complete = 1;
+    for (long done = 0; done < job->count; done += IOV_MAX_PER_CALL) {
+        long n = job->count - done < IOV_MAX_PER_CALL ? job->count - done : IOV_MAX_PER_CALL;
+        ssize_t want = 0;
+        for (long i = done; i < done + n; i++)
+            want += (ssize_t)job->remote[i].iov_len;
+        if (process_vm_readv(job->pid, job->local + done, n, job->remote + done, n, 0) != want) {
+            job->complete = 0;
+            return NULL;
+        }
+    }
+    return NULL;
+}
+
+/* Every located stack read; with `parallel`, in two halves (by bytes) at once, one by a second thread:
+ * the copy from the stopped target is most of the stacks' cost, and the other CPU is idle. Returns 1 when
+ * every byte came in; 0 otherwise (the caller then reads them its own way, which finds the stack that
+ * failed). */
+long hpkg_read_stacks(int pid, const struct iovec *local, const struct iovec *remote, long count, long total,
+                      int parallel)
+{
+    long split = 0, bytes = 0;
+    if (!parallel) {
+        struct stacks_job whole = {pid, local, remote, count, 0};
+        read_stacks(&whole);
+        return whole.complete;
+    }
+    while (split < count && bytes < total / 2)
+        bytes += (long)remote[split++].iov_len;
+    struct stacks_job upper = {pid, local + split, remote + split, count - split, 0};
+    struct stacks_job lower = {pid, local, remote, split, 0};
+    pthread_t worker;
+    int started = upper.count > 0 && pthread_create(&worker, NULL, read_stacks, &upper) == 0;
+    if (!started)
+        read_stacks(&upper);
+    read_stacks(&lower);
+    if (started)
+        pthread_join(worker, NULL);
+    return lower.complete && upper.complete;
 }
 
 /* Where each thread's stack is read: [rsp & ~7, min(end of rsp's mapping, that + limit)), found by a

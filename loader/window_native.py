@@ -25,7 +25,8 @@ _U64 = ctypes.c_uint64
 
 
 class WindowHelper:
-    """The loaded helper: three calls, each over every thread (or every word) at once."""
+    """The loaded helper: each call over every thread (or every word) at once; the reads of maps and
+    stacks use a second thread, since the machine's other CPUs are idle while the target is stopped."""
 
     def __init__(self, library: ctypes.CDLL) -> None:
         self._read_registers = library.hpkg_read_registers
@@ -35,6 +36,13 @@ class WindowHelper:
         self._stack_places.restype = _LONG
         self._stack_places.argtypes = [_ADDRESS, _LONG, _LONG, _ADDRESS, _ADDRESS, _ADDRESS, _LONG, _U64,
                                        _ADDRESS, _ADDRESS, _ADDRESS]  # fmt: skip
+        self._registers_and_maps = library.hpkg_read_registers_and_maps
+        self._registers_and_maps.restype = _LONG
+        self._registers_and_maps.argtypes = [_ADDRESS, _LONG, _ADDRESS, ctypes.c_int, _ADDRESS, _LONG,
+                                             _ADDRESS]  # fmt: skip
+        self._read_stacks = library.hpkg_read_stacks
+        self._read_stacks.restype = _LONG
+        self._read_stacks.argtypes = [ctypes.c_int, _ADDRESS, _ADDRESS, _LONG, _LONG, ctypes.c_int]
         self._find_words = library.hpkg_find_words
         self._find_words.restype = _LONG
         self._find_words.argtypes = [_ADDRESS, _LONG, _U64, _U64, _ADDRESS, _LONG]
@@ -45,6 +53,26 @@ class WindowHelper:
         address, count = tids.buffer_info()
         ctypes.set_errno(0)
         return self._read_registers(address, count, slots_address)
+
+    def read_registers_and_maps(
+        self, tids: array, slots_address: int, maps_fd: int, maps_address: int, maps_size: int
+    ) -> tuple[int, int]:
+        """`read_registers`, while a second thread reads /proc/PID/maps (its open descriptor) into the
+        buffer at `maps_address`: (registers read, the text's length or -1 when not read)."""
+        address, count = tids.buffer_info()
+        length = ctypes.c_long(-1)
+        done = self._registers_and_maps(address, count, slots_address, maps_fd, maps_address, maps_size,
+                                        ctypes.addressof(length))  # fmt: skip
+        return done, length.value
+
+    def read_stacks(
+        self, pid: int, local: array, remote: array, count: int, total: int, parallel: bool
+    ) -> bool:
+        """process_vm_readv of `count` (local, remote) iovec pairs, with `parallel` in two halves at once,
+        one by a second thread; whether all `total` bytes came in (if not, the caller reads them its own
+        way)."""
+        local_address, remote_address = local.buffer_info()[0], remote.buffer_info()[0]
+        return bool(self._read_stacks(pid, local_address, remote_address, count, total, parallel))
 
     def stack_places(
         self,

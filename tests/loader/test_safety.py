@@ -33,10 +33,14 @@ def built_helper(helper_library: Path) -> window_native.WindowHelper:
     return helper
 
 
-@pytest.fixture(params=["helper", "python"])
+@pytest.fixture(params=["helper", "helper-two-threads", "python"])
 def window_path(request, built_helper, monkeypatch) -> str:
-    """Run the test once with the window's C helper and once with the Python path."""
-    monkeypatch.setattr(thread_scan, "HELPER", built_helper if request.param == "helper" else None)
+    """Run the test with the window's C helper (reading the maps and stacks on a second thread, as it does
+    for many threads, whatever their number here) and with the Python path."""
+    monkeypatch.setattr(thread_scan, "HELPER", None if request.param == "python" else built_helper)
+    if request.param == "helper-two-threads":
+        monkeypatch.setattr(thread_scan, "PARALLEL_THREADS", 1)
+        monkeypatch.setattr(thread_scan, "PARALLEL_BYTES", 1)
     return request.param
 
 
@@ -282,7 +286,7 @@ def test_the_helper_reads_every_held_threads_registers_as_ptrace_getregs_does(st
     with process.stop_all_threads() as stopped:
         registers = pt.RegisterFile(2)  # grows while reading
         tids = list(stopped.held)
-        registers.record_all(tids, built_helper)
+        registers.record_all(tids, built_helper.read_registers)
         words = registers.words()
         size = registers.SLOT_WORDS
         one_by_one = [stopped.regs(tid) for tid in tids]
@@ -301,7 +305,8 @@ def test_a_thread_gone_while_held_is_reported_by_the_helpers_register_read(start
         registers = pt.RegisterFile(16)
         tids = list(stopped.held)
         with pytest.raises(TargetError, match="read registers of thread 1:"):
-            registers.record_all([*tids[:3], 1, *tids[3:]], built_helper)  # pid 1 is not traced by us
+            not_ours = [*tids[:3], 1, *tids[3:]]  # pid 1 is not traced by us
+            registers.record_all(not_ours, built_helper.read_registers)
         assert registers.tids == tids[:3]
     target.assert_running_untraced()
 
@@ -352,4 +357,22 @@ def test_a_thread_whose_stack_pointer_is_in_no_mapping_is_never_safe(start_targe
     [new] = set(target.tids()) - before
     assert [(o.tid, o.kind, o.address) for o in lost] == [(new, "stack pointer", 0)]
     assert {o.range_name for o in report.offenders} == {"hold_here", "(unreadable stack)"}
+    target.assert_running_untraced()
+
+
+def test_maps_longer_than_the_helpers_buffer_are_read_again_whole(start_target, built_helper, monkeypatch):
+    """The helper's second thread reads /proc/PID/maps into a buffer of fixed size; text that does not fit
+    is read again by the loader, which grows the buffer: the holder is still found by its return address."""
+    monkeypatch.setattr(thread_scan, "HELPER", built_helper)
+    monkeypatch.setattr(thread_scan, "PARALLEL_THREADS", 1)
+    target = start_target("threads")
+    process = Process(target.pid)
+    hold = code_range(process, target, "hold_here")
+    scan = ThreadScan(process.pid, 8)
+    scan.maps_reader._buffer = bytearray(64)  # far shorter than the text
+    with process.stop_all_threads() as stopped:
+        report = safety.check_threads(stopped, [hold], scan=scan)
+    scan.close()
+    assert len(scan.maps_reader._buffer) > 64 and len(scan.maps_reader.maps.starts) > 8
+    assert ("hold_here", "return address") in {(o.range_name, o.kind) for o in report.offenders}
     target.assert_running_untraced()
