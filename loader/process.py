@@ -283,6 +283,8 @@ class StoppedThreads:
     _seized: set[int] = field(default_factory=set)
     _original_regs: dict[int, Registers] = field(default_factory=dict)
     _journal: list[tuple[int, bytes]] = field(default_factory=list)
+    # Threads that died while traced and whose exit is not reaped yet (see `_reap`).
+    _unreaped: set[int] = field(default_factory=set)
 
     @property
     def tids(self) -> tuple[int, ...]:
@@ -477,6 +479,7 @@ class StoppedThreads:
             if procfs.thread_state(self.process.pid, tid) in ("Z", "X", ""):
                 pending.remove(tid)
                 self.mark_gone(tid)
+                self._unreaped.add(tid)  # reaped by `_reap` at the release, once the kernel reports it
 
     def _resume_quietly(self, tid: int, sig: int) -> None:
         # Any ptrace stop consumes a pending PTRACE_INTERRUPT (the kernel clears JOBCTL_TRAP_STOP on
@@ -484,6 +487,33 @@ class StoppedThreads:
         with contextlib.suppress(TargetError):
             pt.interrupt(tid)
             pt.cont(tid, sig)  # fails only when gone: the next wait reports it
+
+    def _reap(self, deadline: float) -> None:
+        """Wait for the exit of every thread that died while traced. Until the tracer reaps it, such a
+        thread stays a zombie its parent cannot reap (the parent's wait blocks), and only the loader can:
+        a long-running agent would keep it for good. A leader's exit is reported once its other threads
+        are reaped, so all are polled in turn. A SIGKILLed thread exits at once unless it is in
+        uninterruptible sleep, hence the deadline (the release's)."""
+        pending = set(self._unreaped)
+        while pending:
+            for tid in list(pending):
+                try:
+                    status = pt.wait(tid, block=False)  # already reaped or not ours: EXITED (ECHILD)
+                except TargetError:
+                    status = pt.WaitStatus(tid, StopKind.EXITED, 0)
+                if status is None:
+                    continue
+                if status.kind == StopKind.EXITED:
+                    pending.discard(tid)
+                else:  # a stop after all: it was not dying, so it can be let go now
+                    with contextlib.suppress(TargetError):
+                        pt.detach(tid, 0)
+                        pending.discard(tid)
+            if pending and time.monotonic() > deadline:
+                break
+            if pending:
+                time.sleep(0.0005)
+        self._unreaped.clear()
 
     def mark_gone(self, tid: int) -> None:
         """Forget a thread that exited while held or running."""
@@ -522,10 +552,10 @@ class StoppedThreads:
             try:
                 pt.detach(tid, 0)
             except TargetError:
-                # Killed while held: reap its exit so no traced zombie lingers.
-                pt.wait(tid, block=False)
+                self._unreaped.add(tid)  # killed while held (SIGKILL wakes a stopped tracee): it exits
             self._seized.discard(tid)
         self.held.clear()
         self.resumed_at = time.perf_counter()
+        self._reap(time.monotonic() + RELEASE_TIMEOUT)
         if problems and not failed:
             raise TargetError("; ".join(problems))
