@@ -276,6 +276,7 @@ class ThreadScan:
         self._buffer = _touched(max(threads, 1) * STACK_ESTIMATE)
         self._buffer_address = _address_of(self._buffer)
         self.maps_reader = MapsReader(pid)
+        self._read_in: float | None = None  # the stop (its stopped_at) the register file was read in
 
     def on_held(self, tid: int) -> None:
         """A thread reached its stop: read its registers now, while the others are on their way."""
@@ -289,8 +290,9 @@ class ThreadScan:
         return self.on_held if HELPER is None else None
 
     def start_attempt(self) -> None:
-        """A new stop: every thread's registers are read again."""
+        """A new stop: every thread's registers are read again (`on_held` fills the file for it)."""
         self.registers.clear()
+        self._read_in = None
 
     def close(self) -> None:
         self.maps_reader.close()
@@ -299,6 +301,9 @@ class ThreadScan:
         """Every held thread's rip and rsp (registers read at its stop, or now) and, with `with_stacks`,
         its stack from rsp to the end of its mapping (at most `stack_limit` bytes)."""
         registers = self.registers
+        if self._read_in is not None and self._read_in != stopped.stopped_at:
+            registers.clear()  # read in an earlier stop (no `start_attempt` since): stale, read again
+        self._read_in = stopped.stopped_at
         slot_of = registers.slot_of
         held = stopped.held
         unread = [tid for tid in held if tid not in slot_of] if slot_of else list(held)

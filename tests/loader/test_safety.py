@@ -376,3 +376,20 @@ def test_maps_longer_than_the_helpers_buffer_are_read_again_whole(start_target, 
     assert len(scan.maps_reader._buffer) > 64 and len(scan.maps_reader.maps.starts) > 8
     assert ("hold_here", "return address") in {(o.range_name, o.kind) for o in report.offenders}
     target.assert_running_untraced()
+
+
+def test_a_scan_used_for_a_second_stop_reads_the_registers_of_that_stop(start_target, window_path):
+    """Registers read in an earlier stop are stale (the spinners have moved on): a scan used again without
+    `start_attempt` reads every thread again, and the check sees where each thread is now."""
+    target = start_target("threads")
+    process = Process(target.pid)
+    scan = ThreadScan(process.pid, 8)
+    for _ in range(3):
+        with process.stop_all_threads() as stopped:
+            snapshot = scan.snapshot(stopped, safety.DEFAULT_STACK_SCAN_LIMIT, with_stacks=True)
+            now = {tid: stopped.regs(tid) for tid in snapshot.tids}
+        assert snapshot.rips == [now[tid].rip for tid in snapshot.tids]
+        assert snapshot.rsps == [now[tid].rsp for tid in snapshot.tids]
+        time.sleep(0.01)
+    scan.close()
+    target.assert_running_untraced()
