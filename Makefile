@@ -6,11 +6,18 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench fuzz deps test-deps test-debs man clean
+.PHONY: demo test lint bench fuzz deps test-deps test-debs man clean helper
 
 # What the samples and the demo need: compilers and binutils.
 deps:
 	@scripts/ensure-debian-packages.sh gcc g++ make binutils
+
+# The loader's window helper (loader/window_native.py): the safety check's per-thread loops in C, built
+# from source here; without it the loader does the same work in Python.
+HELPER := loader/window_helper.so
+$(HELPER): loader/window_helper.c
+	gcc -O2 -Wall -Wextra -Werror -shared -fPIC -o $@ $<
+helper: deps $(HELPER)
 
 # The tests also compare hpkg with the delta tools a user would ship instead, map source
 # patches to functions with ctags, host a real Debian libxml2 update (headers), feed hpkg
@@ -28,7 +35,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	@touch $(STAMP)
 
-demo: deps $(STAMP)
+demo: deps $(STAMP) $(HELPER)
 	@$(BIN)/python scripts/demo.py
 
 # The real Debian update pair of the .deb tests (libexpat1), into the bench's cache; without network the
@@ -37,7 +44,7 @@ test-debs: $(STAMP)
 	-@$(BIN)/python scripts/fetch-test-debs.py >/dev/null
 
 # The import contracts of pyproject.toml ([tool.importlinter]) fail the build like a lint error.
-test: test-deps $(STAMP) test-debs
+test: test-deps $(STAMP) test-debs $(HELPER)
 	$(BIN)/ruff check .
 	$(BIN)/python scripts/lint-imports.py
 	$(BIN)/python -m pytest -q -n 2 tests
@@ -47,7 +54,7 @@ lint: $(STAMP)
 	$(BIN)/python scripts/lint-imports.py
 
 # make bench BENCH_ARGS="--quick --json": options of `python -m bench --help`.
-bench: test-deps $(STAMP)
+bench: test-deps $(STAMP) $(HELPER)
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 # make fuzz FUZZ_ARGS="--seconds 3600": options of `python -m fuzz --help`. Resumable (.fuzz/state.json);
@@ -60,4 +67,4 @@ man: $(STAMP)
 	$(BIN)/python scripts/make-man.py build/man/hpkg.1
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache build
+	rm -rf $(VENV) .pytest_cache .ruff_cache build $(HELPER)

@@ -12,6 +12,7 @@ The pause of an apply or revert is its successful attempt's stop (first interrup
 
 from __future__ import annotations
 
+import statistics
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,11 @@ class CurvePoint:
     revert_attempts: tuple[int, ...] = ()
     apply_refused: int = 0  # rounds whose apply was refused at the timeout (a thread inside every time)
     refusal: str = ""  # the first refusal's reasons, one line each
+    # Where the pause goes: (step, median ms over the rounds) for the floor, the apply and the revert, in
+    # the order of the window (loader/process.py `window_steps`).
+    floor_steps: tuple[tuple[str, float], ...] = ()
+    apply_steps: tuple[tuple[str, float], ...] = ()
+    revert_steps: tuple[tuple[str, float], ...] = ()
     error: str | None = None
 
     @property
@@ -97,11 +103,25 @@ def build(workdir: Path) -> BusyServer:
 
 def floor_ms(pid: int) -> float:
     """Stop every thread of `pid` and resume it with no work in between: the loader's own stop."""
+    return sum(seconds for _step, seconds in floor_window(pid)) * 1000
+
+
+def floor_window(pid: int) -> tuple[tuple[str, float], ...]:
+    """The floor's steps (interrupt, wait, list threads, release) and their seconds."""
     from hpkg.loader.process import Process
 
     with Process(pid) as process, process.stop_all_threads() as stopped:
         pass
-    return stopped.pause * 1000
+    return stopped.window_steps()
+
+
+def median_steps(windows: list[tuple[tuple[str, float], ...]]) -> tuple[tuple[str, float], ...]:
+    """Each step's median over the windows, in ms, in the order the steps first appear."""
+    names: list[str] = []
+    for window in windows:
+        names += [step for step, _seconds in window if step not in names]
+    tables = [dict(window) for window in windows]
+    return tuple((name, statistics.median([t.get(name, 0.0) for t in tables]) * 1000) for name in names)
 
 
 def measure_point(
@@ -125,9 +145,15 @@ def measure_point(
             raise PauseError(f"busy_threads {threads} printed {line!r}")
         floors, applies, reverts, apply_stopped, revert_stopped = [], [], [], [], []
         apply_attempts, revert_attempts = [], []
+        floor_windows, apply_windows, revert_windows = [], [], []
         refused, refusal = 0, ""
+
+        def floor() -> None:
+            floor_windows.append(floor_window(target.pid))
+            floors.append(sum(seconds for _step, seconds in floor_windows[-1]) * 1000)
+
         for _round in range(rounds):
-            floors.append(floor_ms(target.pid))
+            floor()
             try:
                 applied = apply_to_process(package, target.pid, TIMEOUT_SECONDS).images[0]
             except BusyRefusal as busy:
@@ -139,8 +165,10 @@ def measure_point(
             applies.append(applied.pause_seconds * 1000)
             apply_stopped.append(applied.stopped_seconds * 1000)
             apply_attempts.append(applied.attempts)
-            floors.append(floor_ms(target.pid))
+            apply_windows.append(applied.window)
+            floor()
             reverted = revert_process(target.pid, timeout=TIMEOUT_SECONDS).images[0]
+            revert_windows.append(reverted.window)
             reverts.append(reverted.pause_seconds * 1000)
             revert_stopped.append(reverted.stopped_seconds * 1000)
             revert_attempts.append(reverted.attempts)
@@ -150,7 +178,8 @@ def measure_point(
     return CurvePoint(
         threads, period_ms, rounds, Summary.of(floors), _summary(applies), _summary(reverts),
         _summary(apply_stopped), _summary(revert_stopped), tuple(apply_attempts), tuple(revert_attempts),
-        refused, refusal,
+        refused, refusal, median_steps(floor_windows), median_steps(apply_windows),
+        median_steps(revert_windows),
     )  # fmt: skip
 
 

@@ -293,6 +293,8 @@ def _curve_parts(result: BenchResult, markdown: bool) -> list[str]:
                 markdown=markdown,
             )
         )
+    if any(p.apply_steps for p in measured):
+        parts.append(_steps_table(measured, markdown))
     for point in result.pause_curve:
         if point.refusal:
             what = f"busy_threads ({point.threads} threads, every {point.period_ms} ms)"
@@ -302,6 +304,27 @@ def _curve_parts(result: BenchResult, markdown: bool) -> list[str]:
         if point.error is not None:
             parts.append(f"\nbusy_threads ({point.threads} threads): pause not measured: {point.error}")
     return parts
+
+
+def _steps_table(points: list[CurvePoint], markdown: bool) -> str:
+    """Where the pause goes: each step of the window, median ms, for the floor, the apply and the revert."""
+    names: list[str] = []
+    for p in points:
+        for steps in (p.floor_steps, p.apply_steps, p.revert_steps):
+            names += [name for name, _ms in steps if name not in names]
+    rows = []
+    for p in points:
+        for what, steps in (("floor", p.floor_steps), ("apply", p.apply_steps), ("revert", p.revert_steps)):
+            by_name = dict(steps)
+            cells = [f"{by_name[name]:.3f}" if name in by_name else "-" for name in names]
+            rows.append([str(p.threads), what, *cells, f"{sum(by_name.values()):.3f}"])
+    return _table(
+        "\nWhere the pause goes (ms, median per step over the rounds; the window from the first interrupt"
+        " to the last detach)",
+        ["threads", "stop", *names, "sum"],
+        rows,
+        markdown=markdown,
+    )
 
 
 def _load_row(r: LoadResult) -> list[str]:

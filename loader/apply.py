@@ -105,6 +105,7 @@ class ImageApplied:
     switch: str  # how the sites were written: one system call, or site by site
     attempts: int = 1  # stops made to find a safe moment (a busy function makes more)
     stopped_seconds: float = 0.0  # threads stopped over every attempt, this switch's pause included
+    window: tuple[tuple[str, float], ...] = ()  # the pause's steps and their seconds (the bench's breakdown)
 
 
 @dataclass(frozen=True)
@@ -417,8 +418,10 @@ def _apply_to_image(
                 for address, word in registered.original_words():
                     stopped.write(address, word)
             method = switch.run(stopped, RACED)
+            stopped.mark("switch")
             stopped.remember(state_at, prepared_state)
             process.write(state_at, applied)
+            stopped.mark("record")
         pause = stopped.pause
     except BaseException:
         with contextlib.suppress(TargetError):
@@ -434,7 +437,7 @@ def _apply_to_image(
             warnings.append(f"could not free the memory of superseded package {old.package_id}: {exc}")
     superseded = old.package_id if old else None
     return ImageApplied(image, compat, prepared.record, pause, superseded, tuple(warnings), method,
-                        stopped.attempts, stopped.stopped_before + pause)
+                        stopped.attempts, stopped.stopped_before + pause, stopped.window_steps())
 
 
 def _registered(

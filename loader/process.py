@@ -278,9 +278,13 @@ class StoppedThreads:
     on_held: Callable[[int], None] | None = None
     attempts: int = 1  # stops made to find a safe moment, this one included (stop_when_safe)
     stopped_before: float = 0.0  # seconds the earlier, unsafe attempts held the threads stopped
+    # (step, perf_counter at its end) inside the window, for the bench's breakdown (`window_steps`).
+    marks: list[tuple[str, float]] = field(default_factory=list)
     _seized: set[int] = field(default_factory=set)
     _original_regs: dict[int, Registers] = field(default_factory=dict)
     _journal: list[tuple[int, bytes]] = field(default_factory=list)
+    # Threads that died while traced and whose exit is not reaped yet (see `_reap`).
+    _unreaped: set[int] = field(default_factory=set)
 
     @property
     def tids(self) -> tuple[int, ...]:
@@ -292,6 +296,20 @@ class StoppedThreads:
         """Seconds from the first interrupt to the last detach (valid after release)."""
         end = self.resumed_at or time.perf_counter()
         return end - self.stopped_at if self.stopped_at else 0.0
+
+    def mark(self, step: str) -> None:
+        """Note that `step` of the window ends now (one list append: cheap enough for inside it)."""
+        self.marks.append((step, time.perf_counter()))
+
+    def window_steps(self) -> tuple[tuple[str, float], ...]:
+        """Each marked step of the last stop and the time it took, in seconds, ending with the release
+        (valid after release); their sum is `pause`."""
+        steps, previous = [], self.stopped_at
+        for step, at in (*self.marks, ("release", self.resumed_at)):
+            if at >= previous:
+                steps.append((step, at - previous))
+                previous = at
+        return tuple(steps)
 
     def regs(self, tid: int) -> Registers:
         """The registers of a held thread."""
@@ -355,18 +373,22 @@ class StoppedThreads:
         whose creation raced with its creator's seize; such a thread is seized and stopped too.
         """
         deadline = time.monotonic() + timeout
+        self.marks.clear()
         self.stopped_at = time.perf_counter()
         running = [tid for tid in self._seized if tid not in self.held]
         for tid in running:
             with contextlib.suppress(TargetError):
                 pt.interrupt(tid)  # fails only when exiting: wait_stopped then reports the exit
+        self.mark("interrupt")
         with sharing():
             self.wait_stopped(running, deadline)
+        self.mark("wait")
         for _round in range(MAX_ATTACH_ROUNDS):
             new = [tid for tid in self.process.threads() if tid not in self._seized and tid not in self.gone]
             if not new:
                 if not self.held:
                     raise TargetError(f"process {self.process.pid} exited")
+                self.mark("list threads")
                 return
             for tid in new:
                 self._seize_one(tid, trace_clone=True)
@@ -457,6 +479,7 @@ class StoppedThreads:
             if procfs.thread_state(self.process.pid, tid) in ("Z", "X", ""):
                 pending.remove(tid)
                 self.mark_gone(tid)
+                self._unreaped.add(tid)  # reaped by `_reap` at the release, once the kernel reports it
 
     def _resume_quietly(self, tid: int, sig: int) -> None:
         # Any ptrace stop consumes a pending PTRACE_INTERRUPT (the kernel clears JOBCTL_TRAP_STOP on
@@ -464,6 +487,33 @@ class StoppedThreads:
         with contextlib.suppress(TargetError):
             pt.interrupt(tid)
             pt.cont(tid, sig)  # fails only when gone: the next wait reports it
+
+    def _reap(self, deadline: float) -> None:
+        """Wait for the exit of every thread that died while traced. Until the tracer reaps it, such a
+        thread stays a zombie its parent cannot reap (the parent's wait blocks), and only the loader can:
+        a long-running agent would keep it for good. A leader's exit is reported once its other threads
+        are reaped, so all are polled in turn. A SIGKILLed thread exits at once unless it is in
+        uninterruptible sleep, hence the deadline (the release's)."""
+        pending = set(self._unreaped)
+        while pending:
+            for tid in list(pending):
+                try:
+                    status = pt.wait(tid, block=False)  # already reaped or not ours: EXITED (ECHILD)
+                except TargetError:
+                    status = pt.WaitStatus(tid, StopKind.EXITED, 0)
+                if status is None:
+                    continue
+                if status.kind == StopKind.EXITED:
+                    pending.discard(tid)
+                else:  # a stop after all: it was not dying, so it can be let go now
+                    with contextlib.suppress(TargetError):
+                        pt.detach(tid, 0)
+                        pending.discard(tid)
+            if pending and time.monotonic() > deadline:
+                break
+            if pending:
+                time.sleep(0.0005)
+        self._unreaped.clear()
 
     def mark_gone(self, tid: int) -> None:
         """Forget a thread that exited while held or running."""
@@ -502,10 +552,10 @@ class StoppedThreads:
             try:
                 pt.detach(tid, 0)
             except TargetError:
-                # Killed while held: reap its exit so no traced zombie lingers.
-                pt.wait(tid, block=False)
+                self._unreaped.add(tid)  # killed while held (SIGKILL wakes a stopped tracee): it exits
             self._seized.discard(tid)
         self.held.clear()
         self.resumed_at = time.perf_counter()
+        self._reap(time.monotonic() + RELEASE_TIMEOUT)
         if problems and not failed:
             raise TargetError("; ".join(problems))

@@ -12,6 +12,8 @@ import dataclasses
 import errno
 import os
 import signal
+from array import array
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
@@ -248,18 +250,76 @@ def get_regs(tid: int) -> Registers:
     return Registers(**{name: getattr(raw, name) for name in _REG_NAMES})
 
 
-class RegisterReader:
-    """PTRACE_GETREGS into one reused buffer: no allocation per thread while the world is stopped."""
+# Reads many stopped threads' registers (an array of tids) into consecutive slots at an address in one call
+# (loader/window_native.WindowHelper.read_registers); how many it read (fewer: that one failed).
+BatchRegisterReader = Callable[[array, int], int]
 
-    def __init__(self) -> None:
-        self.raw = UserRegs()
-        self._address = ctypes.addressof(self.raw)
 
-    def read(self, tid: int) -> UserRegs:
-        """The registers of a stopped thread, in the shared buffer (valid until the next read)."""
-        if _libc.ptrace(PTRACE_GETREGS, tid, None, self._address) == -1:
+class RegisterFile:
+    """PTRACE_GETREGS of many threads into one preallocated array, one slot per thread in the order read:
+    no Python object is made per thread while the world is stopped (`words` views them all at once)."""
+
+    SLOT_WORDS = ctypes.sizeof(UserRegs) // 8  # 27 words of struct user_regs_struct
+    RIP, RSP = _REG_NAMES.index("rip"), _REG_NAMES.index("rsp")
+
+    def __init__(self, capacity: int = 64) -> None:
+        self.tids: list[int] = []
+        self.slot_of: dict[int, int] = {}
+        self._allocate(max(capacity, 1))
+
+    def _allocate(self, capacity: int) -> None:
+        array = (ctypes.c_uint64 * (capacity * self.SLOT_WORDS))()
+        if self.tids:
+            ctypes.memmove(array, self._array, ctypes.sizeof(self._array))
+        self._array, self._capacity = array, capacity
+        self._base = ctypes.addressof(array)
+
+    def clear(self) -> None:
+        """Forget every thread (a new stop reads them again); the array is kept."""
+        self.tids.clear()
+        self.slot_of.clear()
+
+    def record(self, tid: int) -> int:
+        """Read a stopped thread's registers into the next slot; the slot."""
+        slot = len(self.tids)
+        if slot == self._capacity:
+            self._allocate(2 * self._capacity)
+        if _libc.ptrace(PTRACE_GETREGS, tid, None, self._base + slot * self.SLOT_WORDS * 8) == -1:
             raise _error("read registers of", tid, ctypes.get_errno())
-        return self.raw
+        self.tids.append(tid)
+        self.slot_of[tid] = slot
+        return slot
+
+    def record_all(self, tids: list[int], helper: BatchRegisterReader | None) -> None:
+        """Read every one of `tids` (all stopped) into the next slots: in one call of the window's helper
+        when there is one, else one `record` each. A thread the helper could not read is read alone, so
+        its error is the one `record` reports."""
+        if helper is None:
+            for tid in tids:
+                self.record(tid)
+            return
+        while len(self.tids) + len(tids) > self._capacity:
+            self._allocate(2 * self._capacity)
+        first = len(self.tids)
+        done = helper(array("i", tids), self._base + first * self.SLOT_WORDS * 8)
+        self.tids += tids[:done]
+        self.slot_of.update(zip(tids[:done], range(first, first + done), strict=True))
+        if done < len(tids):
+            self.record(tids[done])  # raises the thread's error (or reads it, if that was transient)
+            self.record_all(tids[done + 1 :], helper)
+
+    @property
+    def address(self) -> int:
+        """The address of slot 0 (valid until the file grows)."""
+        return self._base
+
+    def words(self) -> memoryview:
+        """Every recorded slot as 64-bit words (slot i at [i * SLOT_WORDS, (i + 1) * SLOT_WORDS))."""
+        return memoryview(self._array).cast("B").cast("Q")[: len(self.tids) * self.SLOT_WORDS]
+
+    def buffer(self) -> memoryview:
+        """The recorded slots as bytes, for a search of their words."""
+        return memoryview(self._array).cast("B")[: len(self.tids) * self.SLOT_WORDS * 8]
 
 
 def set_regs(tid: int, regs: Registers) -> None:

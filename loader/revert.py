@@ -59,6 +59,7 @@ class ImageReverted:
     switch: str  # how the sites were written: one system call, or site by site
     attempts: int = 1  # stops made to find a safe moment (a busy function makes more)
     stopped_seconds: float = 0.0  # threads stopped over every attempt, this switch's pause included
+    window: tuple[tuple[str, float], ...] = ()  # the pause's steps and their seconds (the bench's breakdown)
 
 
 @dataclass(frozen=True)
@@ -278,9 +279,10 @@ def _revert_stack(
             if record.wine_unwind is not None:
                 unlink_entry(stopped, record.wine_unwind)
         method = switch.run(stopped, "patch sites changed while hpkg waited for a safe moment; none reverted")
+        stopped.mark("switch")
     pause = stopped.pause
     # STEP 6: nothing jumps into the package memory any more, and no thread was inside it.
     free_allocations(process, [r.allocation for r in stack])
     packages = tuple((r.package_id, r.patch_level) for r in stack)
     return ImageReverted(top.image_path, top.build_id, packages, tuple(restore), pause, method,
-                         stopped.attempts, stopped.stopped_before + pause)
+                         stopped.attempts, stopped.stopped_before + pause, stopped.window_steps())

@@ -20,7 +20,6 @@ since a thread blocked in a library call may still hold a pointer to a package s
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import time
 from collections.abc import Iterator, Sequence
@@ -29,7 +28,8 @@ from dataclasses import dataclass
 from hpkg.errors import UnsafeNow
 from hpkg.loader.interrupts import raise_if_interrupted
 from hpkg.loader.process import DEFAULT_STOP_TIMEOUT, Process, StoppedThreads
-from hpkg.loader.thread_scan import RegisterLog, Snapshot, StackMaps, take_snapshot
+from hpkg.loader.ptrace import RegisterFile
+from hpkg.loader.thread_scan import Snapshot, ThreadScan, find_words
 
 DEFAULT_STACK_SCAN_LIMIT = 1 << 20  # bytes scanned above rsp per thread
 # Between two attempts the process runs at least this many times as long as the last attempt held it
@@ -69,7 +69,6 @@ class SafetyReport:
 
     offenders: tuple[Offender, ...]
     threads_checked: int
-    maps: StackMaps | None = None  # the mappings the check read, for the next attempt to compare with
 
     @property
     def safe(self) -> bool:
@@ -122,39 +121,68 @@ def check_threads(
     patch_windows: Sequence[CodeRange] = (),
     stack_scan_limit: int = DEFAULT_STACK_SCAN_LIMIT,
     pointer_ranges: Sequence[CodeRange] = (),
-    maps: StackMaps | None = None,
-    log: RegisterLog | None = None,
+    scan: ThreadScan | None = None,
 ) -> SafetyReport:
     """Check every held thread's instruction pointer and stack against the replaced code.
 
     With `pointer_ranges`, also every general register and stack word against memory about to be freed.
-    `maps` is an earlier read of the mappings, reused when they did not change; `log` holds registers
-    read as the threads stopped.
+    `scan` was set up before the stop (its maps read, registers read as the threads stopped); without
+    one, a scan is set up now.
     """
+    if scan is None:
+        with contextlib.closing(ThreadScan(stopped.process.pid, len(stopped.held))) as own:
+            return check_threads(stopped, replaced, patch_windows, stack_scan_limit, pointer_ranges, own)
     scan_stacks = bool(replaced or pointer_ranges)
-    maps = StackMaps.read(stopped.process.pid, maps) if scan_stacks else maps
-    snapshot = take_snapshot(
-        stopped, maps or StackMaps(b"", (), (), ()), stack_scan_limit, bool(pointer_ranges), scan_stacks, log
-    )
-    per_thread: dict[int, list[Offender]] = {t.tid: [] for t in snapshot.threads}
-    for thread in snapshot.threads:
-        found = per_thread[thread.tid]
-        for window in patch_windows:
-            if window.contains(thread.rip):
-                found.append(Offender(thread.tid, window.name, "patch site", thread.rip))
-        for code in replaced:
-            if code.contains(thread.rip):
-                found.append(Offender(thread.tid, code.name, "instruction pointer", thread.rip))
-        for memory in pointer_ranges:
-            value = next((v for v in thread.registers if memory.contains(v)), None)
-            if value is not None:
-                found.append(Offender(thread.tid, memory.name, "register", value))
-        if scan_stacks and thread.stack is None:
-            found.append(Offender(thread.tid, "(unreadable stack)", "stack pointer", thread.rsp))
+    snapshot = scan.snapshot(stopped, stack_scan_limit, scan_stacks)
+    stopped.mark("stacks")
+    per_thread: dict[int, list[Offender]] = {}
+    tids, rips = snapshot.tids, snapshot.rips
+    # Per range, the threads whose rip is inside it (a comparison per thread, no object unless found).
+    for kind, ranges in (("patch site", patch_windows), ("instruction pointer", replaced)):
+        for code in ranges:
+            low, high = code.start, code.end
+            for index in [i for i, rip in enumerate(rips) if low <= rip < high]:
+                per_thread.setdefault(index, []).append(Offender(tids[index], code.name, kind, rips[index]))
+    if pointer_ranges:
+        _check_registers(snapshot, pointer_ranges, per_thread)
     if scan_stacks:
+        for index in snapshot.unreadable():
+            offender = Offender(tids[index], "(unreadable stack)", "stack pointer", snapshot.rsps[index])
+            per_thread.setdefault(index, []).append(offender)
         _check_stacks(snapshot, replaced, pointer_ranges, per_thread)
-    offenders = tuple(o for t in snapshot.threads for o in per_thread[t.tid])
-    return SafetyReport(offenders, len(snapshot.threads), maps)
+    offenders = tuple(o for index in sorted(per_thread) for o in per_thread[index])
+    stopped.mark("check")
+    return SafetyReport(offenders, len(tids))
+
+
+# The general registers in the order a register offender is reported (the first found), as indexes of
+# their words in struct user_regs_struct.
+_GENERAL_ORDER = {
+    word: rank  # rax rbx rcx rdx rsi rdi rbp r8 .. r15
+    for rank, word in enumerate((10, 5, 11, 12, 13, 14, 4, 9, 8, 7, 6, 3, 2, 1, 0))
+}
+
+
+def _check_registers(
+    snapshot: Snapshot, pointer_ranges: Sequence[CodeRange], per_thread: dict[int, list[Offender]]
+) -> None:
+    """The first general register (rax, rbx, ... r15) of each thread pointing into memory about to be
+    freed, searched in C over the register array as the stacks are."""
+    index_of = {slot: index for index, slot in enumerate(snapshot.slots)}
+    slot_bytes = RegisterFile.SLOT_WORDS * 8
+    buffer = snapshot.registers.buffer()
+    for memory in pointer_ranges:
+        first: dict[int, tuple[int, int]] = {}  # thread index -> (rank, value)
+        found = find_words(buffer, len(buffer), memory.start, memory.end, snapshot.registers.address)
+        for offset, value in found:
+            slot, word = divmod(offset, slot_bytes)
+            rank = _GENERAL_ORDER.get(word // 8)
+            index = index_of.get(slot)
+            if rank is not None and index is not None and rank < first.get(index, (99, 0))[0]:
+                first[index] = (rank, value)
+        for index, (_rank, value) in first.items():
+            offender = Offender(snapshot.tids[index], memory.name, "register", value)
+            per_thread.setdefault(index, []).append(offender)
 
 
 def _check_stacks(
@@ -165,37 +193,33 @@ def _check_stacks(
 ) -> None:
     """Stack words into replaced code (a return address, once per function and thread) and into memory
     about to be freed (the first word per range and thread), in stack order per thread."""
-    located = [(t.stack[0], t.stack[1], t.tid) for t in snapshot.threads if t.stack is not None]
-    located.sort()
-    starts = [start for start, _end, _tid in located]
-
-    def owner(offset: int) -> int | None:
-        index = bisect.bisect_right(starts, offset) - 1
-        if index >= 0 and offset < located[index][1]:
-            return located[index][2]
-        return None
-
     # One search per stretch of address space the ranges cover together (on revert, the package's code
     # lies inside the memory to be freed: one search finds both kinds of word).
     returns: dict[int, list[Offender]] = {}
     words: dict[int, list[Offender]] = {}
     seen: set[tuple[int, str]] = set()
+    tids = snapshot.tids
+    owner = None
     for low, high in _covering(list(replaced) + list(pointer_ranges)):
-        for offset, word in snapshot.words_in(low, high):
-            tid = owner(offset)
-            if tid is None:
+        for offset, word in find_words(snapshot.buffer, snapshot.used, low, high, snapshot.buffer_address):
+            owner = owner or snapshot.owner()  # built on the first word found
+            index = owner(offset)
+            if index is None:
                 continue
             for code in replaced:
-                if code.contains(word) and (tid, code.name) not in seen:
-                    seen.add((tid, code.name))
-                    returns.setdefault(tid, []).append(Offender(tid, code.name, "return address", word))
+                if code.contains(word) and (index, code.name) not in seen:
+                    seen.add((index, code.name))
+                    offender = Offender(tids[index], code.name, "return address", word)
+                    returns.setdefault(index, []).append(offender)
             for memory in pointer_ranges:
-                if memory.contains(word) and (tid, memory.name) not in seen:
-                    seen.add((tid, memory.name))
-                    words.setdefault(tid, []).append(Offender(tid, memory.name, "stack word", word))
-    for tid, found in per_thread.items():
-        found += returns.get(tid, ())
-        found += words.get(tid, ())
+                if memory.contains(word) and (index, memory.name) not in seen:
+                    seen.add((index, memory.name))
+                    offender = Offender(tids[index], memory.name, "stack word", word)
+                    words.setdefault(index, []).append(offender)
+    for index in sorted(set(returns) | set(words)):
+        found = per_thread.setdefault(index, [])
+        found += returns.get(index, ())
+        found += words.get(index, ())
 
 
 def _covering(ranges: Sequence[CodeRange]) -> list[tuple[int, int]]:
@@ -228,7 +252,23 @@ def stop_when_safe(
     The held threads carry `attempts` and `stopped_before` (seconds stopped by the failed attempts).
     """
     deadline = time.monotonic() + timeout
-    maps = StackMaps.read(process.pid)  # read while running: in the window, a compare of its text
+    # Set up while the process runs: maps opened and read, register array and stack buffer allocated.
+    scan = ThreadScan(process.pid, len(process.threads()))
+    with contextlib.closing(scan):
+        yield from _stop_when_safe(process, scan, replaced, patch_windows, deadline, retry_interval,
+                                   stack_scan_limit, pointer_ranges)
+
+
+def _stop_when_safe(
+    process: Process,
+    scan: ThreadScan,
+    replaced: Sequence[CodeRange],
+    patch_windows: Sequence[CodeRange],
+    deadline: float,
+    retry_interval: float,
+    stack_scan_limit: int,
+    pointer_ranges: Sequence[CodeRange],
+) -> Iterator[StoppedThreads]:
     persistent: frozenset[tuple[int, str]] | None = None
     found: dict[tuple[str, str], int] = {}
     attempts = 0
@@ -237,14 +277,11 @@ def stop_when_safe(
         attempts += 1
         raise_if_interrupted()  # every thread runs and nothing is switched yet: Ctrl-C may end it here
         with process.seize_all_threads() as threads:
-            log = RegisterLog(bool(pointer_ranges))
-            threads.on_held = log.record
+            scan.start_attempt()
+            threads.on_held = scan.hand_over
             threads.stop(DEFAULT_STOP_TIMEOUT)
             threads.on_held = None
-            report = check_threads(
-                threads, replaced, patch_windows, stack_scan_limit, pointer_ranges, maps, log
-            )
-            maps = report.maps
+            report = check_threads(threads, replaced, patch_windows, stack_scan_limit, pointer_ranges, scan)
             if report.safe:
                 threads.attempts = attempts
                 threads.stopped_before = stopped_seconds

@@ -82,3 +82,15 @@ def test_a_restart_drops_every_clients_connection_and_the_servers_state(pause):
         assert all(failed >= result["clients"] for failed in result["restart_failed"]), name
         # The request counter lives in the process: a restarted server counts from the start again.
         assert all(0 < number < result["requests_answered"] for number in result["counter_after_restart"])
+
+
+def test_the_curve_says_where_the_pause_goes_step_by_step(pause):
+    """The breakdown names the window's steps in order: the floor's stop and release around the apply's
+    and revert's own work (maps, stacks, check, switch), each measured."""
+    for point in pause["curve"].values():
+        floor = [name for name, _ms in point["floor_steps"]]
+        assert floor == ["interrupt", "wait", "list threads", "release"]
+        applied = [name for name, _ms in point["apply_steps"]]
+        assert applied[:3] == floor[:3] and applied[-1] == "release"
+        assert {"maps", "stacks", "check", "switch"} <= set(applied)
+        assert all(ms >= 0 for _name, ms in point["apply_steps"] + point["revert_steps"])

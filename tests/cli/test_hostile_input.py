@@ -29,6 +29,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "samples"))
 
 from sample_corpus import SAMPLES_DIR, build_corpus  # noqa: E402
+from terminal_signals import sigint_as_at_a_terminal  # noqa: E402
 
 SAMPLE = SAMPLES_DIR / "14-threaded-server" / "out"
 HPKG = (sys.executable, "-m", "hpkg")
@@ -527,7 +528,7 @@ def test_ctrl_c_during_apply_leaves_the_target_running(world: World) -> None:
         for _ in range(5):
             apply = subprocess.Popen(
                 [*HPKG, "apply", world.names["pkg"], "--key", world.names["pub"], "--pid", str(target.pid)],
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=sigint_as_at_a_terminal,
             )  # fmt: skip
             # Past the interpreter's own start-up (runpy), which no program can guard: hpkg's code is
             # running once it has imported zstandard (formats). From there on, any moment is fair.

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from terminal_signals import sigint_as_at_a_terminal, sigint_ignored
 from test_inject import assert_pending_read_then_restored, blocked_reader_with_buffer
 
 from hpkg.errors import TargetError
@@ -35,8 +36,21 @@ def test_ctrl_c_during_a_hold_is_raised_after_the_release(start_target):
     target = start_target("single", "read")
     target.wait_blocked_in(0)
     argv = [sys.executable, "-c", _HOLD_AND_INTERRUPT, str(target.pid)]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    at_a_terminal = sigint_as_at_a_terminal
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, preexec_fn=at_a_terminal)
     assert done.stdout.splitlines() == ["hold finished", "interrupted after the release"], done.stderr
+    target.assert_running_untraced()
+    target.send("still here\n")
+    target.wait_for(lambda line: line == "got still here")
+
+
+def test_an_ignored_ctrl_c_stays_ignored_through_a_hold(start_target):
+    """A background job of a non-interactive shell has SIGINT ignored: nothing is recorded or raised."""
+    target = start_target("single", "read")
+    target.wait_blocked_in(0)
+    argv = [sys.executable, "-c", _HOLD_AND_INTERRUPT, str(target.pid)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, preexec_fn=sigint_ignored)
+    assert (done.returncode, done.stdout.splitlines()) == (0, ["hold finished"]), done.stderr
     target.assert_running_untraced()
     target.send("still here\n")
     target.wait_for(lambda line: line == "got still here")

@@ -2,13 +2,46 @@
 
 from __future__ import annotations
 
+import random
+import subprocess
 import time
+from array import array
+from pathlib import Path
 
 import pytest
 
-from hpkg.errors import UnsafeNow
-from hpkg.loader import safety
+from hpkg.errors import TargetError, UnsafeNow
+from hpkg.loader import ptrace as pt
+from hpkg.loader import safety, thread_scan, window_native
 from hpkg.loader.process import Process
+from hpkg.loader.thread_scan import ThreadScan
+
+
+@pytest.fixture(scope="session")
+def helper_library(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The window's C helper compiled from its source now, as `make` does (whatever the tree holds)."""
+    library = tmp_path_factory.mktemp("helper") / "window_helper.so"
+    command = ["gcc", "-O2", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", "-o", str(library)]
+    subprocess.run([*command, str(window_native.SOURCE)], check=True, capture_output=True)
+    return library
+
+
+@pytest.fixture(scope="session")
+def built_helper(helper_library: Path) -> window_native.WindowHelper:
+    helper = window_native.load(helper_library)
+    assert helper is not None
+    return helper
+
+
+@pytest.fixture(params=["helper", "helper-two-threads", "python"])
+def window_path(request, built_helper, monkeypatch) -> str:
+    """Run the test with the window's C helper (reading the maps and stacks on a second thread, as it does
+    for many threads, whatever their number here) and with the Python path."""
+    monkeypatch.setattr(thread_scan, "HELPER", None if request.param == "python" else built_helper)
+    if request.param == "helper-two-threads":
+        monkeypatch.setattr(thread_scan, "PARALLEL_THREADS", 1)
+        monkeypatch.setattr(thread_scan, "PARALLEL_BYTES", 1)
+    return request.param
 
 
 def code_range(process: Process, target, name: str) -> safety.CodeRange:
@@ -132,7 +165,7 @@ def _reference_offenders(process: Process, stopped, replaced, pointer_ranges) ->
     return found
 
 
-def test_batched_check_finds_what_a_word_by_word_scan_of_each_stack_finds(start_target):
+def test_batched_check_finds_what_a_word_by_word_scan_of_each_stack_finds(start_target, window_path):
     """One process_vm_readv for every stack and a search in C: the same offenders as reading each stack
     on its own and comparing every word, for code ranges and for memory about to be freed (the image)."""
     target = start_target("threads")
@@ -197,4 +230,166 @@ def test_a_busy_refusal_counts_the_attempts_and_where_threads_were(start_target)
     assert busy.stopped_seconds > 0
     where = f"{busy.attempts} attempts found threads inside: hold_here (return address) on {busy.attempts}"
     assert where in busy.tally()
+    target.assert_running_untraced()
+
+
+@pytest.mark.parametrize(
+    "budget", [thread_scan.CANDIDATE_BUDGET, -(10**9)], ids=["byte-search", "pattern-search"]
+)
+def test_both_word_searches_find_what_a_word_by_word_scan_finds(start_target, monkeypatch, budget):
+    """The one-byte search hands over to the pattern search when its byte is common: either way, every
+    offender a word-by-word scan of each stack finds (a budget below zero hands over at once)."""
+    monkeypatch.setattr(thread_scan, "CANDIDATE_BUDGET", budget)
+    monkeypatch.setattr(thread_scan, "HELPER", None)  # the Python searches; the helper's is compared below
+    target = start_target("threads")
+    process = Process(target.pid)
+    ranges = [code_range(process, target, name) for name in ("hold_here", "sleeper_wait", "spin_work")]
+    image = next(i for i in process.images() if i.path == str(target.binary.path))
+    memory = [safety.CodeRange("image", image.start, image.end)]
+    with process.stop_all_threads() as stopped:
+        report = safety.check_threads(stopped, ranges, [], pointer_ranges=memory)
+        expected = _reference_offenders(process, stopped, ranges, memory)
+    assert {(o.tid, o.range_name, o.kind, o.address) for o in report.offenders} == expected
+    assert {o.range_name for o in report.offenders} >= {"hold_here", "image"}
+
+
+def test_a_stack_mapped_after_the_scan_was_set_up_is_read_in_the_window(start_target, window_path):
+    """The scan opens and reads /proc/PID/maps before the stop; a thread whose stack was mapped since
+    (here: a thread created afterwards, sitting in hold_here) is still found by its return address,
+    because the window reads the mappings again."""
+    target = start_target("threads")
+    process = Process(target.pid)
+    hold = code_range(process, target, "hold_here")
+    scan = ThreadScan(process.pid, 8)
+    before = set(target.tids())
+    target.send("spawn\n")
+    deadline = time.monotonic() + 20
+    while True:
+        new = set(target.tids()) - before
+        if new:
+            with process.stop_all_threads() as stopped:
+                report = safety.check_threads(stopped, [hold], scan=scan)
+            found = {(o.tid, o.range_name, o.kind) for o in report.offenders}
+            if (*new, "hold_here", "return address") in found:
+                break
+        assert time.monotonic() < deadline, "the new thread was never found in hold_here"
+        time.sleep(0.01)
+    scan.close()
+    assert report.threads_checked == 9
+    target.assert_running_untraced()
+
+
+def test_the_helper_reads_every_held_threads_registers_as_ptrace_getregs_does(start_target, built_helper):
+    """One call for every held thread: the same registers, in the same slots, as one PTRACE_GETREGS each."""
+    target = start_target("threads")
+    process = Process(target.pid)
+    with process.stop_all_threads() as stopped:
+        registers = pt.RegisterFile(2)  # grows while reading
+        tids = list(stopped.held)
+        registers.record_all(tids, built_helper.read_registers)
+        words = registers.words()
+        size = registers.SLOT_WORDS
+        one_by_one = [stopped.regs(tid) for tid in tids]
+    assert registers.tids == tids and len(tids) == 8
+    assert [words[slot * size + registers.RIP] for slot in range(len(tids))] == [r.rip for r in one_by_one]
+    assert [words[slot * size + registers.RSP] for slot in range(len(tids))] == [r.rsp for r in one_by_one]
+    assert [words[slot * size + 10] for slot in range(len(tids))] == [r.rax for r in one_by_one]
+    target.assert_running_untraced()
+
+
+def test_a_thread_gone_while_held_is_reported_by_the_helpers_register_read(start_target, built_helper):
+    """A tid that is not held (here: not a thread of ours at all) stops the batch; its error is ptrace's."""
+    target = start_target("threads")
+    process = Process(target.pid)
+    with process.stop_all_threads() as stopped:
+        registers = pt.RegisterFile(16)
+        tids = list(stopped.held)
+        with pytest.raises(TargetError, match="read registers of thread 1:"):
+            not_ours = [*tids[:3], 1, *tids[3:]]  # pid 1 is not traced by us
+            registers.record_all(not_ours, built_helper.read_registers)
+        assert registers.tids == tids[:3]
+    target.assert_running_untraced()
+
+
+def test_the_helpers_word_search_finds_what_a_word_by_word_scan_finds(built_helper, monkeypatch):
+    """Every aligned word in [low, high) and nothing else, at the range's edges too, on words around it."""
+    rng = random.Random(15)
+    low, high = 0x5600_0000_1230, 0x5600_0000_1290
+    near = [low - 1, low, low + 1, high - 1, high, high + 1, 0, 2**64 - 1]
+    values = [rng.choice(near) if rng.random() < 0.2 else rng.randrange(low - 512, high + 512)
+              for _ in range(4099)]  # fmt: skip
+    buffer = bytearray(array("Q", values).tobytes()) + b"\x30\x12"  # a tail shorter than a word
+    expected = [(8 * i, v) for i, v in enumerate(values) if low <= v < high]
+    monkeypatch.setattr(thread_scan, "HELPER", built_helper)
+    for end in (len(buffer), 8 * 4096 + 5, 8 * 3 + 4, 0):
+        assert thread_scan.find_words(buffer, end, low, high) == [h for h in expected if h[0] + 8 <= end]
+    assert thread_scan.find_words(buffer, len(buffer), high, low) == []
+
+
+def test_the_loader_uses_the_helper_only_when_built_and_not_disabled(helper_library, tmp_path, monkeypatch):
+    """No file, a file that is not the helper, or HPKG_NO_WINDOW_HELPER=1: the Python path (None)."""
+    library = helper_library
+    assert window_native.load(library) is not None
+    assert window_native.load(tmp_path / "absent.so") is None
+    foreign = tmp_path / "foreign.so"
+    foreign.write_bytes(b"not a shared object")
+    assert window_native.load(foreign) is None
+    monkeypatch.setenv(window_native.DISABLE_VARIABLE, "1")
+    assert window_native.load(library) is None
+
+
+def test_a_thread_whose_stack_pointer_is_in_no_mapping_is_never_safe(start_target, window_path):
+    """rsp in no mapping: the stack cannot be read, so the thread is an offender whatever it runs."""
+    target = start_target("threads")
+    process = Process(target.pid)
+    hold = code_range(process, target, "hold_here")
+    before = set(target.tids())
+    target.send("lose\n")
+    deadline = time.monotonic() + 20
+    while True:
+        with process.stop_all_threads() as stopped:
+            report = safety.check_threads(stopped, [hold])
+        lost = [o for o in report.offenders if o.range_name == "(unreadable stack)"]
+        if lost:
+            break
+        assert time.monotonic() < deadline, "the lost thread was never found"
+        time.sleep(0.01)
+    [new] = set(target.tids()) - before
+    assert [(o.tid, o.kind, o.address) for o in lost] == [(new, "stack pointer", 0)]
+    assert {o.range_name for o in report.offenders} == {"hold_here", "(unreadable stack)"}
+    target.assert_running_untraced()
+
+
+def test_maps_longer_than_the_helpers_buffer_are_read_again_whole(start_target, built_helper, monkeypatch):
+    """The helper's second thread reads /proc/PID/maps into a buffer of fixed size; text that does not fit
+    is read again by the loader, which grows the buffer: the holder is still found by its return address."""
+    monkeypatch.setattr(thread_scan, "HELPER", built_helper)
+    monkeypatch.setattr(thread_scan, "PARALLEL_THREADS", 1)
+    target = start_target("threads")
+    process = Process(target.pid)
+    hold = code_range(process, target, "hold_here")
+    scan = ThreadScan(process.pid, 8)
+    scan.maps_reader._buffer = bytearray(64)  # far shorter than the text
+    with process.stop_all_threads() as stopped:
+        report = safety.check_threads(stopped, [hold], scan=scan)
+    scan.close()
+    assert len(scan.maps_reader._buffer) > 64 and len(scan.maps_reader.maps.starts) > 8
+    assert ("hold_here", "return address") in {(o.range_name, o.kind) for o in report.offenders}
+    target.assert_running_untraced()
+
+
+def test_a_scan_used_for_a_second_stop_reads_the_registers_of_that_stop(start_target, window_path):
+    """Registers read in an earlier stop are stale (the spinners have moved on): a scan used again without
+    `start_attempt` reads every thread again, and the check sees where each thread is now."""
+    target = start_target("threads")
+    process = Process(target.pid)
+    scan = ThreadScan(process.pid, 8)
+    for _ in range(3):
+        with process.stop_all_threads() as stopped:
+            snapshot = scan.snapshot(stopped, safety.DEFAULT_STACK_SCAN_LIMIT, with_stacks=True)
+            now = {tid: stopped.regs(tid) for tid in snapshot.tids}
+        assert snapshot.rips == [now[tid].rip for tid in snapshot.tids]
+        assert snapshot.rsps == [now[tid].rsp for tid in snapshot.tids]
+        time.sleep(0.01)
+    scan.close()
     target.assert_running_untraced()

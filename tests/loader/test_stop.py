@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -201,3 +202,26 @@ def test_the_loader_runs_first_in_line_only_while_it_holds_threads(start_target)
     with process.stop_thread():  # one thread held for an injection: the loader's policy is left alone
         assert os.sched_getscheduler(0) == before
     target.assert_running_untraced()
+
+
+@pytest.mark.parametrize("leave", ["normally", "by an exception"])
+def test_a_target_killed_while_held_is_reaped_by_its_parent(start_target, leave):
+    """SIGKILL wakes a held thread: it cannot be detached, it exits. The release waits for each such exit,
+    or the thread would stay a zombie traced by the loader that its parent could never reap (seen: an
+    agent holding a killed target's zombie, and the target's parent waiting for it for good)."""
+    for _ in range(4):  # the release races the threads' exits: a few tries make a miss show
+        target = start_target("threads")
+        with contextlib.suppress(RuntimeError), Process(target.pid).stop_all_threads():
+            os.kill(target.pid, signal.SIGKILL)
+            if leave == "by an exception":
+                raise RuntimeError("the check failed")
+        assert not any(pt.tracer_of(int(tid)) == threading.get_native_id() for tid in _tasks(target.pid))
+        # Here the loader is the target's parent too: its reap may take the status first (Popen: 0).
+        assert target.popen.wait(timeout=20) in (-signal.SIGKILL, 0)
+
+
+def _tasks(pid: int) -> list[str]:
+    try:
+        return os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return []

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from live_helpers import assert_running_untraced, hpkg, hpkg_mappings
 from sample_corpus import Conversation, Sample
+from terminal_signals import sigint_as_at_a_terminal
 
 from hpkg.formats import read_package
 from hpkg.loader.machine import Outcome, apply_to_pid
@@ -136,7 +137,8 @@ def test_ctrl_c_during_apply_all_stops_the_run_and_leaves_every_target_as_it_was
     try:
         argv = [sys.executable, "-m", "hpkg", "apply", str(package), "--all", "--key", str(public_key),
                 "--timeout", "20", "--jobs", "1"]  # fmt: skip
-        loader = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+        loader = subprocess.Popen(argv, **pipes, text=True, preexec_fn=sigint_as_at_a_terminal)
         deadline = time.monotonic() + WAIT
         while not any(hpkg_mappings(t.pid) for t in targets):
             assert time.monotonic() < deadline, "hpkg never placed its package"

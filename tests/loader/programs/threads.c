@@ -8,6 +8,8 @@
  * Each thread names itself (/proc/PID/task/TID/comm) after its role.
  * With argv[1] == "churn" a ninth thread creates and joins short-lived threads without end.
  * A line "spawn" on stdin makes main start one more thread ("spawned"), which sits in hold_here().
+ * A line "lose" makes main start a thread ("lost") that sets its stack pointer to 0 and spins: a
+ * stack in no mapping, which no check can show to be safe.
  */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -74,6 +76,13 @@ static void *sleeper(void *arg) { name("sleeper"); sleeper_wait((int)(long)arg);
 static void *spinner(void *arg) { name("spinner"); spin_work((int)(long)arg); return NULL; }
 static void *holder(void *arg) { (void)arg; name("holder"); hold_here(); return NULL; }
 static void *spawned(void *arg) { (void)arg; name("spawned"); hold_here(); return NULL; }
+static void *lost(void *arg)
+{
+    (void)arg;
+    name("lost");
+    __asm__ volatile("xor %%esp, %%esp\n1: jmp 1b" ::: "memory"); /* rsp = 0, forever */
+    return NULL;
+}
 
 __attribute__((noreturn)) static void *printer(void *arg)
 {
@@ -122,6 +131,7 @@ int main(int argc, char **argv)
         printf("main got %s", buf);
         fflush(stdout);
         if (!strncmp(buf, "spawn", 5)) { pthread_create(&t, NULL, spawned, NULL); continue; }
+        if (!strncmp(buf, "lose", 4)) { pthread_create(&t, NULL, lost, NULL); continue; }
         if (write(pipefd[1], buf, n) != n) exit(4);
     }
 }

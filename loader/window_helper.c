@@ -1,0 +1,205 @@
+/* The safety check's per-thread work inside the window, in C: one ctypes call each instead of a Python
+ * loop over the threads (loader/window_native.py loads it; loader/thread_scan.py falls back to Python
+ * when it is not built). Built from source by `make` (gcc -O2 -shared -fPIC), never shipped prebuilt.
+ *
+ * It reads and searches, nothing else: no thread is stopped, resumed or written here, so every guarantee
+ * about the target's state stays with the Python code that holds the threads.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <sys/ptrace.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+#include <sys/user.h>
+#include <unistd.h>
+
+#define IOV_MAX_PER_CALL 1024 /* the kernel's limit of iovecs per process_vm_readv side */
+
+/* PTRACE_GETREGS of every held thread into consecutive slots of struct user_regs_struct.
+ * Returns how many were read: fewer than `count` when thread tids[returned] failed (errno is set). */
+long hpkg_read_registers(const int32_t *tids, long count, struct user_regs_struct *slots)
+{
+    for (long i = 0; i < count; i++) {
+        if (ptrace(PTRACE_GETREGS, tids[i], 0, &slots[i]) == -1)
+            return i;
+    }
+    return count;
+}
+
+/* /proc/PID/maps read again from offset 0 into buf (a seq_file hands out about a page per call: read on
+ * until it returns nothing). */
+struct maps_job {
+    int fd;
+    char *buf;
+    long size;
+    long length; /* the text's length; -1 on an error or when it does not fit */
+};
+
+static void *read_maps(void *arg)
+{
+    struct maps_job *job = arg;
+    long length = 0;
+    for (;;) {
+        if (length == job->size) {
+            job->length = -1;
+            return NULL;
+        }
+        ssize_t got = pread(job->fd, job->buf + length, job->size - length, length);
+        if (got < 0) {
+            job->length = -1;
+            return NULL;
+        }
+        if (got == 0)
+            break;
+        length += got;
+    }
+    job->length = length;
+    return NULL;
+}
+
+/* hpkg_read_registers, while a second thread reads /proc/PID/maps (opened before the stop) into buf: the
+ * machine's other CPU is idle while the target is stopped. ptrace requests must come from the tracing
+ * thread, so the registers are read here; the maps can be read by any thread. *maps_length is the text's
+ * length, -1 when it was not read (an error, or more than `size` bytes: the caller reads it itself). */
+long hpkg_read_registers_and_maps(const int32_t *tids, long count, struct user_regs_struct *slots,
+                                  int maps_fd, char *buf, long size, long *maps_length)
+{
+    struct maps_job job = {maps_fd, buf, size, -1};
+    pthread_t worker;
+    int started = pthread_create(&worker, NULL, read_maps, &job) == 0;
+    long done = hpkg_read_registers(tids, count, slots);
+    int saved = errno;
+    if (started)
+        pthread_join(worker, NULL);
+    *maps_length = started ? job.length : -1;
+    errno = saved;
+    return done;
+}
+
+/* process_vm_readv of `count` (local, remote) pairs, IOV_MAX at a time; whether every byte came in. */
+struct stacks_job {
+    pid_t pid;
+    const struct iovec *local;
+    const struct iovec *remote;
+    long count;
+    int complete;
+};
+
+static void *read_stacks(void *arg)
+{
+    struct stacks_job *job = arg;
+    job->complete = 1;
+    for (long done = 0; done < job->count; done += IOV_MAX_PER_CALL) {
+        long n = job->count - done < IOV_MAX_PER_CALL ? job->count - done : IOV_MAX_PER_CALL;
+        ssize_t want = 0;
+        for (long i = done; i < done + n; i++)
+            want += (ssize_t)job->remote[i].iov_len;
+        if (process_vm_readv(job->pid, job->local + done, n, job->remote + done, n, 0) != want) {
+            job->complete = 0;
+            return NULL;
+        }
+    }
+    return NULL;
+}
+
+/* Every located stack read; with `parallel`, in two halves (by bytes) at once, one by a second thread:
+ * the copy from the stopped target is most of the stacks' cost, and the other CPU is idle. Returns 1 when
+ * every byte came in; 0 otherwise (the caller then reads them its own way, which finds the stack that
+ * failed). */
+long hpkg_read_stacks(int pid, const struct iovec *local, const struct iovec *remote, long count, long total,
+                      int parallel)
+{
+    long split = 0, bytes = 0;
+    if (!parallel) {
+        struct stacks_job whole = {pid, local, remote, count, 0};
+        read_stacks(&whole);
+        return whole.complete;
+    }
+    while (split < count && bytes < total / 2)
+        bytes += (long)remote[split++].iov_len;
+    struct stacks_job upper = {pid, local + split, remote + split, count - split, 0};
+    struct stacks_job lower = {pid, local, remote, split, 0};
+    pthread_t worker;
+    int started = upper.count > 0 && pthread_create(&worker, NULL, read_stacks, &upper) == 0;
+    if (!started)
+        read_stacks(&upper);
+    read_stacks(&lower);
+    if (started)
+        pthread_join(worker, NULL);
+    return lower.complete && upper.complete;
+}
+
+/* Where each thread's stack is read: [rsp & ~7, min(end of rsp's mapping, that + limit)), found by a
+ * binary search of the sorted mapping starts. `rsps` is read with a stride of `stride` words (the
+ * register slots themselves). For thread i: place_start[i] and place_end[i] are the offsets of its
+ * words in the stack buffer, both -1 when rsp lies in no readable mapping; remote[2k], remote[2k+1] the
+ * address and length of the k-th located stack (the iovecs of process_vm_readv, in buffer order).
+ * Returns the bytes the located stacks need in all. */
+long hpkg_stack_places(const uint64_t *rsps, long count, long stride, const uint64_t *starts,
+                       const uint64_t *ends, const uint8_t *readable, long maps, uint64_t limit,
+                       int64_t *place_start, int64_t *place_end, uint64_t *remote)
+{
+    long total = 0, located = 0;
+    for (long i = 0; i < count; i++) {
+        uint64_t rsp = rsps[i * stride];
+        long lo = 0, hi = maps; /* the first mapping whose start is above rsp */
+        while (lo < hi) {
+            long mid = lo + (hi - lo) / 2;
+            if (starts[mid] <= rsp)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        long index = lo - 1;
+        if (index < 0 || rsp >= ends[index] || !readable[index]) {
+            place_start[i] = place_end[i] = -1;
+            continue;
+        }
+        uint64_t start = rsp & ~(uint64_t)7;
+        uint64_t end = ends[index] - start < limit ? ends[index] : start + limit;
+        remote[2 * located] = start;
+        remote[2 * located + 1] = end - start;
+        place_start[i] = total;
+        place_end[i] = total + (int64_t)(end - start);
+        total += (long)(end - start);
+        located++;
+    }
+    return total;
+}
+
+/* The byte offsets of every 8-aligned word of buffer[:size] in [low, high), in buffer order, at most
+ * `room` of them. Returns how many there are in all (more than `room`: call again with more room). */
+long hpkg_find_words(const uint64_t *buffer, long size, uint64_t low, uint64_t high, int64_t *offsets,
+                     long room)
+{
+    uint64_t span = high - low;
+    long words = size / 8, found = 0;
+    if (high <= low)
+        return 0;
+    long i = 0;
+    /* Four words a step, one branch for all four (a word in range is rare): unsigned subtraction makes
+     * low <= word < high one compare. */
+    for (; i + 4 <= words; i += 4) {
+        int any = (buffer[i] - low < span) | (buffer[i + 1] - low < span) | (buffer[i + 2] - low < span) |
+                  (buffer[i + 3] - low < span);
+        if (__builtin_expect(any, 0)) {
+            for (long j = i; j < i + 4; j++) {
+                if (buffer[j] - low < span) {
+                    if (found < room)
+                        offsets[found] = j * 8;
+                    found++;
+                }
+            }
+        }
+    }
+    for (; i < words; i++) {
+        if (buffer[i] - low < span) {
+            if (found < room)
+                offsets[found] = i * 8;
+            found++;
+        }
+    }
+    return found;
+}
