@@ -342,19 +342,19 @@ def _validate(d: Any) -> dict[str, Any]:
     for name in ("code", "objects"):
         for n, entry in enumerate(_list(d[name], name, MAX_RECORDS)):
             _range(entry, f"{name}[{n}]")
-    if "unwind" in d:
-        words = _list(d["unwind"], "unwind", 5)
-        if len(words) != 5:
-            raise RecordInvalid("unwind: expected 5 words")
-        for n, word in enumerate(words):
-            _word(word, f"unwind[{n}]")
-    if "wine_unwind" in d:
-        words = _list(d["wine_unwind"], "wine_unwind", 3)
-        if len(words) != 3:
-            raise RecordInvalid("wine_unwind: expected 3 words")
-        for n, word in enumerate(words):
-            _word(word, f"wine_unwind[{n}]")
+    for name, count in (("unwind", 5), ("wine_unwind", 3)):
+        if name in d:
+            _words(d[name], name, count)
     return d
+
+
+def _words(value: object, name: str, count: int) -> None:
+    """`value` is a list of exactly `count` machine words (an optional registration's fields)."""
+    words = _list(value, name, count)
+    if len(words) != count:
+        raise RecordInvalid(f"{name}: expected {count} words")
+    for n, word in enumerate(words):
+        _word(word, f"{name}[{n}]")
 
 
 def _inside(record: PatchRecord, allocation: Allocation) -> str:
