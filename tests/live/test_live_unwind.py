@@ -94,6 +94,10 @@ def test_unwind_rules_for_a_shared_library_are_refused_live(tmp_path, keys) -> N
     with subprocess.Popen([str(host)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as running:
         assert running.stdin is not None and running.stdout is not None
         try:
+            # An answer first: the library is mapped (Popen returns before the kernel maps the image).
+            running.stdin.write("5000\n")
+            running.stdin.flush()
+            assert running.stdout.readline().strip() == "size 5000"
             refused = hpkg("apply", package, "--pid", running.pid, "--key", keys.public)
             assert refused.returncode == 4
             assert refused.stderr.startswith("error: unwind-registration-unsupported:")
