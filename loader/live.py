@@ -29,6 +29,7 @@ from hpkg.loader.inject import Injector
 from hpkg.loader.process import Process, StoppedThreads
 from hpkg.loader.procfs import RuntimeImage
 from hpkg.loader.safety import CodeRange, ThreadsBusy, stop_when_safe
+from hpkg.loader.wine_threads import WindowsThreads
 
 DEFAULT_TIMEOUT = 5.0
 # `_start`, the ELF entry, calls __libc_start_main and never returns either; its return address sits
@@ -245,8 +246,12 @@ def wait_until_safe(
 
     `freed` is memory the caller frees right after: no register or stack word may point into it.
     """
+    # A PE image runs under Wine: each Windows thread is checked by its frames, walked by UNWIND_INFO.
+    wine = WindowsThreads(process) if not image.elf_type else None
     try:
-        with stop_when_safe(process, replaced, windows, timeout=timeout, pointer_ranges=freed) as stopped:
+        with stop_when_safe(
+            process, replaced, windows, timeout=timeout, pointer_ranges=freed, wine=wine
+        ) as stopped:
             yield stopped
     except ThreadsBusy as busy:
         raise explain_busy(process, busy, replaced, image, timeout) from None
