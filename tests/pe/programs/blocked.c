@@ -1,13 +1,14 @@
 /*
- * The replaced function is where the program waits: next_number() blocks in fgets (a read on the Unix
- * side of Wine, on Wine's kernel stack) until a line comes. Its return address into main and fgets's
- * into next_number lie on the Windows stack, which the thread's rsp is not on while it waits: a live
- * apply must still find it inside next_number and refuse. -DFIX adds one.
+ * A console program that waits in a system call inside the function a package replaces, on demand.
+ * main() waits for a command line in fgets (outside read_number); "r" makes it read the next line in
+ * read_number(), which then waits in fgets (a read on Wine's Unix side) until that line comes: its
+ * frames and the return address into main lie on the Windows stack, while the thread's rsp is on Wine's
+ * Unix stack. It prints the number read. -DFIX adds one.
  */
 #include <stdio.h>
 #include <stdlib.h>
 
-__attribute__((noinline)) int next_number(void)
+__attribute__((noinline)) int read_number(void)
 {
     char line[64];
     if (!fgets(line, sizeof line, stdin))
@@ -21,8 +22,9 @@ __attribute__((noinline)) int next_number(void)
 
 int main(void)
 {
-    int n;
-    while ((n = next_number()) >= 0) {
+    char command[64];
+    while (fgets(command, sizeof command, stdin)) {
+        int n = command[0] == 'r' ? read_number() : -2;
         printf("%d\n", n);
         fflush(stdout);
     }
