@@ -23,6 +23,7 @@ from hpkg.errors import ImageError, TargetError
 from hpkg.loader.bounds import mapped_file_of
 from hpkg.loader.pe_process import pe_images
 from hpkg.loader.process import Process
+from hpkg.loader.procfs import RuntimeImage
 from hpkg.loader.record import find_records
 from hpkg.loader.wine_unwind import ENTRY
 from hpkg.pe.constants import IMAGE_DIRECTORY_ENTRY_EXCEPTION
@@ -105,26 +106,30 @@ def _columns(raw: bytes) -> tuple[array, array, array]:
 
 
 # Modules by the identity of their file (device, inode, size, mtime): the same DLLs in every Wine process.
-_FILE_TABLES: dict[tuple[int, int, int, int], tuple[str, tuple[array, array, array], RvaReader]] = {}
+_FILE_TABLES: dict[tuple[int, int, int, int], tuple[tuple[array, array, array], RvaReader]] = {}
 
 
-def _file_module(pid: int, image) -> CodeModule:  # image: loader.procfs.RuntimeImage
-    path = mapped_file_of(pid, image)
+def module_of_file(path: str, name: str, base: int, executable: tuple[tuple[int, int], ...]) -> CodeModule:
+    """The module of the PE file at `path` (its exception directory; its bytes memory-mapped), at `base`."""
     try:
         with open(path, "rb") as f:
             status = os.fstat(f.fileno())
             key = (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
             if key not in _FILE_TABLES:
                 data = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
-                headers = parse_headers(file_reader(data), image.path)
+                headers = parse_headers(file_reader(data), name)
                 read = file_reader(data, headers)
                 rva, size = headers.directory(IMAGE_DIRECTORY_ENTRY_EXCEPTION)
-                _FILE_TABLES[key] = (image.path, _columns(read(rva, size) if rva and size else b""), read)
+                _FILE_TABLES[key] = (_columns(read(rva, size) if rva and size else b""), read)
     except OSError as exc:
-        raise TargetError(f"cannot read {image.path} ({path}): {exc.strerror}") from None
-    name, (begins, ends, unwinds), read = _FILE_TABLES[key]
+        raise TargetError(f"cannot read {name} ({path}): {exc.strerror}") from None
+    (begins, ends, unwinds), read = _FILE_TABLES[key]
+    return CodeModule(name, base, executable, begins, ends, unwinds, read)
+
+
+def _image_module(pid: int, image: RuntimeImage) -> CodeModule:
     executable = tuple((m.start, m.end) for m in image.mappings if m.executable)
-    return CodeModule(name, image.start, executable, begins, ends, unwinds, read)
+    return module_of_file(mapped_file_of(pid, image), image.path, image.start, executable)
 
 
 def _package_modules(process: Process) -> list[CodeModule]:
@@ -161,7 +166,7 @@ def _bytes_reader(data: bytes) -> RvaReader:
 def windows_code(process: Process) -> WindowsCode:
     """The Windows code of `process` now: its PE modules and its packages' code."""
     maps_text = _maps_text(process.pid)
-    modules = [_file_module(process.pid, image) for image in pe_images(process)]
+    modules = [_image_module(process.pid, image) for image in pe_images(process)]
     modules += _package_modules(process)
     return WindowsCode(tuple(modules), maps_text)
 

@@ -33,7 +33,7 @@ from enum import Enum
 from hpkg.loader.process import Process
 from hpkg.loader.vm_read import read_spans
 from hpkg.loader.windows_code import WindowsCode, current
-from hpkg.pe.virtual_unwind import Context, Walk, walk
+from hpkg.pe.virtual_unwind import Context, Walk, WordReader, walk
 
 TIB_STACK = struct.Struct("<QQ")  # NT_TIB at TEB+0x08: StackBase, StackLimit
 TIB_STACK_AT = 0x08
@@ -69,6 +69,7 @@ class ThreadFrames:
     pcs: tuple[int, ...] = ()
     saved: bool = False  # the first pc is the one Wine saved at a system call (not the thread's rip)
     problem: str = ""
+    start: Context | None = None  # the registers the walk started from
     stack: tuple[int, bytes] | None = None  # (address, bytes) of the Windows stack as read
 
 
@@ -138,8 +139,8 @@ def thread_frames(
         if data is None:
             out[index] = _unproven(f"its Windows stack at {low:#x} is unreadable")
             continue
-        result = walk(start.context, code, _word_reader(low, data), start.base)
-        out[index] = _walked(result, start.saved, (low, data))
+        result = walk(start.context, code, word_reader(low, data), start.base)
+        out[index] = _walked(result, start, (low, data))
     return [o if o is not None else ThreadFrames(Kind.UNIX) for o in out]
 
 
@@ -147,13 +148,13 @@ def _unproven(problem: str) -> ThreadFrames:
     return ThreadFrames(Kind.UNPROVEN, problem=problem)
 
 
-def _walked(result: Walk, saved: bool, stack: tuple[int, bytes]) -> ThreadFrames:
-    if result.problem is not None:
-        return ThreadFrames(Kind.UNPROVEN, result.pcs, saved, result.problem, stack)
-    return ThreadFrames(Kind.WALKED, result.pcs, saved, "", stack)
+def _walked(result: Walk, start: _Start, stack: tuple[int, bytes]) -> ThreadFrames:
+    kind = Kind.WALKED if result.problem is None else Kind.UNPROVEN
+    return ThreadFrames(kind, result.pcs, start.saved, result.problem or "", start.context, stack)
 
 
-def _word_reader(low: int, data: bytes):
+def word_reader(low: int, data: bytes) -> WordReader:
+    """The walker's stack reader over `data`, the stack's bytes from address `low` on."""
     high = low + len(data)
     unpack = struct.Struct("<Q").unpack_from
 
