@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import ctypes
 import errno
+from array import array
 from collections.abc import Sequence
+from itertools import accumulate
 
 from hpkg.errors import TargetError
 from hpkg.loader.process import IOVec, libc
@@ -24,15 +26,17 @@ def read_spans(pid: int, spans: Sequence[tuple[int, int]]) -> list[bytes | None]
     lengths = [max(length, 0) for _, length in spans]
     buffer = ctypes.create_string_buffer(max(sum(lengths), 1))
     base = ctypes.addressof(buffer)
-    offsets, at = [], 0
-    for length in lengths:
-        offsets.append(at)
-        at += length
+    offsets = list(accumulate(lengths, initial=0))[:-1]
+    # The iovecs as (base, length) word pairs: the local side into `buffer`, the remote side at the spans.
+    local_words = array("Q", (word for offset, length in zip(offsets, lengths, strict=True)
+                              for word in (base + offset, length)))  # fmt: skip
+    remote_words = array("Q", (word for (address, _), length in zip(spans, lengths, strict=True)
+                               for word in (address, length)))  # fmt: skip
     first = 0
     while first < len(spans):
         count = min(IOV_MAX, len(spans) - first)
-        local = (IOVec * count)(*((base + offsets[first + i], lengths[first + i]) for i in range(count)))
-        remote = (IOVec * count)(*((spans[first + i][0], lengths[first + i]) for i in range(count)))
+        local = (IOVec * count).from_buffer(local_words, 16 * first)
+        remote = (IOVec * count).from_buffer(remote_words, 16 * first)
         got = libc.process_vm_readv(pid, local, count, remote, count, 0)
         if got < 0:
             err = ctypes.get_errno()

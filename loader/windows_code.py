@@ -30,9 +30,10 @@ from hpkg.pe.constants import IMAGE_DIRECTORY_ENTRY_EXCEPTION
 from hpkg.pe.headers import RvaReader, file_reader, parse_headers
 from hpkg.pe.pdata import MAX_CHAIN, RUNTIME_FUNCTION
 from hpkg.pe.unwind_info import decode_unwind_info
-from hpkg.pe.virtual_unwind import EPILOG_BYTES, CodeAt, FunctionUnwind
+from hpkg.pe.virtual_unwind import EPILOG_BYTES, CodeAt, FrameRecipe, FunctionUnwind
 
 MAX_PACKAGE_FUNCTIONS = 1 << 16  # a longer table in package memory is not one hpkg wrote
+UNWIND_INFO_SPAN = 4 + 2 * 256 + 12  # the longest UNWIND_INFO: header, 255 codes padded, a chained entry
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,8 @@ class WindowsCode:
     _starts: list[int] = field(default_factory=list, repr=False)
     _ranges: list[tuple[int, int, CodeModule]] = field(default_factory=list, repr=False)
     _functions: dict[tuple[int, int], FunctionUnwind] = field(default_factory=dict, repr=False)
+    # Each pc's rsp-relative unwind, kept across the walks of every thread and attempt (pe/virtual_unwind).
+    recipes: dict[tuple[int, bool], FrameRecipe | None] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self._ranges = sorted((s, e, m) for m in self.modules for s, e in m.executable)
@@ -120,11 +123,28 @@ def module_of_file(path: str, name: str, base: int, executable: tuple[tuple[int,
                 headers = parse_headers(file_reader(data), name)
                 read = file_reader(data, headers)
                 rva, size = headers.directory(IMAGE_DIRECTORY_ENTRY_EXCEPTION)
-                _FILE_TABLES[key] = (_columns(read(rva, size) if rva and size else b""), read)
+                columns = _columns(read(rva, size) if rva and size else b"")
+                _FILE_TABLES[key] = (columns, _with_copy(read, columns[2]))
     except OSError as exc:
         raise TargetError(f"cannot read {name} ({path}): {exc.strerror}") from None
     (begins, ends, unwinds), read = _FILE_TABLES[key]
     return CodeModule(name, base, executable, begins, ends, unwinds, read)
+
+
+def _with_copy(read: RvaReader, unwinds: array) -> RvaReader:
+    """`read`, with the span holding every UNWIND_INFO copied out of the file's mapping now, before any
+    stop: a walk inside the stop then faults in no page of it."""
+    if not unwinds:
+        return read
+    low, high = min(unwinds), max(unwinds) + UNWIND_INFO_SPAN
+    copy = read(low, high - low)
+
+    def read_copied(rva: int, size: int) -> bytes:
+        if low <= rva and rva + size <= low + len(copy):
+            return copy[rva - low : rva - low + size]
+        return read(rva, size)
+
+    return read_copied
 
 
 def _image_module(pid: int, image: RuntimeImage) -> CodeModule:

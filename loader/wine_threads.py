@@ -139,7 +139,7 @@ def thread_frames(
         if data is None:
             out[index] = _unproven(f"its Windows stack at {low:#x} is unreadable")
             continue
-        result = walk(start.context, code, word_reader(low, data), start.base)
+        result = walk(start.context, code, word_reader(low, data), start.base, recipes=code.recipes)
         out[index] = _walked(result, start, (low, data))
     return [o if o is not None else ThreadFrames(Kind.UNIX) for o in out]
 

@@ -112,20 +112,79 @@ class _Unprovable(Exception):
     """A frame this walker cannot unwind with certainty (the message says why)."""
 
 
-def walk(start: Context, lookup: CodeLookup, read_word: WordReader, stack_base: int,
-         max_frames: int = MAX_FRAMES) -> Walk:  # fmt: skip
+@dataclass(frozen=True, slots=True)
+class FrameRecipe:
+    """How one pc's frame unwinds when that depends on rsp alone (no frame register, no machine frame):
+    the registers it loads and the return address, as offsets from rsp, and the caller's rsp offset."""
+
+    loads: tuple[tuple[int, int], ...]
+    return_at: int
+    caller_rsp: int
+
+    def apply(self, context: Context, read_word: WordReader) -> Context:
+        rsp = context.rsp
+        registers = list(context.registers)
+        for register, offset in self.loads:
+            registers[register] = _word(read_word, rsp + offset)
+        registers[RSP] = rsp + self.caller_rsp
+        return Context(_word(read_word, rsp + self.return_at), _volatile_unknown(registers))
+
+
+_SYMBOLIC_RSP = 1 << 40  # where a recipe's symbolic stack starts; its words read as _MARK | offset
+_MARK = 1 << 62
+
+
+def frame_recipe(pc: int, at: CodeAt) -> FrameRecipe | None:
+    """The rsp-relative recipe of the frame at `pc`, or None when its unwind needs more than rsp (a frame
+    register's value, a machine frame's saved rsp): found by unwinding once with every register but rsp
+    unknown, over a stack whose words say where they were read."""
+
+    def symbolic(address: int) -> int | None:
+        offset = address - _SYMBOLIC_RSP
+        return _MARK | offset if 0 <= offset < 1 << 32 else None
+
+    start = Context(pc, tuple(_SYMBOLIC_RSP if n == RSP else None for n in range(len(REGISTER_NAMES))))
+    try:
+        after = unwind_frame(start, at, symbolic)
+    except _Unprovable:
+        return None
+    if not after.rip & _MARK or not 0 < after.rsp - _SYMBOLIC_RSP < 1 << 32:
+        return None
+    loaded = ((n, v) for n, v in enumerate(after.registers) if n != RSP and v is not None and v & _MARK)
+    loads = tuple((n, v & ~_MARK) for n, v in loaded)
+    return FrameRecipe(loads, after.rip & ~_MARK, after.rsp - _SYMBOLIC_RSP)
+
+
+def walk(
+    start: Context,
+    lookup: CodeLookup,
+    read_word: WordReader,
+    stack_base: int,
+    max_frames: int = MAX_FRAMES,
+    recipes: dict[tuple[int, bool], FrameRecipe | None] | None = None,
+) -> Walk:
     """The frames of a thread from `start` (a stopped thread's registers, or the Windows registers Wine
     saved when the thread entered a system call) up to its first frame, whose caller is 0 or whose rsp
-    reaches `stack_base` (the TEB's StackBase)."""
+    reaches `stack_base` (the TEB's StackBase). `recipes` keeps each pc's FrameRecipe across walks over
+    the same code (the threads of one process pass the same pcs)."""
     pcs: list[int] = []
     context, caller = start, False
+    recipes = {} if recipes is None else recipes
     try:
         for _ in range(max_frames):
-            at = lookup(context.rip, caller)
-            if at is None:
-                raise _Unprovable(f"pc {context.rip:#x} is in no Windows code (frame {len(pcs)})")
-            pcs.append(context.rip)
-            after = unwind_frame(context, at, read_word)
+            key = (context.rip, caller)
+            recipe = recipes.get(key)
+            if recipe is not None:
+                pcs.append(context.rip)
+                after = recipe.apply(context, read_word)
+            else:
+                at = lookup(context.rip, caller)
+                if at is None:
+                    raise _Unprovable(f"pc {context.rip:#x} is in no Windows code (frame {len(pcs)})")
+                pcs.append(context.rip)
+                recipe = frame_recipe(context.rip, at) if key not in recipes else None
+                recipes[key] = recipe
+                after = recipe.apply(context, read_word) if recipe else unwind_frame(context, at, read_word)
             if after.rsp <= context.rsp:
                 raise _Unprovable(f"frame {len(pcs) - 1} at pc {context.rip:#x} does not move up the stack")
             if after.rip == 0 or after.rsp >= stack_base:
