@@ -188,12 +188,14 @@ def test_a_thread_waiting_in_a_system_call_inside_a_replaced_function_refuses_th
 ) -> None:
     """read_number() waits in fgets: its frames are on the Windows stack while the thread's rsp is on Wine's
     Unix stack. The switch is refused naming it (exit 4), the process untouched and answering; once the
-    line came and main waits outside it, the same apply succeeds, and a revert while the thread waits in
-    the package's read_number is refused the same way."""
+    line came and main waits outside it, the same apply succeeds (beside a thread that is always running
+    Windows code, walked from its own registers), and a revert while the thread waits in the package's
+    read_number is refused the same way."""
     binaries = _builds(tmp_path, "blocked.c", {"baseline": (), "fixed": ("-DFIX",)})
     package = _package(tmp_path, binaries["baseline"], binaries["fixed"])
     with _Stdio(binaries["baseline"]) as program:
         assert program.ask("x") == "-2"  # main waits in its own fgets: outside read_number
+        assert program.ask("s") == "-3"  # a second thread spins in Windows code from now on
         program.tell("r")  # now waiting inside read_number
         refused = hpkg("apply", package, "--allow-unsigned", "--pid", program.pid, "--timeout", "1")
         assert refused.returncode == EXIT_REFUSED, refused.stderr
