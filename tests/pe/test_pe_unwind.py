@@ -187,17 +187,20 @@ def test_a_wine_thread_waiting_in_fgets_is_walked_to_its_first_frame(pe_corpus, 
         assert all(m is not None for m in owner)
         names = [m.name.rsplit("/", 1)[-1] for m in owner]  # type: ignore[union-attr]
         assert names[0] == "ntdll.dll" and names[-1] == "ntdll.dll" and "kernel32.dll" in names
-        in_image = [pc - image.base for pc in walked.pcs if code.module_at(pc) is image]
-        read_number, main = symbols["read_number"], symbols["main"]
-        at = next(i for i, rva in enumerate(in_image) if read_number < rva <= read_number + 0x40)
-        assert main < in_image[at + 1] <= main + 0x80  # read_number's caller is main
+        def function_of(pc: int) -> int | None:  # the start of the function a return address is in
+            at = code(pc, caller=True)
+            return at.function.begin - image.base if at is not None and at.function is not None else None
+
+        in_image = [pc for pc in walked.pcs if code.module_at(pc) is image]
+        at = [function_of(pc) for pc in in_image].index(symbols["read_number"])
+        assert function_of(in_image[at + 1]) == symbols["main"]  # read_number's caller is main
+        main_pc = in_image[at + 1]
         assert all(f.kind in (Kind.WALKED, Kind.UNIX) for f in frames.values())
 
         start, (low, data) = walked.start, walked.stack
         assert start is not None
         whole = walk(start, code, word_reader(low, data), low + len(data))
         assert whole.pcs == walked.pcs and whole.problem is None
-        main_pc = image.base + in_image[at + 1]
         cut = walk(start, code, word_reader(low, data[: 0x10]), low + len(data))
         assert cut.problem is not None and "was not read" in cut.problem
         without = WindowsCode(tuple(m for m in code.modules if m is not image))
