@@ -24,7 +24,7 @@ from hpkg.loader.bounds import mapped_file_of
 from hpkg.loader.pe_process import pe_images
 from hpkg.loader.process import Process
 from hpkg.loader.procfs import RuntimeImage
-from hpkg.loader.record import find_records
+from hpkg.loader.record import PatchRecord, find_records
 from hpkg.loader.wine_unwind import ENTRY
 from hpkg.pe.constants import IMAGE_DIRECTORY_ENTRY_EXCEPTION
 from hpkg.pe.headers import RvaReader, file_reader, parse_headers
@@ -125,8 +125,8 @@ def module_of_file(path: str, name: str, base: int, executable: tuple[tuple[int,
                 rva, size = headers.directory(IMAGE_DIRECTORY_ENTRY_EXCEPTION)
                 columns = _columns(read(rva, size) if rva and size else b"")
                 _FILE_TABLES[key] = (columns, _with_copy(read, columns[2]))
-    except OSError as exc:
-        raise TargetError(f"cannot read {name} ({path}): {exc.strerror}") from None
+    except (OSError, ValueError) as exc:  # ValueError: an empty file, which mmap refuses
+        raise TargetError(f"cannot read {name} ({path}): {exc}") from None
     (begins, ends, unwinds), read = _FILE_TABLES[key]
     return CodeModule(name, base, executable, begins, ends, unwinds, read)
 
@@ -152,28 +152,36 @@ def _image_module(pid: int, image: RuntimeImage) -> CodeModule:
     return module_of_file(mapped_file_of(pid, image), image.path, image.start, executable)
 
 
-def _package_modules(process: Process) -> list[CodeModule]:
-    """The code of every hpkg package in the process, with the RUNTIME_FUNCTIONs its Wine entry lists."""
+def _package_modules(process: Process, images: list[RuntimeImage]) -> list[CodeModule]:
+    """The code of every hpkg package applied to one of the PE `images`, with the RUNTIME_FUNCTIONs its
+    Wine entry lists (none: every function of it is a leaf); one hpkg cannot read is left out."""
+    pe_bases = {(image.path, image.start) for image in images}
     modules = []
     for found in find_records(process):
         record = found.record
-        if record is None:
+        if record is None or (record.image_path, record.load_bias) not in pe_bases:
             continue
-        start, end = record.area("code")
-        base, table = start, (array("Q"), array("Q"), array("Q"))
-        image = b""
-        if record.wine_unwind is not None:
-            entry = process.read(record.wine_unwind.entry, ENTRY.size)
-            _, _, base, _, table_at, count, _, _, _ = ENTRY.unpack(entry)
-            if count > MAX_PACKAGE_FUNCTIONS:
-                raise TargetError(f"package {record.package_id}: its Wine entry lists {count} functions")
-            table = _columns(process.read(table_at, count * RUNTIME_FUNCTION.size))
-            image = process.read(base, record.allocation.end - base)
-        else:
-            image = process.read(base, end - base)
-        modules.append(CodeModule(f"package {record.package_id[:12]}", base, ((start, end),), *table,
-                                  read=_bytes_reader(image)))  # fmt: skip
+        try:
+            modules.append(_package_module(process, record))
+        except (TargetError, KeyError, ValueError):  # KeyError: a record without a code area
+            continue
     return modules
+
+
+def _package_module(process: Process, record: PatchRecord) -> CodeModule:
+    """One package's code: RVAs from its Wine entry's base (the allocation), its bytes copied now."""
+    start, end = record.area("code")
+    if record.wine_unwind is None:
+        no_entries = (array("Q"), array("Q"), array("Q"))
+        return CodeModule(f"package {record.package_id[:12]}", start, ((start, end),), *no_entries,
+                          read=_bytes_reader(process.read(start, end - start)))  # fmt: skip
+    entry = process.read(record.wine_unwind.entry, ENTRY.size)
+    _, _, base, _, table_at, count, _, _, _ = ENTRY.unpack(entry)
+    if count > MAX_PACKAGE_FUNCTIONS or not base <= start < end <= record.allocation.end:
+        raise ValueError(f"package {record.package_id}: its Wine entry is not one hpkg wrote")
+    table = _columns(process.read(table_at, count * RUNTIME_FUNCTION.size))
+    return CodeModule(f"package {record.package_id[:12]}", base, ((start, end),), *table,
+                      read=_bytes_reader(process.read(base, record.allocation.end - base)))  # fmt: skip
 
 
 def _bytes_reader(data: bytes) -> RvaReader:
@@ -184,10 +192,17 @@ def _bytes_reader(data: bytes) -> RvaReader:
 
 
 def windows_code(process: Process) -> WindowsCode:
-    """The Windows code of `process` now: its PE modules and its packages' code."""
+    """The Windows code of `process` now: its PE modules and its packages' code. A module hpkg cannot
+    read is left out: a frame in it is then in no Windows code, which the walk reports (never guesses)."""
     maps_text = _maps_text(process.pid)
-    modules = [_image_module(process.pid, image) for image in pe_images(process)]
-    modules += _package_modules(process)
+    modules = []
+    images = pe_images(process)
+    for image in images:
+        try:
+            modules.append(_image_module(process.pid, image))
+        except (TargetError, ImageError):
+            continue
+    modules += _package_modules(process, images)
     return WindowsCode(tuple(modules), maps_text)
 
 

@@ -12,8 +12,8 @@ One frame is unwound by the function holding its pc:
   SAVE_* slots read from the frame base (the frame register minus its offset once set, else rsp);
   then the return address is popped, unless a PUSH_MACHFRAME gave rip and rsp from a machine frame.
 
-The walk ends at the thread's first frame (its return address 0, or rsp at its stack's base); it stops
-short — the thread's frames cannot be proven — at a pc in no Windows code, a word the stack reader does
+The walk ends at the thread's first frame (its return address 0, from just below its stack's base); it
+stops short — the thread's frames cannot be proven — at a pc in no Windows code, a word the stack reader does
 not have, a frame that does not move up the stack, or MAX_FRAMES.
 """
 
@@ -41,6 +41,9 @@ REGISTER_NAMES = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
                   "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")  # fmt: skip
 RSP = 4
 MAX_FRAMES = 256  # a deeper chain is a loop or a stack hpkg will not walk
+# The first frame of a thread returns to 0 from just below its StackBase (Wine 8 starts a thread at
+# RtlUserThreadStart with rsp 0x28 below it: its caller's rsp is StackBase - 0x20, measured).
+FIRST_FRAME_SLACK = 0x100
 EPILOG_BYTES = 32  # enough for `add rsp, imm32`, eight two-byte pops and a `jmp [rip + x]`
 # A machine frame: rip, cs, eflags, rsp, ss (an error code before them when the operand is 1).
 _MACHINE_FRAME_RSP = 24
@@ -164,9 +167,9 @@ def walk(
     recipes: dict[tuple[int, bool], FrameRecipe | None] | None = None,
 ) -> Walk:
     """The frames of a thread from `start` (a stopped thread's registers, or the Windows registers Wine
-    saved when the thread entered a system call) up to its first frame, whose caller is 0 or whose rsp
-    reaches `stack_base` (the TEB's StackBase). `recipes` keeps each pc's FrameRecipe across walks over
-    the same code (the threads of one process pass the same pcs)."""
+    saved when the thread entered a system call) up to its first frame, which returns to 0 from within
+    FIRST_FRAME_SLACK below `stack_base` (the TEB's StackBase). `recipes` keeps each pc's FrameRecipe
+    across walks over the same code (the threads of one process pass the same pcs)."""
     pcs: list[int] = []
     context, caller = start, False
     recipes = {} if recipes is None else recipes
@@ -187,8 +190,12 @@ def walk(
                 after = recipe.apply(context, read_word) if recipe else unwind_frame(context, at, read_word)
             if after.rsp <= context.rsp:
                 raise _Unprovable(f"frame {len(pcs) - 1} at pc {context.rip:#x} does not move up the stack")
-            if after.rip == 0 or after.rsp >= stack_base:
+            if after.rip == 0 and stack_base - FIRST_FRAME_SLACK <= after.rsp <= stack_base:
                 return Walk(tuple(pcs), None)
+            if after.rip == 0 or after.rsp >= stack_base:
+                where = f"rsp {after.rsp:#x}, the stack's base {stack_base:#x}"
+                frame = len(pcs) - 1
+                raise _Unprovable(f"frame {frame} returns to {after.rip:#x} ({where}): not the first frame")
             context, caller = after, True
         raise _Unprovable(f"deeper than {max_frames} frames")
     except (_Unprovable, ImageError) as why:  # ImageError: the lookup met an UNWIND_INFO it cannot read

@@ -51,7 +51,7 @@ def test_a_running_windows_program_answers_like_the_fix_and_again_like_the_basel
         for number, step in enumerate(sample.steps, start=1):
             assert talk.ask(step.request) == want[number - 1], f"step {number}: {step.request!r}"
             if number == sample.patch_after:
-                applied = hpkg("apply", package, "--allow-unsigned", "--pid", talk.pid)
+                applied = hpkg("apply", package, "--allow-unsigned", "--pid", talk.pid, "--json")
                 assert applied.returncode == 0, applied.stderr
                 document = applied.json()
                 check_document(document, "apply")
