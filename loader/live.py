@@ -29,6 +29,7 @@ from hpkg.loader.inject import Injector
 from hpkg.loader.process import Process, StoppedThreads
 from hpkg.loader.procfs import RuntimeImage
 from hpkg.loader.safety import CodeRange, ThreadsBusy, stop_when_safe
+from hpkg.loader.wine_threads import WindowsThreads
 
 DEFAULT_TIMEOUT = 5.0
 # `_start`, the ELF entry, calls __libc_start_main and never returns either; its return address sits
@@ -196,6 +197,9 @@ def explain_busy(process: Process, busy: ThreadsBusy, ranges: Sequence[CodeRange
     never_returns = []
     for offender in busy.offenders:
         line = offender.describe()
+        if offender.why:  # a Windows thread whose frames could not be followed: nothing to find outermost
+            reasons.append(line)
+            continue
         if offender in busy.always_active:
             outer = None
             with contextlib.suppress(TargetError):
@@ -212,9 +216,16 @@ def explain_busy(process: Process, busy: ThreadsBusy, ranges: Sequence[CodeRange
                 line += f": it stayed there on every attempt for {timeout:g} s; retry later or wait longer"
         reasons.append(line)
     reasons.append(busy.tally())
-    names = sorted({o.range_name for o in busy.offenders})
-    threads = sorted({o.tid for o in busy.offenders})
-    what = f"thread{'s' if len(threads) > 1 else ''} {', '.join(map(str, threads))} inside {', '.join(names)}"
+    inside = [o for o in busy.offenders if not o.why]
+    parts = []
+    if inside:
+        names = sorted({o.range_name for o in inside})
+        threads = sorted({o.tid for o in inside})
+        plural = "s" if len(threads) > 1 else ""
+        parts.append(f"thread{plural} {', '.join(map(str, threads))} inside {', '.join(names)}")
+    unproven = {o.tid: o.why for o in busy.offenders if o.why}
+    parts += [f"thread {tid}'s Windows frames not proven: {why}" for tid, why in sorted(unproven.items())]
+    what = "; ".join(parts)
     if never_returns:
         head = f"unsafe to switch: {what}, which never returns (waiting cannot help)"
     else:
@@ -245,8 +256,12 @@ def wait_until_safe(
 
     `freed` is memory the caller frees right after: no register or stack word may point into it.
     """
+    # A PE image runs under Wine: each Windows thread is checked by its frames, walked by UNWIND_INFO.
+    wine = WindowsThreads(process) if not image.elf_type else None
     try:
-        with stop_when_safe(process, replaced, windows, timeout=timeout, pointer_ranges=freed) as stopped:
+        with stop_when_safe(
+            process, replaced, windows, timeout=timeout, pointer_ranges=freed, wine=wine
+        ) as stopped:
             yield stopped
     except ThreadsBusy as busy:
         raise explain_busy(process, busy, replaced, image, timeout) from None

@@ -30,6 +30,7 @@ from hpkg.loader.interrupts import raise_if_interrupted
 from hpkg.loader.process import DEFAULT_STOP_TIMEOUT, Process, StoppedThreads
 from hpkg.loader.ptrace import RegisterFile
 from hpkg.loader.thread_scan import Snapshot, ThreadScan, find_words
+from hpkg.loader.wine_threads import Kind, WindowsThreads
 
 DEFAULT_STACK_SCAN_LIMIT = 1 << 20  # bytes scanned above rsp per thread
 # Between two attempts the process runs at least this many times as long as the last attempt held it
@@ -58,8 +59,11 @@ class Offender:
     kind: str  # "instruction pointer", "patch site", "return address", "register", "stack word",
     # or "stack pointer" (unreadable)
     address: int  # the instruction pointer or the stack word
+    why: str = ""  # a thread whose Windows frames could not be followed: what stopped the walk
 
     def describe(self) -> str:
+        if self.why:
+            return f"thread {self.tid}: {self.range_name[1:-1]} (pc {self.address:#x}): {self.why}"
         return f"thread {self.tid}: {self.kind} {self.address:#x} in {self.range_name}"
 
 
@@ -122,16 +126,20 @@ def check_threads(
     stack_scan_limit: int = DEFAULT_STACK_SCAN_LIMIT,
     pointer_ranges: Sequence[CodeRange] = (),
     scan: ThreadScan | None = None,
+    wine: WindowsThreads | None = None,
 ) -> SafetyReport:
     """Check every held thread's instruction pointer and stack against the replaced code.
 
     With `pointer_ranges`, also every general register and stack word against memory about to be freed.
     `scan` was set up before the stop (its maps read, registers read as the threads stopped); without
-    one, a scan is set up now.
+    one, a scan is set up now. With `wine` (a Windows program under Wine), a thread with a TEB of its own
+    is checked by its Windows frames instead of the words of its stack (loader/wine_threads.py).
     """
     if scan is None:
         with contextlib.closing(ThreadScan(stopped.process.pid, len(stopped.held))) as own:
-            return check_threads(stopped, replaced, patch_windows, stack_scan_limit, pointer_ranges, own)
+            return check_threads(
+                stopped, replaced, patch_windows, stack_scan_limit, pointer_ranges, own, wine
+            )
     scan_stacks = bool(replaced or pointer_ranges)
     snapshot = scan.snapshot(stopped, stack_scan_limit, scan_stacks)
     stopped.mark("stacks")
@@ -145,11 +153,18 @@ def check_threads(
                 per_thread.setdefault(index, []).append(Offender(tids[index], code.name, kind, rips[index]))
     if pointer_ranges:
         _check_registers(snapshot, pointer_ranges, per_thread)
+    walked: set[int] = set()
+    on_windows_stack: set[int] = set()
+    if scan_stacks and wine is not None:
+        walked, on_windows_stack = _check_windows_frames(
+            snapshot, wine, stack_scan_limit, replaced, patch_windows, per_thread
+        )
+        stopped.mark("windows frames")
     if scan_stacks:
         for index in snapshot.unreadable():
             offender = Offender(tids[index], "(unreadable stack)", "stack pointer", snapshot.rsps[index])
             per_thread.setdefault(index, []).append(offender)
-        _check_stacks(snapshot, replaced, pointer_ranges, per_thread)
+        _check_stacks(snapshot, replaced, pointer_ranges, per_thread, walked, on_windows_stack)
     offenders = tuple(o for index in sorted(per_thread) for o in per_thread[index])
     stopped.mark("check")
     return SafetyReport(offenders, len(tids))
@@ -185,14 +200,61 @@ def _check_registers(
             per_thread.setdefault(index, []).append(offender)
 
 
+def _check_windows_frames(
+    snapshot: Snapshot,
+    wine: WindowsThreads,
+    stack_limit: int,
+    replaced: Sequence[CodeRange],
+    patch_windows: Sequence[CodeRange],
+    per_thread: dict[int, list[Offender]],
+) -> tuple[set[int], set[int]]:
+    """Every frame of each Windows thread against the replaced code (the pc Wine saved at a system call
+    as an instruction pointer, the others as return addresses); a thread whose frames cannot be followed
+    to its first is an offender. Returns the threads so checked, whose stack words are not taken for
+    return addresses, and those of them stopped on their Windows stack, whose stack words are not taken
+    for pointers either: a Windows stack's live frames keep stale words in their uninitialised buffers
+    (seen: a revert refused on every attempt for a package string's old address in main's line buffer).
+    A thread stopped on the Unix side keeps its stack scanned for pointers: the arguments of the system
+    call it waits in (a buffer in package memory being written) are there."""
+    words = snapshot.registers.words()
+    size = snapshot.registers.SLOT_WORDS
+    registers = [words[slot * size : (slot + 1) * size] for slot in snapshot.slots]
+    walked, on_windows_stack = set(), set()
+    for index, frames in enumerate(wine.frames(registers, stack_limit)):
+        if frames.kind is Kind.UNIX:
+            continue
+        walked.add(index)
+        if not frames.saved:
+            on_windows_stack.add(index)
+        tid, found = snapshot.tids[index], []
+        named: set[str] = set()
+        for position, pc in enumerate(frames.pcs):
+            if position == 0 and not frames.saved:
+                continue  # the thread's own rip, checked with every thread's
+            kind = "saved instruction pointer" if position == 0 else "return address"
+            for code in (*(patch_windows if position == 0 else ()), *replaced):
+                if code.contains(pc) and code.name not in named:
+                    named.add(code.name)
+                    found.append(Offender(tid, code.name, kind, pc))
+        if frames.kind is Kind.UNPROVEN:
+            pc = frames.pcs[-1] if frames.pcs else snapshot.rips[index]
+            found.append(Offender(tid, "(Windows frames not proven)", "unproven", pc, frames.problem))
+        if found:
+            per_thread.setdefault(index, []).extend(found)
+    return walked, on_windows_stack
+
+
 def _check_stacks(
     snapshot: Snapshot,
     replaced: Sequence[CodeRange],
     pointer_ranges: Sequence[CodeRange],
     per_thread: dict[int, list[Offender]],
+    walked: set[int] | frozenset[int] = frozenset(),
+    skipped: set[int] | frozenset[int] = frozenset(),
 ) -> None:
-    """Stack words into replaced code (a return address, once per function and thread) and into memory
-    about to be freed (the first word per range and thread), in stack order per thread."""
+    """Stack words into replaced code (a return address, once per function and thread; not for the
+    `walked` threads, whose frames are known) and into memory about to be freed (the first word per range
+    and thread; not for the `skipped` threads), in stack order per thread."""
     # One search per stretch of address space the ranges cover together (on revert, the package's code
     # lies inside the memory to be freed: one search finds both kinds of word).
     returns: dict[int, list[Offender]] = {}
@@ -204,9 +266,9 @@ def _check_stacks(
         for offset, word in find_words(snapshot.buffer, snapshot.used, low, high, snapshot.buffer_address):
             owner = owner or snapshot.owner()  # built on the first word found
             index = owner(offset)
-            if index is None:
+            if index is None or index in skipped:
                 continue
-            for code in replaced:
+            for code in replaced if index not in walked else ():
                 if code.contains(word) and (index, code.name) not in seen:
                     seen.add((index, code.name))
                     offender = Offender(tids[index], code.name, "return address", word)
@@ -242,6 +304,7 @@ def stop_when_safe(
     retry_interval: float = 0.05,
     stack_scan_limit: int = DEFAULT_STACK_SCAN_LIMIT,
     pointer_ranges: Sequence[CodeRange] = (),
+    wine: WindowsThreads | None = None,
 ) -> Iterator[StoppedThreads]:
     """Stop all threads at a moment when the check passes and hold them for the caller's switch.
 
@@ -256,7 +319,7 @@ def stop_when_safe(
     scan = ThreadScan(process.pid, len(process.threads()))
     with contextlib.closing(scan):
         yield from _stop_when_safe(process, scan, replaced, patch_windows, deadline, retry_interval,
-                                   stack_scan_limit, pointer_ranges)
+                                   stack_scan_limit, pointer_ranges, wine)
 
 
 def _stop_when_safe(
@@ -268,6 +331,7 @@ def _stop_when_safe(
     retry_interval: float,
     stack_scan_limit: int,
     pointer_ranges: Sequence[CodeRange],
+    wine: WindowsThreads | None,
 ) -> Iterator[StoppedThreads]:
     persistent: frozenset[tuple[int, str]] | None = None
     found: dict[tuple[str, str], int] = {}
@@ -276,12 +340,15 @@ def _stop_when_safe(
     while True:
         attempts += 1
         raise_if_interrupted()  # every thread runs and nothing is switched yet: Ctrl-C may end it here
+        if wine is not None:
+            wine.prepare()  # while the process runs: its Windows code as mapped now
         with process.seize_all_threads() as threads:
             scan.start_attempt()
             threads.on_held = scan.hand_over
             threads.stop(DEFAULT_STOP_TIMEOUT)
             threads.on_held = None
-            report = check_threads(threads, replaced, patch_windows, stack_scan_limit, pointer_ranges, scan)
+            report = check_threads(threads, replaced, patch_windows, stack_scan_limit, pointer_ranges, scan,
+                                   wine)  # fmt: skip
             if report.safe:
                 threads.attempts = attempts
                 threads.stopped_before = stopped_seconds

@@ -55,6 +55,19 @@ UNW_FLAG_EHANDLER = 0x1
 UNW_FLAG_UHANDLER = 0x2
 UNW_FLAG_CHAININFO = 0x4
 
+# UNWIND_CODE operations (the low 4 bits of an unwind code's second byte), Microsoft's x64 names.
+UWOP_PUSH_NONVOL = 0  # push reg: one slot
+UWOP_ALLOC_LARGE = 1  # sub rsp, n: a 16-bit n/8 in the next slot (info 0) or a 32-bit n in two (info 1)
+UWOP_ALLOC_SMALL = 2  # sub rsp, info*8 + 8
+UWOP_SET_FPREG = 3  # lea framereg, [rsp + FrameOffset*16]
+UWOP_SAVE_NONVOL = 4  # mov [rsp + n*8], reg: n in the next slot
+UWOP_SAVE_NONVOL_FAR = 5  # mov [rsp + n], reg: a 32-bit n in the next two slots
+UWOP_EPILOG = 6  # version 2: an epilog's location (two slots; a hint, not an operation)
+UWOP_SPARE_CODE = 7
+UWOP_SAVE_XMM128 = 8  # movaps [rsp + n*16], xmmN: n in the next slot
+UWOP_SAVE_XMM128_FAR = 9  # movaps [rsp + n], xmmN: a 32-bit n in the next two slots
+UWOP_PUSH_MACHFRAME = 10  # the CPU pushed ss, rsp, eflags, cs, rip (info 1: and an error code)
+
 # COFF symbol table (IMAGE_SYMBOL): storage classes and the derived type of a function.
 IMAGE_SYM_CLASS_EXTERNAL = 2
 IMAGE_SYM_CLASS_STATIC = 3

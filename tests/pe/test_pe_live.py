@@ -2,7 +2,9 @@
 prefix): each patchable sample answers like the fix while it runs and like the baseline again after a
 revert, on the same connection; a process that is not the baseline is refused and left as it was; the
 Windows unwinder walks through live package code; a new import resolves in a DLL the process has
-loaded, and one from a DLL it has not loaded is refused. After every command no thread is stopped
+loaded, and one from a DLL it has not loaded is refused; a thread waiting in a system call inside a
+replaced function (or inside package code, on revert) is found by its Windows frames and the switch
+refused, while threads waiting elsewhere do not hold it up. After every command no thread is stopped
 or traced.
 """
 
@@ -96,10 +98,15 @@ class _Stdio:
         )
         self.pid = self.process.pid  # wine execs Wine's preloader in place: the program's process
 
-    def ask(self, line: str) -> str:
-        assert self.process.stdin is not None and self.process.stdout is not None
+    def tell(self, line: str) -> None:
+        """A line in, no answer awaited (the program goes on reading)."""
+        assert self.process.stdin is not None
         self.process.stdin.write(line + "\n")
         self.process.stdin.flush()
+
+    def ask(self, line: str) -> str:
+        assert self.process.stdout is not None
+        self.tell(line)
         return self.process.stdout.readline().replace("\r", "").strip()
 
     def __enter__(self) -> _Stdio:
@@ -174,3 +181,61 @@ def test_installing_a_windows_package_is_not_supported(pe_packages, tmp_path) ->
     check_error_document(run.stdout, "install", EXIT_NOT_YET_SUPPORTED, "not-yet-supported")
     assert "apply --all" in run.stdout
     assert not (store / "packages").exists() or not any((store / "packages").iterdir())
+
+
+def test_a_thread_waiting_in_a_system_call_inside_a_replaced_function_refuses_the_switch(
+    pe_corpus, tmp_path
+) -> None:
+    """read_number() waits in fgets: its frames are on the Windows stack while the thread's rsp is on Wine's
+    Unix stack. The switch is refused naming it (exit 4), the process untouched and answering; once the
+    line came and main waits outside it, the same apply succeeds (beside a thread that is always running
+    Windows code, walked from its own registers), and a revert while the thread waits in the package's
+    read_number is refused the same way."""
+    binaries = _builds(tmp_path, "blocked.c", {"baseline": (), "fixed": ("-DFIX",)})
+    package = _package(tmp_path, binaries["baseline"], binaries["fixed"])
+    with _Stdio(binaries["baseline"]) as program:
+        assert program.ask("x") == "-2"  # main waits in its own fgets: outside read_number
+        assert program.ask("s") == "-3"  # a second thread spins in Windows code from now on
+        program.tell("r")  # now waiting inside read_number
+        refused = hpkg("apply", package, "--allow-unsigned", "--pid", program.pid, "--timeout", "1")
+        assert refused.returncode == EXIT_REFUSED, refused.stderr
+        head = refused.stderr.splitlines()[0]
+        assert head.startswith("error: unsafe to switch") and "inside read_number" in head, refused.stderr
+        assert f"thread {program.pid}: return address" in refused.stderr and "Traceback" not in refused.stderr
+        assert_running_untraced(program.pid)
+        assert hpkg_mappings(program.pid) == []
+        assert program.ask("41") == "41"  # the old read_number answered; main waits outside it again
+        applied = hpkg("apply", package, "--allow-unsigned", "--pid", program.pid, "--timeout", "5")
+        assert applied.returncode == 0, applied.stderr
+        assert_running_untraced(program.pid)
+        program.tell("r")  # waiting inside the package's read_number
+        refused = hpkg("revert", "--pid", program.pid, "--timeout", "1")
+        assert refused.returncode == EXIT_REFUSED, refused.stderr
+        assert "read_number (package" in refused.stderr.splitlines()[0], refused.stderr
+        assert_running_untraced(program.pid)
+        assert program.ask("41") == "42"  # the fix answered, through package code still in place
+        reverted = hpkg("revert", "--pid", program.pid, "--timeout", "5")
+        assert reverted.returncode == 0, reverted.stderr
+        assert_running_untraced(program.pid)
+        program.tell("r")
+        assert program.ask("41") == "41"  # the baseline's read_number again
+
+
+def test_threads_waiting_outside_the_replaced_function_do_not_hold_up_the_switch(pe_packages) -> None:
+    """The Wine server's nine threads wait in system calls (eight workers in accept or recv, main in
+    WaitForMultipleObjects), none inside handle_request: apply and revert succeed, three times over (a
+    stale word in a live frame's buffer, which a scan of the Windows stack would take for a return
+    address, does not count: the frames are walked)."""
+    sample = SAMPLES["14-threaded-server"]
+    package = pe_packages[sample.name]
+    with WineConversation(sample, "baseline", "ready") as talk:
+        assert talk.ask(sample.steps[0].request) == sample.steps[0].baseline  # a worker now waits in recv
+        for _round in range(3):
+            applied = hpkg("apply", package, "--allow-unsigned", "--pid", talk.pid)
+            assert applied.returncode == 0, applied.stderr
+            fixed, baseline = (f"#{2 + 2 * _round}", f"#{3 + 2 * _round}")
+            assert talk.ask(sample.steps[1].request) == sample.steps[1].fixed.replace("#2", fixed)
+            reverted = hpkg("revert", "--pid", talk.pid)
+            assert reverted.returncode == 0, reverted.stderr
+            assert_running_untraced(talk.pid)
+            assert talk.ask(sample.steps[1].request) == sample.steps[1].baseline.replace("#2", baseline)
