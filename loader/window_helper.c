@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <sys/ioctl.h>
 #include <sys/ptrace.h>
 #include <sys/types.h>
 #include <sys/uio.h>
@@ -159,6 +160,63 @@ long hpkg_stack_places(const uint64_t *rsps, long count, long stride, const uint
         }
         uint64_t start = rsp & ~(uint64_t)7;
         uint64_t end = ends[index] - start < limit ? ends[index] : start + limit;
+        remote[2 * located] = start;
+        remote[2 * located + 1] = end - start;
+        place_start[i] = total;
+        place_end[i] = total + (int64_t)(end - start);
+        total += (long)(end - start);
+        located++;
+    }
+    return total;
+}
+
+/* PROCMAP_QUERY (Linux 6.11, include/uapi/linux/fs.h): the mapping that covers one address, asked of an
+ * open /proc/PID/maps. Declared here: the build machine's headers may predate it. */
+struct procmap_query {
+    uint64_t size;
+    uint64_t query_flags;
+    uint64_t query_addr;
+    uint64_t vma_start;
+    uint64_t vma_end;
+    uint64_t vma_flags;
+    uint64_t vma_page_size;
+    uint64_t vma_offset;
+    uint64_t inode;
+    uint32_t dev_major;
+    uint32_t dev_minor;
+    uint32_t vma_name_size;
+    uint32_t build_id_size;
+    uint64_t vma_name_addr;
+    uint64_t build_id_addr;
+};
+#define PROCMAP_QUERY _IOWR('f', 17, struct procmap_query)
+#define PROCMAP_QUERY_VMA_READABLE 0x01
+
+/* hpkg_stack_places, with each thread's mapping asked of the kernel (one PROCMAP_QUERY ioctl on the open
+ * /proc/PID/maps per thread, for the mapping covering its rsp) instead of found in a maps text read in the
+ * window: the same mapping (a line of the text is one mapping), its end and its readability, without the
+ * kernel writing the text of every mapping. Returns the bytes needed in all, or -1 (errno set) when the
+ * kernel cannot answer (ENOTTY before Linux 6.11): the caller then reads the text. ENOENT (rsp in no
+ * mapping) places the thread at -1, as the text lookup does. */
+long hpkg_stack_places_query(int maps_fd, const uint64_t *rsps, long count, long stride, uint64_t limit,
+                             int64_t *place_start, int64_t *place_end, uint64_t *remote)
+{
+    long total = 0, located = 0;
+    for (long i = 0; i < count; i++) {
+        uint64_t rsp = rsps[i * stride];
+        struct procmap_query query = {.size = sizeof query, .query_addr = rsp};
+        if (ioctl(maps_fd, PROCMAP_QUERY, &query) == -1) {
+            if (errno != ENOENT)
+                return -1;
+            place_start[i] = place_end[i] = -1;
+            continue;
+        }
+        if (!(query.vma_flags & PROCMAP_QUERY_VMA_READABLE) || rsp < query.vma_start || rsp >= query.vma_end) {
+            place_start[i] = place_end[i] = -1;
+            continue;
+        }
+        uint64_t start = rsp & ~(uint64_t)7;
+        uint64_t end = query.vma_end - start < limit ? query.vma_end : start + limit;
         remote[2 * located] = start;
         remote[2 * located + 1] = end - start;
         place_start[i] = total;

@@ -40,6 +40,10 @@ class WindowHelper:
         self._registers_and_maps.restype = _LONG
         self._registers_and_maps.argtypes = [_ADDRESS, _LONG, _ADDRESS, ctypes.c_int, _ADDRESS, _LONG,
                                              _ADDRESS]  # fmt: skip
+        self._stack_places_query = library.hpkg_stack_places_query
+        self._stack_places_query.restype = _LONG
+        self._stack_places_query.argtypes = [ctypes.c_int, _ADDRESS, _LONG, _LONG, _U64, _ADDRESS, _ADDRESS,
+                                             _ADDRESS]  # fmt: skip
         self._read_stacks = library.hpkg_read_stacks
         self._read_stacks.restype = _LONG
         self._read_stacks.argtypes = [ctypes.c_int, _ADDRESS, _ADDRESS, _LONG, _LONG, ctypes.c_int]
@@ -93,6 +97,25 @@ class WindowHelper:
             rsps_address, count, stride, starts.buffer_info()[0], ends.buffer_info()[0],
             ctypes.cast(ctypes.c_char_p(readable), _ADDRESS), len(starts), limit,
             place_starts.buffer_info()[0], place_ends.buffer_info()[0], remote.buffer_info()[0],
+        )  # fmt: skip
+
+    def stack_places_query(
+        self,
+        maps_fd: int,
+        rsps_address: int,
+        count: int,
+        stride: int,
+        limit: int,
+        place_starts: array,
+        place_ends: array,
+        remote: array,
+    ) -> int:
+        """`stack_places` with each thread's mapping asked of the kernel (PROCMAP_QUERY on the open
+        /proc/PID/maps) instead of looked up in a maps text; -1 when the kernel cannot answer (before
+        Linux 6.11): then read the text and call `stack_places`."""
+        return self._stack_places_query(
+            maps_fd, rsps_address, count, stride, limit, place_starts.buffer_info()[0],
+            place_ends.buffer_info()[0], remote.buffer_info()[0],
         )  # fmt: skip
 
     def find_words(self, buffer_address: int, size: int, low: int, high: int) -> array:
