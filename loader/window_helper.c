@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <string.h>
 #include <sys/ioctl.h>
 #include <sys/ptrace.h>
 #include <sys/types.h>
@@ -260,4 +261,46 @@ long hpkg_find_words(const uint64_t *buffer, long size, uint64_t low, uint64_t h
         }
     }
     return found;
+}
+
+/* The one-page switch inside the window, in one call (loader/switch.py): the span read through
+ * /proc/PID/mem (`mem_fd`, opened before the stop) and compared with `before`; written with `after` (one
+ * pwrite within one page: all or nothing, see switch.py); read back and compared; then, when
+ * `state_length` > 0, the record's state word written (one pwrite). The order and the checks are those of
+ * the Python path. `scratch` holds `length` bytes. Returns one of: */
+enum {
+    SWITCH_DONE = 0,
+    SWITCH_CHANGED = 1,      /* the span no longer holds `before`: nothing written */
+    SWITCH_UNREAD = 2,       /* the span could not be read (errno): nothing written */
+    SWITCH_WRITE_FAILED = 3, /* the span's write failed or fell short (errno; EIO when short) */
+    SWITCH_NOT_STUCK = 4,    /* the span reads back otherwise, or cannot be read back (errno 0 or set) */
+    SWITCH_STATE_FAILED = 5, /* the span is switched; the state word's write failed (errno) */
+};
+
+static int write_all(int fd, const uint8_t *data, long length, uint64_t address)
+{
+    ssize_t written = pwrite(fd, data, (size_t)length, (off_t)address);
+    if (written == length)
+        return 1;
+    if (written >= 0)
+        errno = EIO;
+    return 0;
+}
+
+long hpkg_switch_span(int mem_fd, uint64_t address, const uint8_t *before, const uint8_t *after, long length,
+                      uint64_t state_address, const uint8_t *state, long state_length, uint8_t *scratch)
+{
+    if (pread(mem_fd, scratch, (size_t)length, (off_t)address) != length)
+        return SWITCH_UNREAD;
+    if (memcmp(scratch, before, (size_t)length) != 0)
+        return SWITCH_CHANGED;
+    if (!write_all(mem_fd, after, length, address))
+        return SWITCH_WRITE_FAILED;
+    errno = 0;
+    if (pread(mem_fd, scratch, (size_t)length, (off_t)address) != length ||
+        memcmp(scratch, after, (size_t)length) != 0)
+        return SWITCH_NOT_STUCK;
+    if (state_length > 0 && !write_all(mem_fd, state, state_length, state_address))
+        return SWITCH_STATE_FAILED;
+    return SWITCH_DONE;
 }

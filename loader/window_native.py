@@ -19,6 +19,10 @@ LIBRARY = Path(__file__).with_name("window_helper.so")
 # Set to 1 to use the Python path even when the helper is built (the bench compares both).
 DISABLE_VARIABLE = "HPKG_NO_WINDOW_HELPER"
 
+# The outcomes of `WindowHelper.switch_span` (window_helper.c's enum).
+(SWITCH_DONE, SWITCH_CHANGED, SWITCH_UNREAD, SWITCH_WRITE_FAILED, SWITCH_NOT_STUCK,
+ SWITCH_STATE_FAILED) = range(6)
+
 _ADDRESS = ctypes.c_void_p
 _LONG = ctypes.c_long
 _U64 = ctypes.c_uint64
@@ -44,6 +48,10 @@ class WindowHelper:
         self._stack_places_query.restype = _LONG
         self._stack_places_query.argtypes = [ctypes.c_int, _ADDRESS, _LONG, _LONG, _U64, _ADDRESS, _ADDRESS,
                                              _ADDRESS]  # fmt: skip
+        self._switch_span = library.hpkg_switch_span
+        self._switch_span.restype = _LONG
+        self._switch_span.argtypes = [ctypes.c_int, _U64, ctypes.c_char_p, ctypes.c_char_p, _LONG, _U64,
+                                      ctypes.c_char_p, _LONG, _ADDRESS]  # fmt: skip
         self._read_stacks = library.hpkg_read_stacks
         self._read_stacks.restype = _LONG
         self._read_stacks.argtypes = [ctypes.c_int, _ADDRESS, _ADDRESS, _LONG, _LONG, ctypes.c_int]
@@ -118,6 +126,18 @@ class WindowHelper:
             place_ends.buffer_info()[0], remote.buffer_info()[0],
         )  # fmt: skip
 
+    def switch_span(
+        self, mem_fd: int, address: int, before: bytes, after: bytes, state_address: int, state: bytes,
+        scratch: ctypes.Array,
+    ) -> tuple[int, int]:
+        """The one-page switch in one call: compare the span with `before`, write `after`, read it back,
+        then write `state` (when not empty) at `state_address`; (outcome, errno). The outcomes are the
+        SWITCH_* constants of window_helper.c, mirrored here."""
+        ctypes.set_errno(0)
+        outcome = self._switch_span(mem_fd, address, before, after, len(before), state_address, state,
+                                    len(state), ctypes.addressof(scratch))  # fmt: skip
+        return outcome, ctypes.get_errno()
+
     def find_words(self, buffer_address: int, size: int, low: int, high: int) -> array:
         """Byte offsets (array of 'q') of every 8-aligned word of the buffer in [low, high), in order."""
         offsets = array("q", bytes(8 * 64))
@@ -134,6 +154,6 @@ def load(path: Path = LIBRARY) -> WindowHelper | None:
     if os.environ.get(DISABLE_VARIABLE) == "1" or not path.is_file():
         return None
     try:
-        return WindowHelper(ctypes.CDLL(str(path)))
+        return WindowHelper(ctypes.CDLL(str(path), use_errno=True))
     except (OSError, AttributeError):  # a foreign or stale file: the Python path does the same work
         return None
