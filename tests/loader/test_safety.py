@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import random
-import subprocess
 import time
 from array import array
-from pathlib import Path
 
 import pytest
 
@@ -15,22 +13,6 @@ from hpkg.loader import ptrace as pt
 from hpkg.loader import safety, thread_scan, window_native
 from hpkg.loader.process import Process
 from hpkg.loader.thread_scan import ThreadScan
-
-
-@pytest.fixture(scope="session")
-def helper_library(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The window's C helper compiled from its source now, as `make` does (whatever the tree holds)."""
-    library = tmp_path_factory.mktemp("helper") / "window_helper.so"
-    command = ["gcc", "-O2", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", "-o", str(library)]
-    subprocess.run([*command, str(window_native.SOURCE)], check=True, capture_output=True)
-    return library
-
-
-@pytest.fixture(scope="session")
-def built_helper(helper_library: Path) -> window_native.WindowHelper:
-    helper = window_native.load(helper_library)
-    assert helper is not None
-    return helper
 
 
 @pytest.fixture(params=["helper", "helper-maps-text", "helper-two-threads", "python"])
