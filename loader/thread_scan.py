@@ -5,9 +5,11 @@ register array and the stack buffer allocated (and the buffer's pages touched, s
 not fault them in while the world is stopped). Inside the window it costs, per thread, one
 PTRACE_GETREGS into the thread's slot of one array, read as the thread reaches its stop (the kernel has
 no call for several threads), and the stack from rsp to the end of its mapping: every thread's stack
-comes in one process_vm_readv with an iovec per thread (IOV_MAX per call) into the one buffer. The
-mappings come from one pread of the already open /proc/PID/maps into a reused buffer, parsed again only
-when its text changed since the last read. No object is made per thread unless something is found.
+comes in one process_vm_readv with an iovec per thread (IOV_MAX per call) into the one buffer. Where a
+stack ends is asked of the kernel with the helper (one PROCMAP_QUERY ioctl per thread on the already open
+/proc/PID/maps, Linux 6.11); otherwise the mappings come from one pread of that descriptor into a reused
+buffer, parsed again only when its text changed since the last read. No object is made per thread
+unless something is found.
 
 The words of a buffer are searched in C, not word by word in Python: every address of [low, high)
 shares its upper bytes with one of a few prefixes, so `bytes.find` of each prefix yields the few
