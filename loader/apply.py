@@ -76,7 +76,7 @@ from hpkg.loader.record import (
     usable_records,
 )
 from hpkg.loader.safety import CodeRange
-from hpkg.loader.switch import PreparedSwitch, SiteWrite, prepare_switch, switch_table
+from hpkg.loader.switch import PreparedSwitch, SiteWrite, StateWrite, prepare_switch, switch_table
 from hpkg.loader.terminal import printable
 from hpkg.loader.unwind_table import merged_eh_frame_hdr, package_fdes
 from hpkg.loader.wine_unwind import (
@@ -417,11 +417,9 @@ def _apply_to_image(
             elif registered is not None:
                 for address, word in registered.original_words():
                     stopped.write(address, word)
-            method = switch.run(stopped, RACED)
+            # The sites, then the record marked applied (one helper call on the one-page path).
+            method = switch.run(stopped, RACED, StateWrite(state_at, applied, prepared_state))
             stopped.mark("switch")
-            stopped.remember(state_at, prepared_state)
-            process.write(state_at, applied)
-            stopped.mark("record")
         pause = stopped.pause
     except BaseException:
         with contextlib.suppress(TargetError):

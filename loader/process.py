@@ -159,6 +159,10 @@ class Process:
                 ) from None
         return self._mem_fd
 
+    def mem_descriptor(self) -> int:
+        """The open /proc/PID/mem (opened on first use and kept: open it before a stop, not inside it)."""
+        return self._mem()
+
     def read(self, runtime_address: int, size: int) -> bytes:
         """Read `size` bytes at a runtime address; TargetError if any part is unmapped."""
         if size <= 0:

@@ -183,16 +183,18 @@ def _check_registers(
 ) -> None:
     """The first general register (rax, rbx, ... r15) of each thread pointing into memory about to be
     freed, searched in C over the register array as the stacks are."""
-    index_of = {slot: index for index, slot in enumerate(snapshot.slots)}
+    index_of: dict[int, int] | None = None  # slot -> thread index, built on the first word found
     slot_bytes = RegisterFile.SLOT_WORDS * 8
     buffer = snapshot.registers.buffer()
     for memory in pointer_ranges:
         first: dict[int, tuple[int, int]] = {}  # thread index -> (rank, value)
         found = find_words(buffer, len(buffer), memory.start, memory.end, snapshot.registers.address)
+        if found and index_of is None:
+            index_of = {slot: index for index, slot in enumerate(snapshot.slots)}
         for offset, value in found:
             slot, word = divmod(offset, slot_bytes)
             rank = _GENERAL_ORDER.get(word // 8)
-            index = index_of.get(slot)
+            index = index_of.get(slot) if index_of is not None else None
             if rank is not None and index is not None and rank < first.get(index, (99, 0))[0]:
                 first[index] = (rank, value)
         for index, (_rank, value) in first.items():

@@ -27,17 +27,27 @@ left (`PreparedSwitch.run`):
 
 from __future__ import annotations
 
+import ctypes
+import os
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from hpkg.elf.constants import PF_R, PF_W, PF_X
 from hpkg.errors import IncompatibleTarget, TargetError
-from hpkg.loader import procfs
+from hpkg.loader import procfs, thread_scan
 from hpkg.loader.inject import GADGET_SIZE, PROT_EXEC, PROT_READ, PROT_WRITE, Injector, Scratch, scratch_at
 from hpkg.loader.process import Process, StoppedThreads
 from hpkg.loader.procfs import PAGE_SIZE, RuntimeImage, page_up
 from hpkg.loader.record import PatchRecord, encoded_size
+from hpkg.loader.window_native import (
+    SWITCH_CHANGED,
+    SWITCH_DONE,
+    SWITCH_NOT_STUCK,
+    SWITCH_UNREAD,
+    SWITCH_WRITE_FAILED,
+    WindowHelper,
+)
 
 SYS_PROCESS_VM_WRITEV = 311
 _IOVEC = struct.Struct("<QQ")
@@ -110,6 +120,20 @@ class Injection:
 
 
 @dataclass(frozen=True)
+class StateWrite:
+    """A word written right after the sites, in the same window (the record's state: "applied"), with what
+    it replaces (for the undo)."""
+
+    address: int
+    data: bytes
+    before: bytes
+
+
+def _reason(error: int) -> str:
+    return f": {os.strerror(error)}" if error else ""
+
+
+@dataclass(frozen=True)
 class PreparedSwitch:
     """The switch of one image, ready to run in the window: the writes, the bytes they replace and the
     method. `span` is the one page's [start, end) holding every write and check (one-page method)."""
@@ -130,13 +154,57 @@ class PreparedSwitch:
                 return check.data[offset : offset + size]
         raise KeyError(address)
 
-    def run(self, stopped: StoppedThreads, changed: str) -> str:
-        """Inside the window: compare, write every site, check the result; the method used.
+    def run(self, stopped: StoppedThreads, changed: str, state: StateWrite | None = None) -> str:
+        """Inside the window: compare, write every site, check the result, then write `state` (the
+        record's state word, when given); the method used.
 
         IncompatibleTarget(`changed`) when a checked byte is no longer what was read before the stop;
         TargetError when a write did not stick. Every write is journaled in `stopped`, so an exception
-        before the hold ends undoes it.
+        before the hold ends undoes it. With the window's helper the one-page path is one call.
         """
+        helper = thread_scan.HELPER
+        if helper is not None and self.span is not None and self.writes:
+            return self._run_native(helper, stopped, changed, state)
+        method = self._run(stopped, changed)
+        if state is not None:
+            stopped.remember(state.address, state.before)
+            stopped.process.write(state.address, state.data)
+        return method
+
+    def _run_native(
+        self, helper: WindowHelper, stopped: StoppedThreads, changed: str, state: StateWrite | None
+    ) -> str:
+        """The one-page path as one helper call (compare, pwrite, read back, state word): no Python between
+        the system calls; the outcomes raise what the Python path raises."""
+        assert self.span is not None
+        process, (start, end) = stopped.process, self.span
+        scratch = ctypes.create_string_buffer(end - start)
+        state_address, state_data = (state.address, state.data) if state is not None else (0, b"")
+        outcome, error = helper.switch_span(process.mem_descriptor(), start, self.before, self.after,
+                                            state_address, state_data, scratch)  # fmt: skip
+        if outcome == SWITCH_DONE:
+            stopped.remember(start, self.before)
+            if state is not None:
+                stopped.remember(state.address, state.before)
+            return self.method
+        if outcome == SWITCH_CHANGED:
+            raise IncompatibleTarget(changed, self._differences(process))
+        if outcome == SWITCH_UNREAD:
+            raise TargetError(f"cannot read {end - start} bytes at {start:#x} in process {process.pid}"
+                              f"{_reason(error)}")  # fmt: skip
+        stopped.remember(start, self.before)  # written, or maybe written: the release undoes it
+        if outcome == SWITCH_WRITE_FAILED:
+            raise TargetError(f"cannot write {end - start} bytes at {start:#x} in process {process.pid}"
+                              f"{_reason(error)}")  # fmt: skip
+        if outcome == SWITCH_NOT_STUCK:
+            raise TargetError(f"the switch at {start:#x} in process {process.pid} did not stick")
+        assert state is not None
+        stopped.remember(state.address, state.before)
+        where = f"{len(state.data)} bytes at {state.address:#x} in process {process.pid}"
+        raise TargetError(f"cannot write {where}{_reason(error)}")
+
+    def _run(self, stopped: StoppedThreads, changed: str) -> str:
+        """The Python path of `run`, without the state word."""
         process = stopped.process
         if self.span is not None:
             start, end = self.span
@@ -193,6 +261,7 @@ def prepare_switch(
         return PreparedSwitch((), (), SITE_BY_SITE)
     low = min(a for a, _ in ranges)
     high = max(a + n for a, n in ranges)
+    process.mem_descriptor()  # opened now: inside the window the switch writes through it
     if in_one_page(low, high) and not _left_writable(process, image, low, high):
         before = process.read(low, high - low)
         after = bytearray(before)

@@ -5,9 +5,11 @@ register array and the stack buffer allocated (and the buffer's pages touched, s
 not fault them in while the world is stopped). Inside the window it costs, per thread, one
 PTRACE_GETREGS into the thread's slot of one array, read as the thread reaches its stop (the kernel has
 no call for several threads), and the stack from rsp to the end of its mapping: every thread's stack
-comes in one process_vm_readv with an iovec per thread (IOV_MAX per call) into the one buffer. The
-mappings come from one pread of the already open /proc/PID/maps into a reused buffer, parsed again only
-when its text changed since the last read. No object is made per thread unless something is found.
+comes in one process_vm_readv with an iovec per thread (IOV_MAX per call) into the one buffer. Where a
+stack ends is asked of the kernel with the helper (one PROCMAP_QUERY ioctl per thread on the already open
+/proc/PID/maps, Linux 6.11); otherwise the mappings come from one pread of that descriptor into a reused
+buffer, parsed again only when its text changed since the last read. No object is made per thread
+unless something is found.
 
 The words of a buffer are searched in C, not word by word in Python: every address of [low, high)
 shares its upper bytes with one of a few prefixes, so `bytes.find` of each prefix yields the few
@@ -50,6 +52,9 @@ _MAPS_BUFFER = 64 << 10  # the first size of the maps buffer; doubled when the t
 # it saves (measured in bench/RESULTS.md, issue 15, third round).
 PARALLEL_THREADS = 128
 PARALLEL_BYTES = 512 << 10
+# Whether the helper asks the kernel for each rsp's mapping (PROCMAP_QUERY) instead of reading the maps
+# text in the window; tests turn it off to run the text path on kernels that have the query.
+QUERY_MAPPINGS = True
 # The window's C helper, or None (the Python path); tests set it to compare both.
 HELPER: window_native.WindowHelper | None = window_native.load()
 
@@ -102,6 +107,9 @@ class MapsReader:
         self._path = path
         self._buffer = bytearray(_MAPS_BUFFER)
         self._target = (self._fd, 0, 0)
+        # Whether the kernel answers PROCMAP_QUERY on the descriptor (Linux 6.11; the helper's
+        # `stack_places_query` clears it the first time it does not).
+        self.queryable = QUERY_MAPPINGS
         self.maps = StackMaps.parse(self._read())
 
     def _read(self) -> bytes:
@@ -134,6 +142,11 @@ class MapsReader:
         if self._target[2] != len(self._buffer):  # grown (and maybe moved) by a read of longer text
             self._target = (self._fd, _address_of(self._buffer), len(self._buffer))
         return self._target
+
+    @property
+    def fd(self) -> int:
+        """The open /proc/PID/maps, for the helper's PROCMAP_QUERY."""
+        return self._fd
 
     def close(self) -> None:
         os.close(self._fd)
@@ -340,8 +353,6 @@ class ThreadScan:
         if not with_stacks:
             place_starts[:] = place_ends[:] = array("q", [-1]) * count
             return Snapshot(tids, rips, rsps, slots, place_starts, place_ends, self._buffer, 0, registers)
-        maps = self.maps_reader.refresh(maps_length)
-        stopped.mark("maps")
         remote = array("Q", bytes(16 * count))
         if HELPER is not None:
             if contiguous:
@@ -349,10 +360,20 @@ class ThreadScan:
             else:
                 rsp_words = array("Q", rsps)
                 rsps_address, stride = rsp_words.buffer_info()[0], 1
-            total = HELPER.stack_places(rsps_address, count, stride, maps.columns, stack_limit,
-                                        place_starts, place_ends, remote)  # fmt: skip
+            total = -1
+            reader = self.maps_reader
+            if reader.queryable and maps_length < 0:  # each rsp's mapping asked of the kernel, no text
+                total = HELPER.stack_places_query(reader.fd, rsps_address, count, stride, stack_limit,
+                                                  place_starts, place_ends, remote)  # fmt: skip
+                reader.queryable = total >= 0  # before Linux 6.11: the text from now on
+            if total < 0:
+                maps = reader.refresh(maps_length)
+                total = HELPER.stack_places(rsps_address, count, stride, maps.columns, stack_limit,
+                                            place_starts, place_ends, remote)  # fmt: skip
         else:
+            maps = self.maps_reader.refresh(maps_length)
             total = _place_stacks(maps, rsps, stack_limit, place_starts, place_ends, remote)
+        stopped.mark("maps")
         if total > len(self._buffer):
             self._buffer = bytearray(2 * total)
             self._buffer_address = _address_of(self._buffer)

@@ -9,6 +9,8 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <string.h>
+#include <sys/ioctl.h>
 #include <sys/ptrace.h>
 #include <sys/types.h>
 #include <sys/uio.h>
@@ -169,6 +171,63 @@ long hpkg_stack_places(const uint64_t *rsps, long count, long stride, const uint
     return total;
 }
 
+/* PROCMAP_QUERY (Linux 6.11, include/uapi/linux/fs.h): the mapping that covers one address, asked of an
+ * open /proc/PID/maps. Declared here: the build machine's headers may predate it. */
+struct procmap_query {
+    uint64_t size;
+    uint64_t query_flags;
+    uint64_t query_addr;
+    uint64_t vma_start;
+    uint64_t vma_end;
+    uint64_t vma_flags;
+    uint64_t vma_page_size;
+    uint64_t vma_offset;
+    uint64_t inode;
+    uint32_t dev_major;
+    uint32_t dev_minor;
+    uint32_t vma_name_size;
+    uint32_t build_id_size;
+    uint64_t vma_name_addr;
+    uint64_t build_id_addr;
+};
+#define PROCMAP_QUERY _IOWR('f', 17, struct procmap_query)
+#define PROCMAP_QUERY_VMA_READABLE 0x01
+
+/* hpkg_stack_places, with each thread's mapping asked of the kernel (one PROCMAP_QUERY ioctl on the open
+ * /proc/PID/maps per thread, for the mapping covering its rsp) instead of found in a maps text read in the
+ * window: the same mapping (a line of the text is one mapping), its end and its readability, without the
+ * kernel writing the text of every mapping. Returns the bytes needed in all, or -1 (errno set) when the
+ * kernel cannot answer (ENOTTY before Linux 6.11): the caller then reads the text. ENOENT (rsp in no
+ * mapping) places the thread at -1, as the text lookup does. */
+long hpkg_stack_places_query(int maps_fd, const uint64_t *rsps, long count, long stride, uint64_t limit,
+                             int64_t *place_start, int64_t *place_end, uint64_t *remote)
+{
+    long total = 0, located = 0;
+    for (long i = 0; i < count; i++) {
+        uint64_t rsp = rsps[i * stride];
+        struct procmap_query query = {.size = sizeof query, .query_addr = rsp};
+        if (ioctl(maps_fd, PROCMAP_QUERY, &query) == -1) {
+            if (errno != ENOENT)
+                return -1;
+            place_start[i] = place_end[i] = -1;
+            continue;
+        }
+        if (!(query.vma_flags & PROCMAP_QUERY_VMA_READABLE) || rsp < query.vma_start || rsp >= query.vma_end) {
+            place_start[i] = place_end[i] = -1;
+            continue;
+        }
+        uint64_t start = rsp & ~(uint64_t)7;
+        uint64_t end = query.vma_end - start < limit ? query.vma_end : start + limit;
+        remote[2 * located] = start;
+        remote[2 * located + 1] = end - start;
+        place_start[i] = total;
+        place_end[i] = total + (int64_t)(end - start);
+        total += (long)(end - start);
+        located++;
+    }
+    return total;
+}
+
 /* The byte offsets of every 8-aligned word of buffer[:size] in [low, high), in buffer order, at most
  * `room` of them. Returns how many there are in all (more than `room`: call again with more room). */
 long hpkg_find_words(const uint64_t *buffer, long size, uint64_t low, uint64_t high, int64_t *offsets,
@@ -202,4 +261,46 @@ long hpkg_find_words(const uint64_t *buffer, long size, uint64_t low, uint64_t h
         }
     }
     return found;
+}
+
+/* The one-page switch inside the window, in one call (loader/switch.py): the span read through
+ * /proc/PID/mem (`mem_fd`, opened before the stop) and compared with `before`; written with `after` (one
+ * pwrite within one page: all or nothing, see switch.py); read back and compared; then, when
+ * `state_length` > 0, the record's state word written (one pwrite). The order and the checks are those of
+ * the Python path. `scratch` holds `length` bytes. Returns one of: */
+enum {
+    SWITCH_DONE = 0,
+    SWITCH_CHANGED = 1,      /* the span no longer holds `before`: nothing written */
+    SWITCH_UNREAD = 2,       /* the span could not be read (errno): nothing written */
+    SWITCH_WRITE_FAILED = 3, /* the span's write failed or fell short (errno; EIO when short) */
+    SWITCH_NOT_STUCK = 4,    /* the span reads back otherwise, or cannot be read back (errno 0 or set) */
+    SWITCH_STATE_FAILED = 5, /* the span is switched; the state word's write failed (errno) */
+};
+
+static int write_all(int fd, const uint8_t *data, long length, uint64_t address)
+{
+    ssize_t written = pwrite(fd, data, (size_t)length, (off_t)address);
+    if (written == length)
+        return 1;
+    if (written >= 0)
+        errno = EIO;
+    return 0;
+}
+
+long hpkg_switch_span(int mem_fd, uint64_t address, const uint8_t *before, const uint8_t *after, long length,
+                      uint64_t state_address, const uint8_t *state, long state_length, uint8_t *scratch)
+{
+    if (pread(mem_fd, scratch, (size_t)length, (off_t)address) != length)
+        return SWITCH_UNREAD;
+    if (memcmp(scratch, before, (size_t)length) != 0)
+        return SWITCH_CHANGED;
+    if (!write_all(mem_fd, after, length, address))
+        return SWITCH_WRITE_FAILED;
+    errno = 0;
+    if (pread(mem_fd, scratch, (size_t)length, (off_t)address) != length ||
+        memcmp(scratch, after, (size_t)length) != 0)
+        return SWITCH_NOT_STUCK;
+    if (state_length > 0 && !write_all(mem_fd, state, state_length, state_address))
+        return SWITCH_STATE_FAILED;
+    return SWITCH_DONE;
 }

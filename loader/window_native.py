@@ -2,7 +2,9 @@
 
 Inside the window the loader reads every held thread's registers, places its stack and searches the
 words; in Python each is a loop over the threads (at 256 threads: about 1.9 ms of a 5.3 ms pause, the
-floor being 3.1 ms). The helper runs each loop in one ctypes call. `make` builds it from source with gcc
+floor being 3.1 ms). The helper runs each loop in one ctypes call, asks the kernel where each stack's
+mapping ends (PROCMAP_QUERY) instead of reading the maps text, and makes the one-page switch (compare,
+write, read back, record state) in one call. `make` builds it from source with gcc
 (`loader/window_helper.so`); without it (no gcc, a read-only install) `load()` answers None and
 loader/thread_scan.py does the same work in Python, word for word the same check.
 """
@@ -18,6 +20,10 @@ SOURCE = Path(__file__).with_name("window_helper.c")
 LIBRARY = Path(__file__).with_name("window_helper.so")
 # Set to 1 to use the Python path even when the helper is built (the bench compares both).
 DISABLE_VARIABLE = "HPKG_NO_WINDOW_HELPER"
+
+# The outcomes of `WindowHelper.switch_span` (window_helper.c's enum).
+(SWITCH_DONE, SWITCH_CHANGED, SWITCH_UNREAD, SWITCH_WRITE_FAILED, SWITCH_NOT_STUCK,
+ SWITCH_STATE_FAILED) = range(6)
 
 _ADDRESS = ctypes.c_void_p
 _LONG = ctypes.c_long
@@ -40,6 +46,14 @@ class WindowHelper:
         self._registers_and_maps.restype = _LONG
         self._registers_and_maps.argtypes = [_ADDRESS, _LONG, _ADDRESS, ctypes.c_int, _ADDRESS, _LONG,
                                              _ADDRESS]  # fmt: skip
+        self._stack_places_query = library.hpkg_stack_places_query
+        self._stack_places_query.restype = _LONG
+        self._stack_places_query.argtypes = [ctypes.c_int, _ADDRESS, _LONG, _LONG, _U64, _ADDRESS, _ADDRESS,
+                                             _ADDRESS]  # fmt: skip
+        self._switch_span = library.hpkg_switch_span
+        self._switch_span.restype = _LONG
+        self._switch_span.argtypes = [ctypes.c_int, _U64, ctypes.c_char_p, ctypes.c_char_p, _LONG, _U64,
+                                      ctypes.c_char_p, _LONG, _ADDRESS]  # fmt: skip
         self._read_stacks = library.hpkg_read_stacks
         self._read_stacks.restype = _LONG
         self._read_stacks.argtypes = [ctypes.c_int, _ADDRESS, _ADDRESS, _LONG, _LONG, ctypes.c_int]
@@ -95,6 +109,37 @@ class WindowHelper:
             place_starts.buffer_info()[0], place_ends.buffer_info()[0], remote.buffer_info()[0],
         )  # fmt: skip
 
+    def stack_places_query(
+        self,
+        maps_fd: int,
+        rsps_address: int,
+        count: int,
+        stride: int,
+        limit: int,
+        place_starts: array,
+        place_ends: array,
+        remote: array,
+    ) -> int:
+        """`stack_places` with each thread's mapping asked of the kernel (PROCMAP_QUERY on the open
+        /proc/PID/maps) instead of looked up in a maps text; -1 when the kernel cannot answer (before
+        Linux 6.11): then read the text and call `stack_places`."""
+        return self._stack_places_query(
+            maps_fd, rsps_address, count, stride, limit, place_starts.buffer_info()[0],
+            place_ends.buffer_info()[0], remote.buffer_info()[0],
+        )  # fmt: skip
+
+    def switch_span(
+        self, mem_fd: int, address: int, before: bytes, after: bytes, state_address: int, state: bytes,
+        scratch: ctypes.Array,
+    ) -> tuple[int, int]:
+        """The one-page switch in one call: compare the span with `before`, write `after`, read it back,
+        then write `state` (when not empty) at `state_address`; (outcome, errno). The outcomes are the
+        SWITCH_* constants of window_helper.c, mirrored here."""
+        ctypes.set_errno(0)
+        outcome = self._switch_span(mem_fd, address, before, after, len(before), state_address, state,
+                                    len(state), ctypes.addressof(scratch))  # fmt: skip
+        return outcome, ctypes.get_errno()
+
     def find_words(self, buffer_address: int, size: int, low: int, high: int) -> array:
         """Byte offsets (array of 'q') of every 8-aligned word of the buffer in [low, high), in order."""
         offsets = array("q", bytes(8 * 64))
@@ -111,6 +156,6 @@ def load(path: Path = LIBRARY) -> WindowHelper | None:
     if os.environ.get(DISABLE_VARIABLE) == "1" or not path.is_file():
         return None
     try:
-        return WindowHelper(ctypes.CDLL(str(path)))
+        return WindowHelper(ctypes.CDLL(str(path), use_errno=True))
     except (OSError, AttributeError):  # a foreign or stale file: the Python path does the same work
         return None

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from live_helpers import assert_running_untraced, hpkg, hpkg_mappings
 
 from hpkg.loader.inject import PROT_EXEC, PROT_READ, PROT_WRITE, Injector
@@ -295,14 +296,22 @@ def test_code_left_writable_by_an_interrupted_switch_is_repaired(samples, keys, 
         _unchanged(talk.pid)
 
 
+@pytest.mark.parametrize("switch_path", ["helper", "python"])
 def test_a_site_changed_after_preparation_is_refused_in_the_window(samples, keys, build_package,
-                                                                   monkeypatch) -> None:
+                                                                   monkeypatch, switch_path) -> None:
     """Another tool writes the site after hpkg read it but before the stop: the compare inside the window
-    refuses (exit 4), nothing is written, the package memory is freed, every thread runs untraced."""
+    refuses (exit 4), nothing is written, the package memory is freed, every thread runs untraced — with
+    the window's helper (compare, write and record in one call) and without it."""
     from hpkg.errors import IncompatibleTarget
     from hpkg.loader import apply as apply_module
+    from hpkg.loader import thread_scan
     from hpkg.loader.apply import apply_to_process
     from hpkg.loader.trust import open_package
+
+    if switch_path == "python":
+        monkeypatch.setattr(thread_scan, "HELPER", None)
+    else:
+        assert thread_scan.HELPER is not None, "make builds the window helper before the tests"
 
     sample = samples["01-bounds-check"]
     baseline = sample.binary("baseline", "ready")

@@ -193,3 +193,24 @@ def start_target(binaries: dict[str, Binary]) -> Iterator[Callable[..., Target]]
     yield start
     for target in started:
         target.stop()
+
+
+@pytest.fixture(scope="session")
+def helper_library(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The window's C helper compiled from its source now, as `make` does (whatever the tree holds)."""
+    from hpkg.loader import window_native
+
+    library = tmp_path_factory.mktemp("helper") / "window_helper.so"
+    command = ["gcc", "-O2", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", "-o", str(library)]
+    subprocess.run([*command, str(window_native.SOURCE)], check=True, capture_output=True)
+    return library
+
+
+@pytest.fixture(scope="session")
+def built_helper(helper_library: Path):
+    """The loaded helper (window_native.WindowHelper)."""
+    from hpkg.loader import window_native
+
+    helper = window_native.load(helper_library)
+    assert helper is not None
+    return helper

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import random
-import subprocess
 import time
 from array import array
-from pathlib import Path
 
 import pytest
 
@@ -17,27 +15,13 @@ from hpkg.loader.process import Process
 from hpkg.loader.thread_scan import ThreadScan
 
 
-@pytest.fixture(scope="session")
-def helper_library(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The window's C helper compiled from its source now, as `make` does (whatever the tree holds)."""
-    library = tmp_path_factory.mktemp("helper") / "window_helper.so"
-    command = ["gcc", "-O2", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", "-o", str(library)]
-    subprocess.run([*command, str(window_native.SOURCE)], check=True, capture_output=True)
-    return library
-
-
-@pytest.fixture(scope="session")
-def built_helper(helper_library: Path) -> window_native.WindowHelper:
-    helper = window_native.load(helper_library)
-    assert helper is not None
-    return helper
-
-
-@pytest.fixture(params=["helper", "helper-two-threads", "python"])
+@pytest.fixture(params=["helper", "helper-maps-text", "helper-two-threads", "python"])
 def window_path(request, built_helper, monkeypatch) -> str:
-    """Run the test with the window's C helper (reading the maps and stacks on a second thread, as it does
-    for many threads, whatever their number here) and with the Python path."""
+    """Run the test with the window's C helper (each stack's mapping asked of the kernel; or found in the
+    maps text read in the window, as before Linux 6.11; or with that text and the stacks read on a second
+    thread, as it does for many threads, whatever their number here) and with the Python path."""
     monkeypatch.setattr(thread_scan, "HELPER", None if request.param == "python" else built_helper)
+    monkeypatch.setattr(thread_scan, "QUERY_MAPPINGS", request.param == "helper")
     if request.param == "helper-two-threads":
         monkeypatch.setattr(thread_scan, "PARALLEL_THREADS", 1)
         monkeypatch.setattr(thread_scan, "PARALLEL_BYTES", 1)
@@ -365,6 +349,7 @@ def test_maps_longer_than_the_helpers_buffer_are_read_again_whole(start_target, 
     is read again by the loader, which grows the buffer: the holder is still found by its return address."""
     monkeypatch.setattr(thread_scan, "HELPER", built_helper)
     monkeypatch.setattr(thread_scan, "PARALLEL_THREADS", 1)
+    monkeypatch.setattr(thread_scan, "QUERY_MAPPINGS", False)  # the text path (before Linux 6.11)
     target = start_target("threads")
     process = Process(target.pid)
     hold = code_range(process, target, "hold_here")
@@ -392,4 +377,68 @@ def test_a_scan_used_for_a_second_stop_reads_the_registers_of_that_stop(start_ta
         assert snapshot.rsps == [now[tid].rsp for tid in snapshot.tids]
         time.sleep(0.01)
     scan.close()
+    target.assert_running_untraced()
+
+
+def _places(helper, scan: ThreadScan, rsps: list[int], query: bool) -> tuple[list, list, list, int]:
+    """Where the helper places stacks at `rsps`: by PROCMAP_QUERY, or by the maps text read now."""
+    count = len(rsps)
+    words = array("Q", rsps)
+    starts, ends = array("q", bytes(8 * count)), array("q", bytes(8 * count))
+    remote = array("Q", bytes(16 * count))
+    if query:
+        total = helper.stack_places_query(scan.maps_reader.fd, words.buffer_info()[0], count, 1, 1 << 20,
+                                          starts, ends, remote)  # fmt: skip
+    else:
+        columns = scan.maps_reader.refresh().columns
+        total = helper.stack_places(words.buffer_info()[0], count, 1, columns, 1 << 20, starts, ends, remote)
+    return starts.tolist(), ends.tolist(), remote.tolist(), total
+
+
+def test_the_kernels_mapping_answer_places_every_stack_where_the_maps_text_does(start_target, built_helper):
+    """PROCMAP_QUERY per rsp gives the same places as the maps text: for every held thread, and for
+    addresses at the edges that matter (a mapping's first and last word, a guard page, no mapping)."""
+    target = start_target("threads")
+    process = Process(target.pid)
+    scan = ThreadScan(process.pid, 8)
+    maps = process.maps()
+    guard = next(m for m in maps if not m.perms.startswith("r"))
+    edges = [m.start for m in maps] + [m.end - 8 for m in maps] + [guard.start + 8, 0, 8, maps[-1].end]
+    with process.stop_all_threads() as stopped:
+        rsps = [stopped.regs(tid).rsp for tid in stopped.tids] + edges
+        by_query = _places(built_helper, scan, rsps, query=True)
+        by_text = _places(built_helper, scan, rsps, query=False)
+    scan.close()
+    assert by_query[3] > 0 and by_query == by_text
+    located = by_query[0][: len(stopped.tids)]
+    assert -1 not in located  # every thread's stack is readable
+    assert by_query[0][-4:-1] == [-1, -1, -1]  # a guard page, and two addresses in no mapping
+    target.assert_running_untraced()
+
+
+def test_a_kernel_without_the_mapping_query_falls_back_to_the_maps_text(start_target, built_helper,
+                                                                        monkeypatch):
+    """Before Linux 6.11 the ioctl fails (ENOTTY, made real here by asking it of /proc/PID/status): the
+    helper answers -1, the scan reads the maps text instead from then on, and still finds the holder."""
+    target = start_target("threads")
+    process = Process(target.pid)
+    hold = code_range(process, target, "hold_here")
+    status = open(f"/proc/{process.pid}/status", "rb")  # noqa: SIM115 - closed below
+    query = built_helper.stack_places_query
+
+    def without_query(maps_fd, *args):
+        return query(status.fileno(), *args)
+
+    monkeypatch.setattr(thread_scan, "HELPER", built_helper)
+    monkeypatch.setattr(built_helper, "stack_places_query", without_query)
+    scan = ThreadScan(process.pid, 8)
+    try:
+        assert scan.maps_reader.queryable
+        with process.stop_all_threads() as stopped:
+            report = safety.check_threads(stopped, [hold], scan=scan)
+    finally:
+        scan.close()
+        status.close()
+    assert not scan.maps_reader.queryable
+    assert ("hold_here", "return address") in {(o.range_name, o.kind) for o in report.offenders}
     target.assert_running_untraced()
