@@ -12,6 +12,7 @@ import bisect
 import gc
 import hashlib
 import os
+import pickle
 import re
 from array import array
 from collections.abc import Callable, Iterator
@@ -38,6 +39,7 @@ from hpkg.builder.model import (
 )
 from hpkg.builder.references import disassembly_references, relocation_references, relocations_by_function
 from hpkg.builder.symbolize import ALIASES, CODE_SUFFIX, TargetResolver
+from hpkg.builder.wire import array_in, array_out
 
 _NUMERIC_SUFFIX = re.compile(r"\.\d+(?=\.|$)")
 # Below this many bytes of code (both images) a second process costs more than it saves.
@@ -293,9 +295,12 @@ def _canonicalize_image(
         # such): the last one's cache goes first, or both would be held at once (tens of MiB).
         resolver = None
         resolver, out = _add_functions(image, out, found, use_relocations, table, forms)
+    # Every reference is found: neither the index of targets by value nor the resolver's cache of
+    # resolved addresses is read again (libwebkit2gtk: ~35 MiB, freed before finishing's own peak).
+    table.seal()
+    resolver.forget_resolved()
     canonical = finish_canonical(resolver, out, table)
     table.finder = reference_finder(image, tuple(c.function for c in canonical), use_relocations)
-    table.seal()
     image.release_pages()
     return canonical
 
@@ -368,14 +373,17 @@ def _add_functions(
 
 def _pack(functions: tuple[CanonicalFunction, ...], known: int) -> tuple:
     """Plain values for the pipe: the table's targets as columns (kept so by the parent: a tuple
-    each would cost several times more on both sides), the forms' columns (arrays: they pickle as
-    bytes), and the functions found by following calls by their bounds (a Function holds the file's
-    mapping, which the parent has)."""
+    each would cost several times more on both sides), the forms' columns (arrays, sent from their
+    memory: see `wire`), and the functions found by following calls by their bounds (a Function
+    holds the file's mapping, which the parent has)."""
     if not functions:
         return None
     forms = functions[0]._forms
     targets = TargetColumns.of(forms.table.targets)
-    columns = (bytes(forms.digests), forms.counts, forms.sizes, forms.offsets, forms.targets)
+    columns = (
+        pickle.PickleBuffer(forms.digests),
+        *(array_out(c) for c in (forms.counts, forms.sizes, forms.offsets, forms.targets)),
+    )
     extra = [(f.name, f.address, f.size, f.section) for f in (c.function for c in functions[known:])]
     return targets, columns, extra
 
@@ -387,8 +395,9 @@ def _unpack(
         return ()
     targets, columns, extra = packed
     forms = FormStore(TargetTable(targets))
-    digests, forms.counts, forms.sizes, forms.offsets, forms.targets = columns
-    forms.digests = bytearray(digests)
+    digests, *arrays = columns
+    forms.digests = digests if isinstance(digests, bytearray) else bytearray(digests)
+    forms.counts, forms.sizes, forms.offsets, forms.targets = map(array_in, arrays)
     forms.undecoded = bytearray(len(forms.counts))
     store = FunctionStore(image.section_bytes.data)
     found = tuple(unnamed_function(image, *bounds, store) for bounds in extra)

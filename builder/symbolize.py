@@ -278,6 +278,10 @@ class TargetResolver:
             text = described[i] = self._texts.setdefault(text, text)
         return text
 
+    def forget_resolved(self) -> None:
+        """Drop the cache of targets resolved so far (each address is resolved again if asked)."""
+        self._cache = {}
+
     def resolve(self, address: int, within: Function, access_size: int = 0) -> Target:
         """The symbolic target of a link address (cached per address for everything but INTERNAL)."""
         if within.address <= address < within.address + within.size:
