@@ -50,7 +50,7 @@ PARALLEL_MIN_BYTES = 400_000
 SEPARATE_MIN_BYTES = 16 << 20
 # Every this many bytes of file pages made resident (code decoded, data read), they leave the
 # resident set: each function is decoded once, so a large library's code would otherwise all stay counted.
-RELEASE_BYTES = 8 << 20
+RELEASE_BYTES = 4 << 20
 
 
 def stable_name(name: str) -> str:
