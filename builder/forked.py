@@ -11,9 +11,9 @@ writes one; forked together, the later children kept copies of every page the pa
 receiving the earlier ones' results (libwebkit2gtk: 34 MiB), and with a lock taken in turn the
 second child could run first while the first's result waited in its pipe with its whole heap (a
 tree peak of 518 MiB instead of 376). A child forked late inherits the earlier results, as shared
-pages it never touches. Progress counts arrive
-on one shared pipe (small messages, written whole); an exception in a child is raised again in the
-parent, and a child that dies without a result is an error naming its signal or exit status.
+pages it never touches. Progress counts arrive on one shared pipe (small messages, written whole);
+an exception in a child is raised again in the parent, and a child that dies without a result is
+an error naming its signal or exit status.
 """
 
 from __future__ import annotations
