@@ -12,6 +12,7 @@ import bisect
 import gc
 import hashlib
 import os
+import pickle
 import re
 from array import array
 from collections.abc import Callable, Iterator
@@ -38,6 +39,7 @@ from hpkg.builder.model import (
 )
 from hpkg.builder.references import disassembly_references, relocation_references, relocations_by_function
 from hpkg.builder.symbolize import ALIASES, CODE_SUFFIX, TargetResolver
+from hpkg.builder.wire import array_in, array_out
 
 _NUMERIC_SUFFIX = re.compile(r"\.\d+(?=\.|$)")
 # Below this many bytes of code (both images) a second process costs more than it saves.
@@ -48,7 +50,7 @@ PARALLEL_MIN_BYTES = 400_000
 SEPARATE_MIN_BYTES = 16 << 20
 # Every this many bytes of file pages made resident (code decoded, data read), they leave the
 # resident set: each function is decoded once, so a large library's code would otherwise all stay counted.
-RELEASE_BYTES = 8 << 20
+RELEASE_BYTES = 4 << 20
 
 
 def stable_name(name: str) -> str:
@@ -165,16 +167,15 @@ def masked_form(canonical: CanonicalFunction) -> bytes:
     return _without_padding(buf, scan(fn).padding)[0]
 
 
-def finish_canonical(
-    resolver: TargetResolver, functions: list[CanonicalFunction], table: TargetTable
-) -> tuple[CanonicalFunction, ...]:
+def finish_canonical(resolver: TargetResolver, forms: FormStore) -> None:
     """Digest anonymous read-only data (bounded by every address the image references) and each form
-    (in place: the forms are rows of one store).
+    (in place, row by row: no view of a form is needed).
 
     A form's digest covers its masked bytes and its targets' hash keys, in order: equal digests mean
     equal masked bytes and equal keys."""
     rodata = TargetKind.RODATA
     jump_table = TargetKind.JUMP_TABLE
+    table = forms.table
     targets = table.targets
     boundaries = sorted({t[3] for t in targets if t[0] is rodata or t[0] is jump_table})
     for i, t in enumerate(targets):
@@ -187,9 +188,10 @@ def finish_canonical(
     key_reprs = [distinct.setdefault(text, text) for text in map(repr, map(hash_key, targets))]
     del distinct
     internal_reprs: dict[int, str] = {}
-    for c in functions:
+    offsets, target_ids, digests = forms.offsets, forms.targets, forms.digests
+    for index in range(len(forms)):
         parts = []
-        for tid in c.target_ids():
+        for tid in target_ids[offsets[index] : offsets[index + 1]]:
             if tid >= 0:
                 parts.append(key_reprs[tid])
             else:
@@ -197,13 +199,11 @@ def finish_canonical(
                 if text is None:
                     text = internal_reprs[tid] = repr(("i", -1 - tid))
                 parts.append(text)
-        forms, index = c._forms, c._index
-        h = hashlib.blake2b(c.digest, digest_size=16)
+        h = hashlib.blake2b(digests[16 * index : 16 * index + 16], digest_size=16)
         h.update(f"[{', '.join(parts)}]".encode())  # the repr of the list of keys
         if forms.undecoded[index]:
             h.update(b"undecoded")
-        forms.digests[16 * index : 16 * index + 16] = h.digest()
-    return tuple(functions)
+        digests[16 * index : 16 * index + 16] = h.digest()
 
 
 def _found_in_order(found: dict[int, list[Reference]]) -> list[Reference]:
@@ -256,24 +256,28 @@ def canonicalize_image(
     """Canonical forms of all functions of one image, in the order given, then any function that
     only calls revealed (see `_uncovered_code`)."""
     with cycle_collector_paused():
-        return _canonicalize_image(image, functions, use_relocations, progress)
+        everything, forms = _canonical_forms(image, functions, use_relocations, progress)
+        forms.table.finder = reference_finder(image, everything, use_relocations)
+        return tuple(CanonicalFunction._at(fn, forms, _row(fn, i)) for i, fn in enumerate(everything))
 
 
-def _canonicalize_image(
+def _canonical_forms(
     image: Image,
     functions: tuple[Function, ...],
     use_relocations: bool,
     progress: Callable[[int], None] | None,
-) -> tuple[CanonicalFunction, ...]:
+) -> tuple[tuple[Function, ...], FormStore]:
+    """Every function's form as a row of one store (row i: the i-th function returned), without a
+    view of each: a forked child sends the rows, and views cost ~60 bytes a function."""
     resolver = TargetResolver(image, functions)
     relocations = relocations_by_function(image, functions) if use_relocations else None
     table = TargetTable()
     forms = FormStore(table)
-    out: list[CanonicalFunction] = []
+    everything = functions
     resident = resident_file_bytes()
     for i, fn in enumerate(functions):
         relocs = relocations.get(fn.address, []) if relocations is not None else None
-        out.append(canonicalize_function(fn, resolver, relocs, table, forms))
+        canonicalize_function(fn, resolver, relocs, table, forms)
         if i % 256 == 255:
             if progress:
                 progress(256)
@@ -292,12 +296,14 @@ def _canonicalize_image(
         # Each round resolves with a resolver of its own (its cache knows the uncovered code as
         # such): the last one's cache goes first, or both would be held at once (tens of MiB).
         resolver = None
-        resolver, out = _add_functions(image, out, found, use_relocations, table, forms)
-    canonical = finish_canonical(resolver, out, table)
-    table.finder = reference_finder(image, tuple(c.function for c in canonical), use_relocations)
+        resolver, everything = _add_functions(image, everything, found, use_relocations, table, forms)
+    # Every reference is found: neither the index of targets by value nor the resolver's cache of
+    # resolved addresses is read again (libwebkit2gtk: ~35 MiB, freed before finishing's own peak).
     table.seal()
+    resolver.forget_resolved()
+    finish_canonical(resolver, forms)
     image.release_pages()
-    return canonical
+    return everything, forms
 
 
 def reference_finder(
@@ -340,14 +346,14 @@ def _uncovered_code(table: TargetTable) -> set[int]:
 
 def _add_functions(
     image: Image,
-    canonical: list[CanonicalFunction],
+    known: tuple[Function, ...],
     addresses: set[int],
     use_relocations: bool,
     table: TargetTable,
     forms: FormStore,
-) -> tuple[TargetResolver, list[CanonicalFunction]]:
-    """Make functions of branch targets in uncovered code, and point the branches at them."""
-    known = tuple(c.function for c in canonical)
+) -> tuple[TargetResolver, tuple[Function, ...]]:
+    """Make functions of branch targets in uncovered code (their forms the next rows of `forms`), and
+    point the branches at them."""
     extra = functions_at(image, addresses, known)
     everything = tuple(sorted(known + extra, key=lambda f: f.address))
     resolver = TargetResolver(image, everything)
@@ -359,24 +365,25 @@ def _add_functions(
             fn = resolver.function_at(t[3])
             if fn is not None:
                 table.replace(i, Target(TargetKind.FUNCTION, fn.name, t[3] - fn.address, t[3]))
-    added = []
     for fn in extra:
         relocs = relocations.get(fn.address, []) if relocations else None
-        added.append(canonicalize_function(fn, resolver, relocs, table, forms))
-    return resolver, canonical + added
+        canonicalize_function(fn, resolver, relocs, table, forms)
+    return resolver, known + extra
 
 
-def _pack(functions: tuple[CanonicalFunction, ...], known: int) -> tuple:
+def _pack(functions: tuple[Function, ...], forms: FormStore, known: int) -> tuple | None:
     """Plain values for the pipe: the table's targets as columns (kept so by the parent: a tuple
-    each would cost several times more on both sides), the forms' columns (arrays: they pickle as
-    bytes), and the functions found by following calls by their bounds (a Function holds the file's
-    mapping, which the parent has)."""
+    each would cost several times more on both sides), the forms' columns (arrays, sent from their
+    memory: see `wire`), and the functions found by following calls by their bounds (a Function
+    holds the file's mapping, which the parent has)."""
     if not functions:
         return None
-    forms = functions[0]._forms
     targets = TargetColumns.of(forms.table.targets)
-    columns = (bytes(forms.digests), forms.counts, forms.sizes, forms.offsets, forms.targets)
-    extra = [(f.name, f.address, f.size, f.section) for f in (c.function for c in functions[known:])]
+    columns = (
+        pickle.PickleBuffer(forms.digests),
+        *(array_out(c) for c in (forms.counts, forms.sizes, forms.offsets, forms.targets)),
+    )
+    extra = [(f.name, f.address, f.size, f.section) for f in functions[known:]]
     return targets, columns, extra
 
 
@@ -387,8 +394,9 @@ def _unpack(
         return ()
     targets, columns, extra = packed
     forms = FormStore(TargetTable(targets))
-    digests, forms.counts, forms.sizes, forms.offsets, forms.targets = columns
-    forms.digests = bytearray(digests)
+    digests, *arrays = columns
+    forms.digests = digests if isinstance(digests, bytearray) else bytearray(digests)
+    forms.counts, forms.sizes, forms.offsets, forms.targets = map(array_in, arrays)
     forms.undecoded = bytearray(len(forms.counts))
     store = FunctionStore(image.section_bytes.data)
     found = tuple(unnamed_function(image, *bounds, store) for bounds in extra)
@@ -446,7 +454,8 @@ def canonicalize_images(
 
     def job(image: Image, functions: tuple[Function, ...]) -> Callable[[Callable[[int], None]], tuple | None]:
         def run(report: Callable[[int], None]) -> tuple | None:
-            return _pack(canonicalize_image(image, functions, use_relocations, report), len(functions))
+            with cycle_collector_paused():
+                return _pack(*_canonical_forms(image, functions, use_relocations, report), len(functions))
 
         return run
 

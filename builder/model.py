@@ -739,6 +739,23 @@ class TargetColumns(Sequence[Target]):
     def __iter__(self) -> Iterator[Target]:
         return (self[i] for i in range(len(self)))
 
+    def __getstate__(self) -> tuple:
+        """Compact for the pipe from a forked child (see `wire`): arrays not copied, texts once each."""
+        from hpkg.builder.wire import array_out, strings_out
+
+        return (
+            bytes(self.kinds), strings_out(self.names), array_out(self.offsets), array_out(self.addresses),
+            strings_out(self.contents), self.entries, self._wide,
+        )  # fmt: skip
+
+    def __setstate__(self, state: tuple) -> None:
+        from hpkg.builder.wire import array_in, strings_in
+
+        kinds, names, offsets, addresses, contents, self.entries, self._wide = state
+        self.kinds = bytearray(kinds)
+        self.names, self.contents = strings_in(names), strings_in(contents)
+        self.offsets, self.addresses = array_in(offsets), array_in(addresses)
+
 
 class TargetTable:
     """The distinct targets other than in-function ones that one image's references name, each once.
@@ -750,7 +767,7 @@ class TargetTable:
     library's is 15 MiB), and a later `id_of` builds it again.
     """
 
-    __slots__ = ("targets", "_ids", "finder")
+    __slots__ = ("targets", "_ids", "_sealed", "finder")
 
     def __init__(self, targets: Iterable[Target] | TargetColumns = ()) -> None:
         # A list while canonicalizing; columns once received from a child (see canon._unpack).
@@ -758,6 +775,7 @@ class TargetTable:
             targets if isinstance(targets, TargetColumns) else list(targets)
         )
         self._ids: dict[Target, int] | None = None
+        self._sealed = False  # see seal
         self.finder: Callable[[Function], list[Reference]] | None = None
 
     def __len__(self) -> int:
@@ -765,6 +783,7 @@ class TargetTable:
 
     def _index(self) -> dict[Target, int]:
         if self._ids is None:
+            self._sealed = False
             self._ids = {}
             for i, target in enumerate(self.targets):
                 self._ids.setdefault(target, i)
@@ -780,7 +799,12 @@ class TargetTable:
         return found
 
     def replace(self, index: int, target: Target) -> None:
-        """Make every reference to entry `index` name `target` instead (once more is known of it)."""
+        """Make every reference to entry `index` name `target` instead (once more is known of it).
+
+        A sealed table stays sealed: its index by value is made again only by `id_of`."""
+        if self._sealed:
+            self.targets[index] = target
+            return
         ids = self._index()
         old = self.targets[index]
         if ids.get(old) == index:
@@ -789,8 +813,10 @@ class TargetTable:
         self.targets[index] = target
 
     def seal(self) -> None:
-        """Drop the index by value (no more targets are added while the diff runs)."""
+        """Drop the index by value (no more targets are added while the diff runs); until a target
+        is looked up, `replace` changes entries without making it again."""
         self._ids = None
+        self._sealed = True
 
     def kind_of(self, index: int) -> TargetKind:
         """The kind of entry `index` (without making the Target, when the table is columns)."""

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import chain
 
-from hpkg.builder.model import Function, Image, Import, LinkAddress, SymbolKind, Target, TargetKind
+from hpkg.builder.model import Function, GotSlot, Image, Import, LinkAddress, SymbolKind, Target, TargetKind
 
 # Marks a branch target in code that no known function covers; canon turns these into functions.
 CODE_SUFFIX = ":code"
@@ -101,11 +101,14 @@ class TargetResolver:
     def __post_init__(self) -> None:
         self._starts = [f.address for f in self.functions]
         self._plt: dict[int, Import] = {i.plt_address: i for i in self.image.imports if i.plt_address}
-        self._got: dict[int, Import] = {i.got_address: i for i in self.image.imports if i.got_address}
-        # A symbol can own several GOT slots (JUMP_SLOT for calls, GLOB_DAT for its address).
+        self._got: dict[int, Import | GotSlot] = {
+            i.got_address: i for i in self.image.imports if i.got_address
+        }
+        # A symbol can own several GOT slots (JUMP_SLOT for calls, GLOB_DAT for its address); the
+        # slot itself stands for its import until one is asked for (a large library has ~50,000).
         for slot in self.image.got_slots:
             if slot.address not in self._got and slot.relocation_type != "X86_64_TPOFF64":
-                self._got[slot.address] = Import(slot.name, slot.version, None, slot.address)
+                self._got[slot.address] = slot
         objects = [
             s
             for s in self.image.symbols
@@ -278,6 +281,10 @@ class TargetResolver:
             text = described[i] = self._texts.setdefault(text, text)
         return text
 
+    def forget_resolved(self) -> None:
+        """Drop the cache of targets resolved so far (each address is resolved again if asked)."""
+        self._cache = {}
+
     def resolve(self, address: int, within: Function, access_size: int = 0) -> Target:
         """The symbolic target of a link address (cached per address for everything but INTERNAL)."""
         if within.address <= address < within.address + within.size:
@@ -296,6 +303,8 @@ class TargetResolver:
         """
         address = LinkAddress(address)
         imported = self._plt.get(address) or self._got.get(address)
+        if isinstance(imported, GotSlot):
+            imported = Import(imported.name, imported.version, None, imported.address)
         if imported is not None:
             return Target(TargetKind.IMPORT, imported.qualified_name, 0, address)
         function = self.function_at(address)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from hpkg.builder import canon
 from hpkg.builder.diff import diff_files
 from hpkg.builder.functions import discover_functions
 from hpkg.builder.image import load_image
@@ -356,7 +357,7 @@ def test_endbr64_and_loop_alignment_padding_do_not_make_functions_differ(compile
     assert len(result.unchanged) >= 4
 
 
-def test_two_process_diff_agrees_with_one_process_diff(compiler):
+def test_two_process_diff_agrees_with_one_process_diff(compiler, monkeypatch):
     old = compiler.build("insert-old", program(INSERT_OLD, INSERT_ENTRIES), "stripped")
     new = compiler.build("insert-new", program(INSERT_NEW, INSERT_ENTRIES), "stripped")
     serial = diff_files(old.path, new.path, parallel=False)
@@ -369,6 +370,9 @@ def test_two_process_diff_agrees_with_one_process_diff(compiler):
         ]
 
     assert summary(serial) == summary(forked)
+    # A large pair's children run one after the other (here: every pair counts as large).
+    monkeypatch.setattr(canon, "SEPARATE_MIN_BYTES", 0)
+    assert summary(diff_files(old.path, new.path)) == summary(serial)
     # deregister_tm_clones has neither symbol nor FDE in the stripped build and only a call reaches
     # it: it is found by following that call, in both processes.
     crt = _function_addresses(old.unstripped)["deregister_tm_clones"]
