@@ -133,6 +133,20 @@ long hpkg_read_stacks(int pid, const struct iovec *local, const struct iovec *re
     return lower.complete && upper.complete;
 }
 
+/* Thread i's stack span: from rsp (8-aligned) up to its mapping's end or `limit` bytes, whichever is
+ * nearer, as the `located`th span of the one vectored read, at `total` in the buffer. Returns the new total. */
+static long place_stack(long i, uint64_t rsp, uint64_t mapping_end, uint64_t limit, long total, long located,
+                        int64_t *place_start, int64_t *place_end, uint64_t *remote)
+{
+    uint64_t start = rsp & ~(uint64_t)7;
+    uint64_t end = mapping_end - start < limit ? mapping_end : start + limit;
+    remote[2 * located] = start;
+    remote[2 * located + 1] = end - start;
+    place_start[i] = total;
+    place_end[i] = total + (int64_t)(end - start);
+    return total + (long)(end - start);
+}
+
 /* Where each thread's stack is read: [rsp & ~7, min(end of rsp's mapping, that + limit)), found by a
  * binary search of the sorted mapping starts. `rsps` is read with a stride of `stride` words (the
  * register slots themselves). For thread i: place_start[i] and place_end[i] are the offsets of its
@@ -159,14 +173,7 @@ long hpkg_stack_places(const uint64_t *rsps, long count, long stride, const uint
             place_start[i] = place_end[i] = -1;
             continue;
         }
-        uint64_t start = rsp & ~(uint64_t)7;
-        uint64_t end = ends[index] - start < limit ? ends[index] : start + limit;
-        remote[2 * located] = start;
-        remote[2 * located + 1] = end - start;
-        place_start[i] = total;
-        place_end[i] = total + (int64_t)(end - start);
-        total += (long)(end - start);
-        located++;
+        total = place_stack(i, rsp, ends[index], limit, total, located++, place_start, place_end, remote);
     }
     return total;
 }
@@ -216,14 +223,7 @@ long hpkg_stack_places_query(int maps_fd, const uint64_t *rsps, long count, long
             place_start[i] = place_end[i] = -1;
             continue;
         }
-        uint64_t start = rsp & ~(uint64_t)7;
-        uint64_t end = query.vma_end - start < limit ? query.vma_end : start + limit;
-        remote[2 * located] = start;
-        remote[2 * located + 1] = end - start;
-        place_start[i] = total;
-        place_end[i] = total + (int64_t)(end - start);
-        total += (long)(end - start);
-        located++;
+        total = place_stack(i, rsp, query.vma_end, limit, total, located++, place_start, place_end, remote);
     }
     return total;
 }
