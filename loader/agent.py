@@ -178,6 +178,10 @@ class Agent:
                 with contextlib.suppress(BlockingIOError):
                     while os.read(self._wake_read, 4096):
                         pass
+            # Events before results, whether or not select saw them: a job that found a process by a pass
+            # may end before its exec event was read, and the exec time goes with the result's log line.
+            for event in events.drain():
+                self._guarded("event", self.handle_event, event)
             if self.in_flight:
                 self.collect_finished()
             if self.stopping:
@@ -189,9 +193,6 @@ class Agent:
             if self.reload_requested:
                 self.reload_requested = False
                 self._guarded("store", self.reload_store)
-            if events in readable:
-                for event in events.drain():
-                    self._guarded("event", self.handle_event, event)
             self._run_due_timers()
 
     def _guarded(self, where: str, action: Callable[..., None], *args: object) -> None:
