@@ -23,7 +23,7 @@ from hpkg.loader.bounds import ImageCode, image_code
 from hpkg.loader.compat import AppliedLevel, CompatReport, carried_detail, check_compatibility
 from hpkg.loader.file_dynamic import DynamicLinking
 from hpkg.loader.file_imports import file_import_resolver
-from hpkg.loader.file_result import applied_json, applied_lines, carried_entry
+from hpkg.loader.file_result import SiteLine, applied_json, applied_lines, carried_entry
 from hpkg.loader.file_write import RECORD_SECTION, plan_segments, write_patched
 from hpkg.loader.link import RelocatedImage, relocate
 from hpkg.loader.pe_file import PeFile, is_pe_path
@@ -43,12 +43,13 @@ class FileApplyResult:
     position_independent: bool
     linking: DynamicLinking  # relocations and dynamic symbols added for the dynamic linker
 
+    def site_lines(self) -> list[SiteLine]:
+        """Each patch site at its link address."""
+        return [(s.name, s.link_address, s.replacement) for s in self.relocated.patch_sites]
+
     def lines(self) -> list[str]:
         """Human summary for `hpkg apply`."""
-        sites = [(s.name, s.link_address, s.replacement) for s in self.relocated.patch_sites]
-        result = applied_lines(
-            self.package, self.relocated, self.binary, self.output, "link addresses", sites
-        )
+        result = applied_lines(self, "link addresses")
         if self.linking.relative:
             count = self.linking.relative
             result.append(f"{count} R_X86_64_RELATIVE relocations added for absolute addresses")
@@ -60,14 +61,8 @@ class FileApplyResult:
         return result
 
     def to_json(self) -> dict[str, object]:
-        sites = [(s.name, s.link_address, s.replacement) for s in self.relocated.patch_sites]
         return applied_json(
-            self.package,
-            self.relocated,
-            self.compat,
-            self.binary,
-            self.output,
-            sites,
+            self,
             position_independent=self.position_independent,
             relative_relocations=self.linking.relative,
             bound_imports=self.linking.bound_imports,

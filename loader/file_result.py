@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Protocol
 
 from hpkg.arch.x86_64 import JMP_REL32_SIZE, decode_jmp_rel32
 from hpkg.formats.model import Package
@@ -19,35 +20,43 @@ from hpkg.loader.link import RelocatedImage
 SiteLine = tuple[str, int, int]
 
 
-def applied_lines(
-    package: Package,
-    relocated: RelocatedImage,
-    binary: Path,
-    output: Path,
-    where: str,
-    sites: Sequence[SiteLine],
-) -> list[str]:
+class WrittenFile(Protocol):
+    """What both file targets' results hold (loader/file_apply.FileApplyResult, PeFileApplyResult)."""
+
+    @property
+    def package(self) -> Package: ...
+    @property
+    def binary(self) -> Path: ...
+    @property
+    def output(self) -> Path: ...
+    @property
+    def compat(self) -> CompatReport: ...
+    @property
+    def relocated(self) -> RelocatedImage: ...
+
+    def site_lines(self) -> list[SiteLine]:
+        """Each patch site as the format's reader addresses it."""
+        ...
+
+
+def applied_lines(written: WrittenFile, where: str) -> list[str]:
     """The first lines of `hpkg apply --file`'s summary: what went where, and each site's jump."""
-    identity, placement = package.identity, relocated.placement
+    identity, placement = written.package.identity, written.relocated.placement
     result = [
-        f"applied {identity.package_id} (level {identity.patch_level}) to {binary}",
-        f"wrote {output}",
+        f"applied {identity.package_id} (level {identity.patch_level}) to {written.binary}",
+        f"wrote {written.output}",
         f"package code at {placement.code:#x} ({placement.layout.code_size} bytes), "
         f"data at {placement.data:#x}, {where}",
     ]
     result.extend(
-        f"  {name}: jmp at {address:#x} -> {replacement:#x}" for name, address, replacement in sites
+        f"  {name}: jmp at {address:#x} -> {replacement:#x}"
+        for name, address, replacement in written.site_lines()
     )
     return result
 
 
 def applied_json(
-    package: Package,
-    relocated: RelocatedImage,
-    compat: CompatReport,
-    binary: Path,
-    output: Path,
-    sites: Sequence[SiteLine],
+    written: WrittenFile,
     *,
     position_independent: bool,
     relative_relocations: int,
@@ -55,13 +64,14 @@ def applied_json(
     superseded: str | None,
 ) -> dict[str, object]:
     """`hpkg apply --file --json` of a written file (schemas/apply.json), for either format."""
-    identity, placement = package.identity, relocated.placement
+    identity, relocated = written.package.identity, written.relocated
+    placement = relocated.placement
     layout = placement.layout
     return {
         "package_id": identity.package_id,
         "patch_level": identity.patch_level,
-        "target": {"file": str(binary), "build_id": compat.build_id.hex()},
-        "output": str(output),
+        "target": {"file": str(written.binary), "build_id": written.compat.build_id.hex()},
+        "output": str(written.output),
         "changed": True,
         "position_independent": position_independent,
         "areas": {
@@ -72,13 +82,13 @@ def applied_json(
         },
         "patch_sites": [
             {"function": name, "link_address": address, "replacement": replacement}
-            for name, address, replacement in sites
+            for name, address, replacement in written.site_lines()
         ],
         "relative_relocations": relative_relocations,
         "bound_imports": list(bound_imports),
         "relaxed_got_loads": relocated.relaxed,
         "superseded": superseded,
-        "compatibility": compat.to_json(),
+        "compatibility": written.compat.to_json(),
     }
 
 

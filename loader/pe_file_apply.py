@@ -19,7 +19,7 @@ from hpkg.atomic_output import write_output
 from hpkg.errors import IncompatibleTarget, RefusedError
 from hpkg.formats.model import ImportRecord, Package
 from hpkg.loader.compat import CompatReport, check_compatibility
-from hpkg.loader.file_result import applied_json, applied_lines, carried_entry
+from hpkg.loader.file_result import SiteLine, applied_json, applied_lines, carried_entry
 from hpkg.loader.link import RelocatedImage, relocate
 from hpkg.loader.pe_file import PE_RECORD_FORMAT, PeFile
 from hpkg.loader.pe_file_write import (
@@ -59,10 +59,13 @@ class PeFileApplyResult:
     base_relocations: int  # DIR64 entries added for absolute addresses in package data
     signature_dropped: bool = False  # the baseline carried an Authenticode signature, which no longer matches
 
+    def site_lines(self) -> list[SiteLine]:
+        """Each patch site at its address at the preferred ImageBase."""
+        return [(s.name, s.address, s.replacement) for s in self.relocated.patch_sites]
+
     def lines(self) -> list[str]:
-        sites = [(s.name, s.address, s.replacement) for s in self.relocated.patch_sites]
         where = "at the image's preferred base (sections .hpkgtx, .hpkgdt)"
-        result = applied_lines(self.package, self.relocated, self.binary, self.output, where, sites)
+        result = applied_lines(self, where)
         if self.base_relocations:
             result.append(f"{self.base_relocations} DIR64 base relocations added for absolute addresses")
         if self.added_imports:
@@ -74,14 +77,8 @@ class PeFileApplyResult:
         return result
 
     def to_json(self) -> dict[str, object]:
-        sites = [(s.name, s.address, s.replacement) for s in self.relocated.patch_sites]
         return applied_json(
-            self.package,
-            self.relocated,
-            self.compat,
-            self.binary,
-            self.output,
-            sites,
+            self,
             position_independent=True,
             relative_relocations=self.base_relocations,
             bound_imports=self.added_imports,

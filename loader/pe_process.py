@@ -30,10 +30,10 @@ from hpkg.pe.identity import image_identity
 PE_IMAGE_TYPE = 0
 
 
-def _pe_header_mappings(process: Process) -> list[Mapping]:
+def _pe_header_mappings(process: Process, maps: tuple[Mapping, ...]) -> list[Mapping]:
     """File-backed mappings at offset 0 that start with the MZ magic."""
     found = []
-    for m in process.maps():
+    for m in maps:
         if m.offset != 0 or not m.readable or not m.path.startswith("/"):
             continue
         try:
@@ -44,11 +44,12 @@ def _pe_header_mappings(process: Process) -> list[Mapping]:
     return found
 
 
-def pe_images(process: Process) -> list[RuntimeImage]:
-    """Every PE32+ image the process maps, with its identity as `build_id` and its base as `load_bias`."""
-    maps = process.maps()
+def pe_images(process: Process, maps: tuple[Mapping, ...] | None = None) -> list[RuntimeImage]:
+    """Every PE32+ image the process maps (`maps`: its mappings, read now if not given), with its identity
+    as `build_id` and its base as `load_bias`."""
+    maps = process.maps() if maps is None else maps
     images = []
-    for header in _pe_header_mappings(process):
+    for header in _pe_header_mappings(process, maps):
         read = memory_reader(process.read, header.start)
         try:
             headers = parse_headers(read, header.path)

@@ -133,13 +133,26 @@ def parse_maps_line(line: str) -> Mapping:
 
 def read_maps(pid: int) -> tuple[Mapping, ...]:
     """All mappings of a process, in address order."""
+    return parse_maps(read_maps_text(pid))
+
+
+def read_maps_text(pid: int) -> bytes:
+    """The /proc/PID/maps text as it is now (a caller that compares it with an earlier one, or parses it)."""
     try:
-        with open(f"/proc/{pid}/maps", encoding="utf-8", errors="surrogateescape") as maps:
-            return tuple(parse_maps_line(line) for line in maps if line.strip())
+        with open(f"/proc/{pid}/maps", "rb") as maps:
+            return maps.read()
     except FileNotFoundError:
         raise TargetError(f"no such process: {pid}") from None
     except PermissionError:
         raise TargetError(f"permission denied reading /proc/{pid}/maps; {permission_advice()}") from None
+
+
+def parse_maps(text: bytes) -> tuple[Mapping, ...]:
+    """The mappings of a /proc/PID/maps text, in its (address) order."""
+    # Split on b"\n" alone, the kernel's record separator (it escapes one in a path as \012); a path may
+    # hold any other byte, \r and U+2028 included.
+    lines = (raw.decode("utf-8", "surrogateescape") for raw in text.split(b"\n"))
+    return tuple(parse_maps_line(line) for line in lines if line.strip())
 
 
 def permission_advice() -> str:

@@ -23,7 +23,7 @@ from hpkg.errors import ImageError, TargetError
 from hpkg.loader.bounds import mapped_file_of
 from hpkg.loader.pe_process import pe_images
 from hpkg.loader.process import Process
-from hpkg.loader.procfs import RuntimeImage
+from hpkg.loader.procfs import RuntimeImage, parse_maps, read_maps_text
 from hpkg.loader.record import PatchRecord, find_records
 from hpkg.loader.wine_unwind import ENTRY
 from hpkg.pe.constants import IMAGE_DIRECTORY_ENTRY_EXCEPTION
@@ -169,34 +169,28 @@ def _package_modules(process: Process, images: list[RuntimeImage]) -> list[CodeM
 
 
 def _package_module(process: Process, record: PatchRecord) -> CodeModule:
-    """One package's code: RVAs from its Wine entry's base (the allocation), its bytes copied now."""
+    """One package's code: RVAs from its Wine entry's base (the allocation), its bytes copied now (read
+    by offset: pe.headers.file_reader without headers)."""
     start, end = record.area("code")
     if record.wine_unwind is None:
         no_entries = (array("Q"), array("Q"), array("Q"))
         return CodeModule(f"package {record.package_id[:12]}", start, ((start, end),), *no_entries,
-                          read=_bytes_reader(process.read(start, end - start)))  # fmt: skip
+                          read=file_reader(process.read(start, end - start)))  # fmt: skip
     entry = process.read(record.wine_unwind.entry, ENTRY.size)
     _, _, base, _, table_at, count, _, _, _ = ENTRY.unpack(entry)
     if count > MAX_PACKAGE_FUNCTIONS or not base <= start < end <= record.allocation.end:
         raise ValueError(f"package {record.package_id}: its Wine entry is not one hpkg wrote")
     table = _columns(process.read(table_at, count * RUNTIME_FUNCTION.size))
     return CodeModule(f"package {record.package_id[:12]}", base, ((start, end),), *table,
-                      read=_bytes_reader(process.read(base, record.allocation.end - base)))  # fmt: skip
-
-
-def _bytes_reader(data: bytes) -> RvaReader:
-    def read(rva: int, size: int) -> bytes:
-        return data[rva : rva + size] if rva >= 0 else b""
-
-    return read
+                      read=file_reader(process.read(base, record.allocation.end - base)))  # fmt: skip
 
 
 def windows_code(process: Process) -> WindowsCode:
     """The Windows code of `process` now: its PE modules and its packages' code. A module hpkg cannot
     read is left out: a frame in it is then in no Windows code, which the walk reports (never guesses)."""
-    maps_text = _maps_text(process.pid)
+    maps_text = read_maps_text(process.pid)
     modules = []
-    images = pe_images(process)
+    images = pe_images(process, parse_maps(maps_text))
     for image in images:
         try:
             modules.append(_image_module(process.pid, image))
@@ -206,17 +200,9 @@ def windows_code(process: Process) -> WindowsCode:
     return WindowsCode(tuple(modules), maps_text)
 
 
-def _maps_text(pid: int) -> bytes:
-    try:
-        with open(f"/proc/{pid}/maps", "rb") as f:
-            return f.read()
-    except OSError as exc:
-        raise TargetError(f"cannot read /proc/{pid}/maps: {exc.strerror}") from None
-
-
 def current(process: Process, known: WindowsCode | None) -> WindowsCode:
     """`known` while the process's mappings are the ones it was built from, else built anew."""
-    if known is not None and _maps_text(process.pid) == known.maps_text:
+    if known is not None and read_maps_text(process.pid) == known.maps_text:
         return known
     return windows_code(process)
 
