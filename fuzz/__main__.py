@@ -19,6 +19,11 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--inputs", type=int, default=10**6, help="inputs to run in this session")
     parser.add_argument("--seconds", type=float, default=float("inf"), help="stop after this wall time")
     parser.add_argument("--state", type=Path, default=DEFAULT_STATE, help="resumable state file")
+    parser.add_argument(
+        "--first-input", type=int, default=0,
+        help="where a new state starts (to continue a campaign whose state file was lost); "
+        "ignored when the state file exists",
+    )  # fmt: skip
     parser.add_argument("--cases", type=Path, help="regression cases file (default: tests/fuzz/cases.json)")
     parser.add_argument(
         "--memory-mib", type=int, default=2048, help="address space per input beyond the parent's"
@@ -39,12 +44,14 @@ def main(argv: list[str] | None = None) -> int:
         from fuzz.report import markdown
         from fuzz.state import State
 
-        print(markdown(State.load(arguments.state, arguments.seed)))
+        print(markdown(State.load(arguments.state, arguments.seed, arguments.first_input)))
         return 0
     from fuzz.campaign import CASES_FILE, Campaign
 
     limits = Limits(arguments.memory_mib << 20, arguments.cpu_seconds, arguments.wall_seconds)
-    campaign = Campaign(arguments.seed, arguments.state, limits, _log, arguments.cases or CASES_FILE)
+    campaign = Campaign(
+        arguments.seed, arguments.state, limits, _log, arguments.cases or CASES_FILE, arguments.first_input
+    )
 
     def stop(number: int, frame: object) -> None:
         # A flag, not an exception: an exception raised inside fork()'s own handlers would be lost.

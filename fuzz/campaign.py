@@ -48,10 +48,10 @@ class Campaign:
     """The seeds, the scratch directory and the state of one run of `python -m fuzz`."""
 
     def __init__(self, seed: int, state_path: Path, limits: Limits, log: Callable[[str], None],
-                 cases_path: Path = CASES_FILE) -> None:  # fmt: skip
+                 cases_path: Path = CASES_FILE, first_input: int = 0) -> None:  # fmt: skip
         self.state_path = state_path
         self.cases_path = cases_path
-        self.state = State.load(state_path, seed)
+        self.state = State.load(state_path, seed, first_input)
         self.limits = limits
         self.log = log
         corpus.build_samples()
@@ -224,6 +224,6 @@ def format_cases(cases: list[dict[str, Any]]) -> str:
 
 
 def progress_line(state: State) -> str:
-    rate = state.next_input / state.seconds if state.seconds else 0.0
+    rate = state.inputs_run / state.seconds if state.seconds else 0.0
     return (f"{state.next_input} inputs, {rate:.1f}/s, {len(state.classes)} crash classes, "
             f"endings {dict(sorted(state.by_ending.items()))}")  # fmt: skip

@@ -15,11 +15,12 @@ def _cell(text: str) -> str:
 
 
 def markdown(state: State) -> str:
-    rate = state.next_input / state.seconds if state.seconds else 0.0
+    rate = state.inputs_run / state.seconds if state.seconds else 0.0
     endings = sorted(state.by_ending)
+    span = f" (inputs {state.first_input:,} to {state.next_input - 1:,})" if state.first_input else ""
     out = [
-        f"Seed {state.seed}: {state.next_input:,} inputs in {state.seconds / 3600:.2f} h of wall time over "
-        f"{state.sessions} session(s), {rate:.1f} inputs/s (1 worker, `nice -n 19`).",
+        f"Seed {state.seed}: {state.inputs_run:,} inputs{span} in {state.seconds / 3600:.2f} h of wall time "
+        f"over {state.sessions} session(s), {rate:.1f} inputs/s (1 worker, `nice -n 19`).",
         "",
         "By target and ending (exit code, signal or timeout):",
         "",

@@ -33,6 +33,7 @@ class State:
 
     seed: int
     next_input: int = 0
+    first_input: int = 0  # a campaign continued from a lost state starts here (`--first-input`)
     seconds: float = 0.0  # wall-clock time spent running inputs, over every session
     sessions: int = 0
     by_target: dict[str, int] = field(default_factory=dict)
@@ -44,14 +45,20 @@ class State:
     classes: dict[str, CrashClass] = field(default_factory=dict)
 
     @staticmethod
-    def load(path: Path, seed: int) -> State:
-        """The state at `path`, or a fresh one for `seed`; a different seed starts afresh."""
+    def load(path: Path, seed: int, first_input: int = 0) -> State:
+        """The state at `path`, or a fresh one for `seed` starting at `first_input`; a different seed
+        starts afresh."""
         if path.exists():
             raw = json.loads(path.read_text())
             if raw.get("seed") == seed:
                 raw["classes"] = {k: CrashClass(**v) for k, v in raw.get("classes", {}).items()}
                 return State(**raw)
-        return State(seed=seed)
+        return State(seed=seed, next_input=first_input, first_input=first_input)
+
+    @property
+    def inputs_run(self) -> int:
+        """Inputs this state has counted (fewer than `next_input` when it began at `first_input`)."""
+        return self.next_input - self.first_input
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -31,3 +31,16 @@ def test_a_campaign_counts_every_input_and_resumes_where_it_stopped(tmp_path: Pa
     assert saved["peak_rss_kib"] > 0 and len(saved["slowest"]) == 5
     report = _fuzz(*common, "--report")
     assert report.returncode == 0 and "40 inputs" in report.stdout, report.stderr
+
+
+def test_a_campaign_whose_state_was_lost_continues_from_the_first_input_given(tmp_path: Path) -> None:
+    state, cases = tmp_path / "state.json", tmp_path / "cases.json"
+    common = ("--seed", "7", "--state", str(state), "--cases", str(cases), "--first-input", "500")
+    run = _fuzz(*common, "--inputs", "6")
+    assert run.returncode == 0, run.stderr
+    saved = json.loads(state.read_text())
+    assert saved["first_input"] == 500 and saved["next_input"] == 506
+    assert sum(saved["by_target"].values()) == 6
+    assert {s["input"] for s in saved["slowest"]} <= set(range(500, 506))
+    report = _fuzz(*common, "--report")
+    assert report.returncode == 0 and "6 inputs (inputs 500 to 505)" in report.stdout, report.stderr
