@@ -128,6 +128,8 @@ class Campaign:
                     break
                 item = self.make_input(state.next_input)
                 raw, outcome = self.run(item.target, item.seed, item.mutant)
+                if self.stop_requested and outcome.ended in ("signal SIGTERM", "signal SIGINT"):
+                    break  # `pkill -f` or a terminal's Ctrl-C reached the child too: run it again next time
                 state.count(item.index, item.target, outcome.ended, raw.seconds, raw.max_rss_kib)
                 if outcome.crash is not None:
                     self._crash(item, outcome)

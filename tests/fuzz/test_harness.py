@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from fuzz.corpus import REPO_ROOT
@@ -44,3 +45,25 @@ def test_a_campaign_whose_state_was_lost_continues_from_the_first_input_given(tm
     assert {s["input"] for s in saved["slowest"]} <= set(range(500, 506))
     report = _fuzz(*common, "--report")
     assert report.returncode == 0 and "6 inputs (inputs 500 to 505)" in report.stdout, report.stderr
+
+
+def test_stopping_a_campaign_with_pkill_does_not_count_the_child_it_also_killed(tmp_path: Path) -> None:
+    state, cases = tmp_path / "state.json", tmp_path / "cases.json"
+    command = [sys.executable, "-m", "fuzz", "--seed", "7", "--state", str(state), "--cases", str(cases)]
+    campaign = subprocess.Popen(
+        command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not state.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(0.5)
+        # A forked child has its parent's command line: `pkill -f` signals the input being run too.
+        subprocess.run(["pkill", "-TERM", "-f", str(state)], check=False)
+        _, stderr = campaign.communicate(timeout=TIMEOUT)
+    finally:
+        campaign.kill()
+    assert campaign.returncode == 0, stderr
+    saved = json.loads(state.read_text())
+    assert "signal SIGTERM" not in saved["by_ending"] and saved["classes"] == {}
+    assert not cases.exists()
