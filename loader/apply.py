@@ -397,7 +397,12 @@ def _apply_to_image(
         state_at = prepared.allocation.start + STATE_OFFSET
         applied = sealed_state(prepared.record, RecordState.APPLIED, seal)
         prepared_state = process.read(state_at, len(applied))
-        with wait_until_safe(process, functions, windows, image, timeout, freed) as stopped:
+        state = StateWrite(state_at, applied, prepared_state)
+        # Nothing to write in the window but the switch (no level superseded, no unwind or Wine table to
+        # link): the window's one-call check makes the switch itself when every thread passes.
+        alone = old is None and registered is None and prepared.record.unwind is None
+        fused = switch.fused(process, state) if alone and prepared.record.wine_unwind is None else None
+        with wait_until_safe(process, functions, windows, image, timeout, freed, fused) as stopped:
             # STEP 5 (the threads are stopped): the sites still hold what was read before the stop, then
             # every jump, checked, then the record marked applied. An exception undoes it all.
             if old is not None:
@@ -418,7 +423,7 @@ def _apply_to_image(
                 for address, word in registered.original_words():
                     stopped.write(address, word)
             # The sites, then the record marked applied (one helper call on the one-page path).
-            method = switch.run(stopped, RACED, StateWrite(state_at, applied, prepared_state))
+            method = switch.run(stopped, RACED, state)
             stopped.mark("switch")
         pause = stopped.pause
     except BaseException:

@@ -29,6 +29,7 @@ from hpkg.loader.inject import Injector
 from hpkg.loader.process import Process, StoppedThreads
 from hpkg.loader.procfs import RuntimeImage
 from hpkg.loader.safety import CodeRange, ThreadsBusy, stop_when_safe
+from hpkg.loader.window_check import SpanSwitch
 from hpkg.loader.wine_threads import WindowsThreads
 
 DEFAULT_TIMEOUT = 5.0
@@ -251,16 +252,19 @@ def wait_until_safe(
     image: RuntimeImage,
     timeout: float,
     freed: Sequence[CodeRange] = (),
+    fused: SpanSwitch | None = None,
 ) -> Iterator[StoppedThreads]:
     """Hold every thread stopped at a safe moment for the switch; UnsafeNow (exit 4) at the deadline.
 
-    `freed` is memory the caller frees right after: no register or stack word may point into it.
+    `freed` is memory the caller frees right after: no register or stack word may point into it. `fused`
+    is the caller's one-page switch when nothing else is written in the window: the check makes it
+    (safety.stop_when_safe), and the switch's `run` reports its outcome.
     """
     # A PE image runs under Wine: each Windows thread is checked by its frames, walked by UNWIND_INFO.
     wine = WindowsThreads(process) if not image.elf_type else None
     try:
         with stop_when_safe(
-            process, replaced, windows, timeout=timeout, pointer_ranges=freed, wine=wine
+            process, replaced, windows, timeout=timeout, pointer_ranges=freed, wine=wine, fused=fused
         ) as stopped:
             yield stopped
     except ThreadsBusy as busy:

@@ -282,6 +282,8 @@ class StoppedThreads:
     on_held: Callable[[int], None] | None = None
     attempts: int = 1  # stops made to find a safe moment, this one included (stop_when_safe)
     stopped_before: float = 0.0  # seconds the earlier, unsafe attempts held the threads stopped
+    # (switch, outcome, errno) of a one-page switch the window's one-call check made (loader/window_check.py).
+    switched: tuple[object, int, int] | None = None
     # (step, perf_counter at its end) inside the window, for the bench's breakdown (`window_steps`).
     marks: list[tuple[str, float]] = field(default_factory=list)
     _seized: set[int] = field(default_factory=set)

@@ -279,6 +279,18 @@ class RegisterFile:
         self.tids.clear()
         self.slot_of.clear()
 
+    def reserve(self, capacity: int) -> None:
+        """Room for `capacity` slots (the recorded ones kept)."""
+        if capacity > self._capacity:
+            self._allocate(capacity)
+
+    def adopt(self, tids: list[int]) -> RegisterFile:
+        """Take slots 0 .. len(tids) - 1 as read for `tids`, in that order (the window's one-call check
+        read them there); the file itself."""
+        self.tids = list(tids)
+        self.slot_of = {tid: slot for slot, tid in enumerate(tids)}
+        return self
+
     def record(self, tid: int) -> int:
         """Read a stopped thread's registers into the next slot; the slot."""
         slot = len(self.tids)

@@ -269,7 +269,11 @@ def _revert_stack(
     switch = prepare_switch(process, writes, checked, switch_table(top), image)
     if _sites_in(switch, stack) != restore:
         raise IncompatibleTarget("patch sites changed while hpkg prepared the revert; none reverted")
-    with wait_until_safe(process, new_code, windows, image, timeout, freed) as stopped:
+    # Nothing to write in the window but the sites (no unwind or Wine table to unlink): the window's
+    # one-call check makes the switch itself when every thread passes.
+    alone = all(r.unwind is None and r.wine_unwind is None for r in stack)
+    fused = switch.fused(process) if alone else None
+    with wait_until_safe(process, new_code, windows, image, timeout, freed, fused) as stopped:
         # STEP 5 (the threads are stopped): ld.so's record first, so the unwinder stops looking in the
         # package before its code goes away; then the sites, still holding what was read before the
         # stop, get their pre-images back, checked. An exception undoes it all.

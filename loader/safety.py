@@ -22,14 +22,17 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from hpkg.errors import UnsafeNow
+from hpkg.loader import thread_scan
 from hpkg.loader.interrupts import raise_if_interrupted
 from hpkg.loader.process import DEFAULT_STOP_TIMEOUT, Process, StoppedThreads
 from hpkg.loader.ptrace import RegisterFile
 from hpkg.loader.thread_scan import Snapshot, ThreadScan, find_words
+from hpkg.loader.window_check import SAFE, STEP_BY_STEP, UNSAFE, OneCallCheck, SpanSwitch
+from hpkg.loader.window_native import VERDICT_INSTRUCTION, VERDICT_REGISTER, VERDICT_UNREADABLE
 from hpkg.loader.wine_threads import Kind, WindowsThreads
 
 DEFAULT_STACK_SCAN_LIMIT = 1 << 20  # bytes scanned above rsp per thread
@@ -143,6 +146,32 @@ def check_threads(
     scan_stacks = bool(replaced or pointer_ranges)
     snapshot = scan.snapshot(stopped, stack_scan_limit, scan_stacks)
     stopped.mark("stacks")
+    frames = None
+    if scan_stacks and wine is not None:
+
+        def frames(per_thread: dict[int, list[Offender]]) -> tuple[set[int], set[int]]:
+            found = _check_windows_frames(snapshot, wine, stack_scan_limit, replaced, patch_windows,
+                                          per_thread)  # fmt: skip
+            stopped.mark("windows frames")
+            return found
+
+    report = analyse(snapshot, replaced, patch_windows, pointer_ranges, scan_stacks, frames)
+    stopped.mark("check")
+    return report
+
+
+def analyse(
+    snapshot: Snapshot,
+    replaced: Sequence[CodeRange],
+    patch_windows: Sequence[CodeRange],
+    pointer_ranges: Sequence[CodeRange],
+    scan_stacks: bool,
+    frames: Callable[[dict[int, list[Offender]]], tuple[set[int], set[int]]] | None = None,
+) -> SafetyReport:
+    """The offenders among the threads of a snapshot: the check's verdict from what it read. `frames`
+    checks the Windows threads' frames (adding their offenders) and answers which threads it walked and
+    which of them are on their Windows stack. Reads nothing from the process: the one-call check's
+    snapshot is analysed after the threads run again."""
     per_thread: dict[int, list[Offender]] = {}
     tids, rips = snapshot.tids, snapshot.rips
     # Per range, the threads whose rip is inside it (a comparison per thread, no object unless found).
@@ -155,18 +184,14 @@ def check_threads(
         _check_registers(snapshot, pointer_ranges, per_thread)
     walked: set[int] = set()
     on_windows_stack: set[int] = set()
-    if scan_stacks and wine is not None:
-        walked, on_windows_stack = _check_windows_frames(
-            snapshot, wine, stack_scan_limit, replaced, patch_windows, per_thread
-        )
-        stopped.mark("windows frames")
+    if frames is not None:
+        walked, on_windows_stack = frames(per_thread)
     if scan_stacks:
         for index in snapshot.unreadable():
             offender = Offender(tids[index], "(unreadable stack)", "stack pointer", snapshot.rsps[index])
             per_thread.setdefault(index, []).append(offender)
         _check_stacks(snapshot, replaced, pointer_ranges, per_thread, walked, on_windows_stack)
     offenders = tuple(o for index in sorted(per_thread) for o in per_thread[index])
-    stopped.mark("check")
     return SafetyReport(offenders, len(tids))
 
 
@@ -307,6 +332,7 @@ def stop_when_safe(
     stack_scan_limit: int = DEFAULT_STACK_SCAN_LIMIT,
     pointer_ranges: Sequence[CodeRange] = (),
     wine: WindowsThreads | None = None,
+    fused: SpanSwitch | None = None,
 ) -> Iterator[StoppedThreads]:
     """Stop all threads at a moment when the check passes and hold them for the caller's switch.
 
@@ -315,13 +341,18 @@ def stop_when_safe(
     stop when longer. At the deadline it raises ThreadsBusy naming each offending thread and function,
     marking those present in every attempt, with the count of attempts and the stopped time in all.
     The held threads carry `attempts` and `stopped_before` (seconds stopped by the failed attempts).
+
+    With the window's helper, the check is one call (loader/window_check.py) and `fused`, the caller's
+    one-page switch when it has nothing else to write in the window, is made by that call when every
+    thread passes (its outcome in the held threads' `switched`, which the switch's `run` reports).
     """
     deadline = time.monotonic() + timeout
     # Set up while the process runs: maps opened and read, register array and stack buffer allocated.
     scan = ThreadScan(process.pid, len(process.threads()))
     with contextlib.closing(scan):
+        one_call = _one_call(scan, replaced, patch_windows, pointer_ranges, stack_scan_limit, fused, wine)
         yield from _stop_when_safe(process, scan, replaced, patch_windows, deadline, retry_interval,
-                                   stack_scan_limit, pointer_ranges, wine)
+                                   stack_scan_limit, pointer_ranges, wine, one_call)
 
 
 def _stop_when_safe(
@@ -334,6 +365,7 @@ def _stop_when_safe(
     stack_scan_limit: int,
     pointer_ranges: Sequence[CodeRange],
     wine: WindowsThreads | None,
+    one_call: OneCallCheck | None,
 ) -> Iterator[StoppedThreads]:
     persistent: frozenset[tuple[int, str]] | None = None
     found: dict[tuple[str, str], int] = {}
@@ -349,13 +381,18 @@ def _stop_when_safe(
             threads.on_held = scan.hand_over
             threads.stop(DEFAULT_STOP_TIMEOUT)
             threads.on_held = None
-            report = check_threads(threads, replaced, patch_windows, stack_scan_limit, pointer_ranges, scan,
-                                   wine)  # fmt: skip
-            if report.safe:
+            verdict = one_call.run(threads) if one_call is not None else STEP_BY_STEP
+            if verdict == STEP_BY_STEP:
+                report = check_threads(threads, replaced, patch_windows, stack_scan_limit, pointer_ranges,
+                                       scan, wine)  # fmt: skip
+            if verdict == SAFE or (verdict == STEP_BY_STEP and report.safe):
                 threads.attempts = attempts
                 threads.stopped_before = stopped_seconds
                 yield threads
                 return
+        if verdict == UNSAFE:  # decoded now that the threads run again
+            assert one_call is not None
+            report = _decoded(one_call, replaced, patch_windows, pointer_ranges)
         stopped_seconds += threads.pause
         for key in {(o.range_name, o.kind) for o in report.offenders}:
             found[key] = found.get(key, 0) + 1
@@ -375,3 +412,50 @@ def _stop_when_safe(
                 tuple((name, kind, count) for (name, kind), count in sorted(found.items())),
             )
         time.sleep(wait)
+
+
+def _one_call(
+    scan: ThreadScan,
+    replaced: Sequence[CodeRange],
+    patch_windows: Sequence[CodeRange],
+    pointer_ranges: Sequence[CodeRange],
+    stack_limit: int,
+    fused: SpanSwitch | None,
+    wine: WindowsThreads | None,
+) -> OneCallCheck | None:
+    """The one-call check of these ranges, when the helper is built and the kernel answers PROCMAP_QUERY;
+    None for the step-by-step path (also for Windows threads, whose frames are walked in Python, and for
+    a check with no range, which reads no stack)."""
+    helper = thread_scan.HELPER
+    if helper is None or wine is not None or not scan.maps_reader.queryable:
+        return None
+    if not (replaced or pointer_ranges):
+        return None
+    ip = [(c.start, c.end) for c in (*patch_windows, *replaced) if c.start < c.end]
+    registers = [(c.start, c.end) for c in pointer_ranges if c.start < c.end]
+    words = [(low, high) for low, high in _covering([*replaced, *pointer_ranges]) if low < high]
+    return OneCallCheck(helper, scan, ip, registers, words, stack_limit, fused)
+
+
+def _decoded(
+    one_call: OneCallCheck,
+    replaced: Sequence[CodeRange],
+    patch_windows: Sequence[CodeRange],
+    pointer_ranges: Sequence[CodeRange],
+) -> SafetyReport:
+    """The offenders of an unsafe one-call check, from what it read: the step-by-step analysis of its
+    snapshot. A thread the call found unsafe stays an offender even if the analysis named nothing (they
+    test the same things; never take a disagreement for safety)."""
+    snapshot = one_call.snapshot()
+    report = analyse(snapshot, replaced, patch_windows, pointer_ranges, scan_stacks=True)
+    named = {o.tid for o in report.offenders}
+    extra = []
+    for index, bits in enumerate(one_call.verdicts()):
+        tid = snapshot.tids[index]
+        if bits and tid not in named:
+            kind = "stack word"
+            for bit, name in ((VERDICT_UNREADABLE, "stack pointer"), (VERDICT_REGISTER, "register"),
+                              (VERDICT_INSTRUCTION, "instruction pointer")):  # fmt: skip
+                kind = name if bits & bit else kind
+            extra.append(Offender(tid, "(found by the window's check)", kind, snapshot.rips[index]))
+    return SafetyReport(report.offenders + tuple(extra), report.threads_checked) if extra else report

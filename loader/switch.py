@@ -40,6 +40,7 @@ from hpkg.loader.inject import GADGET_SIZE, PROT_EXEC, PROT_READ, PROT_WRITE, In
 from hpkg.loader.process import Process, StoppedThreads
 from hpkg.loader.procfs import PAGE_SIZE, RuntimeImage, page_up
 from hpkg.loader.record import PatchRecord, encoded_size
+from hpkg.loader.window_check import SpanSwitch, journal_switch
 from hpkg.loader.window_native import (
     SWITCH_CHANGED,
     SWITCH_DONE,
@@ -162,6 +163,9 @@ class PreparedSwitch:
         TargetError when a write did not stick. Every write is journaled in `stopped`, so an exception
         before the hold ends undoes it. With the window's helper the one-page path is one call.
         """
+        if stopped.switched is not None and stopped.switched[0] is self:  # made by the window's check
+            _owner, outcome, error = stopped.switched
+            return self._settle(stopped.process, outcome, error, changed, state)
         helper = thread_scan.HELPER
         if helper is not None and self.span is not None and self.writes:
             return self._run_native(helper, stopped, changed, state)
@@ -171,35 +175,50 @@ class PreparedSwitch:
             stopped.process.write(state.address, state.data)
         return method
 
+    def fused(self, process: Process, state: StateWrite | None = None) -> SpanSwitch | None:
+        """This switch (with the record's `state` word) as the window's one-call check makes it when every
+        thread passes; None off the one-page path, which the check cannot make. Call before the stop; pass
+        it to `stop_when_safe` only when nothing else is written in the window before the switch."""
+        if thread_scan.HELPER is None or self.span is None or not self.writes:
+            return None
+        if state is None:
+            return SpanSwitch(self, process.mem_descriptor(), self.span[0], self.before, self.after)
+        return SpanSwitch(self, process.mem_descriptor(), self.span[0], self.before, self.after,
+                          state.address, state.data, state.before)  # fmt: skip
+
     def _run_native(
         self, helper: WindowHelper, stopped: StoppedThreads, changed: str, state: StateWrite | None
     ) -> str:
         """The one-page path as one helper call (compare, pwrite, read back, state word): no Python between
         the system calls; the outcomes raise what the Python path raises."""
+        span = self.fused(stopped.process, state)
+        assert span is not None
+        scratch = ctypes.create_string_buffer(len(span.before))
+        outcome, error = helper.switch_span(span.mem_fd, span.address, span.before, span.after,
+                                            span.state_address, span.state, scratch)  # fmt: skip
+        journal_switch(stopped, outcome, span)
+        return self._settle(stopped.process, outcome, error, changed, state)
+
+    def _settle(
+        self, process: Process, outcome: int, error: int, changed: str, state: StateWrite | None
+    ) -> str:
+        """The method, when the helper's switch was made; else what the Python path raises for the same
+        failure (what it wrote is journaled already)."""
         assert self.span is not None
-        process, (start, end) = stopped.process, self.span
-        scratch = ctypes.create_string_buffer(end - start)
-        state_address, state_data = (state.address, state.data) if state is not None else (0, b"")
-        outcome, error = helper.switch_span(process.mem_descriptor(), start, self.before, self.after,
-                                            state_address, state_data, scratch)  # fmt: skip
+        start, end = self.span
         if outcome == SWITCH_DONE:
-            stopped.remember(start, self.before)
-            if state is not None:
-                stopped.remember(state.address, state.before)
             return self.method
         if outcome == SWITCH_CHANGED:
             raise IncompatibleTarget(changed, self._differences(process))
         if outcome == SWITCH_UNREAD:
             raise TargetError(f"cannot read {end - start} bytes at {start:#x} in process {process.pid}"
                               f"{_reason(error)}")  # fmt: skip
-        stopped.remember(start, self.before)  # written, or maybe written: the release undoes it
         if outcome == SWITCH_WRITE_FAILED:
             raise TargetError(f"cannot write {end - start} bytes at {start:#x} in process {process.pid}"
                               f"{_reason(error)}")  # fmt: skip
         if outcome == SWITCH_NOT_STUCK:
             raise TargetError(f"the switch at {start:#x} in process {process.pid} did not stick")
         assert state is not None
-        stopped.remember(state.address, state.before)
         where = f"{len(state.data)} bytes at {state.address:#x} in process {process.pid}"
         raise TargetError(f"cannot write {where}{_reason(error)}")
 

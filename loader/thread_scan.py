@@ -310,6 +310,13 @@ class ThreadScan:
     def close(self) -> None:
         self.maps_reader.close()
 
+    def stack_buffer(self, size: int = 0) -> tuple[bytearray, int]:
+        """The stack buffer (grown to at least `size` bytes, its pages touched) and its address."""
+        if size > len(self._buffer):
+            self._buffer = _touched(size)
+            self._buffer_address = _address_of(self._buffer)
+        return self._buffer, self._buffer_address
+
     def snapshot(self, stopped: StoppedThreads, stack_limit: int, with_stacks: bool) -> Snapshot:
         """Every held thread's rip and rsp (registers read at its stop, or now) and, with `with_stacks`,
         its stack from rsp to the end of its mapping (at most `stack_limit` bytes)."""

@@ -7,6 +7,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <stddef.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <string.h>
@@ -14,6 +15,7 @@
 #include <sys/ptrace.h>
 #include <sys/types.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <sys/user.h>
 #include <unistd.h>
 
@@ -303,4 +305,190 @@ long hpkg_switch_span(int mem_fd, uint64_t address, const uint8_t *before, const
     if (state_length > 0 && !write_all(mem_fd, state, state_length, state_address))
         return SWITCH_STATE_FAILED;
     return SWITCH_DONE;
+}
+
+/* The whole check inside the window, and the one-page switch when it passes, as one call
+ * (loader/window_check.py prepares the block before the stop and decodes it). Per held thread: its
+ * registers (PTRACE_GETREGS into its slot), its stack placed by PROCMAP_QUERY, every stack read by one
+ * process_vm_readv, then the tests the Python check makes, in the same terms: the instruction pointer
+ * against every patch-site window and replaced function (`ip_ranges`), the general registers rax..r15
+ * against the memory about to be freed (`register_ranges`), every stack word against the union of the
+ * replaced functions and that memory (`word_ranges`, sorted and disjoint), and a stack that cannot be
+ * read is never safe. Only when every thread passes is the switch made (hpkg_switch_span, same order and
+ * checks). No Python runs between these system calls, and nothing is written unless all threads pass.
+ *
+ * Anything off the usual path (a register read failing, a kernel without PROCMAP_QUERY, a buffer too
+ * small, a stack read falling short) returns at once without writing, and the caller does the check
+ * its own way, which knows how to report or recover from each of them. The fields are 64-bit words so
+ * that the ctypes mirror needs no padding rules. */
+struct hpkg_window {
+    /* set before the stop */
+    int64_t pid;
+    int64_t maps_fd; /* /proc/PID/maps, for PROCMAP_QUERY */
+    int64_t mem_fd;  /* /proc/PID/mem, for the switch */
+    uint64_t stack_limit;
+    int64_t parallel_bytes; /* stacks of at least this many bytes in all are read in two halves at once */
+    struct user_regs_struct *slots;
+    int64_t *place_start, *place_end;
+    uint64_t *remote; /* (address, length) pairs: the located stacks */
+    uint64_t *local;  /* (address, length) pairs: where each lands in `buffer` */
+    uint8_t *buffer;
+    int64_t buffer_size;
+    const uint64_t *ip_ranges; /* [start, end) pairs */
+    int64_t ip_count;
+    const uint64_t *register_ranges;
+    int64_t register_count;
+    const uint64_t *word_ranges; /* sorted, disjoint */
+    int64_t word_count;
+    /* the switch: span_length 0 for none */
+    uint64_t span_address;
+    const uint8_t *before, *after;
+    int64_t span_length;
+    uint64_t state_address;
+    const uint8_t *state;
+    int64_t state_length;
+    uint8_t *scratch;
+    /* set in the window, before the call */
+    const int32_t *tids;
+    int64_t count;
+    /* out */
+    uint8_t *verdict;       /* per thread: the VERDICT_* bits found (0: safe) */
+    int64_t used;           /* stack bytes placed (read, unless WINDOW_ROOM) */
+    int64_t failed;         /* WINDOW_REGISTERS: the thread whose registers could not be read */
+    int64_t switch_outcome; /* SWITCH_*, when the switch was made */
+    int64_t switch_errno;
+    int64_t ended[4]; /* CLOCK_MONOTONIC ns at the end of each step: registers, places, stacks, tests */
+};
+
+enum {
+    WINDOW_SAFE = 0,      /* every thread passed; the switch was made when asked (its outcome set) */
+    WINDOW_UNSAFE = 1,    /* some thread did not pass (its verdict bits); nothing written */
+    WINDOW_REGISTERS = 2, /* PTRACE_GETREGS of tids[failed] failed (errno) */
+    WINDOW_NO_QUERY = 3,  /* PROCMAP_QUERY unanswered (before Linux 6.11) */
+    WINDOW_ROOM = 4,      /* the stacks need `used` bytes, more than the buffer holds */
+    WINDOW_STACKS = 5,    /* a stack read fell short */
+};
+
+enum {
+    VERDICT_INSTRUCTION = 1, /* rip in a patch-site window or a replaced function */
+    VERDICT_REGISTER = 2,    /* a general register into memory about to be freed */
+    VERDICT_UNREADABLE = 4,  /* rsp in no readable mapping */
+    VERDICT_STACK_WORD = 8,  /* a stack word into a replaced function or that memory */
+};
+
+static int64_t now_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t); /* the vDSO: no system call */
+    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+static int in_any(uint64_t value, const uint64_t *ranges, int64_t count)
+{
+    for (int64_t i = 0; i < count; i++) {
+        if (value - ranges[2 * i] < ranges[2 * i + 1] - ranges[2 * i])
+            return 1;
+    }
+    return 0;
+}
+
+/* Whether some 8-aligned word of words[0:n] lies in one of the sorted, disjoint ranges: one compare per
+ * word against their hull, a binary search only for a word inside it (rare: stacks hold small numbers
+ * and stack and library addresses, the ranges are a few functions). */
+static int any_word_in(const uint64_t *words, long n, const uint64_t *ranges, int64_t count)
+{
+    uint64_t low = ranges[0], span = ranges[2 * count - 1] - low;
+    for (long i = 0; i < n; i++) {
+        uint64_t word = words[i];
+        if (__builtin_expect(word - low < span, 0)) {
+            int64_t lo = 0, hi = count; /* the first range starting above the word */
+            while (lo < hi) {
+                int64_t mid = lo + (hi - lo) / 2;
+                if (ranges[2 * mid] <= word)
+                    lo = mid + 1;
+                else
+                    hi = mid;
+            }
+            if (lo > 0 && word < ranges[2 * (lo - 1) + 1])
+                return 1;
+        }
+    }
+    return 0;
+}
+
+long hpkg_window_check(struct hpkg_window *w)
+{
+    long count = (long)w->count;
+    const long rip = offsetof(struct user_regs_struct, rip) / 8, rsp = offsetof(struct user_regs_struct, rsp) / 8;
+    const long general = offsetof(struct user_regs_struct, orig_rax) / 8; /* r15 .. rdi: words 0 to 14 */
+    for (long i = 0; i < count; i++) {
+        if (ptrace(PTRACE_GETREGS, w->tids[i], 0, &w->slots[i]) == -1) {
+            w->failed = i;
+            return WINDOW_REGISTERS;
+        }
+    }
+    w->ended[0] = now_ns();
+    long total = 0, located = 0;
+    for (long i = 0; i < count; i++) {
+        uint64_t sp = ((const uint64_t *)&w->slots[i])[rsp];
+        struct procmap_query query = {.size = sizeof query, .query_addr = sp};
+        if (ioctl((int)w->maps_fd, PROCMAP_QUERY, &query) == -1) {
+            if (errno != ENOENT)
+                return WINDOW_NO_QUERY;
+            w->place_start[i] = w->place_end[i] = -1;
+            continue;
+        }
+        if (!(query.vma_flags & PROCMAP_QUERY_VMA_READABLE) || sp < query.vma_start || sp >= query.vma_end) {
+            w->place_start[i] = w->place_end[i] = -1;
+            continue;
+        }
+        total = place_stack(i, sp, query.vma_end, w->stack_limit, total, located++, w->place_start,
+                            w->place_end, w->remote);
+    }
+    w->used = total;
+    w->ended[1] = now_ns();
+    if (total > w->buffer_size)
+        return WINDOW_ROOM;
+    for (long k = 0, at = 0; k < located; k++) {
+        w->local[2 * k] = (uint64_t)(uintptr_t)(w->buffer + at);
+        w->local[2 * k + 1] = w->remote[2 * k + 1];
+        at += (long)w->remote[2 * k + 1];
+    }
+    if (located > 0 &&
+        !hpkg_read_stacks((int)w->pid, (const struct iovec *)w->local, (const struct iovec *)w->remote,
+                          located, total, total >= w->parallel_bytes))
+        return WINDOW_STACKS;
+    w->ended[2] = now_ns();
+    long unsafe = 0;
+    for (long i = 0; i < count; i++) {
+        const uint64_t *regs = (const uint64_t *)&w->slots[i];
+        uint8_t found = 0;
+        if (in_any(regs[rip], w->ip_ranges, w->ip_count))
+            found |= VERDICT_INSTRUCTION;
+        for (long r = 0; r < general && w->register_count > 0; r++) {
+            if (in_any(regs[r], w->register_ranges, w->register_count)) {
+                found |= VERDICT_REGISTER;
+                break;
+            }
+        }
+        if (w->place_start[i] < 0)
+            found |= VERDICT_UNREADABLE;
+        else if (w->word_count > 0 &&
+                 any_word_in((const uint64_t *)(w->buffer + w->place_start[i]),
+                             (long)(w->place_end[i] - w->place_start[i]) / 8, w->word_ranges, w->word_count))
+            found |= VERDICT_STACK_WORD;
+        w->verdict[i] = found;
+        unsafe += found != 0;
+    }
+    w->ended[3] = now_ns();
+    if (unsafe)
+        return WINDOW_UNSAFE;
+    if (w->span_length > 0) {
+        errno = 0;
+        w->switch_outcome = hpkg_switch_span((int)w->mem_fd, w->span_address, w->before, w->after,
+                                             (long)w->span_length, w->state_address, w->state,
+                                             (long)w->state_length, w->scratch);
+        w->switch_errno = errno;
+    }
+    return WINDOW_SAFE;
 }

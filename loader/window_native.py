@@ -24,10 +24,33 @@ DISABLE_VARIABLE = "HPKG_NO_WINDOW_HELPER"
 # The outcomes of `WindowHelper.switch_span` (window_helper.c's enum).
 (SWITCH_DONE, SWITCH_CHANGED, SWITCH_UNREAD, SWITCH_WRITE_FAILED, SWITCH_NOT_STUCK,
  SWITCH_STATE_FAILED) = range(6)
+# The outcomes of `WindowHelper.window_check` and the bits of its per-thread verdict (window_helper.c).
+WINDOW_SAFE, WINDOW_UNSAFE, WINDOW_REGISTERS, WINDOW_NO_QUERY, WINDOW_ROOM, WINDOW_STACKS = range(6)
+VERDICT_INSTRUCTION, VERDICT_REGISTER, VERDICT_UNREADABLE, VERDICT_STACK_WORD = 1, 2, 4, 8
 
 _ADDRESS = ctypes.c_void_p
 _LONG = ctypes.c_long
 _U64 = ctypes.c_uint64
+
+
+class WindowBlock(ctypes.Structure):
+    """struct hpkg_window of window_helper.c: the one-call check's inputs, set before the stop (the tids
+    and their count in the window), and its outputs. Every field is a 64-bit word or a pointer."""
+
+    _fields_ = [
+        ("pid", ctypes.c_int64), ("maps_fd", ctypes.c_int64), ("mem_fd", ctypes.c_int64),
+        ("stack_limit", _U64), ("parallel_bytes", ctypes.c_int64),
+        ("slots", _ADDRESS), ("place_start", _ADDRESS), ("place_end", _ADDRESS), ("remote", _ADDRESS),
+        ("local", _ADDRESS), ("buffer", _ADDRESS), ("buffer_size", ctypes.c_int64),
+        ("ip_ranges", _ADDRESS), ("ip_count", ctypes.c_int64),
+        ("register_ranges", _ADDRESS), ("register_count", ctypes.c_int64),
+        ("word_ranges", _ADDRESS), ("word_count", ctypes.c_int64),
+        ("span_address", _U64), ("before", _ADDRESS), ("after", _ADDRESS), ("span_length", ctypes.c_int64),
+        ("state_address", _U64), ("state", _ADDRESS), ("state_length", ctypes.c_int64), ("scratch", _ADDRESS),
+        ("tids", _ADDRESS), ("count", ctypes.c_int64),
+        ("verdict", _ADDRESS), ("used", ctypes.c_int64), ("failed", ctypes.c_int64),
+        ("switch_outcome", ctypes.c_int64), ("switch_errno", ctypes.c_int64), ("ended", ctypes.c_int64 * 4),
+    ]  # fmt: skip
 
 
 class WindowHelper:
@@ -57,6 +80,9 @@ class WindowHelper:
         self._read_stacks = library.hpkg_read_stacks
         self._read_stacks.restype = _LONG
         self._read_stacks.argtypes = [ctypes.c_int, _ADDRESS, _ADDRESS, _LONG, _LONG, ctypes.c_int]
+        self._window_check = library.hpkg_window_check
+        self._window_check.restype = _LONG
+        self._window_check.argtypes = [ctypes.POINTER(WindowBlock)]
         self._find_words = library.hpkg_find_words
         self._find_words.restype = _LONG
         self._find_words.argtypes = [_ADDRESS, _LONG, _U64, _U64, _ADDRESS, _LONG]
@@ -139,6 +165,11 @@ class WindowHelper:
         outcome = self._switch_span(mem_fd, address, before, after, len(before), state_address, state,
                                     len(state), ctypes.addressof(scratch))  # fmt: skip
         return outcome, ctypes.get_errno()
+
+    def window_check(self, block: WindowBlock) -> int:
+        """The whole in-window check of `block`'s threads, and its switch when every one passes: one of
+        the WINDOW_* outcomes (window_helper.c says what each leaves in the block)."""
+        return self._window_check(block)
 
     def find_words(self, buffer_address: int, size: int, low: int, high: int) -> array:
         """Byte offsets (array of 'q') of every 8-aligned word of the buffer in [low, high), in order."""

@@ -1,0 +1,190 @@
+"""The safety check and the one-page switch inside the window as one call of the C helper.
+
+Everything the call needs is laid out before the stop (`OneCallCheck`): the ranges to test as arrays
+of 64-bit words, the register slots, stack buffer and iovec arrays, the switch's bytes, all pointed to
+by one `WindowBlock`. Inside the window Python only writes the held tids into it and makes the call:
+every thread's registers, each stack's mapping (PROCMAP_QUERY), one process_vm_readv of every stack,
+the same tests as loader/safety.py's check (instruction pointer, general registers, every stack word,
+an unreadable stack) and, only when every thread passes, the switch — no Python between the system
+calls, where the step-by-step path ran about eight ctypes calls and the Python between them cold at
+every stop (bench/RESULTS.md, issue 15, fifth round).
+
+The call answers with a compact verdict: safe (the switch made, its outcome kept for
+`PreparedSwitch.run`), or unsafe with a bit per thread saying what it found. The offenders' names,
+addresses and kinds are then decoded in Python from the registers and stacks the call read, after
+the threads run again (`snapshot`, analysed by loader/safety.py's own code). Anything off the usual
+path (a register read failing, a kernel without PROCMAP_QUERY, stacks larger than the buffer, a stack
+read falling short) makes the call return before writing anything, and the step-by-step path does
+the check, since it knows how to recover from or report each of those.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from array import array
+from dataclasses import dataclass
+
+from hpkg.loader import thread_scan
+from hpkg.loader.process import StoppedThreads
+from hpkg.loader.thread_scan import Snapshot, ThreadScan
+from hpkg.loader.window_native import (
+    SWITCH_CHANGED,
+    SWITCH_DONE,
+    SWITCH_STATE_FAILED,
+    SWITCH_UNREAD,
+    WINDOW_NO_QUERY,
+    WINDOW_ROOM,
+    WINDOW_SAFE,
+    WINDOW_UNSAFE,
+    WindowBlock,
+    WindowHelper,
+)
+
+# What `OneCallCheck.run` answers.
+SAFE, UNSAFE, STEP_BY_STEP = "safe", "unsafe", "step by step"
+
+
+@dataclass(frozen=True)
+class SpanSwitch:
+    """The one-page switch the call makes when every thread passes (switch.PreparedSwitch.fused): the span
+    [address, address + len(before)) compared with `before` and written with `after`, then `state` written
+    at `state_address` (when not empty) over `state_before`. `owner` is the PreparedSwitch, whose `run`
+    then reports the outcome instead of switching again."""
+
+    owner: object
+    mem_fd: int
+    address: int
+    before: bytes
+    after: bytes
+    state_address: int = 0
+    state: bytes = b""
+    state_before: bytes = b""
+
+
+def journal_switch(stopped: StoppedThreads, outcome: int, switch: SpanSwitch) -> None:
+    """Journal what a helper's switch (may have) overwritten, so that leaving the hold on an exception
+    undoes it: nothing when the span was found changed or unreadable (nothing written), the span
+    otherwise, and the state word when it was written or its write failed."""
+    if outcome in (SWITCH_CHANGED, SWITCH_UNREAD):
+        return
+    stopped.remember(switch.address, switch.before)
+    if switch.state and outcome in (SWITCH_DONE, SWITCH_STATE_FAILED):
+        stopped.remember(switch.state_address, switch.state_before)
+
+
+def _words(pairs: list[tuple[int, int]]) -> array:
+    """[start, end) pairs as consecutive 64-bit words (an empty array holds one word, so that its address
+    is valid)."""
+    return array("Q", [word for pair in pairs for word in pair] or [0])
+
+
+class OneCallCheck:
+    """The block of one `stop_when_safe`, reused by every attempt: ranges, arrays and switch set up once.
+
+    `ip_ranges` are tested against each instruction pointer, `register_ranges` against the general
+    registers, `word_ranges` (sorted, disjoint) against every stack word.
+    """
+
+    def __init__(
+        self,
+        helper: WindowHelper,
+        scan: ThreadScan,
+        ip_ranges: list[tuple[int, int]],
+        register_ranges: list[tuple[int, int]],
+        word_ranges: list[tuple[int, int]],
+        stack_limit: int,
+        switch: SpanSwitch | None = None,
+    ) -> None:
+        self._helper, self._scan, self.switch = helper, scan, switch
+        self._ranges = (_words(ip_ranges), _words(register_ranges), _words(word_ranges))
+        block = self.block = WindowBlock()
+        block.pid, block.maps_fd = scan.pid, scan.maps_reader.fd
+        block.stack_limit, block.parallel_bytes = stack_limit, thread_scan.PARALLEL_BYTES
+        block.ip_ranges, block.ip_count = self._ranges[0].buffer_info()[0], len(ip_ranges)
+        block.register_ranges, block.register_count = self._ranges[1].buffer_info()[0], len(register_ranges)
+        block.word_ranges, block.word_count = self._ranges[2].buffer_info()[0], len(word_ranges)
+        if switch is not None:
+            self._scratch = ctypes.create_string_buffer(len(switch.before))
+            block.mem_fd, block.span_address = switch.mem_fd, switch.address
+            block.span_length = len(switch.before)
+            block.before, block.after = _address_of_bytes(switch.before), _address_of_bytes(switch.after)
+            block.state_address, block.state_length = switch.state_address, len(switch.state)
+            block.state = _address_of_bytes(switch.state) if switch.state else None
+            block.scratch = ctypes.addressof(self._scratch)
+        self._pointer = ctypes.byref(block)
+        self._capacity = 0
+        self._tids = array("i")
+        self._reserve(max(len(scan.registers.tids), 1))
+        self._reserve_buffer()
+
+    def _reserve(self, count: int) -> None:
+        """Room for `count` threads in every per-thread array (and the register file)."""
+        if count <= self._capacity:
+            return
+        capacity = max(count, 2 * self._capacity, 16)
+        self._scan.registers.reserve(capacity)
+        self._places = (array("q", bytes(8 * capacity)), array("q", bytes(8 * capacity)))
+        self._iovecs = (array("Q", bytes(16 * capacity)), array("Q", bytes(16 * capacity)))
+        self._verdict = (ctypes.c_uint8 * capacity)()
+        block = self.block
+        block.place_start, block.place_end = (a.buffer_info()[0] for a in self._places)
+        block.remote, block.local = (a.buffer_info()[0] for a in self._iovecs)
+        block.verdict = ctypes.addressof(self._verdict)
+        self._capacity = capacity
+
+    def _reserve_buffer(self, size: int = 0) -> None:
+        buffer, address = self._scan.stack_buffer(size)
+        self.block.buffer, self.block.buffer_size = address, len(buffer)
+
+    def run(self, stopped: StoppedThreads) -> str:
+        """Inside the window: the check of every held thread and, when all pass, the switch. SAFE (the
+        switch made, its outcome journaled and left in `stopped.switched` for the switch's `run`), UNSAFE
+        (`snapshot` decodes it, best after the release), or STEP_BY_STEP (off the usual path: nothing
+        written, the caller checks step by step)."""
+        held = stopped.held
+        if len(held) > self._capacity:
+            self._reserve(len(held))
+        self._tids = tids = array("i", held)
+        block = self.block
+        block.tids, block.count = tids.buffer_info()[0], len(tids)
+        block.slots = self._scan.registers.address  # may move when the file grows
+        outcome = self._helper.window_check(self._pointer)
+        if outcome in (WINDOW_SAFE, WINDOW_UNSAFE):
+            ended = block.ended
+            for step, at in zip(("registers", "maps", "stacks", "check"), ended, strict=True):
+                stopped.marks.append((step, at / 1e9))  # CLOCK_MONOTONIC, as time.perf_counter on Linux
+        if outcome == WINDOW_SAFE:
+            if self.switch is not None:
+                journal_switch(stopped, block.switch_outcome, self.switch)
+                stopped.switched = (self.switch.owner, block.switch_outcome, block.switch_errno)
+            return SAFE
+        if outcome == WINDOW_UNSAFE:
+            return UNSAFE
+        if outcome == WINDOW_NO_QUERY:
+            self._scan.maps_reader.queryable = False
+        elif outcome == WINDOW_ROOM:
+            self._reserve_buffer(2 * block.used)
+        return STEP_BY_STEP
+
+    def verdicts(self) -> list[int]:
+        """The last call's verdict bits, per thread in the order of `snapshot().tids`."""
+        return list(self._verdict[: len(self._tids)])
+
+    def snapshot(self) -> Snapshot:
+        """What the last (unsafe) call read, as the step-by-step check's snapshot: valid until the next
+        attempt, so it can be decoded once the threads run again."""
+        tids = self._tids.tolist()
+        count = len(tids)
+        registers = self._scan.registers.adopt(tids)
+        words = registers.words()
+        size = registers.SLOT_WORDS
+        starts, ends = array("q", self._places[0][:count]), array("q", self._places[1][:count])
+        buffer, address = self._scan.stack_buffer()
+        rips, rsps = words[registers.RIP :: size].tolist(), words[registers.RSP :: size].tolist()
+        used = self.block.used
+        return Snapshot(tids, rips, rsps, list(range(count)), starts, ends, buffer, used, registers, address)
+
+
+def _address_of_bytes(data: bytes) -> int:
+    """The address of an immutable bytes object's data (valid while the object lives)."""
+    return ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value or 0
