@@ -350,7 +350,8 @@ def stop_when_safe(
     # Set up while the process runs: maps opened and read, register array and stack buffer allocated.
     scan = ThreadScan(process.pid, len(process.threads()))
     with contextlib.closing(scan):
-        one_call = _one_call(scan, replaced, patch_windows, pointer_ranges, stack_scan_limit, fused, wine)
+        one_call = one_call_check(scan, replaced, patch_windows, pointer_ranges, stack_scan_limit, fused,
+                                  wine)  # fmt: skip
         yield from _stop_when_safe(process, scan, replaced, patch_windows, deadline, retry_interval,
                                    stack_scan_limit, pointer_ranges, wine, one_call)
 
@@ -414,7 +415,7 @@ def _stop_when_safe(
         time.sleep(wait)
 
 
-def _one_call(
+def one_call_check(
     scan: ThreadScan,
     replaced: Sequence[CodeRange],
     patch_windows: Sequence[CodeRange],
@@ -450,8 +451,9 @@ def _decoded(
     report = analyse(snapshot, replaced, patch_windows, pointer_ranges, scan_stacks=True)
     named = {o.tid for o in report.offenders}
     extra = []
-    for index, bits in enumerate(one_call.verdicts()):
-        tid = snapshot.tids[index]
+    verdicts = one_call.verdicts()
+    for index, tid in enumerate(snapshot.tids):
+        bits = verdicts[tid]
         if bits and tid not in named:
             kind = "stack word"
             for bit, name in ((VERDICT_UNREADABLE, "stack pointer"), (VERDICT_REGISTER, "register"),

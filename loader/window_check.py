@@ -166,9 +166,9 @@ class OneCallCheck:
             self._reserve_buffer(2 * block.used)
         return STEP_BY_STEP
 
-    def verdicts(self) -> list[int]:
-        """The last call's verdict bits, per thread in the order of `snapshot().tids`."""
-        return list(self._verdict[: len(self._tids)])
+    def verdicts(self) -> dict[int, int]:
+        """The last call's verdict bits, by thread."""
+        return dict(zip(self._tids, self._verdict[: len(self._tids)], strict=True))
 
     def snapshot(self) -> Snapshot:
         """What the last (unsafe) call read, as the step-by-step check's snapshot: valid until the next

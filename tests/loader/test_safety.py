@@ -92,7 +92,7 @@ def test_every_busy_thread_of_the_multithreaded_target_is_named(start_target):
     assert len(by_function["sleeper_wait"]) == len(by_function["spin_work"]) == 2
 
 
-def test_always_active_function_is_refused_with_the_thread_named(start_target):
+def test_always_active_function_is_refused_with_the_thread_named(start_target, window_path):
     target = start_target("threads")
     process = Process(target.pid)
     hold = code_range(process, target, "hold_here")
@@ -111,7 +111,7 @@ def test_always_active_function_is_refused_with_the_thread_named(start_target):
     target.ticks_after(target.mark())
 
 
-def test_function_called_now_and_then_becomes_safe_by_retrying(start_target):
+def test_function_called_now_and_then_becomes_safe_by_retrying(start_target, window_path):
     target = start_target("threads")
     process = Process(target.pid)
     answer = code_range(process, target, "answer")
@@ -199,7 +199,7 @@ def test_a_thread_created_after_the_seize_is_stopped_and_checked(start_target):
     target.assert_running_untraced()
 
 
-def test_a_busy_refusal_counts_the_attempts_and_where_threads_were(start_target):
+def test_a_busy_refusal_counts_the_attempts_and_where_threads_were(start_target, window_path):
     """The refusal says how often and where threads were found inside, and the stopped time spent."""
     target = start_target("threads")
     process = Process(target.pid)
