@@ -280,6 +280,9 @@ class StoppedThreads:
     # Called with each thread as it reaches its stop, while others are still on the way (the safety check
     # reads its registers there: a held thread's registers do not change).
     on_held: Callable[[int], None] | None = None
+    # Called when a poll finds a thread not stopped yet, before the loader yields or sleeps: work for the
+    # stopped ones can be done meanwhile (the one-call check reads their registers there).
+    on_idle: Callable[[], None] | None = None
     attempts: int = 1  # stops made to find a safe moment, this one included (stop_when_safe)
     stopped_before: float = 0.0  # seconds the earlier, unsafe attempts held the threads stopped
     # (switch, outcome, errno) of a one-page switch the window's one-call check made (loader/window_check.py).
@@ -296,6 +299,11 @@ class StoppedThreads:
     def tids(self) -> tuple[int, ...]:
         """The threads currently held stopped."""
         return tuple(sorted(self.held, key=lambda tid: tid != self.process.pid))
+
+    @property
+    def seized(self) -> list[int]:
+        """The threads seized (held or not)."""
+        return list(self._seized)
 
     @property
     def pause(self) -> float:
@@ -453,6 +461,8 @@ class StoppedThreads:
                     self._resume_quietly(tid, sig)
                 continue
             idle += 1
+            if self.on_idle is not None:
+                self.on_idle()
             if idle % 64 == 63:
                 self._forget_dead(pending)
                 if time.monotonic() > deadline:

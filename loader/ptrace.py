@@ -255,6 +255,11 @@ def get_regs(tid: int) -> Registers:
 BatchRegisterReader = Callable[[array, int], int]
 
 
+def read_registers(tid: int, address: int) -> bool:
+    """PTRACE_GETREGS of a stopped thread into struct user_regs_struct at `address`; whether it was read."""
+    return _libc.ptrace(PTRACE_GETREGS, tid, None, address) != -1
+
+
 class RegisterFile:
     """PTRACE_GETREGS of many threads into one preallocated array, one slot per thread in the order read:
     no Python object is made per thread while the world is stopped (`words` views them all at once)."""

@@ -39,6 +39,9 @@ DEFAULT_STACK_SCAN_LIMIT = 1 << 20  # bytes scanned above rsp per thread
 # Between two attempts the process runs at least this many times as long as the last attempt held it
 # stopped: over all retries, threads are stopped at most 1/(1+RUN_PER_STOP) of the time waited.
 RUN_PER_STOP = 4
+# Whether the check is one call of the window's helper when it can be (loader/window_check.py); the
+# bench turns it off to compare with the step-by-step check on the same process.
+ONE_CALL = True
 
 
 @dataclass(frozen=True)
@@ -380,8 +383,11 @@ def _stop_when_safe(
         with process.seize_all_threads() as threads:
             scan.start_attempt()
             threads.on_held = scan.hand_over
+            if one_call is not None:  # the threads about to be stopped, their stacks read once meanwhile
+                one_call.warm(threads.seized)
+                threads.on_held, threads.on_idle = one_call.on_held, one_call.on_idle
             threads.stop(DEFAULT_STOP_TIMEOUT)
-            threads.on_held = None
+            threads.on_held = threads.on_idle = None
             verdict = one_call.run(threads) if one_call is not None else STEP_BY_STEP
             if verdict == STEP_BY_STEP:
                 report = check_threads(threads, replaced, patch_windows, stack_scan_limit, pointer_ranges,
@@ -428,7 +434,7 @@ def one_call_check(
     None for the step-by-step path (also for Windows threads, whose frames are walked in Python, and for
     a check with no range, which reads no stack)."""
     helper = thread_scan.HELPER
-    if helper is None or wine is not None or not scan.maps_reader.queryable:
+    if helper is None or not ONE_CALL or wine is not None or not scan.maps_reader.queryable:
         return None
     if not (replaced or pointer_ranges):
         return None

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from hpkg.loader import thread_scan
 from hpkg.loader.process import StoppedThreads
+from hpkg.loader.ptrace import RegisterFile, read_registers
 from hpkg.loader.thread_scan import Snapshot, ThreadScan
 from hpkg.loader.window_native import (
     SWITCH_CHANGED,
@@ -42,6 +43,10 @@ from hpkg.loader.window_native import (
 
 # What `OneCallCheck.run` answers.
 SAFE, UNSAFE, STEP_BY_STEP = "safe", "unsafe", "step by step"
+# The call's steps, as its `ended` times mark them (CLOCK_MONOTONIC, which time.perf_counter reads on
+# Linux): "call" is the Python from the end of the stop to the call's first instruction.
+STEPS = ("call", "registers", "maps", "stacks", "check")
+SLOT_BYTES = RegisterFile.SLOT_WORDS * 8
 
 
 @dataclass(frozen=True)
@@ -112,8 +117,11 @@ class OneCallCheck:
             block.state = _address_of_bytes(switch.state) if switch.state else None
             block.scratch = ctypes.addressof(self._scratch)
         self._pointer = ctypes.byref(block)
+        self._check = helper.window_check
         self._capacity = 0
         self._tids = array("i")
+        self._index: dict[int, int] = {}  # tid -> its index in `_tids`
+        self._stopped: list[int] = []  # indexes of threads stopped whose registers are not read yet
         self._reserve(max(len(scan.registers.tids), 1))
         self._reserve_buffer()
 
@@ -126,15 +134,59 @@ class OneCallCheck:
         self._places = (array("q", bytes(8 * capacity)), array("q", bytes(8 * capacity)))
         self._iovecs = (array("Q", bytes(16 * capacity)), array("Q", bytes(16 * capacity)))
         self._verdict = (ctypes.c_uint8 * capacity)()
+        self._have = (ctypes.c_uint8 * capacity)()
         block = self.block
         block.place_start, block.place_end = (a.buffer_info()[0] for a in self._places)
         block.remote, block.local = (a.buffer_info()[0] for a in self._iovecs)
-        block.verdict = ctypes.addressof(self._verdict)
+        block.verdict, block.have = ctypes.addressof(self._verdict), ctypes.addressof(self._have)
+        block.slots = self._scan.registers.address
         self._capacity = capacity
 
     def _reserve_buffer(self, size: int = 0) -> None:
         buffer, address = self._scan.stack_buffer(size)
         self.block.buffer, self.block.buffer_size = address, len(buffer)
+
+    def _target(self, tids: list[int]) -> None:
+        """The threads the next call checks, none of their registers read yet."""
+        self._reserve(len(tids))
+        self._tids = array("i", tids)
+        self._index = {tid: index for index, tid in enumerate(tids)}
+        self._stopped.clear()
+        ctypes.memset(self._have, 0, len(tids))
+        self.block.tids, self.block.count = self._tids.buffer_info()[0], len(tids)
+
+    def warm(self, seized: list[int]) -> None:
+        """Just before the stop, while the process runs: the threads about to be stopped set as the next
+        call's, and the block's memory and the stacks of the threads blocked in a system call (whose stack
+        pointer /proc/PID/task/TID/syscall shows) read once, so that the check inside the window finds them
+        in this CPU's caches."""
+        self._target(seized)
+        sps = array("Q")
+        for tid in seized:
+            try:
+                with open(f"/proc/{self._scan.pid}/task/{tid}/syscall", "rb") as source:
+                    fields = source.read().split()
+            except OSError:
+                continue
+            if len(fields) == 9:  # number, six arguments, sp, pc ("running" otherwise)
+                sps.append(int(fields[7], 16))
+        self._helper.window_warm(self._pointer, sps)
+
+    def on_held(self, tid: int) -> None:
+        """A thread reached its stop (`StoppedThreads.on_held`): its registers can be read while others are
+        still on their way (`on_idle`)."""
+        index = self._index.get(tid)
+        if index is not None:
+            self._stopped.append(index)
+
+    def on_idle(self) -> None:
+        """The stop polled a thread not stopped yet (`StoppedThreads.on_idle`): one stopped thread's
+        registers read into its slot meanwhile, which the call then does not read again (a held thread's
+        registers do not change)."""
+        if self._stopped:
+            index = self._stopped.pop()
+            if read_registers(self._tids[index], self.block.slots + index * SLOT_BYTES):
+                self._have[index] = 1
 
     def run(self, stopped: StoppedThreads) -> str:
         """Inside the window: the check of every held thread and, when all pass, the switch. SAFE (the
@@ -142,17 +194,12 @@ class OneCallCheck:
         (`snapshot` decodes it, best after the release), or STEP_BY_STEP (off the usual path: nothing
         written, the caller checks step by step)."""
         held = stopped.held
-        if len(held) > self._capacity:
-            self._reserve(len(held))
-        self._tids = tids = array("i", held)
+        if held.keys() != self._index.keys():  # a thread exited, or one was created since the seize
+            self._target(list(held))
+        outcome = self._check(self._pointer)
         block = self.block
-        block.tids, block.count = tids.buffer_info()[0], len(tids)
-        block.slots = self._scan.registers.address  # may move when the file grows
-        outcome = self._helper.window_check(self._pointer)
         if outcome in (WINDOW_SAFE, WINDOW_UNSAFE):
-            ended = block.ended
-            for step, at in zip(("registers", "maps", "stacks", "check"), ended, strict=True):
-                stopped.marks.append((step, at / 1e9))  # CLOCK_MONOTONIC, as time.perf_counter on Linux
+            stopped.marks += [(step, at / 1e9) for step, at in zip(STEPS, block.ended, strict=True)]
         if outcome == WINDOW_SAFE:
             if self.switch is not None:
                 journal_switch(stopped, block.switch_outcome, self.switch)
@@ -164,6 +211,7 @@ class OneCallCheck:
             self._scan.maps_reader.queryable = False
         elif outcome == WINDOW_ROOM:
             self._reserve_buffer(2 * block.used)
+        ctypes.memset(self._have, 0, len(self._tids))  # the step-by-step check reads every thread again
         return STEP_BY_STEP
 
     def verdicts(self) -> dict[int, int]:

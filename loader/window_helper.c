@@ -348,16 +348,17 @@ struct hpkg_window {
     const uint8_t *state;
     int64_t state_length;
     uint8_t *scratch;
-    /* set in the window, before the call */
+    /* the held threads: set before the stop (the threads seized), again in the window if they differ */
     const int32_t *tids;
     int64_t count;
+    const uint8_t *have; /* have[i]: thread i's registers are in its slot already (read as it stopped) */
     /* out */
     uint8_t *verdict;       /* per thread: the VERDICT_* bits found (0: safe) */
     int64_t used;           /* stack bytes placed (read, unless WINDOW_ROOM) */
     int64_t failed;         /* WINDOW_REGISTERS: the thread whose registers could not be read */
     int64_t switch_outcome; /* SWITCH_*, when the switch was made */
     int64_t switch_errno;
-    int64_t ended[4]; /* CLOCK_MONOTONIC ns at the end of each step: registers, places, stacks, tests */
+    int64_t ended[5]; /* CLOCK_MONOTONIC ns at the end of each step: the call entered, registers, places, stacks, tests */
 };
 
 enum {
@@ -421,13 +422,16 @@ long hpkg_window_check(struct hpkg_window *w)
     long count = (long)w->count;
     const long rip = offsetof(struct user_regs_struct, rip) / 8, rsp = offsetof(struct user_regs_struct, rsp) / 8;
     const long general = offsetof(struct user_regs_struct, orig_rax) / 8; /* r15 .. rdi: words 0 to 14 */
+    w->ended[0] = now_ns();
     for (long i = 0; i < count; i++) {
+        if (w->have[i])
+            continue;
         if (ptrace(PTRACE_GETREGS, w->tids[i], 0, &w->slots[i]) == -1) {
             w->failed = i;
             return WINDOW_REGISTERS;
         }
     }
-    w->ended[0] = now_ns();
+    w->ended[1] = now_ns();
     long total = 0, located = 0;
     for (long i = 0; i < count; i++) {
         uint64_t sp = ((const uint64_t *)&w->slots[i])[rsp];
@@ -446,7 +450,7 @@ long hpkg_window_check(struct hpkg_window *w)
                             w->place_end, w->remote);
     }
     w->used = total;
-    w->ended[1] = now_ns();
+    w->ended[2] = now_ns();
     if (total > w->buffer_size)
         return WINDOW_ROOM;
     for (long k = 0, at = 0; k < located; k++) {
@@ -458,7 +462,7 @@ long hpkg_window_check(struct hpkg_window *w)
         !hpkg_read_stacks((int)w->pid, (const struct iovec *)w->local, (const struct iovec *)w->remote,
                           located, total, total >= w->parallel_bytes))
         return WINDOW_STACKS;
-    w->ended[2] = now_ns();
+    w->ended[3] = now_ns();
     long unsafe = 0;
     for (long i = 0; i < count; i++) {
         const uint64_t *regs = (const uint64_t *)&w->slots[i];
@@ -480,7 +484,7 @@ long hpkg_window_check(struct hpkg_window *w)
         w->verdict[i] = found;
         unsafe += found != 0;
     }
-    w->ended[3] = now_ns();
+    w->ended[4] = now_ns();
     if (unsafe)
         return WINDOW_UNSAFE;
     if (w->span_length > 0) {
@@ -491,4 +495,40 @@ long hpkg_window_check(struct hpkg_window *w)
         w->switch_errno = errno;
     }
     return WINDOW_SAFE;
+}
+
+/* Before the stop: the block's memory and each stack the check is about to read brought into this CPU's
+ * caches, while the process runs. `sps` are stack pointers known before the stop (a thread blocked in a
+ * system call shows its own in /proc/PID/task/TID/syscall); their stacks are placed and read into the
+ * buffer as the check will (a stack that moves meanwhile only costs the check its warmth). Nothing is
+ * written to the target; the result is the bytes read (or -1). */
+long hpkg_window_warm(struct hpkg_window *w, const uint64_t *sps, long count)
+{
+    volatile uint8_t sink = 0;
+    for (int64_t i = 0; i < 2 * w->ip_count; i += 8)
+        sink ^= (uint8_t)w->ip_ranges[i];
+    for (int64_t i = 0; i < 2 * w->word_count; i += 8)
+        sink ^= (uint8_t)w->word_ranges[i];
+    for (int64_t i = 0; i < 2 * w->register_count; i += 8)
+        sink ^= (uint8_t)w->register_ranges[i];
+    long total = 0, located = 0;
+    for (long i = 0; i < count; i++) {
+        struct procmap_query query = {.size = sizeof query, .query_addr = sps[i]};
+        if (ioctl((int)w->maps_fd, PROCMAP_QUERY, &query) == -1 || !(query.vma_flags & PROCMAP_QUERY_VMA_READABLE))
+            continue;
+        total = place_stack(i, sps[i], query.vma_end, w->stack_limit, total, located++, w->place_start,
+                            w->place_end, w->remote);
+    }
+    if (total > w->buffer_size)
+        return -1;
+    for (long k = 0, at = 0; k < located; k++) {
+        w->local[2 * k] = (uint64_t)(uintptr_t)(w->buffer + at);
+        w->local[2 * k + 1] = w->remote[2 * k + 1];
+        at += (long)w->remote[2 * k + 1];
+    }
+    if (located > 0)
+        hpkg_read_stacks((int)w->pid, (const struct iovec *)w->local, (const struct iovec *)w->remote, located,
+                         total, 0);
+    (void)sink;
+    return total;
 }

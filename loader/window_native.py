@@ -34,8 +34,8 @@ _U64 = ctypes.c_uint64
 
 
 class WindowBlock(ctypes.Structure):
-    """struct hpkg_window of window_helper.c: the one-call check's inputs, set before the stop (the tids
-    and their count in the window), and its outputs. Every field is a 64-bit word or a pointer."""
+    """struct hpkg_window of window_helper.c: the one-call check's inputs, set before the stop, and its
+    outputs. Every field is a 64-bit word or a pointer."""
 
     _fields_ = [
         ("pid", ctypes.c_int64), ("maps_fd", ctypes.c_int64), ("mem_fd", ctypes.c_int64),
@@ -47,9 +47,9 @@ class WindowBlock(ctypes.Structure):
         ("word_ranges", _ADDRESS), ("word_count", ctypes.c_int64),
         ("span_address", _U64), ("before", _ADDRESS), ("after", _ADDRESS), ("span_length", ctypes.c_int64),
         ("state_address", _U64), ("state", _ADDRESS), ("state_length", ctypes.c_int64), ("scratch", _ADDRESS),
-        ("tids", _ADDRESS), ("count", ctypes.c_int64),
+        ("tids", _ADDRESS), ("count", ctypes.c_int64), ("have", _ADDRESS),
         ("verdict", _ADDRESS), ("used", ctypes.c_int64), ("failed", ctypes.c_int64),
-        ("switch_outcome", ctypes.c_int64), ("switch_errno", ctypes.c_int64), ("ended", ctypes.c_int64 * 4),
+        ("switch_outcome", ctypes.c_int64), ("switch_errno", ctypes.c_int64), ("ended", ctypes.c_int64 * 5),
     ]  # fmt: skip
 
 
@@ -80,9 +80,15 @@ class WindowHelper:
         self._read_stacks = library.hpkg_read_stacks
         self._read_stacks.restype = _LONG
         self._read_stacks.argtypes = [ctypes.c_int, _ADDRESS, _ADDRESS, _LONG, _LONG, ctypes.c_int]
-        self._window_check = library.hpkg_window_check
-        self._window_check.restype = _LONG
-        self._window_check.argtypes = [ctypes.POINTER(WindowBlock)]
+        # Called inside the window as it is (no Python wrapper): the whole in-window check of the block's
+        # threads, and its switch when every one passes; one of the WINDOW_* outcomes (window_helper.c says
+        # what each leaves in the block).
+        self.window_check = library.hpkg_window_check
+        self.window_check.restype = _LONG
+        self.window_check.argtypes = [ctypes.POINTER(WindowBlock)]
+        self._window_warm = library.hpkg_window_warm
+        self._window_warm.restype = _LONG
+        self._window_warm.argtypes = [ctypes.POINTER(WindowBlock), _ADDRESS, _LONG]
         self._find_words = library.hpkg_find_words
         self._find_words.restype = _LONG
         self._find_words.argtypes = [_ADDRESS, _LONG, _U64, _U64, _ADDRESS, _LONG]
@@ -166,10 +172,10 @@ class WindowHelper:
                                     len(state), ctypes.addressof(scratch))  # fmt: skip
         return outcome, ctypes.get_errno()
 
-    def window_check(self, block: WindowBlock) -> int:
-        """The whole in-window check of `block`'s threads, and its switch when every one passes: one of
-        the WINDOW_* outcomes (window_helper.c says what each leaves in the block)."""
-        return self._window_check(block)
+    def window_warm(self, block: object, sps: array) -> int:
+        """Before the stop: `block`'s memory, and the stacks at the stack pointers `sps` (array of 'Q') read
+        into its buffer, brought into this CPU's caches; the bytes read, or -1."""
+        return self._window_warm(block, sps.buffer_info()[0], len(sps))
 
     def find_words(self, buffer_address: int, size: int, low: int, high: int) -> array:
         """Byte offsets (array of 'q') of every 8-aligned word of the buffer in [low, high), in order."""
