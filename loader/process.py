@@ -289,6 +289,9 @@ class StoppedThreads:
     switched: tuple[object, int, int] | None = None
     # (step, perf_counter at its end) inside the window, for the bench's breakdown (`window_steps`).
     marks: list[tuple[str, float]] = field(default_factory=list)
+    # More marks, made in the window but turned into marks only when `window_steps` asks (the one-call
+    # check's own times: no Python for them while the threads wait).
+    later_marks: Callable[[], list[tuple[str, float]]] | None = None
     _seized: set[int] = field(default_factory=set)
     _original_regs: dict[int, Registers] = field(default_factory=dict)
     _journal: list[tuple[int, bytes]] = field(default_factory=list)
@@ -319,7 +322,8 @@ class StoppedThreads:
         """Each marked step of the last stop and the time it took, in seconds, ending with the release
         (valid after release); their sum is `pause`."""
         steps, previous = [], self.stopped_at
-        for step, at in (*self.marks, ("release", self.resumed_at)):
+        marks = sorted([*self.marks, *(self.later_marks() if self.later_marks else ())], key=lambda m: m[1])
+        for step, at in (*marks, ("release", self.resumed_at)):
             if at >= previous:
                 steps.append((step, at - previous))
                 previous = at
@@ -388,6 +392,7 @@ class StoppedThreads:
         """
         deadline = time.monotonic() + timeout
         self.marks.clear()
+        self.later_marks = None
         self.stopped_at = time.perf_counter()
         running = [tid for tid in self._seized if tid not in self.held]
         for tid in running:

@@ -199,7 +199,7 @@ class OneCallCheck:
         outcome = self._check(self._pointer)
         block = self.block
         if outcome in (WINDOW_SAFE, WINDOW_UNSAFE):
-            stopped.marks += [(step, at / 1e9) for step, at in zip(STEPS, block.ended, strict=True)]
+            stopped.later_marks = self.steps  # read after the release: no Python for it in the window
         if outcome == WINDOW_SAFE:
             if self.switch is not None:
                 journal_switch(stopped, block.switch_outcome, self.switch)
@@ -213,6 +213,10 @@ class OneCallCheck:
             self._reserve_buffer(2 * block.used)
         ctypes.memset(self._have, 0, len(self._tids))  # the step-by-step check reads every thread again
         return STEP_BY_STEP
+
+    def steps(self) -> list[tuple[str, float]]:
+        """The last call's steps, as `StoppedThreads.mark` notes them (step, perf_counter at its end)."""
+        return [(step, at / 1e9) for step, at in zip(STEPS, self.block.ended, strict=True)]
 
     def verdicts(self) -> dict[int, int]:
         """The last call's verdict bits, by thread."""

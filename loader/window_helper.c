@@ -393,26 +393,41 @@ static int in_any(uint64_t value, const uint64_t *ranges, int64_t count)
     return 0;
 }
 
-/* Whether some 8-aligned word of words[0:n] lies in one of the sorted, disjoint ranges: one compare per
- * word against their hull, a binary search only for a word inside it (rare: stacks hold small numbers
- * and stack and library addresses, the ranges are a few functions). */
+/* Whether `word` lies in one of the `count` sorted, disjoint [start, end) ranges (a binary search). */
+static int in_sorted(uint64_t word, const uint64_t *ranges, int64_t count)
+{
+    int64_t lo = 0, hi = count; /* the first range starting above the word */
+    while (lo < hi) {
+        int64_t mid = lo + (hi - lo) / 2;
+        if (ranges[2 * mid] <= word)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo > 0 && word < ranges[2 * (lo - 1) + 1];
+}
+
+/* Whether some word of words[0:n] lies in one of the sorted, disjoint ranges: one compare per word
+ * against their hull, four words a step with one branch for the four (as hpkg_find_words), a binary
+ * search only for a word inside the hull (rare: stacks hold small numbers and stack and library
+ * addresses, the ranges are a few functions). */
 static int any_word_in(const uint64_t *words, long n, const uint64_t *ranges, int64_t count)
 {
     uint64_t low = ranges[0], span = ranges[2 * count - 1] - low;
-    for (long i = 0; i < n; i++) {
-        uint64_t word = words[i];
-        if (__builtin_expect(word - low < span, 0)) {
-            int64_t lo = 0, hi = count; /* the first range starting above the word */
-            while (lo < hi) {
-                int64_t mid = lo + (hi - lo) / 2;
-                if (ranges[2 * mid] <= word)
-                    lo = mid + 1;
-                else
-                    hi = mid;
+    long i = 0;
+    for (; i + 4 <= n; i += 4) {
+        int any = (words[i] - low < span) | (words[i + 1] - low < span) | (words[i + 2] - low < span) |
+                  (words[i + 3] - low < span);
+        if (__builtin_expect(any, 0)) {
+            for (long j = i; j < i + 4; j++) {
+                if (words[j] - low < span && in_sorted(words[j], ranges, count))
+                    return 1;
             }
-            if (lo > 0 && word < ranges[2 * (lo - 1) + 1])
-                return 1;
         }
+    }
+    for (; i < n; i++) {
+        if (words[i] - low < span && in_sorted(words[i], ranges, count))
+            return 1;
     }
     return 0;
 }
