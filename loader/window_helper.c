@@ -2,8 +2,10 @@
  * loop over the threads (loader/window_native.py loads it; loader/thread_scan.py falls back to Python
  * when it is not built). Built from source by `make` (gcc -O2 -shared -fPIC), never shipped prebuilt.
  *
- * It reads and searches, nothing else: no thread is stopped, resumed or written here, so every guarantee
- * about the target's state stays with the Python code that holds the threads.
+ * No thread is stopped or resumed here, and the only writes to the target are the switch's
+ * (hpkg_switch_span; hpkg_window_check only once every held thread has passed the check), made while the
+ * Python code holds the threads: holding, releasing and undoing (its journal of what was written) stay
+ * there, so every guarantee about the target's state does too.
  */
 #define _GNU_SOURCE
 #include <errno.h>

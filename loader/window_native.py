@@ -4,7 +4,8 @@ Inside the window the loader reads every held thread's registers, places its sta
 words; in Python each is a loop over the threads (at 256 threads: about 1.9 ms of a 5.3 ms pause, the
 floor being 3.1 ms). The helper runs each loop in one ctypes call, asks the kernel where each stack's
 mapping ends (PROCMAP_QUERY) instead of reading the maps text, and makes the one-page switch (compare,
-write, read back, record state) in one call. `make` builds it from source with gcc
+write, read back, record state) in one call; `window_check` does all of it, check and switch, in one call
+(loader/window_check.py). `make` builds it from source with gcc
 (`loader/window_helper.so`); without it (no gcc, a read-only install) `load()` answers None and
 loader/thread_scan.py does the same work in Python, word for word the same check.
 """

@@ -17,9 +17,10 @@ from hpkg.loader.thread_scan import ThreadScan
 
 @pytest.fixture(params=["helper", "helper-maps-text", "helper-two-threads", "python"])
 def window_path(request, built_helper, monkeypatch) -> str:
-    """Run the test with the window's C helper (each stack's mapping asked of the kernel; or found in the
-    maps text read in the window, as before Linux 6.11; or with that text and the stacks read on a second
-    thread, as it does for many threads, whatever their number here) and with the Python path."""
+    """Run the test with the window's C helper (each stack's mapping asked of the kernel, and through
+    `stop_when_safe` the whole check as one call; or found in the maps text read in the window, as before
+    Linux 6.11, step by step; or with that text and the stacks read on a second thread, as it does for many
+    threads, whatever their number here) and with the Python path."""
     monkeypatch.setattr(thread_scan, "HELPER", None if request.param == "python" else built_helper)
     monkeypatch.setattr(thread_scan, "QUERY_MAPPINGS", request.param == "helper")
     if request.param == "helper-two-threads":
