@@ -170,7 +170,10 @@ class OneCallCheck:
                 continue
             if len(fields) == 9:  # number, six arguments, sp, pc ("running" otherwise)
                 sps.append(int(fields[7], 16))
-        self._helper.window_warm(self._pointer, sps)
+        needed = self._helper.window_warm(self._pointer, sps)
+        if needed > self.block.buffer_size:  # deep stacks (a main thread's environment): room before the stop
+            self._reserve_buffer(2 * needed)
+            self._helper.window_warm(self._pointer, sps)
 
     def on_held(self, tid: int) -> None:
         """A thread reached its stop (`StoppedThreads.on_held`): its registers can be read while others are
@@ -198,6 +201,9 @@ class OneCallCheck:
             self._target(list(held))
         outcome = self._check(self._pointer)
         block = self.block
+        if outcome == WINDOW_ROOM:  # stacks deeper than any seen before the stop: room now, once
+            self._reserve_buffer(2 * block.used)
+            outcome = self._check(self._pointer)
         if outcome in (WINDOW_SAFE, WINDOW_UNSAFE):
             stopped.later_marks = self.steps  # read after the release: no Python for it in the window
         if outcome == WINDOW_SAFE:
@@ -209,8 +215,6 @@ class OneCallCheck:
             return UNSAFE
         if outcome == WINDOW_NO_QUERY:
             self._scan.maps_reader.queryable = False
-        elif outcome == WINDOW_ROOM:
-            self._reserve_buffer(2 * block.used)
         ctypes.memset(self._have, 0, len(self._tids))  # the step-by-step check reads every thread again
         return STEP_BY_STEP
 

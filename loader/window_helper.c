@@ -518,7 +518,8 @@ long hpkg_window_check(struct hpkg_window *w)
  * caches, while the process runs. `sps` are stack pointers known before the stop (a thread blocked in a
  * system call shows its own in /proc/PID/task/TID/syscall); their stacks are placed and read into the
  * buffer as the check will (a stack that moves meanwhile only costs the check its warmth). Nothing is
- * written to the target; the result is the bytes read (or -1). */
+ * written to the target; the result is the bytes these stacks need (read only when the buffer holds them:
+ * the caller grows it otherwise). */
 long hpkg_window_warm(struct hpkg_window *w, const uint64_t *sps, long count)
 {
     volatile uint8_t sink = 0;
@@ -537,7 +538,7 @@ long hpkg_window_warm(struct hpkg_window *w, const uint64_t *sps, long count)
                             w->place_end, w->remote);
     }
     if (total > w->buffer_size)
-        return -1;
+        return total;
     for (long k = 0, at = 0; k < located; k++) {
         w->local[2 * k] = (uint64_t)(uintptr_t)(w->buffer + at);
         w->local[2 * k + 1] = w->remote[2 * k + 1];

@@ -175,7 +175,8 @@ class WindowHelper:
 
     def window_warm(self, block: object, sps: array) -> int:
         """Before the stop: `block`'s memory, and the stacks at the stack pointers `sps` (array of 'Q') read
-        into its buffer, brought into this CPU's caches; the bytes read, or -1."""
+        into its buffer, brought into this CPU's caches; the bytes those stacks need (not read when more
+        than the buffer holds)."""
         return self._window_warm(block, sps.buffer_info()[0], len(sps))
 
     def find_words(self, buffer_address: int, size: int, low: int, high: int) -> array:
