@@ -171,7 +171,9 @@ class OneCallCheck:
             if len(fields) == 9:  # number, six arguments, sp, pc ("running" otherwise)
                 sps.append(int(fields[7], 16))
         needed = self._helper.window_warm(self._pointer, sps)
-        if needed > self.block.buffer_size:  # deep stacks (a main thread's environment): room before the stop
+        if needed == -2:  # no PROCMAP_QUERY (before Linux 6.11): the step-by-step check, with the maps text
+            self._scan.maps_reader.queryable = False
+        elif needed > self.block.buffer_size:  # deep stacks (a main thread's environment): room now
             self._reserve_buffer(2 * needed)
             self._helper.window_warm(self._pointer, sps)
 
@@ -196,6 +198,8 @@ class OneCallCheck:
         switch made, its outcome journaled and left in `stopped.switched` for the switch's `run`), UNSAFE
         (`snapshot` decodes it, best after the release), or STEP_BY_STEP (off the usual path: nothing
         written, the caller checks step by step)."""
+        if not self._scan.maps_reader.queryable:  # found before the stop (`warm`) or by an earlier call
+            return STEP_BY_STEP
         held = stopped.held
         if held.keys() != self._index.keys():  # a thread exited, or one was created since the seize
             self._target(list(held))

@@ -519,7 +519,8 @@ long hpkg_window_check(struct hpkg_window *w)
  * system call shows its own in /proc/PID/task/TID/syscall); their stacks are placed and read into the
  * buffer as the check will (a stack that moves meanwhile only costs the check its warmth). Nothing is
  * written to the target; the result is the bytes these stacks need (read only when the buffer holds them:
- * the caller grows it otherwise). */
+ * the caller grows it otherwise), or -2 when the kernel does not answer PROCMAP_QUERY (before Linux 6.11:
+ * the check inside the window could not place a stack). */
 long hpkg_window_warm(struct hpkg_window *w, const uint64_t *sps, long count)
 {
     volatile uint8_t sink = 0;
@@ -529,6 +530,9 @@ long hpkg_window_warm(struct hpkg_window *w, const uint64_t *sps, long count)
         sink ^= (uint8_t)w->word_ranges[i];
     for (int64_t i = 0; i < 2 * w->register_count; i += 8)
         sink ^= (uint8_t)w->register_ranges[i];
+    struct procmap_query probe = {.size = sizeof probe, .query_addr = 0}; /* page 0: never mapped */
+    if (ioctl((int)w->maps_fd, PROCMAP_QUERY, &probe) == -1 && errno != ENOENT)
+        return -2;
     long total = 0, located = 0;
     for (long i = 0; i < count; i++) {
         struct procmap_query query = {.size = sizeof query, .query_addr = sps[i]};

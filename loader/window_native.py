@@ -178,7 +178,7 @@ class WindowHelper:
     def window_warm(self, block: object, sps: array) -> int:
         """Before the stop: `block`'s memory, and the stacks at the stack pointers `sps` (array of 'Q') read
         into its buffer, brought into this CPU's caches; the bytes those stacks need (not read when more
-        than the buffer holds)."""
+        than the buffer holds), or -2 when the kernel does not answer PROCMAP_QUERY."""
         return self._window_warm(block, sps.buffer_info()[0], len(sps))
 
     def find_words(self, buffer_address: int, size: int, low: int, high: int) -> array:

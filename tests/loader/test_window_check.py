@@ -209,9 +209,9 @@ def test_a_site_changed_since_the_stop_was_prepared_is_refused_by_the_one_call_w
 def test_off_the_usual_path_the_one_call_writes_nothing_and_hands_over_to_the_step_by_step_check(
     start_target, helper
 ):
-    """A kernel without PROCMAP_QUERY (the ioctl asked of /proc/PID/status answers ENOTTY): STEP_BY_STEP,
-    nothing written, the scan told (no query from now on). A stack buffer too small: the call makes room
-    and decides (here: safe, the switch made)."""
+    """A kernel without PROCMAP_QUERY (the ioctl asked of /proc/PID/status answers ENOTTY), found in the
+    window or before the stop: STEP_BY_STEP, nothing written, the scan told (no query from now on). A stack
+    buffer too small: the call makes room and decides (here: safe, the switch made)."""
     target = start_target("threads")
     process = Process(target.pid)
     site, switch, state = _switch(process, target, "answer_fixed", "answer")
@@ -226,6 +226,8 @@ def test_off_the_usual_path_the_one_call_writes_nothing_and_hands_over_to_the_st
             one_call.block.maps_fd = status.fileno()
             no_query = one_call.run(stopped)
             written = process.read(site, 5)
+            told = scan.maps_reader.queryable
+            scan.maps_reader.queryable = True
             one_call.block.maps_fd = scan.maps_reader.fd
             one_call.block.buffer_size = 64
             no_room = one_call.run(stopped)
@@ -233,10 +235,16 @@ def test_off_the_usual_path_the_one_call_writes_nothing_and_hands_over_to_the_st
             process.write(site, before)
             process.write(state.address, state.before)
             stopped.switched = None
+        one_call.block.maps_fd = status.fileno()
+        one_call.warm(list(range(1)))  # the probe before the stop: the kernel does not answer
+        probed = scan.maps_reader.queryable
+        with process.stop_all_threads() as stopped:
+            not_tried = one_call.run(stopped), process.read(site, 5), stopped.switched
     finally:
         status.close()
         scan.close()
-    assert (no_query, written) == (window_check.STEP_BY_STEP, before) and not scan.maps_reader.queryable
+    assert (no_query, written, told) == (window_check.STEP_BY_STEP, before, False)
+    assert not probed and not_tried == (window_check.STEP_BY_STEP, before, None)
     assert no_room == window_check.SAFE and one_call.block.buffer_size >= one_call.block.used > 64
     assert switched[0] == JUMP and switched[1] is not None and switched[1][1] == window_native.SWITCH_DONE
     target.assert_running_untraced()
