@@ -18,7 +18,9 @@ candidate words, and only those are compared with the range. The registers are s
 When the window's C helper is built (loader/window_native.py), the loops over the threads run there
 instead: every held thread's registers read in one call once all are stopped (not one ctypes call per
 thread as each stops), every stack placed in one call, and every word compared in one pass. The check is
-the same either way; tests compare both with a word-by-word scan.
+the same either way; tests compare both with a word-by-word scan. `safety.stop_when_safe` goes further
+with the helper: the whole check (and the switch) as one call (loader/window_check.py), which reuses this
+scan's register file, stack buffer and maps descriptor, and comes back here for whatever is off its path.
 """
 
 from __future__ import annotations
