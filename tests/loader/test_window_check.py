@@ -268,3 +268,23 @@ def test_a_register_read_that_fails_stops_the_one_call_at_that_thread(start_targ
     scan.close()
     assert (outcome, block.failed, block.used) == (window_native.WINDOW_REGISTERS, 3, -1)
     target.assert_running_untraced()
+
+
+def test_a_stack_read_that_falls_short_hands_over_with_nothing_written(start_target, helper):
+    """The stacks read from another process (pid 1, where these addresses hold nothing of the target's
+    stacks): the read falls short, the call answers STEP_BY_STEP before any test or write."""
+    target = start_target("threads")
+    process = Process(target.pid)
+    site, switch, state = _switch(process, target, "answer_fixed", "answer")
+    before = process.read(site, 5)
+    scan = ThreadScan(process.pid, 8)
+    idle = [code_range(process, target, "answer_fixed")]
+    one_call = safety.one_call_check(scan, idle, [], [], LIMIT, switch.fused(process, state), None)
+    assert one_call is not None
+    one_call.block.pid = 1
+    with process.stop_all_threads() as stopped:
+        outcome = one_call.run(stopped)
+        after = process.read(site, 5), process.read(state.address, 3), stopped.switched
+    scan.close()
+    assert outcome == window_check.STEP_BY_STEP and after == (before, state.before, None)
+    target.assert_running_untraced()
