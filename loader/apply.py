@@ -107,6 +107,7 @@ class ImageApplied:
     attempts: int = 1  # stops made to find a safe moment (a busy function makes more)
     stopped_seconds: float = 0.0  # threads stopped over every attempt, this switch's pause included
     window: tuple[tuple[str, float], ...] = ()  # the pause's steps and their seconds (the bench's breakdown)
+    superseded_retained: bool = False  # the superseded level's memory kept, retired (a warning says why)
 
 
 @dataclass(frozen=True)
@@ -167,7 +168,9 @@ class LiveApplyResult:
                 jump = f"jmp at {site.address:#x} -> {site.replacement:#x}"
                 out.append(f"    {printable(site.function)}: {jump}")
             if applied.superseded:
-                out.append(f"  superseded package {printable(applied.superseded)} (its memory freed)")
+                kept = applied.superseded_retained
+                fate = "kept mapped, retired: a word points into it" if kept else "freed"
+                out.append(f"  superseded package {printable(applied.superseded)} (its memory {fate})")
             out.append(f"  switch: {applied.switch}")
             out.append(f"  pause: {applied.pause_seconds * 1000:.3f} ms (all threads stopped)")
             if applied.attempts > 1:
@@ -457,7 +460,8 @@ def _apply_to_image(
             warnings.append(f"could not free the memory of superseded package {old.package_id}: {exc}")
     superseded = old.package_id if old else None
     return ImageApplied(image, compat, prepared.record, pause, superseded, tuple(warnings), method,
-                        stopped.attempts, stopped.stopped_before + pause, stopped.window_steps())
+                        stopped.attempts, stopped.stopped_before + pause, stopped.window_steps(),
+                        old is not None and kept is not None)
 
 
 def _registered(

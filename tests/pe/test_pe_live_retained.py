@@ -132,3 +132,41 @@ def test_a_revert_no_word_points_into_unmaps_the_package(pe_packages) -> None:
         assert hpkg_mappings(talk.pid) == []
         assert_running_untraced(talk.pid)
         _ask(talk, sample, 4, "baseline")
+
+
+def test_a_word_into_a_superseded_level_keeps_its_memory_retired(pe_corpus, tmp_path) -> None:
+    """Level 2 supersedes level 1 while a word on main's Windows stack points into level 1's memory (its
+    string answered): level 1 stays mapped and retired, level 2 is the one applied and reverted."""
+    sample = SAMPLES["04-new-helper"]
+    baseline, fixed = sample.binary("baseline", "ready"), sample.binary("fixed", "ready")
+    level1, level2 = tmp_path / "level1.hpkg", tmp_path / "level2.hpkg"
+    built = hpkg("build", baseline, fixed, "-o", level1, "--json")
+    assert built.returncode == 0, built.stderr
+    id1 = built.json()["package_id"]
+    built = hpkg("build", baseline, fixed, "-o", level2, "--level", "2", "--supersedes", id1, "--json")
+    assert built.returncode == 0, built.stderr
+    id2 = built.json()["package_id"]
+    with WineConversation(sample, "baseline", "ready") as talk:
+        pid = talk.pid
+        _ask(talk, sample, 0, "baseline")  # the image is mapped once the first answer came
+        assert hpkg("apply", level1, "--allow-unsigned", "--pid", pid).returncode == 0
+        _ask(talk, sample, 1, "fixed")
+        [first] = _allocations(pid)
+        applied = hpkg("apply", level2, "--allow-unsigned", "--pid", pid)
+        assert applied.returncode == 0, applied.stderr
+        assert f"superseded package {id1} (its memory kept mapped, retired" in applied.stdout, applied.stdout
+        assert f"points into the memory of superseded package {id1}" in applied.stderr, applied.stderr
+        assert_running_untraced(pid)
+        _ask(talk, sample, 2, "fixed")
+        packages = hpkg("status", "--pid", pid, "--json").json()["images"][0]["packages"]
+        states = {(p["package_id"], p["state"].split(":")[0]) for p in packages}
+        assert states == {(id1, "retired"), (id2, "applied")}
+        assert _allocations(pid)[first][0][2] == "---p"
+        [second] = [start for start in _allocations(pid) if start != first]
+        assert [[a.start for a in c.allocations] for c in scan_for_packages([pid]).carrying] == [[second]]
+        reverted = hpkg("revert", "--pid", pid, "--json")
+        assert reverted.returncode == 0, reverted.stderr
+        assert [p["package_id"] for p in reverted.json()["images"][0]["packages"]] == [id2]
+        assert_running_untraced(pid)
+        _ask(talk, sample, 3, "baseline")
+        assert scan_for_packages([pid]).carrying == ()
