@@ -22,8 +22,10 @@ function pointer, a buffer a waiting frame holds). So such a word does not refus
 get their pre-images back, the record is marked RETIRED in the same stop, and that package's memory
 stays mapped with its code and data as they were (its Wine function table stays linked, so a call
 through the word still unwinds); only its record pages become inaccessible, the mark by which the
-maps show it retired. Memory no word points into is freed as before. An ELF process keeps the
-stricter rule: a word into the memory makes the moment unsafe (retried, then refused).
+maps show it retired. Memory no word points into is freed as before. A later revert of the same image
+searches the image's retired memory too, and frees what no word, saved pc or thread's pc points into
+any more (its function table unlinked in that stop). An ELF process keeps the stricter rule: a word
+into the memory makes the moment unsafe (retried, then refused).
 
 Rule for records: revert writes only what an authenticated record says (loader/record.py), and only at
 sites that are function entries of the image's file (loader/bounds.py). A record that fails its seal or
@@ -36,7 +38,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hpkg.errors import IncompatibleTarget, RefusedError, TargetError
+from hpkg.errors import HpkgError, IncompatibleTarget, RefusedError, TargetError
 from hpkg.loader.alloc import Allocation
 from hpkg.loader.bounds import check_record_sites, image_code_of_process
 from hpkg.loader.interrupts import deferred_interrupts
@@ -105,6 +107,7 @@ class ImageReverted:
     stopped_seconds: float = 0.0  # threads stopped over every attempt, this switch's pause included
     window: tuple[tuple[str, float], ...] = ()  # the pause's steps and their seconds (the bench's breakdown)
     retained: tuple[Retained, ...] = ()  # packages whose memory a word still points into: kept mapped
+    released: tuple[tuple[str, Allocation], ...] = ()  # the image's retired memory no word points into: freed
 
 
 @dataclass(frozen=True)
@@ -148,6 +151,10 @@ class LiveRevertResult:
             out.append(f"  switch: {image.switch}")
             out.append(f"  pause: {image.pause_seconds * 1000:.3f} ms (all threads stopped)")
             out += [kept.line() for kept in image.retained]
+            for retired_id, memory in image.released:
+                where = f"at {memory.start:#x} ({memory.size // 1024} KiB)"
+                out.append(f"  freed the retired memory of package {printable(retired_id)} {where}:"
+                           " no word points into it any more")  # fmt: skip
             if image.attempts > 1:
                 tries = f"{image.attempts} attempts to find a safe moment"
                 out.append(f"  {tries}: {image.stopped_seconds * 1000:.3f} ms stopped in all")
@@ -172,6 +179,9 @@ class LiveRevertResult:
                     "stopped_ms": round(i.stopped_seconds * 1000, 3),
                     "switch": i.switch,
                     "retained": [kept.to_json() for kept in i.retained],
+                    "freed_retired": [
+                        {"package_id": p, "start": a.start, "size": a.size} for p, a in i.released
+                    ],
                 }
                 for i in self.images
             ],
@@ -199,7 +209,9 @@ def revert_process(
             return LiveRevertResult(pid, (), (), package_id)  # nothing applied: nothing to do
         # STEP 2 (first half): every record of every image proven bounded before any image is reverted.
         images = [(_check_stack(process, stack, unauthenticated), stack) for stack in stacks.values()]
-        done = [_revert_stack(process, stack, image, timeout) for image, stack in images]
+        retired = _retired(process, found)  # freed beside a revert of their image, once no word is left
+        done = [_revert_stack(process, stack, image, timeout, retired.get(key)) for key, (image, stack)
+                in zip(stacks, images, strict=True)]  # fmt: skip
         orphans: list[Allocation] = []
         if package_id is None:
             orphans = absent
@@ -217,6 +229,27 @@ def _stacks(found: list[FoundRecord]) -> dict[tuple[str, int], list[PatchRecord]
     for stack in stacks.values():
         stack.sort(key=lambda r: r.patch_level)
     return stacks
+
+
+def _retired(process: Process, found: list[FoundRecord]) -> dict[tuple[str, int], list[PatchRecord]]:
+    """The retired records per image (build-id and load bias), those whose memory a revert of that image
+    may free when no word points into it any more: with no function table, or one linked into the list
+    ntdll has now (the only list revert unlinks from)."""
+    located = None
+    retired: dict[tuple[str, int], list[PatchRecord]] = {}
+    for f in found:
+        record = f.record
+        if record is None or not f.retired:
+            continue
+        if record.wine_unwind is not None:
+            try:
+                located = located or find_wine_unwind_list(process)
+            except HpkgError:
+                continue
+            if (located.list_head, located.lock) != (record.wine_unwind.list_head, record.wine_unwind.lock):
+                continue
+        retired.setdefault((record.build_id, record.load_bias), []).append(record)
+    return retired
 
 
 def _sites_to_restore(process: Process, stack: list[PatchRecord]) -> list[SiteRecord]:
@@ -299,7 +332,8 @@ def _check_stack(process: Process, stack: list[PatchRecord], unauthenticated: se
 
 
 def _revert_stack(
-    process: Process, stack: list[PatchRecord], image: RuntimeImage, timeout: float
+    process: Process, stack: list[PatchRecord], image: RuntimeImage, timeout: float,
+    retired: list[PatchRecord] | None = None,
 ) -> ImageReverted:
     top = stack[-1]
     restore = _sites_to_restore(process, stack)
@@ -310,6 +344,11 @@ def _revert_stack(
     new_code += [CodeRange(f"code of package {r.package_id[:12]}", *r.area("code")) for r in stack]
     freed = [CodeRange(f"memory of package {r.package_id[:12]}", r.allocation.start, r.allocation.end)
              for r in stack]
+    # The image's retired memory too, freed once no word (nor a thread's pc) points into it any more (a
+    # Wine process: an ELF process never retires memory, and would take such a word as unsafe).
+    retired = retired or [] if not image.elf_type else []
+    freed += [CodeRange(f"retired memory of package {r.package_id[:12]}", r.allocation.start,
+                        r.allocation.end) for r in retired]  # fmt: skip
     windows = [CodeRange(s.function, s.address, s.address + len(s.pre_image)) for s in restore]
     # Everything the switch needs, while the process runs: every site of the stack as it is now (what
     # STEP 2 found), the pre-images to write, the method; each record's header marked retired, sealed,
@@ -324,14 +363,14 @@ def _revert_stack(
     pointed: list[PointerWord] = []
     with wait_until_safe(process, new_code, windows, image, timeout, freed, pointed) as stopped:
         # The words found pointing into package memory (Wine only): that memory stays, its record retired.
-        kept = _kept(stack, pointed)
+        kept = _kept(stack + retired, pointed)
         # STEP 5 (the threads are stopped): ld.so's record first, so the unwinder stops looking in the
         # package before its code goes away; then the sites, still holding what was read before the
         # stop, get their pre-images back, checked; then a kept package's record is marked retired.
         # An exception undoes it all.
         for address, word in _unwind_restores(process, stack):
             stopped.write(address, word)
-        for record in stack:  # Wine's unwinder stops looking in the tables of the package memory freed
+        for record in stack + retired:  # Wine's unwinder stops looking in the tables of the memory freed
             if record.wine_unwind is not None and record.allocation.start not in kept:
                 unlink_entry(stopped, record.wine_unwind)
         method = switch.run(stopped, "patch sites changed while hpkg waited for a safe moment; none reverted")
@@ -341,14 +380,16 @@ def _revert_stack(
     pause = stopped.pause
     # STEP 6: nothing jumps into the package memory any more, and no thread was inside it: what no word
     # points into is freed, the rest keeps its code and data and loses access to its record pages.
-    free_allocations(process, [r.allocation for r in stack if r.allocation.start not in kept])
+    free_allocations(process, [r.allocation for r in stack + retired if r.allocation.start not in kept])
     retire_allocations(process, [(r.allocation, r.area("record")[1]) for r in stack
                                  if r.allocation.start in kept])  # fmt: skip
     packages = tuple((r.package_id, r.patch_level) for r in stack)
     retained = tuple(Retained(r.package_id, r.allocation, kept[r.allocation.start])
                      for r in stack if r.allocation.start in kept)  # fmt: skip
+    released = tuple((r.package_id, r.allocation) for r in retired if r.allocation.start not in kept)
     return ImageReverted(top.image_path, top.build_id, packages, tuple(restore), pause, method,
-                         stopped.attempts, stopped.stopped_before + pause, stopped.window_steps(), retained)
+                         stopped.attempts, stopped.stopped_before + pause, stopped.window_steps(), retained,
+                         released)  # fmt: skip
 
 
 def _kept(stack: list[PatchRecord], pointed: list[PointerWord]) -> dict[int, PointerWord]:

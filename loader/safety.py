@@ -180,6 +180,10 @@ def check_threads(
                 per_thread.setdefault(index, []).append(Offender(tids[index], code.name, kind, rips[index]))
     if pointer_ranges:
         _check_registers(snapshot, pointer_ranges, per_thread, pointed)
+    if pointed is not None:  # a thread running code in the memory (a call through a kept word) keeps it
+        for memory in pointer_ranges:
+            for index in [i for i, rip in enumerate(rips) if memory.contains(rip)]:
+                pointed.append(PointerWord(tids[index], memory, "instruction pointer", rips[index]))
     walked: set[int] = set()
     on_windows_stack: set[int] = set()
     if scan_stacks and wine is not None:
@@ -268,6 +272,9 @@ def _check_windows_frames(
         walked.add(index)
         if pointed is not None and frames.kind is Kind.WALKED and frames.stack is not None:
             pointed += _windows_stack_words(snapshot.tids[index], frames.stack, pointer_ranges)
+            for pc in frames.pcs[: 1 if frames.saved else 0]:  # the pc Wine saved, in no stack searched
+                pointed += [PointerWord(snapshot.tids[index], m, "saved instruction pointer", pc)
+                            for m in pointer_ranges if m.contains(pc)]  # fmt: skip
         if not frames.saved:
             on_windows_stack.add(index)
         tid, found = snapshot.tids[index], []

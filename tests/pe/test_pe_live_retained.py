@@ -5,8 +5,9 @@ their pre-images back, the memory stays mapped and the record says "retired" (lo
 the address of that string (package rodata) stays behind on main's Windows stack, in a frame's
 uninitialised buffer. Waiting does not clear it, so the revert keeps the memory instead of refusing.
 Everything else must see the retired package as not applied: status, a second revert, apply of the same
-package again, and the maps-only scan for package memory (loader/affected.py). Where no word points into
-the package (01-bounds-check), revert unmaps it as before.
+package again, and the maps-only scan for package memory (loader/affected.py); a later revert frees the
+retired memory once no word points into it. Where no word points into the package (01-bounds-check),
+revert unmaps it as before.
 """
 
 from __future__ import annotations
@@ -109,6 +110,9 @@ def test_a_word_on_a_windows_stack_keeps_the_reverted_package_mapped_and_retired
         assert kept_lines, reverted.stdout  # "error: path escapes the root" answered again: a word again
         assert f"points into the memory of package {package_id}" in kept_lines[0]
         assert "Windows stack word 0x" in kept_lines[0] and "KiB at" in kept_lines[0]
+        # The word now points into the second package: the first one's retired memory is freed.
+        assert f"freed the retired memory of package {package_id} at {start:#x}" in reverted.stdout
+        assert list(_allocations(pid)) == [second] and _allocations(pid)[second][0][2] == "---p"
         assert_running_untraced(pid)
         _ask(talk, sample, 1, "baseline")
         assert scan_for_packages([pid]).carrying == ()
@@ -166,7 +170,12 @@ def test_a_word_into_a_superseded_level_keeps_its_memory_retired(pe_corpus, tmp_
         assert [[a.start for a in c.allocations] for c in scan_for_packages([pid]).carrying] == [[second]]
         reverted = hpkg("revert", "--pid", pid, "--json")
         assert reverted.returncode == 0, reverted.stderr
-        assert [p["package_id"] for p in reverted.json()["images"][0]["packages"]] == [id2]
+        check_document(reverted.json(), "revert")
+        [image] = reverted.json()["images"]
+        assert [p["package_id"] for p in image["packages"]] == [id2]
+        # Level 2's string answered last: the word points there now, level 1's retired memory is freed.
+        assert [(f["package_id"], f["start"]) for f in image["freed_retired"]] == [(id1, first)]
+        assert [start for start, lines in _allocations(pid).items() if lines[0][2] == "---p"] == [second]
         assert_running_untraced(pid)
         _ask(talk, sample, 3, "baseline")
         assert scan_for_packages([pid]).carrying == ()
