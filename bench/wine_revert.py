@@ -5,9 +5,10 @@ TEB's StackBase) for a pointer into the package memory, to keep that memory mapp
 it under a word (loader/revert.py). Its peer, in the same invocation and on the same process, is the
 same revert with that search left out (what revert did before: Windows stack words not looked at).
 Rounds take turns (apply, one request answered by the fix, revert with the search; then the same with
-the peer's revert; the order swapped every round); the figure is each revert's pause (every thread
-stopped, first interrupt to last detach) and its "windows frames" step (the walk, and the search),
-medians over the rounds.
+the peer's revert; the order swapped every round); a revert with the search also frees the retired
+memory of the round before when no word points into it any more. The figure is each revert's pause
+(every thread stopped, first interrupt to last detach) and its "windows frames" step (the walk, and
+the search), medians over the rounds.
 
     python -m bench.wine_revert [--rounds N] [--prefix DIR]
 
@@ -88,19 +89,20 @@ class Running:
 
 @contextlib.contextmanager
 def words_not_searched() -> Iterator[None]:
-    """The peer: revert's stop without the pointer search (no `pointed` list handed to the check)."""
+    """The peer: revert's stop without the pointer search (no `pointed` list handed to the check), and
+    without the retired memory it would free (an earlier round's)."""
     from hpkg.loader import revert
 
-    original = revert.wait_until_safe
+    original, retired = revert.wait_until_safe, revert._retired
 
     def without(process, replaced, windows, image, timeout, freed=(), pointed=None):  # noqa: ANN001, ANN202
         return original(process, replaced, windows, image, timeout, freed, None)
 
-    revert.wait_until_safe = without
+    revert.wait_until_safe, revert._retired = without, lambda process, found: {}
     try:
         yield
     finally:
-        revert.wait_until_safe = original
+        revert.wait_until_safe, revert._retired = original, retired
 
 
 @dataclass(frozen=True)
