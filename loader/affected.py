@@ -9,7 +9,9 @@ reports). A process that exits during the scan is simply not listed; one whose m
 
 `scan_for_packages` is the other question asked of every process: which ones carry hpkg package
 memory (`/memfd:hpkg-…` in their maps)? It reads the maps alone, never the memory, so it is as cheap
-as `grep` over /proc and stops nothing; what a record says is for loader/status.py to read.
+as `grep` over /proc and stops nothing; what a record says is for loader/status.py to read. Retired
+memory (a reverted package kept mapped because a word pointed into it) is not package memory applied:
+the maps show it by its inaccessible record page (loader/alloc.py), and the scan passes over it.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 
 from hpkg.errors import HpkgError
 from hpkg.loader import procfs
-from hpkg.loader.alloc import Allocation, find_allocations
+from hpkg.loader.alloc import Allocation, find_allocations, retired_by_maps
 from hpkg.loader.pe_process import pe_images
 from hpkg.loader.process import Process
 from hpkg.loader.procfs import Mapping, RuntimeImage
@@ -178,7 +180,8 @@ def scan_for_packages(pids: Iterable[int] | None = None) -> PackageScan:
     for pid in process_ids() if pids is None else pids:
         if pid == me:
             continue
-        allocations = find_allocations(_maps_of(pid, unreadable))
+        maps = _maps_of(pid, unreadable)
+        allocations = [a for a in find_allocations(maps) if not retired_by_maps(maps, a)]
         if allocations:
             ordered = tuple(sorted(allocations, key=lambda a: a.start))
             carrying.append(CarryingProcess(pid, command_of(pid), ordered))

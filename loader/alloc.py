@@ -5,6 +5,12 @@ calls and rip-relative references back into the image, so every byte of the allo
 within ±2 GiB of every byte of the image. The memory is a private mapping of a memfd, so that
 /proc/PID/maps names it `/memfd:hpkg-<id> (deleted)` and a later `status` or `revert` finds it;
 private, so that a fork of the target gets copy-on-write memory like any other.
+
+A retired allocation (a reverted package whose memory a word of the process may still point into,
+loader/revert.py) stays mapped, its record pages made inaccessible (`retire`): its maps line then
+shows `---p` at the allocation's start, where applied memory shows the record's `r--p`, so that a scan
+of /proc/PID/maps alone (loader/affected.py) passes over it. hpkg still reads the record there through
+/proc/PID/mem, which reads pages the process itself may not.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from hpkg.errors import TargetError
 from hpkg.loader.inject import (
     MAP_FIXED_NOREPLACE,
     MAP_PRIVATE,
+    PROT_NONE,
     PROT_READ,
     PROT_WRITE,
     InjectedSyscallError,
@@ -120,6 +127,17 @@ def protect(injector: Injector, allocation: Allocation, offset: int, length: int
 def free(injector: Injector, allocation: Allocation) -> None:
     """Unmap an allocation."""
     injector.munmap(allocation.start, allocation.size)
+
+
+def retire(injector: Injector, allocation: Allocation, record_end: int) -> None:
+    """Make a retired allocation's record pages [start, record_end) inaccessible: the maps mark of
+    retirement. The package's code and data keep their protections (a word may still use them)."""
+    injector.mprotect(allocation.start, page_up(record_end - allocation.start), PROT_NONE)
+
+
+def retired_by_maps(maps: tuple[Mapping, ...], allocation: Allocation) -> bool:
+    """Whether the maps show `allocation` retired: its first page mapped without any access."""
+    return any(m.start == allocation.start and m.perms.startswith("---") for m in maps)
 
 
 def find_allocations(maps: tuple[Mapping, ...], prefix: str = "hpkg-") -> list[Allocation]:

@@ -49,6 +49,7 @@ from hpkg.loader.live import (
     free_allocations,
     open_process,
     replaced_ranges,
+    retire_allocations,
     target_lock,
     wait_until_safe,
 )
@@ -75,7 +76,7 @@ from hpkg.loader.record import (
     sealed_state,
     usable_records,
 )
-from hpkg.loader.safety import CodeRange
+from hpkg.loader.safety import CodeRange, PointerWord
 from hpkg.loader.switch import PreparedSwitch, SiteWrite, StateWrite, prepare_switch, switch_table
 from hpkg.loader.terminal import printable
 from hpkg.loader.unwind_table import merged_eh_frame_hdr, package_fdes
@@ -106,6 +107,7 @@ class ImageApplied:
     attempts: int = 1  # stops made to find a safe moment (a busy function makes more)
     stopped_seconds: float = 0.0  # threads stopped over every attempt, this switch's pause included
     window: tuple[tuple[str, float], ...] = ()  # the pause's steps and their seconds (the bench's breakdown)
+    superseded_retained: bool = False  # the superseded level's memory kept, retired (a warning says why)
 
 
 @dataclass(frozen=True)
@@ -166,7 +168,9 @@ class LiveApplyResult:
                 jump = f"jmp at {site.address:#x} -> {site.replacement:#x}"
                 out.append(f"    {printable(site.function)}: {jump}")
             if applied.superseded:
-                out.append(f"  superseded package {printable(applied.superseded)} (its memory freed)")
+                kept = applied.superseded_retained
+                fate = "kept mapped, retired: a word points into it" if kept else "freed"
+                out.append(f"  superseded package {printable(applied.superseded)} (its memory {fate})")
             out.append(f"  switch: {applied.switch}")
             out.append(f"  pause: {applied.pause_seconds * 1000:.3f} ms (all threads stopped)")
             if applied.attempts > 1:
@@ -331,8 +335,13 @@ def _superseded(records: list[FoundRecord], compat: CompatReport) -> PatchRecord
 
 
 def _records_of(found: list[FoundRecord], image: RuntimeImage) -> list[FoundRecord]:
+    """The records of packages on `image`, a retired one left out: reverted, applied nowhere (its memory
+    only kept mapped for a word that points into it, loader/revert.py)."""
     key = (image.build_id, image.load_bias)
-    return [f for f in found if f.record is not None and (f.record.build_id, f.record.load_bias) == key]
+    return [
+        f for f in found
+        if f.record is not None and not f.retired and (f.record.build_id, f.record.load_bias) == key
+    ]  # fmt: skip
 
 
 def _apply_to_image(
@@ -402,13 +411,17 @@ def _apply_to_image(
         # link): the window's one-call check makes the switch itself when every thread passes.
         alone = old is None and registered is None and prepared.record.unwind is None
         fused = switch.fused(process, state) if alone and prepared.record.wine_unwind is None else None
-        with wait_until_safe(process, functions, windows, image, timeout, freed, fused) as stopped:
+        # Under Wine, a word pointing into the superseded level's memory keeps it mapped, retired.
+        retired = sealed_state(old, RecordState.RETIRED, seal) if old is not None else b""
+        pointed: list[PointerWord] = []
+        with wait_until_safe(process, functions, windows, image, timeout, freed, fused, pointed) as stopped:
             # STEP 5 (the threads are stopped): the sites still hold what was read before the stop, then
             # every jump, checked, then the record marked applied. An exception undoes it all.
+            kept = pointed[0] if pointed else None
             if old is not None:
                 _carry_over(process, stopped, old, prepared.record)
-                if old.wine_unwind is not None:  # the superseded level's table leaves Wine's list
-                    unlink_entry(stopped, old.wine_unwind)
+                if old.wine_unwind is not None and kept is None:  # the superseded level's table leaves
+                    unlink_entry(stopped, old.wine_unwind)  # Wine's list (a kept one stays, for the word)
             if prepared.record.wine_unwind is not None:  # Wine's unwinder finds the package's functions first
                 link_entry(stopped, prepared.record.wine_unwind)
             # The unwinder finds the package's FDEs before any jump leads there (or, when a lower level
@@ -424,6 +437,8 @@ def _apply_to_image(
                     stopped.write(address, word)
             # The sites, then the record marked applied (one helper call on the one-page path).
             method = switch.run(stopped, RACED, state)
+            if old is not None and kept is not None:
+                stopped.write(old.allocation.start + STATE_OFFSET, retired)
             stopped.mark("switch")
         pause = stopped.pause
     except BaseException:
@@ -433,14 +448,25 @@ def _apply_to_image(
 
     # STEP 6: the superseded level is unreachable now (no site jumps into it, no thread was inside it).
     warnings: list[str] = []
-    if old is not None:
+    if old is not None and kept is not None:
+        size = f"{old.allocation.size // 1024} KiB"
+        warnings.append(
+            f"{kept.describe()} points into the memory of superseded package {old.package_id}, so its"
+            f" {size} at {old.allocation.start:#x} stay mapped (retired, not applied)"
+        )
+        try:
+            retire_allocations(process, [(old.allocation, old.area("record")[1])])
+        except TargetError as exc:
+            warnings.append(f"could not mark the kept memory of superseded package {old.package_id}: {exc}")
+    elif old is not None:
         try:
             free_allocations(process, [old.allocation])
         except TargetError as exc:
             warnings.append(f"could not free the memory of superseded package {old.package_id}: {exc}")
     superseded = old.package_id if old else None
     return ImageApplied(image, compat, prepared.record, pause, superseded, tuple(warnings), method,
-                        stopped.attempts, stopped.stopped_before + pause, stopped.window_steps())
+                        stopped.attempts, stopped.stopped_before + pause, stopped.window_steps(),
+                        old is not None and kept is not None)
 
 
 def _registered(

@@ -5,7 +5,8 @@
 - `baseline_images()`: the images of a process that are the package's baseline, by build-id.
 - `wait_until_safe()`: stop every thread at a moment no thread is inside (or returns into) the
   code being switched, or refuse naming function and thread — and say when waiting cannot help.
-- `free_allocations()`: unmap package memory at one briefly stopped thread.
+- `free_allocations()`: unmap package memory at one briefly stopped thread; `retire_allocations()`:
+  make the record pages of memory kept mapped inaccessible instead (loader/alloc.py).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from hpkg.loader.hostdirs import run_dir
 from hpkg.loader.inject import Injector
 from hpkg.loader.process import Process, StoppedThreads
 from hpkg.loader.procfs import RuntimeImage
-from hpkg.loader.safety import CodeRange, ThreadsBusy, stop_when_safe
+from hpkg.loader.safety import CodeRange, PointerWord, ThreadsBusy, stop_when_safe
 from hpkg.loader.window_check import SpanSwitch
 from hpkg.loader.wine_threads import WindowsThreads
 
@@ -253,18 +254,23 @@ def wait_until_safe(
     timeout: float,
     freed: Sequence[CodeRange] = (),
     fused: SpanSwitch | None = None,
+    pointed: list[PointerWord] | None = None,
 ) -> Iterator[StoppedThreads]:
     """Hold every thread stopped at a safe moment for the switch; UnsafeNow (exit 4) at the deadline.
 
-    `freed` is memory the caller frees right after: no register or stack word may point into it. `fused`
-    is the caller's one-page switch when nothing else is written in the window: the check makes it
-    (safety.stop_when_safe), and the switch's `run` reports its outcome.
+    `freed` is memory the caller frees right after: no register or stack word may point into it. Under
+    Wine, with `pointed` given, such words are put there instead (every Windows stack's words too), and
+    the caller keeps the memory they point into mapped. An ELF process ignores `pointed`: a word into
+    `freed` makes its moment unsafe. `fused` is the caller's one-page switch when nothing else is
+    written in the window: the check makes it (safety.stop_when_safe), and the switch's `run` reports
+    its outcome.
     """
     # A PE image runs under Wine: each Windows thread is checked by its frames, walked by UNWIND_INFO.
     wine = WindowsThreads(process) if not image.elf_type else None
     try:
         with stop_when_safe(
-            process, replaced, windows, timeout=timeout, pointer_ranges=freed, wine=wine, fused=fused
+            process, replaced, windows, timeout=timeout, pointer_ranges=freed, wine=wine, fused=fused,
+            pointed=pointed if wine is not None else None,
         ) as stopped:
             yield stopped
     except ThreadsBusy as busy:
@@ -278,3 +284,13 @@ def free_allocations(process: Process, allocations: Sequence[Allocation]) -> Non
     with process.stop_thread() as held, Injector(held) as injector:
         for allocation in allocations:
             alloc.free(injector, allocation)
+
+
+def retire_allocations(process: Process, retired: Sequence[tuple[Allocation, int]]) -> None:
+    """Make the record pages (up to each given end) of retired package memory inaccessible, injecting
+    mprotect at one briefly stopped thread: the mark /proc/PID/maps shows of a retired allocation."""
+    if not retired:
+        return
+    with process.stop_thread() as held, Injector(held) as injector:
+        for allocation, record_end in retired:
+            alloc.retire(injector, allocation, record_end)

@@ -203,6 +203,10 @@ def _revert_one(package_id: str | None, pid: int, command: str, timeout: float) 
     images = ", ".join(i.image_path for i in result.images)
     ids = ", ".join(p for i in result.images for p, _level in i.packages)
     reason = "" if result.images else f"freed {len(result.freed_orphans)} allocation(s) with no record"
+    kept = [r for i in result.images for r in i.retained]
+    if kept:
+        size = sum(r.allocation.size for r in kept) // 1024
+        reason = f"{size} KiB kept mapped, retired: {kept[0].word.describe()} points into it"
     return ProcessOutcome(pid, command, images, ids, Outcome.REVERTED, reason, result.pause_ms)
 
 

@@ -12,7 +12,7 @@ Layout (little-endian), at the start of the allocation:
 |---|---|---|
 | 0 | 8 | magic `HPKGREC\\x01` |
 | 8 | 4 | format version: 2 (1 was written by hpkg before records were authenticated) |
-| 12 | 4 | state: 1 prepared (written, no site switched yet), 2 applied |
+| 12 | 4 | state: 1 prepared (written, no site switched yet), 2 applied, 3 retired (below) |
 | 16 | 4 | body size in bytes |
 | 20 | 4 | reserved, 0 |
 | 24 | 32 | version 2: the seal, HMAC-SHA256 (below); version 1: SHA-256 of the body |
@@ -28,6 +28,12 @@ address, carries a record that holds there too (`RecordSeal`). The switch rewrit
 validated against limits (nesting depth, sizes, types, counts; `_validate`) and against the
 allocation it was found in. Authenticating what revert reads was chosen over re-deriving it from the
 package and the image because revert has no package: it must work from what the process carries.
+A "retired" record is a reverted package whose memory stays mapped: a Wine process's revert found a word
+(on a Windows stack, a stack or in a register) pointing into it, so the sites got their pre-images
+back but nothing was unmapped (loader/revert.py); its record page is then made inaccessible
+(PROT_NONE, loader/alloc.py), so that /proc/PID/maps alone tells it from applied package memory. A
+retired record is not applied for any command: apply, revert and the machine-wide scans pass over it,
+`status --pid` lists it as retired. Any other state number is refused as unknown.
 A version 1 record (no seal) is "unauthenticated": shown by `status`, refused by apply and verify, and
 reverted only with `revert --allow-unauthenticated`, its sites still checked against the image.
 
@@ -72,10 +78,13 @@ _SEAL_DOMAIN = b"hpkg-record-2"
 
 
 class RecordState(IntEnum):
-    """How far an apply got: prepared (no site switched yet) or applied (switch complete)."""
+    """How far an apply got: prepared (no site switched yet) or applied (switch complete); or retired:
+    reverted, its sites back at their pre-images, its memory kept mapped because a word of the process
+    may still point into it (never applied again; a later apply places a new allocation)."""
 
     PREPARED = 1
     APPLIED = 2
+    RETIRED = 3
 
 
 @dataclass(frozen=True)
@@ -444,6 +453,11 @@ class FoundRecord:
     state: RecordState | None
     problem: str  # why `record` is None, else ""
     trust: RecordTrust = RecordTrust.AUTHENTICATED
+
+    @property
+    def retired(self) -> bool:
+        """A reverted package whose memory was kept mapped: applied nowhere, never acted on again."""
+        return self.state is RecordState.RETIRED
 
 
 def _absent(allocation: Allocation, problem: str) -> FoundRecord:

@@ -16,6 +16,11 @@ every attempt stays bounded, and a refusal reports it with how often each functi
 Memory about to be freed (a package's code, rodata and data on revert) is checked further through
 `pointer_ranges`: any general register or stack word pointing into it makes the moment unsafe,
 since a thread blocked in a library call may still hold a pointer to a package string or buffer.
+With `keep_pointed` (a Wine process), such words do not make the moment unsafe: they are reported in
+`SafetyReport.pointed`, every word of every Windows stack included, and the caller keeps the memory
+they point into mapped instead of freeing it. A Windows stack's live frames keep stale words in their
+uninitialised buffers (a package string's old address in main's line buffer), which waiting cannot
+clear and which may as well be live: only keeping the memory is safe for both.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from hpkg.loader.ptrace import RegisterFile
 from hpkg.loader.thread_scan import Snapshot, ThreadScan, find_words
 from hpkg.loader.window_check import SAFE, STEP_BY_STEP, UNSAFE, OneCallCheck, SpanSwitch
 from hpkg.loader.window_native import VERDICT_INSTRUCTION, VERDICT_REGISTER, VERDICT_UNREADABLE
-from hpkg.loader.wine_threads import Kind, WindowsThreads
+from hpkg.loader.wine_threads import MAX_WINDOWS_STACK, Kind, WindowsThreads
 
 DEFAULT_STACK_SCAN_LIMIT = 1 << 20  # bytes scanned above rsp per thread
 # Between two attempts the process runs at least this many times as long as the last attempt held it
@@ -74,11 +79,29 @@ class Offender:
 
 
 @dataclass(frozen=True)
+class PointerWord:
+    """A word of a stopped thread pointing into memory about to be freed: in a register (`at` None) or on
+    a stack at `at` (`where`: "register rax", "stack", "Windows stack")."""
+
+    tid: int
+    memory: CodeRange
+    where: str
+    word: int
+    at: int | None = None
+
+    def describe(self) -> str:
+        place = f" at {self.at:#x}" if self.at is not None else ""
+        return f"thread {self.tid}'s {self.where} word {self.word:#x}{place}"
+
+
+@dataclass(frozen=True)
 class SafetyReport:
-    """The outcome of one check over all stopped threads."""
+    """The outcome of one check over all stopped threads; `pointed`, with `keep_pointed`: the first word
+    per thread, range and place pointing into memory about to be freed (none makes the moment unsafe)."""
 
     offenders: tuple[Offender, ...]
     threads_checked: int
+    pointed: tuple[PointerWord, ...] = ()
 
     @property
     def safe(self) -> bool:
@@ -133,18 +156,21 @@ def check_threads(
     pointer_ranges: Sequence[CodeRange] = (),
     scan: ThreadScan | None = None,
     wine: WindowsThreads | None = None,
+    keep_pointed: bool = False,
 ) -> SafetyReport:
     """Check every held thread's instruction pointer and stack against the replaced code.
 
     With `pointer_ranges`, also every general register and stack word against memory about to be freed.
     `scan` was set up before the stop (its maps read, registers read as the threads stopped); without
     one, a scan is set up now. With `wine` (a Windows program under Wine), a thread with a TEB of its own
-    is checked by its Windows frames instead of the words of its stack (loader/wine_threads.py).
+    is checked by its Windows frames instead of the words of its stack (loader/wine_threads.py). With
+    `keep_pointed`, the words pointing into `pointer_ranges` (every Windows stack's too) are reported in
+    `pointed` instead of making the moment unsafe.
     """
     if scan is None:
         with contextlib.closing(ThreadScan(stopped.process.pid, len(stopped.held))) as own:
             return check_threads(
-                stopped, replaced, patch_windows, stack_scan_limit, pointer_ranges, own, wine
+                stopped, replaced, patch_windows, stack_scan_limit, pointer_ranges, own, wine, keep_pointed
             )
     scan_stacks = bool(replaced or pointer_ranges)
     snapshot = scan.snapshot(stopped, stack_scan_limit, scan_stacks)
@@ -152,13 +178,15 @@ def check_threads(
     frames = None
     if scan_stacks and wine is not None:
 
-        def frames(per_thread: dict[int, list[Offender]]) -> tuple[set[int], set[int]]:
+        def frames(
+            per_thread: dict[int, list[Offender]], pointed: list[PointerWord] | None
+        ) -> tuple[set[int], set[int]]:
             found = _check_windows_frames(snapshot, wine, stack_scan_limit, replaced, patch_windows,
-                                          per_thread)  # fmt: skip
+                                          per_thread, pointer_ranges, pointed)  # fmt: skip
             stopped.mark("windows frames")
             return found
 
-    report = analyse(snapshot, replaced, patch_windows, pointer_ranges, scan_stacks, frames)
+    report = analyse(snapshot, replaced, patch_windows, pointer_ranges, scan_stacks, frames, keep_pointed)
     stopped.mark("check")
     return report
 
@@ -169,13 +197,17 @@ def analyse(
     patch_windows: Sequence[CodeRange],
     pointer_ranges: Sequence[CodeRange],
     scan_stacks: bool,
-    frames: Callable[[dict[int, list[Offender]]], tuple[set[int], set[int]]] | None = None,
+    frames: Callable[[dict[int, list[Offender]], list[PointerWord] | None], tuple[set[int], set[int]]]
+    | None = None,
+    keep_pointed: bool = False,
 ) -> SafetyReport:
     """The offenders among the threads of a snapshot: the check's verdict from what it read. `frames`
-    checks the Windows threads' frames (adding their offenders) and answers which threads it walked and
-    which of them are on their Windows stack. Reads nothing from the process: the one-call check's
-    snapshot is analysed after the threads run again."""
+    checks the Windows threads' frames (adding their offenders, and with `keep_pointed` the words pointing
+    into `pointer_ranges`) and answers which threads it walked and which of them are on their Windows
+    stack. Reads nothing from the process: the one-call check's snapshot is analysed after the threads
+    run again."""
     per_thread: dict[int, list[Offender]] = {}
+    pointed: list[PointerWord] | None = [] if keep_pointed and pointer_ranges else None
     tids, rips = snapshot.tids, snapshot.rips
     # Per range, the threads whose rip is inside it (a comparison per thread, no object unless found).
     for kind, ranges in (("patch site", patch_windows), ("instruction pointer", replaced)):
@@ -184,18 +216,22 @@ def analyse(
             for index in [i for i, rip in enumerate(rips) if low <= rip < high]:
                 per_thread.setdefault(index, []).append(Offender(tids[index], code.name, kind, rips[index]))
     if pointer_ranges:
-        _check_registers(snapshot, pointer_ranges, per_thread)
+        _check_registers(snapshot, pointer_ranges, per_thread, pointed)
+    if pointed is not None:  # a thread running code in the memory (a call through a kept word) keeps it
+        for memory in pointer_ranges:
+            for index in [i for i, rip in enumerate(rips) if memory.contains(rip)]:
+                pointed.append(PointerWord(tids[index], memory, "instruction pointer", rips[index]))
     walked: set[int] = set()
     on_windows_stack: set[int] = set()
     if frames is not None:
-        walked, on_windows_stack = frames(per_thread)
+        walked, on_windows_stack = frames(per_thread, pointed)
     if scan_stacks:
         for index in snapshot.unreadable():
             offender = Offender(tids[index], "(unreadable stack)", "stack pointer", snapshot.rsps[index])
             per_thread.setdefault(index, []).append(offender)
-        _check_stacks(snapshot, replaced, pointer_ranges, per_thread, walked, on_windows_stack)
+        _check_stacks(snapshot, replaced, pointer_ranges, per_thread, walked, on_windows_stack, pointed)
     offenders = tuple(o for index in sorted(per_thread) for o in per_thread[index])
-    return SafetyReport(offenders, len(tids))
+    return SafetyReport(offenders, len(tids), tuple(pointed or ()))
 
 
 # The general registers in the order a register offender is reported (the first found), as indexes of
@@ -204,13 +240,17 @@ _GENERAL_ORDER = {
     word: rank  # rax rbx rcx rdx rsi rdi rbp r8 .. r15
     for rank, word in enumerate((10, 5, 11, 12, 13, 14, 4, 9, 8, 7, 6, 3, 2, 1, 0))
 }
+_GENERAL_NAMES = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", *(f"r{n}" for n in range(8, 16)))
 
 
 def _check_registers(
-    snapshot: Snapshot, pointer_ranges: Sequence[CodeRange], per_thread: dict[int, list[Offender]]
+    snapshot: Snapshot,
+    pointer_ranges: Sequence[CodeRange],
+    per_thread: dict[int, list[Offender]],
+    pointed: list[PointerWord] | None = None,
 ) -> None:
     """The first general register (rax, rbx, ... r15) of each thread pointing into memory about to be
-    freed, searched in C over the register array as the stacks are."""
+    freed, searched in C over the register array as the stacks are; an offender, or into `pointed`."""
     index_of: dict[int, int] | None = None  # slot -> thread index, built on the first word found
     slot_bytes = RegisterFile.SLOT_WORDS * 8
     buffer = snapshot.registers.buffer()
@@ -225,7 +265,11 @@ def _check_registers(
             index = index_of.get(slot) if index_of is not None else None
             if rank is not None and index is not None and rank < first.get(index, (99, 0))[0]:
                 first[index] = (rank, value)
-        for index, (_rank, value) in first.items():
+        for index, (rank, value) in first.items():
+            if pointed is not None:
+                where = f"register {_GENERAL_NAMES[rank]}"
+                pointed.append(PointerWord(snapshot.tids[index], memory, where, value))
+                continue
             offender = Offender(snapshot.tids[index], memory.name, "register", value)
             per_thread.setdefault(index, []).append(offender)
 
@@ -237,6 +281,8 @@ def _check_windows_frames(
     replaced: Sequence[CodeRange],
     patch_windows: Sequence[CodeRange],
     per_thread: dict[int, list[Offender]],
+    pointer_ranges: Sequence[CodeRange] = (),
+    pointed: list[PointerWord] | None = None,
 ) -> tuple[set[int], set[int]]:
     """Every frame of each Windows thread against the replaced code (the pc Wine saved at a system call
     as an instruction pointer, the others as return addresses); a thread whose frames cannot be followed
@@ -245,15 +291,23 @@ def _check_windows_frames(
     for pointers either: a Windows stack's live frames keep stale words in their uninitialised buffers
     (seen: a revert refused on every attempt for a package string's old address in main's line buffer).
     A thread stopped on the Unix side keeps its stack scanned for pointers: the arguments of the system
-    call it waits in (a buffer in package memory being written) are there."""
+    call it waits in (a buffer in package memory being written) are there. With `pointed`, every word of
+    each walked thread's Windows stack, from its Windows rsp to its StackBase, is searched for pointers
+    into `pointer_ranges` (the whole used stack is read then, however deep)."""
     words = snapshot.registers.words()
     size = snapshot.registers.SLOT_WORDS
     registers = [words[slot * size : (slot + 1) * size] for slot in snapshot.slots]
     walked, on_windows_stack = set(), set()
-    for index, frames in enumerate(wine.frames(registers, stack_limit)):
+    whole = pointed is not None  # every word up to StackBase (a TEB's stack bounds are at most 1 GiB apart)
+    for index, frames in enumerate(wine.frames(registers, MAX_WINDOWS_STACK if whole else stack_limit)):
         if frames.kind is Kind.UNIX:
             continue
         walked.add(index)
+        if pointed is not None and frames.kind is Kind.WALKED and frames.stack is not None:
+            pointed += _windows_stack_words(snapshot.tids[index], frames.stack, pointer_ranges)
+            for pc in frames.pcs[: 1 if frames.saved else 0]:  # the pc Wine saved, in no stack searched
+                pointed += [PointerWord(snapshot.tids[index], m, "saved instruction pointer", pc)
+                            for m in pointer_ranges if m.contains(pc)]  # fmt: skip
         if not frames.saved:
             on_windows_stack.add(index)
         tid, found = snapshot.tids[index], []
@@ -274,6 +328,21 @@ def _check_windows_frames(
     return walked, on_windows_stack
 
 
+def _windows_stack_words(
+    tid: int, stack: tuple[int, bytes], pointer_ranges: Sequence[CodeRange]
+) -> list[PointerWord]:
+    """The first word per range of one Windows stack (its address and bytes) pointing into a range."""
+    low, data = stack
+    buffer = bytearray(data)
+    found: dict[str, PointerWord] = {}
+    for start, end in _covering(pointer_ranges):
+        for offset, word in find_words(buffer, len(buffer), start, end):
+            memory = next(m for m in pointer_ranges if m.contains(word))
+            if memory.name not in found:
+                found[memory.name] = PointerWord(tid, memory, "Windows stack", word, low + offset)
+    return list(found.values())
+
+
 def _check_stacks(
     snapshot: Snapshot,
     replaced: Sequence[CodeRange],
@@ -281,10 +350,12 @@ def _check_stacks(
     per_thread: dict[int, list[Offender]],
     walked: set[int] | frozenset[int] = frozenset(),
     skipped: set[int] | frozenset[int] = frozenset(),
+    pointed: list[PointerWord] | None = None,
 ) -> None:
     """Stack words into replaced code (a return address, once per function and thread; not for the
     `walked` threads, whose frames are known) and into memory about to be freed (the first word per range
-    and thread; not for the `skipped` threads), in stack order per thread."""
+    and thread; not for the `skipped` threads), in stack order per thread; with `pointed`, the latter go
+    there with the stack address holding them, instead of making the moment unsafe."""
     # One search per stretch of address space the ranges cover together (on revert, the package's code
     # lies inside the memory to be freed: one search finds both kinds of word).
     returns: dict[int, list[Offender]] = {}
@@ -306,6 +377,10 @@ def _check_stacks(
             for memory in pointer_ranges:
                 if memory.contains(word) and (index, memory.name) not in seen:
                     seen.add((index, memory.name))
+                    if pointed is not None:
+                        at = (snapshot.rsps[index] & ~7) + offset - snapshot.place_starts[index]
+                        pointed.append(PointerWord(tids[index], memory, "stack", word, at))
+                        continue
                     offender = Offender(tids[index], memory.name, "stack word", word)
                     words.setdefault(index, []).append(offender)
     for index in sorted(set(returns) | set(words)):
@@ -336,8 +411,12 @@ def stop_when_safe(
     pointer_ranges: Sequence[CodeRange] = (),
     wine: WindowsThreads | None = None,
     fused: SpanSwitch | None = None,
+    pointed: list[PointerWord] | None = None,
 ) -> Iterator[StoppedThreads]:
     """Stop all threads at a moment when the check passes and hold them for the caller's switch.
+
+    With `pointed` (a list, filled with the safe attempt's words), words pointing into `pointer_ranges`
+    do not make a moment unsafe: the caller learns of them there and keeps that memory.
 
     Each attempt seizes every thread while it runs, then stops them all at once for the check alone.
     Between attempts the process runs for `retry_interval` seconds, or RUN_PER_STOP times the last
@@ -353,10 +432,12 @@ def stop_when_safe(
     # Set up while the process runs: maps opened and read, register array and stack buffer allocated.
     scan = ThreadScan(process.pid, len(process.threads()))
     with contextlib.closing(scan):
+        # The one call makes any word into `pointer_ranges` an offender: a caller keeping the memory such
+        # words point into (`pointed`) takes the step-by-step path, which lists them.
         one_call = one_call_check(scan, replaced, patch_windows, pointer_ranges, stack_scan_limit, fused,
-                                  wine)  # fmt: skip
+                                  wine) if pointed is None else None  # fmt: skip
         yield from _stop_when_safe(process, scan, replaced, patch_windows, deadline, retry_interval,
-                                   stack_scan_limit, pointer_ranges, wine, one_call)
+                                   stack_scan_limit, pointer_ranges, wine, one_call, pointed)
 
 
 def _stop_when_safe(
@@ -370,6 +451,7 @@ def _stop_when_safe(
     pointer_ranges: Sequence[CodeRange],
     wine: WindowsThreads | None,
     one_call: OneCallCheck | None,
+    pointed: list[PointerWord] | None,
 ) -> Iterator[StoppedThreads]:
     persistent: frozenset[tuple[int, str]] | None = None
     found: dict[tuple[str, str], int] = {}
@@ -391,8 +473,10 @@ def _stop_when_safe(
             verdict = one_call.run(threads) if one_call is not None else STEP_BY_STEP
             if verdict == STEP_BY_STEP:
                 report = check_threads(threads, replaced, patch_windows, stack_scan_limit, pointer_ranges,
-                                       scan, wine)  # fmt: skip
+                                       scan, wine, pointed is not None)  # fmt: skip
             if verdict == SAFE or (verdict == STEP_BY_STEP and report.safe):
+                if pointed is not None and verdict == STEP_BY_STEP:
+                    pointed[:] = report.pointed
                 threads.attempts = attempts
                 threads.stopped_before = stopped_seconds
                 yield threads

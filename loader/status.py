@@ -2,9 +2,11 @@
 
 Nothing is stopped or written: the records are read through /proc/PID/maps and memory reads, and
 every patch site is compared with the record, so a site someone else changed shows up as such.
-Records are authenticated first (loader/record.py): one written by an older hpkg is shown marked
-"unauthenticated"; one that fails its seal or validation is listed as refused, with why, and not
-interpreted (`hpkg status` then exits 4). Every name is escaped before it is printed.
+A retired record (a package reverted while a word pointed into its memory, which stays mapped) is listed
+as retired, never as applied. Records are authenticated first (loader/record.py): one written by an
+older hpkg is shown marked "unauthenticated"; one that fails its seal or validation is listed as
+refused, with why, and not interpreted (`hpkg status` then exits 4).
+Every name is escaped before it is printed.
 
 `machine_status` does the same for every process whose maps show hpkg package memory (`hpkg status`
 without `--pid`): one pass over /proc/*/maps, then the records of those processes alone.
@@ -38,7 +40,7 @@ class PackageState:
     """One package applied to one image, with the state of each of its sites."""
 
     record: PatchRecord
-    state: str  # "applied", "prepared (interrupted apply)", "superseded by <id>"
+    state: str  # "applied", "prepared (interrupted apply)", "superseded by <id>", "retired (…)"
     sites: tuple[SiteState, ...]
     trust: RecordTrust = RecordTrust.AUTHENTICATED
 
@@ -159,7 +161,10 @@ def process_status(pid: int) -> ProcessStatus:
         paths: dict[tuple[str, int], str] = {}
         for f in sorted(records, key=lambda f: f.record.patch_level):
             r = f.record
-            if r.package_id in superseded_by:
+            if f.retired:
+                size = f"{r.allocation.size // 1024} KiB"
+                state = f"retired: reverted, {size} kept mapped (a word pointed into them)"
+            elif r.package_id in superseded_by:
                 state = f"superseded by {printable(superseded_by[r.package_id])} (memory not yet freed)"
             elif f.state is RecordState.APPLIED:
                 state = "applied"

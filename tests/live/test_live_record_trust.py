@@ -55,9 +55,10 @@ def _record(pid: int) -> tuple[int, int, bytes]:
     return address, state, _read(pid, address + HEADER.size, size)
 
 
-def _rewrite_unsealed(pid: int, body: bytes) -> None:
+def _rewrite_unsealed(pid: int, body: bytes, new_state: int | None = None) -> None:
     """What a target (or an older hpkg) can write: the unsealed format, whose digest anyone can compute."""
     address, state, _ = _record(pid)
+    state = state if new_state is None else new_state
     header = HEADER.pack(b"HPKGREC\x01", UNSEALED, state, len(body), hashlib.sha256(body).digest())
     _write(pid, address, header + body)
 
@@ -138,6 +139,31 @@ def test_a_hostile_unsealed_body_is_refused(applied, body: bytes) -> None:
     state, _ = applied
     _rewrite_unsealed(state.talk.pid, body)
     state.refused_everywhere("record malformed")
+
+
+def test_an_unknown_record_state_is_refused(applied) -> None:
+    """States are 1 prepared, 2 applied, 3 retired (loader/record.py): another number is not interpreted."""
+    state, _ = applied
+    _, _, body = _record(state.talk.pid)
+    _rewrite_unsealed(state.talk.pid, body, 4)
+    state.refused_everywhere("record state 4 is unknown")
+
+
+def test_a_retired_record_is_read_as_reverted_not_applied(applied) -> None:
+    """State 3, retired (a reverted package whose memory stays mapped): status lists it as retired, revert
+    finds nothing applied to take out, and writes nothing."""
+    state, _ = applied
+    pid = state.talk.pid
+    _, _, body = _record(pid)
+    _rewrite_unsealed(pid, body, 3)
+    status = hpkg("status", "--pid", pid, "--json")
+    assert status.returncode == 0, status.stderr
+    [package] = status.json()["images"][0]["packages"]
+    assert package["state"].startswith("retired") and package["record"] == "unauthenticated"
+    reverted = hpkg("revert", "--pid", pid, "--allow-unauthenticated", "--json")
+    assert reverted.returncode == 0 and reverted.json()["changed"] is False, reverted.stdout
+    assert state.sites_unchanged() and hpkg_mappings(pid)
+    assert_running_untraced(pid)
 
 
 def test_supersedes_as_a_list_is_refused(applied) -> None:
