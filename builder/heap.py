@@ -47,3 +47,21 @@ def resident_file_bytes() -> int:
 
 
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+class ResidentPages:
+    """Hands the file pages of mapped images back (`Image.release_pages`) each time reading them has
+    made `every` more bytes resident: a stage that reads each byte once (the data objects and
+    sections of both images) would otherwise keep them all counted in its resident set."""
+
+    def __init__(self, images: tuple, every: int = 4 << 20) -> None:  # noqa: ANN001  (Images)
+        self.images = images
+        self.every = every
+        self.mark = resident_file_bytes()
+
+    def check(self) -> None:
+        """Release the images' pages if enough became resident since the last release."""
+        if resident_file_bytes() - self.mark >= self.every:
+            for image in self.images:
+                image.release_pages()
+            self.mark = resident_file_bytes()
