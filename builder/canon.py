@@ -22,7 +22,7 @@ from hpkg.arch.x86_64 import is_padding
 from hpkg.builder.decode import Scan, decode_instructions, scan
 from hpkg.builder.forked import run_forked
 from hpkg.builder.functions import code_size, discover_functions, functions_at, unnamed_function
-from hpkg.builder.heap import resident_file_bytes
+from hpkg.builder.heap import RELEASE_BYTES, resident_file_bytes
 from hpkg.builder.model import (
     REFERENCE_COLUMNS,
     CanonicalFunction,
@@ -49,9 +49,6 @@ PARALLEL_MIN_BYTES = 400_000
 # even without a spare CPU (one after the other): the memory its scratch leaves behind outweighs
 # the cost of sending the forms back.
 SEPARATE_MIN_BYTES = 16 << 20
-# Every this many bytes of file pages made resident (code decoded, data read), they leave the
-# resident set: each function is decoded once, so a large library's code would otherwise all stay counted.
-RELEASE_BYTES = 4 << 20
 
 
 def stable_name(name: str) -> str:

@@ -7,12 +7,12 @@ from collections import ChainMap
 from collections.abc import Callable
 from itertools import chain
 
-from hpkg.builder.canon import RELEASE_BYTES, canonicalize_images, cycle_collector_paused
+from hpkg.builder.canon import canonicalize_images, cycle_collector_paused
 from hpkg.builder.compare import EntryMemo, compare_pair
 from hpkg.builder.data import diff_data
 from hpkg.builder.data_twins import pair_data_objects
 from hpkg.builder.datamap import anonymous_twins, correspond_section_data
-from hpkg.builder.heap import release_freed_memory, resident_file_bytes
+from hpkg.builder.heap import RELEASE_BYTES, release_freed_memory, resident_file_bytes
 from hpkg.builder.image import load_image
 from hpkg.builder.match import AddressIndex, match_functions
 from hpkg.builder.model import CanonicalFunction, DiffResult, Function, FunctionPair, Image, Status

@@ -12,6 +12,14 @@ import ctypes
 import ctypes.util
 import os
 from functools import cache
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from hpkg.builder.model import Image
+
+# Every this many bytes of file pages made resident (code decoded, data read), they leave the
+# resident set: each function is decoded once, so a large library's code would otherwise all stay counted.
+RELEASE_BYTES = 4 << 20
 
 
 @cache
@@ -54,7 +62,7 @@ class ResidentPages:
     made `every` more bytes resident: a stage that reads each byte once (the data objects and
     sections of both images) would otherwise keep them all counted in its resident set."""
 
-    def __init__(self, images: tuple, every: int = 4 << 20) -> None:  # noqa: ANN001  (Images)
+    def __init__(self, images: tuple[Image, ...], every: int = RELEASE_BYTES) -> None:
         self.images = images
         self.every = every
         self.mark = resident_file_bytes()
