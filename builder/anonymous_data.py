@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from hpkg.builder.heap import ResidentPages
 from hpkg.builder.model import DataChange, DataChangeKind, Image, Section, Symbol, SymbolKind
 
 
@@ -78,7 +79,7 @@ def _uncovered_content(image: Image, section: Section, covered: bytearray) -> bo
 
 def _differing_runs(
     old: Image, new: Image, before: Section, after: Section,
-    old_words: PointerWords, new_words: PointerWords, covered: bytearray,
+    old_words: PointerWords, new_words: PointerWords, covered: bytearray, resident: ResidentPages,
 ) -> list[tuple[int, int]]:
     """(offset, length) of each run of bytes no symbol names (`covered`, both sides) that differ
     between two sections of the same size, a relocated pointer word (on either side) compared as
@@ -87,8 +88,11 @@ def _differing_runs(
     old.release_pages()  # copied: the sections' file pages are not read again
     new.release_pages()
     runs: list[tuple[int, int]] = []
-    offset = 0
+    offset = steps = 0
     while offset < len(old_raw):
+        steps += 1
+        if steps & 0x1FFF == 0:
+            resident.check()  # describing pointer words reads what they point to (string literals)
         old_word, new_word = old_words.get(before.address + offset), new_words.get(after.address + offset)
         if (old_word is not None or new_word is not None) and offset + 8 <= len(old_raw):
             width = 8
@@ -123,7 +127,9 @@ def diff_anonymous_data(
     """
     old_sections, new_sections = _variable_sections(old), _variable_sections(new)
     changes: list[DataChange] = []
+    resident = ResidentPages((old, new))
     for name in sorted(old_sections.keys() | new_sections.keys()):
+        resident.check()
         before, after = old_sections.get(name), new_sections.get(name)
         old_covered = _covered(old, before) if before else bytearray()
         new_covered = _covered(new, after) if after else bytearray()
@@ -140,7 +146,7 @@ def diff_anonymous_data(
                 ))
             continue
         covered = bytearray(a | b for a, b in zip(old_covered, new_covered, strict=True))
-        for offset, size in _differing_runs(old, new, before, after, old_words, new_words, covered):
+        for offset, size in _differing_runs(old, new, before, after, old_words, new_words, covered, resident):
             region = _region(before, offset, size)
             changes.append(DataChange(
                 region.name, DataChangeKind.VALUE, region, _region(after, offset, size), anonymous=True

@@ -21,8 +21,8 @@ from contextlib import contextmanager
 from hpkg.arch.x86_64 import is_padding
 from hpkg.builder.decode import Scan, decode_instructions, scan
 from hpkg.builder.forked import run_forked
-from hpkg.builder.functions import functions_at, unnamed_function
-from hpkg.builder.heap import resident_file_bytes
+from hpkg.builder.functions import code_size, discover_functions, functions_at, unnamed_function
+from hpkg.builder.heap import RELEASE_BYTES, resident_file_bytes
 from hpkg.builder.model import (
     REFERENCE_COLUMNS,
     CanonicalFunction,
@@ -31,6 +31,7 @@ from hpkg.builder.model import (
     FunctionStore,
     Image,
     Instruction,
+    LinkAddress,
     Reference,
     Target,
     TargetColumns,
@@ -39,7 +40,7 @@ from hpkg.builder.model import (
 )
 from hpkg.builder.references import disassembly_references, relocation_references, relocations_by_function
 from hpkg.builder.symbolize import ALIASES, CODE_SUFFIX, TargetResolver
-from hpkg.builder.wire import array_in, array_out
+from hpkg.builder.wire import array_in, array_out, strings_in, strings_out
 
 _NUMERIC_SUFFIX = re.compile(r"\.\d+(?=\.|$)")
 # Below this many bytes of code (both images) a second process costs more than it saves.
@@ -48,9 +49,6 @@ PARALLEL_MIN_BYTES = 400_000
 # even without a spare CPU (one after the other): the memory its scratch leaves behind outweighs
 # the cost of sending the forms back.
 SEPARATE_MIN_BYTES = 16 << 20
-# Every this many bytes of file pages made resident (code decoded, data read), they leave the
-# resident set: each function is decoded once, so a large library's code would otherwise all stay counted.
-RELEASE_BYTES = 4 << 20
 
 
 def stable_name(name: str) -> str:
@@ -371,11 +369,12 @@ def _add_functions(
     return resolver, known + extra
 
 
-def _pack(functions: tuple[Function, ...], forms: FormStore, known: int) -> tuple | None:
+def _pack(functions: tuple[Function, ...], forms: FormStore, known: int, discovered: bool) -> tuple | None:
     """Plain values for the pipe: the table's targets as columns (kept so by the parent: a tuple
     each would cost several times more on both sides), the forms' columns (arrays, sent from their
-    memory: see `wire`), and the functions found by following calls by their bounds (a Function
-    holds the file's mapping, which the parent has)."""
+    memory: see `wire`), the functions found by following calls by their bounds (a Function
+    holds the file's mapping, which the parent has), and with `discovered` the first `known`
+    functions too, found by this child (see `_pack_functions`)."""
     if not functions:
         return None
     targets = TargetColumns.of(forms.table.targets)
@@ -384,15 +383,39 @@ def _pack(functions: tuple[Function, ...], forms: FormStore, known: int) -> tupl
         *(array_out(c) for c in (forms.counts, forms.sizes, forms.offsets, forms.targets)),
     )
     extra = [(f.name, f.address, f.size, f.section) for f in functions[known:]]
-    return targets, columns, extra
+    return targets, columns, extra, _pack_functions(functions[:known]) if discovered else None
+
+
+def _pack_functions(functions: tuple[Function, ...]) -> tuple:
+    """The functions `discover_functions` made in this child, as their store's columns and their
+    addresses: the parent makes the views (one per function) only once both children are done."""
+    store = functions[0]._store if functions else FunctionStore(b"")
+    if len(store) != len(functions) or any(f._store is not store for f in functions):
+        raise AssertionError("discovered functions are the rows of one store, in order")
+    return (
+        *(array_out(c) for c in (store.sizes, store.starts, store.sections)),
+        store.section_names, bytes(store.flags), strings_out(store.names), store.parents, store.aliases,
+        array_out(array("Q", (f.address for f in functions))),
+    )  # fmt: skip
+
+
+def _unpack_functions(image: Image, packed: tuple) -> tuple[Function, ...]:
+    """The functions `_pack_functions` sent, as views of a store of this process."""
+    sizes, starts, sections, section_names, flags, names, parents, aliases, addresses = packed
+    columns = (array_in(sizes), array_in(starts), array_in(sections), section_names, bytearray(flags),
+               strings_in(names))  # fmt: skip
+    store = FunctionStore.of_columns(image.section_bytes.data, columns, parents, aliases)
+    return tuple(Function._at(store, i, LinkAddress(a)) for i, a in enumerate(array_in(addresses)))
 
 
 def _unpack(
-    image: Image, functions: tuple[Function, ...], packed: tuple | None
+    image: Image, functions: tuple[Function, ...] | None, packed: tuple | None
 ) -> tuple[CanonicalFunction, ...]:
     if packed is None:
         return ()
-    targets, columns, extra = packed
+    targets, columns, extra, discovered = packed
+    if functions is None:
+        functions = _unpack_functions(image, discovered)
     forms = FormStore(TargetTable(targets))
     digests, *arrays = columns
     forms.digests = digests if isinstance(digests, bytearray) else bytearray(digests)
@@ -423,9 +446,9 @@ def _spare_cpu() -> bool:
 
 def canonicalize_images(
     old: Image,
-    old_functions: tuple[Function, ...],
+    old_functions: tuple[Function, ...] | None,
     new: Image,
-    new_functions: tuple[Function, ...],
+    new_functions: tuple[Function, ...] | None,
     use_relocations: bool,
     parallel: bool | None = None,
     progress: Callable[[int], None] | None = None,
@@ -438,7 +461,18 @@ def canonicalize_images(
     sends back only the forms: on libwebkit2gtk (92 MB) its scratch is ~100 MiB per image that the
     heap would otherwise keep. One child per image rather than a pool of chunks: results cross the
     pipe once (on libcrypto, 11,000 functions, ~0.2 s of CPU against ~1 s of canonicalizing saved).
+
+    Functions not given (None) are discovered here, or for a large pair in the child, which sends
+    them back with the forms: a child writes to every page of the parent's functions it reads
+    (reference counts), so the parent's copy of an image's functions cost the tree that image's
+    functions twice (libwebkit2gtk: ~31 MiB per image) while its child ran.
     """
+    if old_functions is None or new_functions is None:
+        large = code_size(old) + code_size(new) >= SEPARATE_MIN_BYTES
+        if parallel is None and large and old_functions is None and new_functions is None:
+            return _canonicalize_in_children(old, None, new, None, use_relocations, False, progress)
+        old_functions = discover_functions(old) if old_functions is None else old_functions
+        new_functions = discover_functions(new) if new_functions is None else new_functions
     total = sum(f.size for f in old_functions) + sum(f.size for f in new_functions)
     # A large pair's children run one after the other even with a CPU spare: each copies the pages
     # of the parent's functions it touches (reference counts are writes), so two at once hold two
@@ -451,11 +485,30 @@ def canonicalize_images(
             canonicalize_image(old, old_functions, use_relocations, progress),
             canonicalize_image(new, new_functions, use_relocations, progress),
         )
+    pair = (old, old_functions, new, new_functions)
+    return _canonicalize_in_children(*pair, use_relocations, concurrent, progress)
 
-    def job(image: Image, functions: tuple[Function, ...]) -> Callable[[Callable[[int], None]], tuple | None]:
+
+def _canonicalize_in_children(
+    old: Image,
+    old_functions: tuple[Function, ...] | None,
+    new: Image,
+    new_functions: tuple[Function, ...] | None,
+    use_relocations: bool,
+    concurrent: bool,
+    progress: Callable[[int], None] | None,
+) -> tuple[tuple[CanonicalFunction, ...], tuple[CanonicalFunction, ...]]:
+    """Each image canonicalized in a forked child of its own (its functions discovered there when
+    None), its forms (and functions) sent back."""
+
+    Job = Callable[[Callable[[int], None]], tuple | None]
+
+    def job(image: Image, given: tuple[Function, ...] | None) -> Job:
         def run(report: Callable[[int], None]) -> tuple | None:
             with cycle_collector_paused():
-                return _pack(*_canonical_forms(image, functions, use_relocations, report), len(functions))
+                functions = discover_functions(image) if given is None else given
+                everything, forms = _canonical_forms(image, functions, use_relocations, report)
+                return _pack(everything, forms, len(functions), given is None)
 
         return run
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from array import array
+
 from hpkg.builder.canon import stable_name
 from hpkg.builder.line_numbers import line_number_only
-from hpkg.builder.model import CanonicalFunction, ChangeKind, Image, TargetKind
+from hpkg.builder.model import CanonicalFunction, ChangeKind, Image, TargetKind, TargetTable
 from hpkg.builder.symbolize import ALIASES
 
 
@@ -64,8 +66,28 @@ def _names(target: tuple) -> set[str]:
     return {stable_name(target[1].partition("@")[0]), *_markers_of(target)}
 
 
+class EntryMemo:
+    """Per baseline table entry, the first fix entry found to correspond to it (-1: none yet), for
+    one pair of tables (made again when another pair is asked for). An array: a dict of a large
+    library's entries, with an int object for each key and value, cost ~23 MiB at the diff's peak."""
+
+    __slots__ = ("old_table", "new_table", "fix_entries")
+
+    def __init__(self) -> None:
+        self.old_table: TargetTable | None = None
+        self.new_table: TargetTable | None = None
+        self.fix_entries = array("i")
+
+    def of(self, old_table: TargetTable, new_table: TargetTable) -> array:
+        """The memo's column for these two tables (every entry -1 when they are new to it)."""
+        if old_table is not self.old_table or new_table is not self.new_table:
+            self.old_table, self.new_table = old_table, new_table
+            self.fix_entries = array("i", [-1]) * len(old_table)
+        return self.fix_entries
+
+
 def references_correspond(
-    old: CanonicalFunction, new: CanonicalFunction, function_map: dict[int, int], memo: dict[int, int]
+    old: CanonicalFunction, new: CanonicalFunction, function_map: dict[int, int], memo: EntryMemo
 ) -> bool:
     """Whether the two forms' targets correspond one by one (`targets_correspond`), read from their
     target columns.
@@ -79,16 +101,18 @@ def references_correspond(
     if len(a) != len(b):
         return False
     old_targets, new_targets = old.table.targets, new.table.targets
+    fix_entries = memo.of(old.table, new.table)
     for x, y in zip(a, b, strict=True):
         if x < 0 or y < 0:  # in-function targets: equal padding-free offsets
             if x != y:
                 return False
             continue
-        if memo.get(x) == y:
+        if fix_entries[x] == y:
             continue
         if not targets_correspond(old_targets[x], new_targets[y], function_map):
             return False
-        memo.setdefault(x, y)
+        if fix_entries[x] < 0:
+            fix_entries[x] = y
     return True
 
 
@@ -105,10 +129,10 @@ def compare_pair(
     function_map: dict[int, int],
     old_image: Image,
     new_image: Image,
-    memo: dict[int, int] | None = None,
+    memo: EntryMemo | None = None,
 ) -> ChangeKind | None:
     """None if the pair behaves the same, else how it changed (`memo`: see references_correspond)."""
-    same_targets = references_correspond(old, new, function_map, {} if memo is None else memo)
+    same_targets = references_correspond(old, new, function_map, EntryMemo() if memo is None else memo)
     if same_masked(old, new):
         return None if same_targets else ChangeKind.REFERENCES
     if same_targets and line_number_only(old, new, old_image, new_image):

@@ -14,6 +14,7 @@ from itertools import pairwise
 from hpkg.builder.anonymous_data import diff_anonymous_data
 from hpkg.builder.canon import stable_name
 from hpkg.builder.data_twins import RUNTIME_OBJECTS, TwinNames, twin_names
+from hpkg.builder.heap import ResidentPages
 from hpkg.builder.model import (
     CanonicalFunction,
     DataChange,
@@ -174,7 +175,9 @@ def diff_data(
     old_words = _PointerWords(old, old_functions, {})
     new_words = _PointerWords(new, new_functions, twin_names(old_functions, function_twins))
     changes: list[DataChange] = []
+    resident = ResidentPages((old, new))
     for sym, twin in data_twins.pairs:
+        resident.check()
         if (sym or twin).name in RUNTIME_OBJECTS:
             continue
         if twin is None:

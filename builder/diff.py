@@ -5,14 +5,14 @@ from __future__ import annotations
 import os
 from collections import ChainMap
 from collections.abc import Callable
+from itertools import chain
 
-from hpkg.builder.canon import RELEASE_BYTES, canonicalize_images, cycle_collector_paused
-from hpkg.builder.compare import compare_pair
+from hpkg.builder.canon import canonicalize_images, cycle_collector_paused
+from hpkg.builder.compare import EntryMemo, compare_pair
 from hpkg.builder.data import diff_data
 from hpkg.builder.data_twins import pair_data_objects
 from hpkg.builder.datamap import anonymous_twins, correspond_section_data
-from hpkg.builder.functions import discover_functions
-from hpkg.builder.heap import release_freed_memory, resident_file_bytes
+from hpkg.builder.heap import RELEASE_BYTES, release_freed_memory, resident_file_bytes
 from hpkg.builder.image import load_image
 from hpkg.builder.match import AddressIndex, match_functions
 from hpkg.builder.model import CanonicalFunction, DiffResult, Function, FunctionPair, Image, Status
@@ -48,7 +48,7 @@ def pair_functions(
     function_map = ChainMap(function_twins, data_map) if data_map else function_twins
     new_by_address = AddressIndex(new)  # two columns, not a dict of every function
     pairs: list[FunctionPair] = []
-    memo: dict[int, int] = {}  # see references_correspond
+    memo = EntryMemo()  # see references_correspond
     # File pages made resident since the last hand-back: changed pairs are decoded again, and the
     # line proof and the reference finder read data too (libxul: 10,000 pairs, 120 MiB of pages).
     resident = resident_file_bytes()
@@ -59,14 +59,20 @@ def pair_functions(
             continue
         twin = new_by_address[twin_address]
         kind = compare_pair(c, twin, function_map, old_image, new_image, memo)
-        if kind is not None and resident_file_bytes() - resident >= RELEASE_BYTES:
+        checked = kind is not None or len(pairs) % 256 == 0  # same pairs read data too (the line proof)
+        if checked and resident_file_bytes() - resident >= RELEASE_BYTES:
             old_image.release_pages()
             new_image.release_pages()
             resident = resident_file_bytes()
         status = Status.SAME if kind is None else Status.CHANGED
         pairs.append(FunctionPair(c, twin, status, kind, how[c.function.address]))
-    taken = set(function_map.values())
-    pairs.extend(FunctionPair(None, c, Status.NEW) for c in new if c.function.address not in taken)
+    # Fix functions that are some baseline function's twin or stand at a mapped data address: marks
+    # by position, not a set of 180,000 addresses at the stage's peak.
+    taken = bytearray(len(new))
+    for address in chain(function_twins.values(), data_map.values() if data_map else ()):
+        for i in new_by_address.positions(address):
+            taken[new_by_address.rows[i]] = 1
+    pairs.extend(FunctionPair(None, c, Status.NEW) for c, done in zip(new, taken, strict=True) if not done)
     return tuple(pairs)
 
 
@@ -92,10 +98,10 @@ def diff_images(
         )
     mode = choose_mode(old, new)
     use_relocations = mode == MODE_RELOCATIONS
-    # Functions: bounds from symbols and .eh_frame; the images' symbol tables are not used after this
-    # except to resolve reference targets.
-    old_functions, new_functions = functions or (discover_functions(old), discover_functions(new))
-    # Canonical forms: references found (relocations or Capstone) and masked.
+    # Functions (bounds from symbols and .eh_frame; the images' symbol tables are not used after this
+    # except to resolve reference targets) and their canonical forms: references found (relocations
+    # or decoding) and masked. Functions not given are found where they are canonicalized.
+    old_functions, new_functions = functions or (None, None)
     old_canonical, new_canonical = canonicalize_images(
         old, old_functions, new, new_functions, use_relocations, parallel, progress
     )
@@ -108,6 +114,9 @@ def diff_images(
     data_map = correspond_section_data(old_canonical, new_canonical, function_twins, old, new)
     pairs = pair_functions(old_canonical, new_canonical, how, function_twins, old, new, data_map)
     anonymous_data = anonymous_twins(pairs)
+    # Neither how each pair was made nor the anonymous-data map is read again (libwebkit2gtk: a
+    # 10 MiB dict and more), and the data stages below make the diff's peak.
+    del how, data_map
     old.release_pages()  # the code of changed pairs, decoded again to compare them
     new.release_pages()
     release_freed_memory()

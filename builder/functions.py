@@ -50,6 +50,12 @@ def _function_sections(image: Image) -> list[Section]:
     ]
 
 
+def code_size(image: Image) -> int:
+    """Bytes of the sections `discover_functions` finds functions in: what the functions span, known
+    before they are found (to decide where to find them)."""
+    return sum(s.size for s in _function_sections(image))
+
+
 def _section_of(sections: list[Section], address: int) -> Section | None:
     return next((s for s in sections if s.address <= address < s.end), None)
 

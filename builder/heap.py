@@ -12,6 +12,14 @@ import ctypes
 import ctypes.util
 import os
 from functools import cache
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from hpkg.builder.model import Image
+
+# Every this many bytes of file pages made resident (code decoded, data read), they leave the
+# resident set: each function is decoded once, so a large library's code would otherwise all stay counted.
+RELEASE_BYTES = 4 << 20
 
 
 @cache
@@ -47,3 +55,21 @@ def resident_file_bytes() -> int:
 
 
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+class ResidentPages:
+    """Hands the file pages of mapped images back (`Image.release_pages`) each time reading them has
+    made `every` more bytes resident: a stage that reads each byte once (the data objects and
+    sections of both images) would otherwise keep them all counted in its resident set."""
+
+    def __init__(self, images: tuple[Image, ...], every: int = RELEASE_BYTES) -> None:
+        self.images = images
+        self.every = every
+        self.mark = resident_file_bytes()
+
+    def check(self) -> None:
+        """Release the images' pages if enough became resident since the last release."""
+        if resident_file_bytes() - self.mark >= self.every:
+            for image in self.images:
+                image.release_pages()
+            self.mark = resident_file_bytes()

@@ -38,6 +38,11 @@ class AddressIndex:
             addresses = array("Q", (addresses[i] for i in self.rows))
         self.addresses = addresses
 
+    def positions(self, address: int) -> range:
+        """Where the functions at `address` are in the sequence given (indices into `rows`)."""
+        addresses = self.addresses
+        return range(bisect.bisect_left(addresses, address), bisect.bisect_right(addresses, address))
+
     def get(self, address: int) -> CanonicalFunction | None:
         i = bisect.bisect_right(self.addresses, address) - 1
         if i >= 0 and self.addresses[i] == address:

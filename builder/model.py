@@ -420,6 +420,22 @@ class FunctionStore:
         self.parents: dict[int, str] = {}
         self.aliases: dict[int, tuple[str, ...]] = {}
 
+    @classmethod
+    def of_columns(
+        cls,
+        contents: bytes | mmap.mmap,
+        columns: tuple[array, array, array, list[str], bytearray, list[str | None]],
+        parents: dict[int, str],
+        aliases: dict[int, tuple[str, ...]],
+    ) -> FunctionStore:
+        """A store of rows made elsewhere (a forked child's): sizes, starts, section ids, section
+        names, flags and names, as `add` keeps them."""
+        store = cls(contents)
+        store.sizes, store.starts, store.sections, store.section_names, store.flags, store.names = columns
+        store._section_ids = {name: i for i, name in enumerate(store.section_names)}
+        store.parents, store.aliases = parents, aliases
+        return store
+
     def __len__(self) -> int:
         return len(self.sizes)
 

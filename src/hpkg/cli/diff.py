@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import sys
 from typing import Any
 
 import click
@@ -144,10 +145,14 @@ def diff_loaded(app: Application, old_image, new_image, show_progress: bool):
             f" (--{side.lower()}-debug), or references to named data will compare unequal"
         )
     started = time.monotonic()
-    functions = (discover_functions(old_image), discover_functions(new_image))
-    with progress_bar("diffing", sum(map(len, functions)), show_progress) as progress:
+    # Functions are found here only to size a bar; else where they are canonicalized (for a large
+    # pair, in the forked children: see canon.canonicalize_images).
+    bar = show_progress and sys.stderr.isatty()
+    functions = (discover_functions(old_image), discover_functions(new_image)) if bar else None
+    with progress_bar("diffing", sum(map(len, functions or ())), bar) as progress:
         result = diff_images(old_image, new_image, progress=progress, functions=functions)
-    app.detail(f"diff: {sum(map(len, functions))} functions in {time.monotonic() - started:.2f} s")
+    counted = sum((p.old is not None) + (p.new is not None) for p in result.pairs)
+    app.detail(f"diff: {counted} functions in {time.monotonic() - started:.2f} s")
     return result
 
 
