@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import sys
+import threading
+from types import FrameType
 
 try:  # Ctrl-C during start-up (imports take most of it) is one line, not an import traceback.
     import click
@@ -64,10 +67,32 @@ def cli(ctx: click.Context, quiet: bool, verbose: bool) -> None:
     app.verbose = app.verbose or verbose
 
 
+def _in_import_machinery(frame: FrameType | None) -> bool:
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    """Ctrl-C as KeyboardInterrupt, except inside an import: raised in importlib's module-lock callback,
+    the interpreter prints "Exception ignored … Traceback" and drops it (seen at a lazy import of a
+    command). There the signal is sent again a few milliseconds later, once the import is done."""
+    if _in_import_machinery(frame):
+        again = threading.Timer(0.005, os.kill, (os.getpid(), signal.SIGINT))
+        again.daemon = True
+        again.start()
+        return
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; expected failures become one `error: …` line and their exit code (and, under
     `--json`, an error document on stdout)."""
     hide_library_warnings()
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # an ignored SIGINT stays ignored
+        signal.signal(signal.SIGINT, _interrupt)
     app = Application()
     try:
         cli.main(args=argv, prog_name="hpkg", standalone_mode=False, obj=app)
