@@ -273,19 +273,22 @@ def _canonical_forms(
     forms = FormStore(table)
     everything = functions
     resident = resident_file_bytes()
+    decoded = 0  # bytes of code since the last progress report
     for i, fn in enumerate(functions):
         relocs = relocations.get(fn.address, []) if relocations is not None else None
         canonicalize_function(fn, resolver, relocs, table, forms)
+        decoded += fn.size
         if i % 256 == 255:
             if progress:
-                progress(256)
+                progress(decoded)
+            decoded = 0
             # The code decoded so far is not read again here, nor mostly the data read to name
             # targets: handed back by what is resident (reading data made pages resident too).
             if resident_file_bytes() - resident >= RELEASE_BYTES:
                 image.release_pages()
                 resident = resident_file_bytes()
-    if progress:
-        progress(len(functions) % 256)
+    if progress and decoded:
+        progress(decoded)
     relocations = None  # each round indexes them again, with the functions it adds
     for _ in range(_DISCOVERY_ROUNDS):
         found = _uncovered_code(table)

@@ -87,7 +87,7 @@ def diff_images(
     """Compare baseline and fix function by function and object by object.
 
     `parallel`: decode the two images in two processes (None: when they are big enough to pay).
-    `functions`: both images' `discover_functions`, when the caller already has them (to size a bar).
+    `functions`: both images' `discover_functions`, when the caller already has them (`hpkg build`).
     """
     if old.kind != new.kind:
         # A library and an executable (or a PIE and a fixed-address build) are not two builds of one

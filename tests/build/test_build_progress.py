@@ -13,10 +13,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from hpkg.cli.progress import PROGRESS_MIN_FUNCTIONS
+from hpkg.cli.progress import PROGRESS_MIN_CODE_BYTES
 
-# Enough functions on both sides together for the bar; each one kept by a table of pointers.
-FUNCTIONS = PROGRESS_MIN_FUNCTIONS // 2 + 100
+# Enough code on both sides together for the bar (gcc -O2 aligns each function to 16 bytes); each
+# function kept by a table of pointers.
+FUNCTIONS = PROGRESS_MIN_CODE_BYTES // 2 // 16 + 100
 
 
 def _many_functions() -> str:
@@ -39,9 +40,14 @@ def _many_functions() -> str:
 
 def _build_on_a_terminal(old: Path, new: Path, out: Path, *extra: str) -> tuple[int, str, str]:
     """Run `hpkg build` with stderr on a pseudo-terminal: (exit code, stdout, what the terminal showed)."""
+    return _on_a_terminal("build", str(old), str(new), "-o", str(out), *extra)
+
+
+def _on_a_terminal(*argv: str) -> tuple[int, str, str]:
+    """Run `hpkg ARGV` with stderr on a pseudo-terminal: (exit code, stdout, what the terminal showed)."""
     master, slave = pty.openpty()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "hpkg", "build", str(old), str(new), "-o", str(out), *extra],
+        [sys.executable, "-m", "hpkg", *argv],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave,
     )
     os.close(slave)
@@ -74,3 +80,11 @@ def test_build_shows_the_diff_progress_bar_on_a_terminal_only(compiler, tmp_path
         capture_output=True, text=True, timeout=300,
     )
     assert piped.returncode == 0 and "building" not in piped.stderr
+
+
+def test_diff_shows_a_bar_of_code_bytes_that_ends_full_on_a_terminal(compiler):
+    old, new = compiler.pair("many-functions", _many_functions())
+    code, stdout, shown = _on_a_terminal("diff", str(old), str(new))
+    assert code == 0, shown
+    assert "diffing" in shown and "100%" in shown
+    assert "fixed" in stdout

@@ -127,13 +127,14 @@ def build_loaded(app: Application, old_image, new_image, options, signing_key, s
     import time
 
     from hpkg.builder.build import build_images
-    from hpkg.builder.functions import discover_functions
+    from hpkg.builder.functions import code_size, discover_functions
     from hpkg.cli.progress import progress_bar
 
     started = time.monotonic()
     # The same bar as `hpkg diff` (decoding is most of the time), on a terminal only, never in --json.
     functions = (discover_functions(old_image), discover_functions(new_image))
-    with progress_bar("building", sum(map(len, functions)), show_progress) as progress:
+    total = code_size(old_image) + code_size(new_image)
+    with progress_bar("building", total, show_progress) as progress:
         result = build_images(old_image, new_image, options, signing_key, progress, functions)
     app.detail(f"build: {sum(map(len, functions))} functions in {time.monotonic() - started:.2f} s")
     return result

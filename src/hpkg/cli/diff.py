@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-import sys
 from typing import Any
 
 import click
@@ -135,7 +134,7 @@ def diff_loaded(app: Application, old_image, new_image, show_progress: bool):
     import time
 
     from hpkg.builder.diff import diff_images
-    from hpkg.builder.functions import discover_functions
+    from hpkg.builder.functions import code_size
     from hpkg.cli.progress import progress_bar
 
     if old_image.stripped != new_image.stripped:
@@ -145,12 +144,11 @@ def diff_loaded(app: Application, old_image, new_image, show_progress: bool):
             f" (--{side.lower()}-debug), or references to named data will compare unequal"
         )
     started = time.monotonic()
-    # Functions are found here only to size a bar; else where they are canonicalized (for a large
-    # pair, in the forked children: see canon.canonicalize_images).
-    bar = show_progress and sys.stderr.isatty()
-    functions = (discover_functions(old_image), discover_functions(new_image)) if bar else None
-    with progress_bar("diffing", sum(map(len, functions or ())), bar) as progress:
-        result = diff_images(old_image, new_image, progress=progress, functions=functions)
+    # The bar counts bytes of code, known before any function is found: functions are found where they
+    # are canonicalized (for a large pair, in the forked children: see canon.canonicalize_images).
+    total = code_size(old_image) + code_size(new_image)
+    with progress_bar("diffing", total, show_progress) as progress:
+        result = diff_images(old_image, new_image, progress=progress)
     counted = sum((p.old is not None) + (p.new is not None) for p in result.pairs)
     app.detail(f"diff: {counted} functions in {time.monotonic() - started:.2f} s")
     return result
