@@ -22,7 +22,7 @@ from hpkg.arch.x86_64 import is_padding
 from hpkg.builder.decode import Scan, decode_instructions, scan
 from hpkg.builder.forked import run_forked
 from hpkg.builder.functions import code_size, discover_functions, functions_at, unnamed_function
-from hpkg.builder.heap import RELEASE_BYTES, resident_file_bytes
+from hpkg.builder.heap import ResidentPages
 from hpkg.builder.model import (
     REFERENCE_COLUMNS,
     CanonicalFunction,
@@ -272,7 +272,7 @@ def _canonical_forms(
     table = TargetTable()
     forms = FormStore(table)
     everything = functions
-    resident = resident_file_bytes()
+    resident = ResidentPages((image,))
     decoded = 0  # bytes of code since the last progress report
     for i, fn in enumerate(functions):
         relocs = relocations.get(fn.address, []) if relocations is not None else None
@@ -284,9 +284,7 @@ def _canonical_forms(
             decoded = 0
             # The code decoded so far is not read again here, nor mostly the data read to name
             # targets: handed back by what is resident (reading data made pages resident too).
-            if resident_file_bytes() - resident >= RELEASE_BYTES:
-                image.release_pages()
-                resident = resident_file_bytes()
+            resident.check()
     if progress and decoded:
         progress(decoded)
     relocations = None  # each round indexes them again, with the functions it adds

@@ -12,7 +12,7 @@ from hpkg.builder.compare import EntryMemo, compare_pair
 from hpkg.builder.data import diff_data
 from hpkg.builder.data_twins import pair_data_objects
 from hpkg.builder.datamap import anonymous_twins, correspond_section_data
-from hpkg.builder.heap import RELEASE_BYTES, release_freed_memory, resident_file_bytes
+from hpkg.builder.heap import ResidentPages, release_freed_memory
 from hpkg.builder.image import load_image
 from hpkg.builder.match import AddressIndex, match_functions
 from hpkg.builder.model import CanonicalFunction, DiffResult, Function, FunctionPair, Image, Status
@@ -51,7 +51,7 @@ def pair_functions(
     memo = EntryMemo()  # see references_correspond
     # File pages made resident since the last hand-back: changed pairs are decoded again, and the
     # line proof and the reference finder read data too (libxul: 10,000 pairs, 120 MiB of pages).
-    resident = resident_file_bytes()
+    resident = ResidentPages((old_image, new_image))
     for c in old:
         twin_address = function_twins.get(c.function.address)
         if twin_address is None:
@@ -60,10 +60,8 @@ def pair_functions(
         twin = new_by_address[twin_address]
         kind = compare_pair(c, twin, function_map, old_image, new_image, memo)
         checked = kind is not None or len(pairs) % 256 == 0  # same pairs read data too (the line proof)
-        if checked and resident_file_bytes() - resident >= RELEASE_BYTES:
-            old_image.release_pages()
-            new_image.release_pages()
-            resident = resident_file_bytes()
+        if checked:
+            resident.check()
         status = Status.SAME if kind is None else Status.CHANGED
         pairs.append(FunctionPair(c, twin, status, kind, how[c.function.address]))
     # Fix functions that are some baseline function's twin or stand at a mapped data address: marks

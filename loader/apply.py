@@ -47,6 +47,7 @@ from hpkg.loader.live import (
     ProcessImageReader,
     baseline_images,
     free_allocations,
+    kept_mapped,
     open_process,
     replaced_ranges,
     retire_allocations,
@@ -449,11 +450,7 @@ def _apply_to_image(
     # STEP 6: the superseded level is unreachable now (no site jumps into it, no thread was inside it).
     warnings: list[str] = []
     if old is not None and kept is not None:
-        size = f"{old.allocation.size // 1024} KiB"
-        warnings.append(
-            f"{kept.describe()} points into the memory of superseded package {old.package_id}, so its"
-            f" {size} at {old.allocation.start:#x} stay mapped (retired, not applied)"
-        )
+        warnings.append(kept_mapped(kept, f"superseded package {old.package_id}", old.allocation))
         try:
             retire_allocations(process, [(old.allocation, old.area("record")[1])])
         except TargetError as exc:

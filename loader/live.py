@@ -286,6 +286,13 @@ def free_allocations(process: Process, allocations: Sequence[Allocation]) -> Non
             alloc.free(injector, allocation)
 
 
+def kept_mapped(word: PointerWord, owner: str, allocation: Allocation) -> str:
+    """Why memory stays mapped, retired: `word` points into the memory of `owner` ("package …")."""
+    size = f"{allocation.size // 1024} KiB"
+    return (f"{word.describe()} points into the memory of {owner}, so its {size} at {allocation.start:#x}"
+            " stay mapped (retired, not applied)")  # fmt: skip
+
+
 def retire_allocations(process: Process, retired: Sequence[tuple[Allocation, int]]) -> None:
     """Make the record pages (up to each given end) of retired package memory inaccessible, injecting
     mprotect at one briefly stopped thread: the mark /proc/PID/maps shows of a retired allocation."""

@@ -45,6 +45,7 @@ from hpkg.loader.interrupts import deferred_interrupts
 from hpkg.loader.live import (
     DEFAULT_TIMEOUT,
     free_allocations,
+    kept_mapped,
     open_process,
     retire_allocations,
     target_lock,
@@ -80,12 +81,8 @@ class Retained:
     word: PointerWord
 
     def line(self) -> str:
-        size = f"{self.allocation.size // 1024} KiB"
-        return (
-            f"  kept mapped: {self.word.describe()} points into the memory of package"
-            f" {printable(self.package_id)}, so its {size} at {self.allocation.start:#x} stay mapped"
-            " (retired, not applied)"
-        )
+        owner = f"package {printable(self.package_id)}"
+        return f"  kept mapped: {kept_mapped(self.word, owner, self.allocation)}"
 
     def to_json(self) -> dict[str, object]:
         w = self.word
@@ -235,18 +232,20 @@ def _retired(process: Process, found: list[FoundRecord]) -> dict[tuple[str, int]
     """The retired records per image (build-id and load bias), those whose memory a revert of that image
     may free when no word points into it any more: with no function table, or one linked into the list
     ntdll has now (the only list revert unlinks from)."""
-    located = None
+    located: tuple[int, int] | None = None  # ntdll's list head and lock; (0, 0) when not found
     retired: dict[tuple[str, int], list[PatchRecord]] = {}
     for f in found:
         record = f.record
         if record is None or not f.retired:
             continue
         if record.wine_unwind is not None:
-            try:
-                located = located or find_wine_unwind_list(process)
-            except HpkgError:
-                continue
-            if (located.list_head, located.lock) != (record.wine_unwind.list_head, record.wine_unwind.lock):
+            if located is None:
+                try:
+                    table = find_wine_unwind_list(process)
+                    located = (table.list_head, table.lock)
+                except HpkgError:
+                    located = (0, 0)
+            if located != (record.wine_unwind.list_head, record.wine_unwind.lock):
                 continue
         retired.setdefault((record.build_id, record.load_bias), []).append(record)
     return retired
@@ -346,7 +345,7 @@ def _revert_stack(
              for r in stack]
     # The image's retired memory too, freed once no word (nor a thread's pc) points into it any more (a
     # Wine process: an ELF process never retires memory, and would take such a word as unsafe).
-    retired = retired or [] if not image.elf_type else []
+    retired = [] if image.elf_type or retired is None else retired
     freed += [CodeRange(f"retired memory of package {r.package_id[:12]}", r.allocation.start,
                         r.allocation.end) for r in retired]  # fmt: skip
     windows = [CodeRange(s.function, s.address, s.address + len(s.pre_image)) for s in restore]
@@ -378,7 +377,7 @@ def _revert_stack(
             if record.wine_unwind is not None and record.allocation.start not in kept:
                 unlink_entry(stopped, record.wine_unwind)
         method = switch.run(stopped, "patch sites changed while hpkg waited for a safe moment; none reverted")
-        for start in kept:
+        for start in kept.keys() & retired_header.keys():  # retired memory kept is marked so already
             stopped.write(start + STATE_OFFSET, retired_header[start])
         stopped.mark("switch")
     pause = stopped.pause
