@@ -1,4 +1,5 @@
-"""A continuous stream of requests from a few client threads to a line server, with a tally of outcomes.
+"""A continuous stream of requests from a few client threads (in a process of their own) to a line server,
+with a tally of outcomes.
 
 Each client keeps one connection and sends one request at a time, alternating a short path and one
 over the fix's 32-character limit, so an answer shows which code served it. A request that gets an
@@ -11,11 +12,13 @@ client has had an answer on a connection opened since.
 
 from __future__ import annotations
 
+import multiprocessing
 import re
 import socket
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 RETRY_SECONDS = 0.005
 SHORT = "/ok"
@@ -50,60 +53,75 @@ class Tally:
         )
 
 
+# The shared words of a stream: its counts, the server's port and generation, the stop flag, and then
+# each client's generation.
+_ANSWERED, _FAILED, _WRONG, _FIXED, _LAST_NUMBER, _PORT, _GENERATION, _STOP, _CLIENTS = range(9)
+
+
 class RequestStream:
-    """CLIENTS threads sending requests to 127.0.0.1:port until `stop`."""
+    """CLIENTS threads sending requests to 127.0.0.1:port until `stop`, in a process of their own.
+
+    Not threads of the bench's process: the bench applies and reverts in its own process, and client
+    threads there took the GIL from it at every ctypes call of the stop (each releases it), so the pause
+    measured the loader waiting for its own clients — 0.43–0.49 ms of floor against 0.30–0.35 with the
+    clients apart (bench/RESULTS.md, issue 15). `hpkg apply` runs apart from a service's clients too.
+    The counts are words shared with that process, updated under one lock.
+    """
 
     def __init__(self, port: int, clients: int = 4) -> None:
-        self._lock = threading.Lock()
-        self._port = port
-        self._generation = 0
-        self._answered = self._failed = self._wrong = self._fixed = self._last_number = 0
-        self._client_generation = [-1] * clients
-        self._stop = threading.Event()
-        self._threads = [
-            threading.Thread(target=self._client, args=(index,), daemon=True) for index in range(clients)
-        ]
+        context = multiprocessing.get_context("fork")  # the bench holds no thread of its own: forking is safe
+        self._lock = context.Lock()
+        self._words = context.RawArray("q", _CLIENTS + clients)
+        self._words[_PORT] = port
+        for index in range(clients):
+            self._words[_CLIENTS + index] = -1
+        self._clients = clients
+        self._process = context.Process(target=_run_clients, args=(self._words, self._lock, clients),
+                                        name="request-stream", daemon=True)  # fmt: skip
 
     def __enter__(self) -> RequestStream:
-        for thread in self._threads:
-            thread.start()
+        self._process.start()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
     def stop(self) -> None:
-        """Stop every client and wait for it."""
-        self._stop.set()
-        for thread in self._threads:
-            if thread.is_alive():
-                thread.join(ANSWER_DEADLINE_SECONDS)
+        """Stop every client and wait for their process."""
+        self._words[_STOP] = 1
+        if self._process.pid is None:
+            return
+        self._process.join(ANSWER_DEADLINE_SECONDS)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join()
 
     def tally(self) -> Tally:
         """The counts so far."""
         with self._lock:
-            return Tally(self._answered, self._failed, self._wrong, self._fixed, self._last_number)
+            return self._counts()
 
     def new_generation(self) -> int:
         """Start a new generation: call it once the old server has exited, so that every connection
         opened from now on reaches the new one (or is refused); return its number."""
         with self._lock:
-            self._generation += 1
-            return self._generation
+            self._words[_GENERATION] += 1
+            return self._words[_GENERATION]
 
     def move_to(self, port: int) -> None:
         """Send the clients to a new port (a restarted server may listen on another one)."""
         with self._lock:
-            self._port = port
+            self._words[_PORT] = port
 
     def wait_for_answers(self, count: int) -> Tally:
         """Wait until `count` more requests were answered; return the tally then."""
         target = self.tally().answered + count
         deadline = time.monotonic() + ANSWER_DEADLINE_SECONDS
         while (now := self.tally()).answered < target:
+            self._check_alive()
             if time.monotonic() > deadline:
                 raise StreamError(f"only {now.answered - target + count} of {count} requests answered")
-            self._stop.wait(0.001)
+            time.sleep(0.001)
         return now
 
     def wait_for_generation(self, generation: int) -> Tally:
@@ -111,36 +129,67 @@ class RequestStream:
         deadline = time.monotonic() + ANSWER_DEADLINE_SECONDS
         while True:
             with self._lock:
-                if min(self._client_generation) >= generation:
-                    return Tally(self._answered, self._failed, self._wrong, self._fixed, self._last_number)
+                if min(self._words[_CLIENTS : _CLIENTS + self._clients]) >= generation:
+                    return self._counts()
+            self._check_alive()
             if time.monotonic() > deadline:
                 raise StreamError("the clients did not reach the restarted server")
-            self._stop.wait(0.001)
+            time.sleep(0.001)
+
+    def _counts(self) -> Tally:
+        """The counts, read by a caller holding the lock."""
+        words = self._words
+        return Tally(words[_ANSWERED], words[_FAILED], words[_WRONG], words[_FIXED], words[_LAST_NUMBER])
+
+    def _check_alive(self) -> None:
+        if not self._process.is_alive():
+            raise StreamError(f"the clients' process ended (exit status {self._process.exitcode})")
+
+
+def _run_clients(words: Any, lock: Any, clients: int) -> None:
+    """The clients' process: `clients` threads until the stop word is set."""
+    runs = [_Client(words, lock, index).run for index in range(clients)]
+    threads = [threading.Thread(target=run, daemon=True) for run in runs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+@dataclass
+class _Client:
+    """One client: one connection, one request at a time, its outcomes counted in the shared words."""
+
+    words: Any
+    lock: Any
+    index: int
 
     def _target(self) -> tuple[int, int]:
-        with self._lock:
-            return self._port, self._generation
+        with self.lock:
+            return self.words[_PORT], self.words[_GENERATION]
 
-    def _record(self, index: int, generation: int, path: str, answer: str) -> None:
+    def _record(self, generation: int, path: str, answer: str) -> None:
         match = ANSWER.match(answer)
-        with self._lock:
-            self._answered += 1
-            self._client_generation[index] = max(self._client_generation[index], generation)
+        words = self.words
+        with self.lock:
+            words[_ANSWERED] += 1
+            slot = _CLIENTS + self.index
+            words[slot] = max(words[slot], generation)
             if match is None or (match["path"] is not None and match["path"] != path):
-                self._wrong += 1
+                words[_WRONG] += 1
                 return
             if match["fixed"] is not None:
                 if path != LONG:
-                    self._wrong += 1
-                self._fixed += 1
-            self._last_number = max(self._last_number, int(match["n"]))
+                    words[_WRONG] += 1
+                words[_FIXED] += 1
+            words[_LAST_NUMBER] = max(words[_LAST_NUMBER], int(match["n"]))
 
-    def _client(self, index: int) -> None:
+    def run(self) -> None:
         connection: socket.socket | None = None
         reader = None
         generation = 0
         number = 0
-        while not self._stop.is_set():
+        while not self.words[_STOP]:
             path = LONG if number % 2 else SHORT
             number += 1
             try:
@@ -154,14 +203,14 @@ class RequestStream:
                 answer = reader.readline()
                 if not answer:
                     raise ConnectionResetError("the server closed the connection")
-                self._record(index, generation, path, answer.rstrip("\n"))
+                self._record(generation, path, answer.rstrip("\n"))
             except OSError:
-                with self._lock:
-                    self._failed += 1
+                with self.lock:
+                    self.words[_FAILED] += 1
                 if connection is not None:
                     connection.close()
                 connection = reader = None
-                self._stop.wait(RETRY_SECONDS)
+                time.sleep(RETRY_SECONDS)
         if connection is not None:
             connection.close()
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from hpkg.loader import thread_scan
 from hpkg.loader.process import StoppedThreads
 from hpkg.loader.ptrace import RegisterFile, read_registers
-from hpkg.loader.thread_scan import Snapshot, ThreadScan
+from hpkg.loader.thread_scan import STACK_ESTIMATE, Snapshot, ThreadScan
 from hpkg.loader.window_native import (
     SWITCH_CHANGED,
     SWITCH_DONE,
@@ -51,6 +51,9 @@ SLOT_BYTES = RegisterFile.SLOT_WORDS * 8
 # stacks, what a core's 1 MB L2 keeps while the stop runs; more would evict themselves and only lengthen
 # the time the loader, first in line with the threads seized, keeps its CPU from them (8 µs a thread).
 WARM_THREADS = 128
+# The stack bytes the window's buffer allows a thread that is running before the stop (whose stack pointer
+# /proc does not show): a request-serving worker's stack ran to 13 kB (bench/RESULTS.md, issue 15).
+RUNNING_STACK = 16 << 10
 
 
 @dataclass(frozen=True)
@@ -166,6 +169,7 @@ class OneCallCheck:
         in this CPU's caches."""
         self._target(seized)
         sps = array("Q")
+        running = 0
         for tid in seized[:WARM_THREADS]:
             try:
                 with open(f"/proc/{self._scan.pid}/task/{tid}/syscall", "rb") as source:
@@ -174,11 +178,21 @@ class OneCallCheck:
                 continue
             if len(fields) == 9:  # number, six arguments, sp, pc ("running" otherwise)
                 sps.append(int(fields[7], 16))
+            else:
+                running += 1
         needed = self._helper.window_warm(self._pointer, sps)
         if needed == -2:  # no PROCMAP_QUERY (before Linux 6.11): the step-by-step check, with the maps text
             self._scan.maps_reader.queryable = False
-        elif needed > self.block.buffer_size:  # deep stacks (a main thread's environment): room now
-            self._reserve_buffer(2 * needed)
+            return
+        # Room for the window's read of every stack, now: a call finding too little room allocates (zeroing
+        # and faulting the pages) and reads every register and mapping again, inside the window (about
+        # 90 µs of a 0.3 ms floor on the 9-thread server). A running thread shows no stack pointer: it is
+        # allowed RUNNING_STACK; a thread not looked at, the blocked ones' mean; the whole is doubled.
+        unseen = max(len(seized) - WARM_THREADS, 0)
+        mean = needed // len(sps) if sps else STACK_ESTIMATE
+        room = 2 * (needed + running * RUNNING_STACK + unseen * mean)
+        if room > self.block.buffer_size:
+            self._reserve_buffer(room)
             self._helper.window_warm(self._pointer, sps)
 
     def on_held(self, tid: int) -> None:

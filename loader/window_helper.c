@@ -353,7 +353,7 @@ struct hpkg_window {
     /* the held threads: set before the stop (the threads seized), again in the window if they differ */
     const int32_t *tids;
     int64_t count;
-    const uint8_t *have; /* have[i]: thread i's registers are in its slot already (read as it stopped) */
+    uint8_t *have; /* have[i]: thread i's registers are in its slot already (read as it stopped, or by an earlier call) */
     /* out */
     uint8_t *verdict;       /* per thread: the VERDICT_* bits found (0: safe) */
     int64_t used;           /* stack bytes placed (read, unless WINDOW_ROOM) */
@@ -447,6 +447,7 @@ long hpkg_window_check(struct hpkg_window *w)
             w->failed = i;
             return WINDOW_REGISTERS;
         }
+        w->have[i] = 1; /* a held thread's registers do not change: a call again (WINDOW_ROOM) skips it */
     }
     w->ended[1] = now_ns();
     long total = 0, located = 0;

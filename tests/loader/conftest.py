@@ -49,12 +49,13 @@ def _compile(source: str, out: Path, *flags: str) -> Binary:
 
 @pytest.fixture(scope="session")
 def binaries(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Binary]:
-    """single (PIE), single-nopie (non-PIE) and threads, each compiled once."""
+    """single (PIE), single-nopie (non-PIE), threads and deep-spinners, each compiled once."""
     out = tmp_path_factory.mktemp("loader-programs")
     return {
         "single": _compile("single.c", out / "single"),
         "single-nopie": _compile("single.c", out / "single-nopie", "-no-pie", "-fno-pie"),
         "threads": _compile("threads.c", out / "threads", "-pthread"),
+        "deep-spinners": _compile("deep_spinners.c", out / "deep-spinners", "-pthread"),
     }
 
 

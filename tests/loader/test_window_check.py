@@ -288,3 +288,56 @@ def test_a_stack_read_that_falls_short_hands_over_with_nothing_written(start_tar
     scan.close()
     assert outcome == window_check.STEP_BY_STEP and after == (before, state.before, None)
     target.assert_running_untraced()
+
+
+def test_the_stack_buffer_is_sized_before_the_stop_for_threads_running_with_deep_stacks(
+    start_target, helper
+):
+    """Threads that never block show no stack pointer before the stop, and theirs (20 kB frames) are
+    deeper than an idle thread's allowance: `warm` still leaves room for them, so the window's check is
+    one call — not a call that finds too little room, allocates and reads every thread again inside."""
+    target = start_target("deep-spinners")
+    process = Process(target.pid)
+    scan = ThreadScan(process.pid, len(target.tids()))
+    initial = len(scan.stack_buffer()[0])
+    one_call = safety.one_call_check(scan, [code_range(process, target, "never_called")], [], [], LIMIT, None,
+                                     None)  # fmt: skip
+    assert one_call is not None
+    calls = []
+    check = one_call._check
+    one_call._check = lambda block: calls.append(check(block)) or calls[-1]
+    with process.seize_all_threads() as threads:
+        one_call.warm(threads.seized)
+        warmed = one_call.block.buffer_size
+        threads.stop(5.0)
+        verdict = one_call.run(threads)
+    scan.close()
+    assert verdict == window_check.SAFE and calls == [window_native.WINDOW_SAFE]
+    assert one_call.block.used > initial and warmed == one_call.block.buffer_size >= one_call.block.used
+    target.assert_running_untraced()
+
+
+def test_a_call_again_after_too_little_room_reads_no_register_a_second_time(start_target, helper):
+    """The first call answers WINDOW_ROOM having read every register; the second one, with room, reads
+    none again: here every tid is replaced by one no register read can succeed on (pid 1), and it still
+    decides."""
+    target = start_target("threads")
+    process = Process(target.pid)
+    scan = ThreadScan(process.pid, 8)
+    one_call = safety.one_call_check(scan, [code_range(process, target, "answer_fixed")], [], [], LIMIT, None,
+                                     None)  # fmt: skip
+    assert one_call is not None
+    with process.stop_all_threads() as stopped:
+        one_call._target(list(stopped.held))
+        block = one_call.block
+        block.buffer_size = 64
+        first = helper.window_check(block)
+        have = list(one_call._have[: block.count])
+        foreign = array("i", [1] * block.count)
+        block.tids = foreign.buffer_info()[0]
+        one_call._reserve_buffer(2 * block.used)
+        second = helper.window_check(block)
+    scan.close()
+    assert (first, have) == (window_native.WINDOW_ROOM, [1] * len(have))
+    assert second == window_native.WINDOW_SAFE
+    target.assert_running_untraced()
